@@ -1,0 +1,26 @@
+//! `ferry-common`: what the coordinator, the agent and the CLI share.
+//!
+//! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
+//! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
+//! - [`tls`]: rustls configurations for server and clients, the per-RPC peer
+//!   verifier, and tonic channels over our own TLS connector.
+//! - [`credentials`]: the operator credentials file and where to find it.
+//! - [`labels`], [`time`]: small shared parsers and formatters.
+//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`fsutil`]: atomic, private file writes.
+//! - [`exit`]: process exit codes.
+//! - [`telemetry`]: logging setup.
+
+pub mod backoff;
+pub mod credentials;
+pub mod exit;
+pub mod fsutil;
+pub mod identity;
+pub mod labels;
+pub mod pki;
+pub mod telemetry;
+pub mod time;
+pub mod tls;
+
+/// The version every Ferry binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,119 @@
+//! Time as Ferry stores and shows it: milliseconds since the Unix epoch in
+//! the store and on the wire, RFC 3339 (UTC) for people.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 text of a point in time, to the second.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// RFC 3339 text of a millisecond timestamp; empty for 0 ("never").
+pub fn rfc3339_ms(ms: i64) -> String {
+    if ms == 0 {
+        return String::new();
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch of an `OffsetDateTime`.
+pub fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// "3s ago", "5m ago", "2h ago", "4d ago" relative to `now_ms`.
+pub fn ago(ms: i64, now_ms: i64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let secs = ((now_ms - ms) / 1000).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// Parses a duration like `90s`, `5m`, `1h`, `7d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humanize_err(text, parse_duration_inner(text.trim()))
+}
+
+fn humanize_err(
+    text: &str,
+    r: Option<std::time::Duration>,
+) -> Result<std::time::Duration, String> {
+    r.ok_or_else(|| format!("{text:?} is not a duration; expected something like \"30s\", \"5m\", \"1h\" or \"7d\""))
+}
+
+fn parse_duration_inner(text: &str) -> Option<std::time::Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            chars.next();
+            unit = "ms".into();
+        }
+        let n: u64 = digits.parse().ok()?;
+        digits.clear();
+        let ms = match unit.as_str() {
+            "ms" => n,
+            "s" => n.checked_mul(1000)?,
+            "m" => n.checked_mul(60_000)?,
+            "h" => n.checked_mul(3_600_000)?,
+            "d" => n.checked_mul(86_400_000)?,
+            _ => return None,
+        };
+        total = total.checked_add(ms)?;
+    }
+    if !digits.is_empty() {
+        return None;
+    }
+    Some(std::time::Duration::from_millis(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("10").unwrap_err().contains("\"30s\""));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(rfc3339_ms(0), "");
+        assert_eq!(rfc3339_ms(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(ago(1_000, 31_000), "30s ago");
+        assert_eq!(ago(0, 5), "never");
+    }
+}
