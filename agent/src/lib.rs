@@ -1,0 +1,31 @@
+//! `ferry-agent`: one per host. Enrolls once with a join token, then keeps
+//! a mutually authenticated session to the coordinator and reports the
+//! host's health.
+//!
+//! - [`enroll`]: `ferry-agent enroll` (key generated here, CA pinned).
+//! - [`session`]: `ferry-agent run`: the session loop, heartbeats,
+//!   reconnects with full-jitter backoff, certificate renewal.
+//! - [`health`]: Docker, PostgreSQL and disk probes.
+//! - [`config`]: `agent.toml` and the identity files in the state dir.
+//! - [`error`]: the error type and its exit codes.
+//! - `executor/`: deploy, migrate, backup, restore, smoke (with the job engine).
+
+pub mod config;
+pub mod enroll;
+pub mod error;
+pub mod health;
+pub mod session;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::AgentError;
+
+/// Loads the state dir, applies the environment, and runs until `shutdown`.
+pub async fn run(state_dir: &Path, env: &HashMap<String, String>, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let mut config = config::AgentConfig::load(state_dir)?;
+    config.apply_env(env);
+    session::run(session::Agent::new(config, state_dir), shutdown).await
+}

@@ -8,6 +8,7 @@
 //! - [`labels`], [`time`]: small shared parsers and formatters.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`fsutil`]: atomic, private file writes.
+//! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes.
 //! - [`telemetry`]: logging setup.
 
@@ -15,6 +16,8 @@ pub mod backoff;
 pub mod credentials;
 pub mod exit;
 pub mod fsutil;
+pub mod health;
+pub mod host;
 pub mod identity;
 pub mod labels;
 pub mod pki;

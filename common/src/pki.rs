@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 /// Backdating of `not_before`, so a host whose clock runs a little behind
-/// the coordinator's still accepts a fresh certificate.
+/// the coordinator's still accepts a fresh certificate. Capped at a tenth of
+/// the lifetime, so "renew at two thirds of the validity" stays meaningful
+/// for short-lived certificates.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// Errors of the PKI boundary.
@@ -200,7 +202,7 @@ impl CertificateAuthority {
 }
 
 fn set_validity(params: &mut CertificateParams, start: OffsetDateTime, ttl: Duration) -> SerialNumber {
-    params.not_before = start - CLOCK_SKEW;
+    params.not_before = start - CLOCK_SKEW.min(ttl / 10);
     params.not_after = start + ttl;
     let serial = random_serial();
     params.serial_number = Some(serial.clone());

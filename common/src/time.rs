@@ -117,3 +117,44 @@ mod tests {
         assert_eq!(ago(0, 5), "never");
     }
 }
+
+/// Serde for `std::time::Duration` as text like `"7d"` or `"250ms"`, for
+/// configuration files.
+pub mod serde_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The shortest exact text for a duration: `7d`, `90s`, `1500ms`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_format_exactly() {
+        for text in ["7d", "90s", "1500ms", "2h", "0ms"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+}

@@ -1,1 +1,33 @@
-//! placeholder
+//! `ferry-coordinator`: keeps the desired work and its history, holds the
+//! agents' sessions, and answers the operators' CLI.
+//!
+//! - [`server`]: [`server::run`] (the binary's entry) and [`server::serve`]
+//!   (start a coordinator on given listeners and store, as tests do).
+//! - [`init`]: `ferry-coordinator init` (CA, server certificate, config, admin credentials).
+//! - [`config`]: layered configuration (defaults, file, environment, flags).
+//! - [`net`]: the TLS listener that carries peer certificates to the RPC layer.
+//! - [`auth`]: authentication layer and per-RPC authorization.
+//! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
+//! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
+//!   renewal, revocation, join tokens, operators).
+//! - [`sessions`]: live agent sessions on this process.
+//! - [`store`]: the persistent state on SQLite or PostgreSQL.
+//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`cli`]: the `ferry` operator CLI.
+//! - [`error`]: the error type and its mapping to gRPC statuses.
+
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod grpc;
+pub mod init;
+pub mod metrics;
+pub mod net;
+pub mod operators;
+pub mod server;
+pub mod sessions;
+pub mod store;

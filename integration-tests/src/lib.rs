@@ -1,0 +1,363 @@
+//! Test harness: a real coordinator (TLS, store, admin port) and real agents
+//! started inside the test process on `127.0.0.1:0`, plus helpers to find
+//! and run the built binaries.
+//!
+//! - [`TestCoordinator`]: init a data dir, serve it, restart it, talk to it
+//!   as any operator.
+//! - [`TestAgent`]: an enrolled agent running its session loop.
+//! - [`bin`]: paths to `ferry`, `ferry-coordinator`, `ferry-agent`.
+//! - [`postgres`]: a fresh database on the test PostgreSQL server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ferry_agent::enroll::{EnrollOptions, Enrolled};
+use ferry_agent::error::AgentError;
+use ferry_common::credentials::Credentials;
+use ferry_common::tls;
+use ferry_coordinator::config::CoordinatorConfig;
+use ferry_coordinator::error::CoordinatorError;
+use ferry_coordinator::init::{InitOptions, init};
+use ferry_coordinator::server::{Listeners, serve};
+use ferry_proto::v1 as pb;
+use ferry_proto::v1::operator_service_client::OperatorServiceClient;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Installs the crypto provider and quiet logging; every test calls it.
+pub fn setup() {
+    tls::install_crypto_provider();
+    ferry_common::telemetry::init("warn");
+}
+
+/// Which store a test coordinator uses.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// A SQLite file in the data dir.
+    Sqlite,
+    /// This PostgreSQL URL.
+    Postgres(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    pub store: StoreChoice,
+    pub tweak: Option<fn(&mut CoordinatorConfig)>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        CoordinatorOptions {
+            store: StoreChoice::Sqlite,
+            tweak: Some(fast_heartbeats),
+        }
+    }
+}
+
+/// Heartbeats every 200 ms, offline after 1 s: tests see state changes fast.
+pub fn fast_heartbeats(c: &mut CoordinatorConfig) {
+    c.heartbeat_interval = Duration::from_millis(200);
+    c.offline_after = Duration::from_secs(1);
+}
+
+pub struct TestCoordinator {
+    _dir: Arc<TempDir>,
+    pub data_dir: PathBuf,
+    pub config: CoordinatorConfig,
+    pub url: String,
+    pub admin_http: SocketAddr,
+    pub admin: Credentials,
+    store_location: String,
+    running: Option<(CancellationToken, JoinHandle<Result<(), CoordinatorError>>)>,
+}
+
+impl TestCoordinator {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(CoordinatorOptions::default()).await
+    }
+
+    pub async fn start_with(opts: CoordinatorOptions) -> Result<Self> {
+        setup();
+        let dir = Arc::new(tempfile::tempdir()?);
+        let data_dir = dir.path().join("coordinator");
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let (grpc_addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
+        let out = init(&InitOptions {
+            data_dir: data_dir.clone(),
+            trust_domain: Some("ferry.test".into()),
+            listen: Some(grpc_addr),
+            admin_listen: Some(admin_addr),
+            tweak: opts.tweak,
+            ..Default::default()
+        })?;
+        let store_location = match &opts.store {
+            StoreChoice::Sqlite => out.config.store_location(&data_dir),
+            StoreChoice::Postgres(url) => url.clone(),
+        };
+        let mut c = TestCoordinator {
+            _dir: dir,
+            admin: Credentials::load(&out.credentials_path)?,
+            url: out.config.advertise.clone(),
+            config: out.config,
+            data_dir,
+            admin_http: admin_addr,
+            store_location,
+            running: None,
+        };
+        c.serve_on(grpc, Some(admin)).await?;
+        Ok(c)
+    }
+
+    async fn serve_on(&mut self, grpc: TcpListener, admin: Option<TcpListener>) -> Result<()> {
+        let store = ferry_coordinator::store::open(&self.store_location).await?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            self.data_dir.clone(),
+            self.config.clone(),
+            Listeners { grpc, admin },
+            store,
+            shutdown.clone(),
+        ));
+        self.running = Some((shutdown, task));
+        // Ready when it answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.operator().await {
+                Ok(mut client) if client.get_status(pb::GetStatusRequest {}).await.is_ok() => return Ok(()),
+                _ if tokio::time::Instant::now() > deadline => bail!("coordinator did not come up within 10s"),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Stops serving (as a crash would, from the agents' point of view).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some((shutdown, task)) = self.running.take() {
+            shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .context("coordinator did not stop within 10s")???;
+        }
+        Ok(())
+    }
+
+    /// Stops and starts again on the same address, data dir and store.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let grpc = TcpListener::bind(self.config.listen).await?;
+        self.serve_on(grpc, None).await
+    }
+
+    /// A client authenticated as the admin.
+    pub async fn operator(&self) -> Result<OperatorServiceClient<Channel>> {
+        self.operator_as(&self.admin).await
+    }
+
+    pub async fn operator_as(&self, creds: &Credentials) -> Result<OperatorServiceClient<Channel>> {
+        let config = tls::client_config(&creds.ca, Some((&creds.certificate, &creds.key)))?;
+        Ok(OperatorServiceClient::new(tls::channel(&self.url, config).await?))
+    }
+
+    pub async fn join_token(&self, name: Option<&str>, labels: &[(&str, &str)]) -> Result<pb::CreateJoinTokenResponse> {
+        let mut client = self.operator().await?;
+        Ok(client
+            .create_join_token(pb::CreateJoinTokenRequest {
+                name: name.unwrap_or_default().to_string(),
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Enrolls an agent named `name` into a fresh state dir.
+    pub async fn enroll(&self, name: &str, labels: &[(&str, &str)]) -> Result<EnrolledAgent> {
+        let token = self.join_token(Some(name), labels).await?;
+        let dir = Arc::new(tempfile::tempdir()?);
+        let state_dir = dir.path().join("agent");
+        let enrolled = ferry_agent::enroll::enroll(&EnrollOptions {
+            coordinator: token.coordinator,
+            token: token.token,
+            ca_pin: token.ca_pin,
+            state_dir: state_dir.clone(),
+            ..Default::default()
+        })
+        .await?;
+        Ok(EnrolledAgent {
+            _dir: dir,
+            state_dir,
+            enrolled,
+        })
+    }
+
+    /// Enrolls and starts an agent, and waits until it is online.
+    pub async fn start_agent(&self, name: &str, labels: &[(&str, &str)]) -> Result<TestAgent> {
+        let agent = self.enroll(name, labels).await?.start();
+        self.wait_for_agent(name, "online", Duration::from_secs(10)).await?;
+        Ok(agent)
+    }
+
+    /// The agent as `ferry agents` would show it.
+    pub async fn agent(&self, name: &str) -> Result<Option<pb::Agent>> {
+        let list = self.operator().await?.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+        Ok(list.into_iter().rev().find(|a| a.name == name))
+    }
+
+    pub async fn wait_for_agent(&self, name: &str, state: &str, within: Duration) -> Result<pb::Agent> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(a) = self.agent(name).await? {
+                let current = pb::AgentState::try_from(a.state).map(|s| s.as_str_name()).unwrap_or("");
+                if current.eq_ignore_ascii_case(&format!("AGENT_STATE_{state}")) {
+                    return Ok(a);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("agent {name} did not become {state} within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The coordinator's CA, for minting certificates in tests.
+    pub fn ca(&self) -> Result<ferry_common::pki::CertificateAuthority> {
+        let read = |f: &str| std::fs::read_to_string(self.data_dir.join(f));
+        Ok(ferry_common::pki::CertificateAuthority::from_pem(&read("ca.pem")?, &read("ca.key")?)?)
+    }
+
+    /// `GET path` on the admin port; returns (status code, body).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin_http).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        let code = buf.split_whitespace().nth(1).unwrap_or("0").parse()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    }
+}
+
+impl Drop for TestCoordinator {
+    fn drop(&mut self) {
+        if let Some((shutdown, _)) = &self.running {
+            shutdown.cancel();
+        }
+    }
+}
+
+/// An enrolled agent that is not running yet.
+pub struct EnrolledAgent {
+    _dir: Arc<TempDir>,
+    pub state_dir: PathBuf,
+    pub enrolled: Enrolled,
+}
+
+impl EnrolledAgent {
+    pub fn start(self) -> TestAgent {
+        let shutdown = CancellationToken::new();
+        let state_dir = self.state_dir.clone();
+        let env = Default::default();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move { ferry_agent::run(&state_dir, &env, stop).await });
+        TestAgent {
+            agent: self,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// The agent's identity files, for tests that talk to the coordinator as it.
+    pub fn identity(&self) -> Result<ferry_agent::config::Identity> {
+        Ok(ferry_agent::config::Identity::load(&self.state_dir)?)
+    }
+}
+
+pub struct TestAgent {
+    pub agent: EnrolledAgent,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), AgentError>>>,
+}
+
+impl TestAgent {
+    /// Stops the agent and returns how its run ended.
+    pub async fn stop(&mut self) -> Result<Result<(), AgentError>> {
+        self.shutdown.cancel();
+        self.wait_exit(Duration::from_secs(10)).await
+    }
+
+    /// Waits for the agent's run to end by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<Result<(), AgentError>> {
+        let task = self.task.take().context("agent already stopped")?;
+        Ok(tokio::time::timeout(within, task).await.context("agent did not exit in time")??)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.agent.state_dir
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Labels as a map.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Paths to the built binaries (`cargo build --workspace --bins` first;
+/// `scripts/test.sh` does).
+pub mod bin {
+    use std::path::PathBuf;
+
+    pub fn path(name: &str) -> PathBuf {
+        // Test executables live in target/<profile>/deps; binaries one up.
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        let p = dir.join(name);
+        assert!(
+            p.exists(),
+            "{} not found; build the binaries first: cargo build --workspace --bins (scripts/test.sh does)",
+            p.display()
+        );
+        p
+    }
+}
+
+/// A fresh PostgreSQL database for one test.
+pub mod postgres {
+    /// The URL of a brand-new database on the server at
+    /// `FERRY_TEST_DATABASE_URL`, or `None` (after saying why) when that is
+    /// unset outside CI. In CI (`CI` set) a missing server fails the test.
+    pub async fn fresh_database() -> Option<String> {
+        match std::env::var("FERRY_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(
+                ferry_coordinator::store::conformance::fresh_postgres_database(&url)
+                    .await
+                    .expect("create a fresh test database"),
+            ),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("FERRY_TEST_DATABASE_URL is not set, and PostgreSQL tests must run in CI (scripts/test.sh starts a server)")
+            }
+            _ => {
+                eprintln!("skipped: set FERRY_TEST_DATABASE_URL (scripts/test.sh does) to run PostgreSQL tests");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `agent.toml` and the files beside it in the state dir. `enroll` writes
+//! them; `run` reads them, then applies the `FERRY_*` environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use ferry_common::fsutil::{self, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+pub const CONFIG_FILE: &str = "agent.toml";
+pub const KEY_FILE: &str = "agent.key";
+pub const CERT_FILE: &str = "agent.pem";
+pub const CA_FILE: &str = "ca.pem";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent_id: String,
+    pub name: String,
+    pub trust_domain: String,
+    /// Coordinator addresses (`https://host:port`); the agent fails over
+    /// between them in order.
+    pub coordinators: Vec<String>,
+    /// Labels as enrolled (the coordinator's copy is authoritative).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// PostgreSQL the host serves, checked in every heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// Docker engine socket.
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: String,
+    /// Mount points whose free space is reported (default: `/` and the state dir).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_paths: Vec<PathBuf>,
+}
+
+fn default_docker_socket() -> String {
+    "/var/run/docker.sock".into()
+}
+
+impl AgentConfig {
+    pub fn load(state_dir: &Path) -> Result<Self, AgentError> {
+        let path = state_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| AgentError::Config {
+            path: path.clone(),
+            reason: if e.kind() == std::io::ErrorKind::NotFound {
+                "not found; enroll this host first with `ferry-agent enroll`".into()
+            } else {
+                e.to_string()
+            },
+        })?;
+        let config: AgentConfig = toml::from_str(&text).map_err(|e| AgentError::Config {
+            path: path.clone(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        if config.coordinators.is_empty() {
+            return Err(AgentError::Config {
+                path,
+                reason: "coordinators: at least one https://HOST:PORT is required".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    pub fn save(&self, state_dir: &Path, overwrite: bool) -> Result<(), AgentError> {
+        let text = toml::to_string(self).map_err(|e| AgentError::Config {
+            path: state_dir.join(CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
+        let body = format!("# Ferry agent configuration, written by `ferry-agent enroll`.\n{text}");
+        fsutil::write_atomic(&state_dir.join(CONFIG_FILE), body.as_bytes(), Mode::Public, overwrite)?;
+        Ok(())
+    }
+
+    /// `FERRY_COORDINATORS` (comma-separated), `FERRY_POSTGRES_URL`,
+    /// `FERRY_DOCKER_SOCKET`.
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) {
+        if let Some(list) = env.get("FERRY_COORDINATORS").filter(|v| !v.trim().is_empty()) {
+            self.coordinators = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(url) = env.get("FERRY_POSTGRES_URL").filter(|v| !v.is_empty()) {
+            self.postgres_url = Some(url.clone());
+        }
+        if let Some(sock) = env.get("FERRY_DOCKER_SOCKET").filter(|v| !v.is_empty()) {
+            self.docker_socket = sock.clone();
+        }
+    }
+}
+
+/// The agent's TLS identity as it is on disk right now.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Identity {
+    /// Reads the identity, first finishing a renewal that a crash interrupted.
+    pub fn load(state_dir: &Path) -> Result<Self, AgentError> {
+        finish_renewal(state_dir)?;
+        let read = |f: &str| fsutil::read_to_string(&state_dir.join(f));
+        Ok(Identity {
+            ca_pem: read(CA_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+        })
+    }
+
+    /// Replaces key and certificate. Both are staged as `*.next` first and
+    /// renamed key-then-certificate, so a crash at any point leaves either
+    /// the old pair or a state [`finish_renewal`] completes.
+    pub fn store_renewed(state_dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), AgentError> {
+        let next = |f: &str| state_dir.join(format!("{f}.next"));
+        fsutil::write_atomic(&next(KEY_FILE), key_pem.as_bytes(), Mode::Private, true)?;
+        fsutil::write_atomic(&next(CERT_FILE), cert_pem.as_bytes(), Mode::Public, true)?;
+        finish_renewal(state_dir)
+    }
+}
+
+/// Completes a staged renewal: a staged certificate always belongs to the
+/// staged (or already moved) key.
+fn finish_renewal(state_dir: &Path) -> Result<(), AgentError> {
+    let next_cert = state_dir.join(format!("{CERT_FILE}.next"));
+    if !next_cert.exists() {
+        return Ok(());
+    }
+    let next_key = state_dir.join(format!("{KEY_FILE}.next"));
+    if next_key.exists() {
+        let dest = state_dir.join(KEY_FILE);
+        std::fs::rename(&next_key, &dest).map_err(|e| fsutil::FileError::io(&dest, e))?;
+    }
+    let dest = state_dir.join(CERT_FILE);
+    std::fs::rename(&next_cert, &dest).map_err(|e| fsutil::FileError::io(&dest, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AgentConfig {
+        AgentConfig {
+            agent_id: "0190".into(),
+            name: "web-1".into(),
+            trust_domain: "ferry.test".into(),
+            coordinators: vec!["https://127.0.0.1:7443".into()],
+            labels: BTreeMap::from([("env".into(), "staging".into())]),
+            postgres_url: None,
+            docker_socket: default_docker_socket(),
+            disk_paths: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip_env_and_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = sample();
+        c.save(dir.path(), false).unwrap();
+        assert_eq!(AgentConfig::load(dir.path()).unwrap(), c);
+        let mut env = HashMap::new();
+        env.insert("FERRY_COORDINATORS".to_string(), "https://a:1, https://b:2".to_string());
+        let mut c2 = c.clone();
+        c2.apply_env(&env);
+        assert_eq!(c2.coordinators, vec!["https://a:1".to_string(), "https://b:2".to_string()]);
+
+        std::fs::write(dir.path().join(CONFIG_FILE), "agent_id = \"x\"\ncolour = 1\n").unwrap();
+        let err = AgentConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("agent.toml") && err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn interrupted_renewal_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        for (f, body) in [(CA_FILE, "ca"), (CERT_FILE, "old-cert"), (KEY_FILE, "old-key")] {
+            std::fs::write(p.join(f), body).unwrap();
+        }
+        // Crash after the key was moved but before the certificate was.
+        std::fs::write(p.join(KEY_FILE), "new-key").unwrap();
+        std::fs::write(p.join(format!("{CERT_FILE}.next")), "new-cert").unwrap();
+        let id = Identity::load(p).unwrap();
+        assert_eq!((id.key_pem.as_str(), id.cert_pem.as_str()), ("new-key", "new-cert"));
+
+        Identity::store_renewed(p, "k3", "c3").unwrap();
+        let id = Identity::load(p).unwrap();
+        assert_eq!((id.key_pem.as_str(), id.cert_pem.as_str()), ("k3", "c3"));
+        assert!(!p.join(format!("{KEY_FILE}.next")).exists());
+    }
+}

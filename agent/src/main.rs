@@ -1,0 +1,115 @@
+//! `ferry-agent`: `enroll` once, then `run` (as a systemd service).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ferry_agent::enroll::{EnrollOptions, enroll};
+use ferry_common::exit;
+use ferry_common::labels::format_labels;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-agent", version, about = "The Ferry agent (one per host)")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Enroll this host with a coordinator, using a join token.
+    Enroll {
+        /// Coordinator address, https://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        coordinator: String,
+        /// The one-time join token from `ferry token create`.
+        #[arg(long)]
+        token: String,
+        /// The CA pin from `ferry token create` (sha256:...).
+        #[arg(long, value_name = "PIN")]
+        ca_pin: String,
+        /// Where the agent keeps its key, certificate and config.
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// Agent name (default: the token's name, else the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// PostgreSQL this host serves, checked in every heartbeat.
+        #[arg(long, value_name = "URL")]
+        postgres_url: Option<String>,
+    },
+    /// Run the agent: keep the session to the coordinator.
+    Run {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    ferry_common::tls::install_crypto_provider();
+    ferry_common::telemetry::init("info");
+    let code = match Args::parse().command {
+        Cmd::Enroll {
+            coordinator,
+            token,
+            ca_pin,
+            state_dir,
+            name,
+            postgres_url,
+        } => {
+            let opts = EnrollOptions {
+                coordinator,
+                token,
+                ca_pin,
+                state_dir,
+                name,
+                postgres_url,
+            };
+            match enroll(&opts).await {
+                Ok(e) => {
+                    println!("enrolled as {} ({})", e.name, e.agent_id);
+                    if !e.labels.is_empty() {
+                        println!("  labels       {}", format_labels(&e.labels));
+                    }
+                    println!("  certificate  valid until {} (renewed automatically)", e.not_after);
+                    println!("  state dir    {}", opts.state_dir.display());
+                    println!();
+                    println!("next: ferry-agent run --state-dir {}", opts.state_dir.display());
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+        Cmd::Run { state_dir } => {
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("warning: cannot watch SIGTERM: {e}");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                signal.cancel();
+            });
+            let env = std::env::vars().collect();
+            match ferry_agent::run(&state_dir, &env, shutdown).await {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    e.exit_code()
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,44 @@
+//! The admin HTTP port: `/healthz` (the process is up), `/readyz` (the store
+//! answers), `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
+    match core.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    }
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> String {
+    let enrolled = core
+        .store
+        .list_agents()
+        .await
+        .ok()
+        .map(|agents| agents.iter().filter(|a| a.revoked_at_ms.is_none()).count());
+    core.metrics.render(core.sessions.online_count(), enrolled)
+}
+
+pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(core))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

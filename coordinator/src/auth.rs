@@ -1,0 +1,210 @@
+//! Authentication and authorization.
+//!
+//! [`AuthLayer`] runs in front of every gRPC service: except for
+//! `AgentService/Enroll`, a request must carry a client certificate that
+//! this coordinator's CA issued, unexpired, with a Ferry identity of this
+//! trust domain; the layer puts the [`Peer`] into the request extensions.
+//! Handlers then authorize with [`Core::require_agent`] and
+//! [`Core::require_operator`], which consult the store (revocation, roles).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ferry_common::identity::{Identity, Role};
+use ferry_common::tls::PeerVerifier;
+use futures::future::BoxFuture;
+use tonic::Request;
+use tower::{Layer, Service};
+use uuid::Uuid;
+
+use crate::core::Core;
+use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
+use crate::net::PeerInfo;
+use crate::store::{AgentRecord, OperatorRecord};
+
+/// The one RPC that needs no client certificate.
+pub const ENROLL_PATH: &str = "/ferry.v1.AgentService/Enroll";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub identity: Identity,
+    pub uri: String,
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: PeerVerifier,
+    trust_domain: Arc<str>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: PeerVerifier, trust_domain: &str, metrics: Arc<Metrics>) -> Self {
+        AuthLayer {
+            verifier,
+            trust_domain: trust_domain.into(),
+            metrics,
+        }
+    }
+
+    fn authenticate(&self, info: Option<&PeerInfo>) -> Result<Peer, String> {
+        let certs = info.and_then(|i| i.certs.clone()).unwrap_or_default();
+        let uris = self.verifier.verify(&certs).map_err(|e| e.to_string())?;
+        let mut last_err = String::new();
+        for uri in uris {
+            match Identity::parse(&uri, &self.trust_domain) {
+                Ok(identity) => return Ok(Peer { identity, uri }),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        Err(last_err)
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was not polled ready goes back into `self`.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = req.uri().path().to_string();
+        self.layer.metrics.count_rpc(&path);
+        if path != ENROLL_PATH {
+            match self.layer.authenticate(req.extensions().get::<PeerInfo>()) {
+                Ok(peer) => {
+                    req.extensions_mut().insert(peer);
+                }
+                Err(reason) => {
+                    self.layer.metrics.count_refusal("unauthenticated");
+                    let remote = req.extensions().get::<PeerInfo>().and_then(|i| i.remote);
+                    tracing::info!(?remote, %path, %reason, "refused unauthenticated request");
+                    let status = tonic::Status::from(CoordinatorError::Unauthenticated(reason));
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        Box::pin(inner.call(req))
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> Result<&Peer, CoordinatorError> {
+    req.extensions()
+        .get::<Peer>()
+        .ok_or_else(|| CoordinatorError::Unauthenticated("no verified client certificate on this request".into()))
+}
+
+/// What an admin-only or deployer-only action is called in refusals.
+fn role_needed_text(needed: Role) -> &'static str {
+    match needed {
+        Role::Viewer => "needs viewer or above",
+        Role::Deployer => "needs deployer or admin",
+        Role::Admin => "needs admin",
+    }
+}
+
+impl Core {
+    /// The calling agent, if it is an agent this coordinator knows and has
+    /// not revoked.
+    pub async fn require_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, CoordinatorError> {
+        let peer = peer(req)?;
+        let Identity::Agent(id) = &peer.identity else {
+            self.metrics.count_refusal("wrong_service");
+            return Err(CoordinatorError::denied(format!(
+                "{} may only call OperatorService; AgentService is for agents",
+                peer.identity
+            )));
+        };
+        self.check_agent(*id).await
+    }
+
+    /// Loads agent `id` and refuses it if unknown or revoked.
+    pub async fn check_agent(&self, id: Uuid) -> Result<AgentRecord, CoordinatorError> {
+        let Some(agent) = self.store.get_agent(id).await? else {
+            self.metrics.count_refusal("unknown_agent");
+            return Err(CoordinatorError::denied(format!(
+                "agent {id} is not enrolled with this coordinator"
+            )));
+        };
+        if agent.revoked_at_ms.is_some() {
+            self.metrics.count_refusal("revoked");
+            return Err(CoordinatorError::PermissionDenied {
+                reason: format!(
+                    "agent {} ({}) has been revoked; enroll the host again with a new join token",
+                    agent.name, agent.id
+                ),
+                refusal: "revoked",
+            });
+        }
+        Ok(agent)
+    }
+
+    /// The calling operator, if its role allows `needed`. `action` completes
+    /// "role viewer cannot …" in the refusal.
+    pub async fn require_operator<T>(
+        &self,
+        req: &Request<T>,
+        needed: Role,
+        action: &str,
+    ) -> Result<OperatorRecord, CoordinatorError> {
+        let peer = peer(req)?;
+        let Identity::Operator(name) = &peer.identity else {
+            self.metrics.count_refusal("wrong_service");
+            return Err(CoordinatorError::denied(format!(
+                "{} may only call AgentService; OperatorService is for operators",
+                peer.identity
+            )));
+        };
+        let Some(op) = self.store.get_operator(name).await? else {
+            self.metrics.count_refusal("unknown_operator");
+            return Err(CoordinatorError::denied(format!(
+                "operator {name} is not known to this coordinator"
+            )));
+        };
+        if op.revoked_at_ms.is_some() {
+            self.metrics.count_refusal("revoked");
+            return Err(CoordinatorError::PermissionDenied {
+                reason: format!("operator {name} has been revoked"),
+                refusal: "revoked",
+            });
+        }
+        if !op.role.allows(needed) {
+            self.metrics.count_refusal("role");
+            return Err(CoordinatorError::denied(format!(
+                "role {} cannot {action} ({})",
+                op.role,
+                role_needed_text(needed)
+            )));
+        }
+        Ok(op)
+    }
+}

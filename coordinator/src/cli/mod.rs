@@ -1,0 +1,207 @@
+//! `ferry`, the operator CLI. Every command talks to the coordinator over
+//! mutually authenticated gRPC with the operator's credentials file, prints
+//! text for people or JSON (`--output json`) for scripts, and exits with the
+//! codes in [`ferry_common::exit`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_common::credentials::{self, Credentials};
+use ferry_common::exit;
+use ferry_common::tls;
+use ferry_proto::v1::operator_service_client::OperatorServiceClient;
+use tonic::transport::Channel;
+
+mod commands;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Operate a Ferry coordinator: agents, join tokens, operators")]
+pub struct Cli {
+    /// Credentials file (default: $FERRY_CREDENTIALS, then ~/.config/ferry/credentials).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the coordinator, its store, agent counts and who you are.
+    Status,
+    /// List enrolled agents with their state and host health.
+    Agents,
+    /// Manage one agent.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Manage join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage operators (people and CI systems using this CLI).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Revoke an agent: its session is cut now and it is refused from then on.
+    Revoke {
+        /// Agent name or id.
+        agent: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time join token and print the command that enrolls a host.
+    Create {
+        /// Name the enrolling agent will get (default: the agent chooses, usually its hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Labels the agent will carry, e.g. env=production,region=eu.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token stays valid, e.g. 30m, 1h, 2d (default: the coordinator's, 1h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Add an operator and write its credentials file (mode 0600).
+    Add {
+        name: String,
+        /// viewer, deployer or admin.
+        #[arg(long)]
+        role: String,
+        /// Where to write the credentials (default: ./NAME.credentials).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// List operators.
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke an operator; its credentials are refused from then on.
+    Revoke { name: String },
+}
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::FAILED,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The one place a gRPC status becomes an exit code and a message.
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        let code = match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => exit::REFUSED,
+            Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+            Code::InvalidArgument => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        let message = if status.code() == Code::Unavailable {
+            format!(
+                "coordinator unavailable: {}",
+                tls::error_chain(&status)
+            )
+        } else {
+            status.message().to_string()
+        };
+        CliError { code, message }
+    }
+}
+
+/// The process environment the CLI reads, passed in by `main`.
+#[derive(Debug, Clone, Default)]
+pub struct CliEnv {
+    pub vars: HashMap<String, String>,
+    /// Whether stdout is a terminal (for progress display).
+    pub stdout_is_terminal: bool,
+}
+
+impl CliEnv {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+}
+
+/// A connected CLI: the credentials in use and a client.
+pub struct Session {
+    pub credentials: Credentials,
+    pub client: OperatorServiceClient<Channel>,
+}
+
+/// Loads the credentials and connects.
+pub async fn connect(cli: &Cli, env: &CliEnv) -> Result<Session, CliError> {
+    let path = credentials::resolve(cli.credentials.as_deref(), env.get("FERRY_CREDENTIALS"), env.get("HOME"))
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let credentials = Credentials::load(&path).map_err(|e| CliError::usage(e.to_string()))?;
+    let config = tls::client_config(&credentials.ca, Some((&credentials.certificate, &credentials.key)))
+        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    let channel = tls::channel(&credentials.coordinator, config).await.map_err(|e| CliError {
+        code: exit::UNAVAILABLE,
+        message: format!("{e} (coordinator address from {})", path.display()),
+    })?;
+    Ok(Session {
+        credentials,
+        client: OperatorServiceClient::new(channel),
+    })
+}
+
+/// Runs one CLI invocation and returns its exit code; output goes to
+/// stdout, errors to stderr.
+pub async fn run(cli: Cli, env: CliEnv) -> i32 {
+    match commands::dispatch(&cli, &env).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            if cli.output == Output::Json {
+                let body = serde_json::json!({ "error": e.message, "exit_code": e.code });
+                eprintln!("{body}");
+            } else {
+                eprintln!("error: {}", e.message);
+            }
+            e.code
+        }
+    }
+}

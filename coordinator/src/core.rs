@@ -1,0 +1,43 @@
+//! The coordinator's shared state: configuration, store, CA, live sessions,
+//! metrics. Every gRPC adapter and the admin server hold an `Arc<Core>`.
+
+use std::sync::Arc;
+
+use ferry_common::pki::CertificateAuthority;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CoordinatorConfig;
+use crate::metrics::Metrics;
+use crate::sessions::SessionRegistry;
+use crate::store::{AuditEntry, Store};
+
+pub struct Core {
+    pub config: CoordinatorConfig,
+    pub store: Arc<dyn Store>,
+    pub ca: CertificateAuthority,
+    pub sessions: SessionRegistry,
+    pub metrics: Arc<Metrics>,
+    /// Identifies this process among coordinators sharing a store.
+    pub coordinator_id: String,
+    pub started_at_ms: i64,
+    /// Cancelled when the coordinator shuts down; sessions end with it.
+    pub shutdown: CancellationToken,
+}
+
+impl Core {
+    /// Appends to the audit log. A failure is logged, not returned: the
+    /// action itself already happened and must not be reported as failed.
+    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: String) {
+        let entry = AuditEntry {
+            at_ms: ferry_common::time::now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail,
+        };
+        tracing::info!(actor, action, target, detail = %entry.detail, "audit");
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(error = %e, action, target, "could not write the audit log");
+        }
+    }
+}

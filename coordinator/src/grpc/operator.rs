@@ -1,0 +1,148 @@
+//! `ferry.v1.OperatorService`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::identity::{Identity, Role};
+use ferry_common::time::now_ms;
+use ferry_proto::v1 as pb;
+use ferry_proto::v1::operator_service_server::OperatorService;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::core::Core;
+use crate::error::CoordinatorError;
+
+pub struct OperatorApi {
+    pub core: Arc<Core>,
+}
+
+fn caller_uri(op: &crate::store::OperatorRecord, core: &Core) -> String {
+    Identity::Operator(op.name.clone()).uri(&core.config.trust_domain)
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let op = self.core.require_operator(&req, Role::Viewer, "read status").await?;
+        let agents = self.core.store.list_agents().await.map_err(CoordinatorError::from)?;
+        let now = now_ms();
+        let active: Vec<_> = agents.iter().filter(|a| a.revoked_at_ms.is_none()).collect();
+        let online = active
+            .iter()
+            .filter(|a| self.core.agent_state(a, now) == crate::agents::AgentState::Online)
+            .count();
+        Ok(Response::new(pb::GetStatusResponse {
+            version: ferry_common::VERSION.into(),
+            coordinator_id: self.core.coordinator_id.clone(),
+            trust_domain: self.core.config.trust_domain.clone(),
+            store_backend: self.core.store.backend().as_str().into(),
+            agents_online: online as u32,
+            agents_total: active.len() as u32,
+            caller: caller_uri(&op, &self.core),
+            caller_role: pb::Role::from(op.role) as i32,
+            started_at_ms: self.core.started_at_ms,
+            server_time_ms: now,
+        }))
+    }
+
+    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.core.require_operator(&req, Role::Viewer, "list agents").await?;
+        let now = now_ms();
+        let agents = self
+            .core
+            .store
+            .list_agents()
+            .await
+            .map_err(CoordinatorError::from)?
+            .into_iter()
+            .map(|a| {
+                let state = self.core.agent_state(&a, now);
+                convert::agent(a, state)
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.core.require_operator(&req, Role::Viewer, "list operators").await?;
+        let operators = self
+            .core
+            .store
+            .list_operators()
+            .await
+            .map_err(CoordinatorError::from)?
+            .into_iter()
+            .map(convert::operator)
+            .collect();
+        Ok(Response::new(pb::ListOperatorsResponse { operators }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let op = self.core.require_operator(&req, Role::Admin, "create join tokens").await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let name = Some(r.name.trim().to_string()).filter(|n| !n.is_empty());
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds));
+        let t = self
+            .core
+            .create_join_token(&actor, name, r.labels.into_iter().collect(), ttl)
+            .await?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: t.token,
+            ca_pin: self.core.ca.pin(),
+            coordinator: self.core.config.advertise.clone(),
+            expires_at_ms: t.record.expires_at_ms,
+            name: t.record.name.unwrap_or_default(),
+            labels: t.record.labels.into_iter().collect(),
+        }))
+    }
+
+    async fn revoke_agent(&self, req: Request<pb::RevokeAgentRequest>) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let op = self.core.require_operator(&req, Role::Admin, "revoke agents").await?;
+        let actor = caller_uri(&op, &self.core);
+        let (agent, was_connected) = self.core.revoke_agent(&actor, req.get_ref().agent.trim()).await?;
+        let state = self.core.agent_state(&agent, now_ms());
+        Ok(Response::new(pb::RevokeAgentResponse {
+            agent: Some(convert::agent(agent, state)),
+            was_connected,
+        }))
+    }
+
+    async fn add_operator(&self, req: Request<pb::AddOperatorRequest>) -> Result<Response<pb::AddOperatorResponse>, Status> {
+        let op = self.core.require_operator(&req, Role::Admin, "add operators").await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let role = pb::Role::try_from(r.role)
+            .map_err(|_| CoordinatorError::invalid("role", format!("unknown role number {}", r.role)))
+            .and_then(|role| Role::try_from(role).map_err(|e| CoordinatorError::invalid("role", e)))?;
+        let created = self.core.add_operator(&actor, r.name.trim(), role, &r.csr_pem).await?;
+        Ok(Response::new(pb::AddOperatorResponse {
+            operator: Some(convert::operator(created.record)),
+            certificate_pem: created.cert_pem,
+            ca_pem: self.core.ca.cert_pem().to_string(),
+            coordinator: self.core.config.advertise.clone(),
+        }))
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        let op = self.core.require_operator(&req, Role::Admin, "revoke operators").await?;
+        let actor = caller_uri(&op, &self.core);
+        let record = self
+            .core
+            .revoke_operator(&op.name, &actor, req.get_ref().name.trim())
+            .await?;
+        Ok(Response::new(pb::RevokeOperatorResponse {
+            operator: Some(convert::operator(record)),
+        }))
+    }
+}

@@ -1,0 +1,188 @@
+//! Starting a coordinator: [`run`] for the binary (configuration, listeners,
+//! store), [`serve`] for anything that already has those (tests, benches).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::fsutil::{self, Mode};
+use ferry_common::pki::{self, CertificateAuthority};
+use ferry_common::tls::{self, PeerVerifier};
+use ferry_proto::v1::agent_service_server::AgentServiceServer;
+use ferry_proto::v1::operator_service_server::OperatorServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::AuthLayer;
+use crate::config::{self, CoordinatorConfig};
+use crate::core::Core;
+use crate::error::CoordinatorError;
+use crate::grpc::agent::AgentApi;
+use crate::grpc::operator::OperatorApi;
+use crate::metrics::Metrics;
+use crate::sessions::SessionRegistry;
+use crate::store::{self, Store};
+
+/// Reissue the server certificate when less than this is left.
+const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
+
+/// Flags of `ferry-coordinator serve`; unset keeps the file's values.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOverrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+}
+
+/// The sockets a coordinator serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Loads the configuration from `data_dir` (then `env`, then `overrides`),
+/// binds, opens the store and serves until `shutdown`.
+pub async fn run(
+    data_dir: &Path,
+    env: &HashMap<String, String>,
+    overrides: ServeOverrides,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let mut config = CoordinatorConfig::load(data_dir)?;
+    config.apply_env(env)?;
+    if let Some(l) = overrides.listen {
+        config.listen = l;
+    }
+    if let Some(l) = overrides.admin_listen {
+        config.admin_listen = l;
+    }
+    if let Some(url) = overrides.database_url {
+        config.database_url = Some(url);
+    }
+    let grpc = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let store = store::open(&config.store_location(data_dir)).await?;
+    tracing::info!(
+        grpc = %config.listen,
+        admin = %config.admin_listen,
+        store = store.backend().as_str(),
+        "coordinator listening"
+    );
+    serve(
+        data_dir.to_path_buf(),
+        config,
+        Listeners {
+            grpc,
+            admin: Some(admin),
+        },
+        store,
+        shutdown,
+    )
+    .await
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
+    TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Serves gRPC (and the admin port, if given) with the PKI in `data_dir`
+/// until `shutdown` is cancelled.
+pub async fn serve(
+    data_dir: PathBuf,
+    config: CoordinatorConfig,
+    listeners: Listeners,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let data_dir = data_dir.as_path();
+    let read = |name: &str| fsutil::read_to_string(&data_dir.join(name));
+    let ca = CertificateAuthority::from_pem(&read(config::CA_CERT_FILE)?, &read(config::CA_KEY_FILE)?)?;
+    let (chain_pem, key_pem) = server_identity(data_dir, &config, &ca)?;
+    let tls_config = tls::server_config(&chain_pem, &key_pem)?;
+    let verifier = PeerVerifier::new(ca.cert_pem())?;
+
+    if store.bootstrap_admin(&config.admin_name, ferry_common::time::now_ms()).await? {
+        tracing::info!(admin = %config.admin_name, "new store: added the admin operator");
+    }
+    let metrics = Arc::new(Metrics::default());
+    let core = Arc::new(Core {
+        coordinator_id: format!("{}-{}", ferry_common::host::hostname(), &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        started_at_ms: ferry_common::time::now_ms(),
+        sessions: SessionRegistry::default(),
+        metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
+        store,
+        ca,
+        config,
+    });
+
+    let admin_task = listeners.admin.map(|listener| {
+        let core = Arc::clone(&core);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, core, shutdown).await {
+                tracing::error!(error = %e, "admin HTTP server failed");
+            }
+        })
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<OperatorServiceServer<OperatorApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
+
+    let incoming = crate::net::incoming(listeners.grpc, tls_config, shutdown.clone());
+    let auth = AuthLayer::new(verifier, &core.config.trust_domain, metrics);
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(auth)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(AgentApi { core: Arc::clone(&core) }))
+        .add_service(OperatorServiceServer::new(OperatorApi { core: Arc::clone(&core) }))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .map_err(|e| CoordinatorError::Internal(format!("gRPC server: {}", tls::error_chain(&e))));
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}
+
+/// The server certificate chain and key, reissued from the CA when it is
+/// close to expiry (the coordinator holds the CA, so it never has to lapse).
+fn server_identity(
+    data_dir: &Path,
+    config: &CoordinatorConfig,
+    ca: &CertificateAuthority,
+) -> Result<(String, String), CoordinatorError> {
+    let cert_path: PathBuf = data_dir.join(config::SERVER_CERT_FILE);
+    let key_path = data_dir.join(config::SERVER_KEY_FILE);
+    let chain = fsutil::read_to_string(&cert_path)?;
+    let info = pki::cert_info_pem(&chain)?;
+    let remaining = info.not_after - time::OffsetDateTime::now_utc();
+    if remaining > SERVER_CERT_RENEW_BEFORE {
+        return Ok((chain, fsutil::read_to_string(&key_path)?));
+    }
+    tracing::info!(not_after = %info.not_after, "server certificate close to expiry; reissuing");
+    let fresh = ca.issue_server(&config.sans, config.server_cert_ttl)?;
+    let chain = format!("{}{}", fresh.cert_pem, ca.cert_pem());
+    fsutil::write_atomic(&key_path, fresh.key_pem.as_bytes(), Mode::Private, true)?;
+    fsutil::write_atomic(&cert_path, chain.as_bytes(), Mode::Public, true)?;
+    Ok((chain, fresh.key_pem))
+}

@@ -1,0 +1,91 @@
+//! The live agent sessions on this coordinator: who is connected, their
+//! latest health, and a way to end a session from elsewhere (revocation,
+//! or the same agent connecting again).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+use tonic::Status;
+use uuid::Uuid;
+
+struct Entry {
+    session_id: Uuid,
+    kill: Option<oneshot::Sender<Status>>,
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    inner: Mutex<HashMap<Uuid, Entry>>,
+}
+
+impl SessionRegistry {
+    /// Registers a new session for `agent`, ending any older one (the agent
+    /// reconnected before the old stream was noticed as dead). Returns the
+    /// session id and the receiver that ends this session with a status.
+    pub fn register(&self, agent: Uuid) -> (Uuid, oneshot::Receiver<Status>) {
+        let session_id = Uuid::now_v7();
+        let (tx, rx) = oneshot::channel();
+        let old = self.lock().insert(
+            agent,
+            Entry {
+                session_id,
+                kill: Some(tx),
+            },
+        );
+        if let Some(Entry { kill: Some(kill), .. }) = old {
+            let _ = kill.send(Status::aborted("superseded by a newer session of the same agent"));
+        }
+        (session_id, rx)
+    }
+
+    /// Removes the session if it is still the agent's current one.
+    pub fn unregister(&self, agent: Uuid, session_id: Uuid) {
+        let mut map = self.lock();
+        if map.get(&agent).is_some_and(|e| e.session_id == session_id) {
+            map.remove(&agent);
+        }
+    }
+
+    /// Ends the agent's live session with `status`. Returns whether there was one.
+    pub fn kill(&self, agent: Uuid, status: Status) -> bool {
+        match self.lock().remove(&agent) {
+            Some(Entry { kill: Some(kill), .. }) => kill.send(status).is_ok(),
+            _ => false,
+        }
+    }
+
+    pub fn is_online(&self, agent: Uuid) -> bool {
+        self.lock().contains_key(&agent)
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_session_supersedes_older() {
+        let reg = SessionRegistry::default();
+        let a = Uuid::now_v7();
+        let (s1, mut rx1) = reg.register(a);
+        let (s2, mut rx2) = reg.register(a);
+        assert_eq!(rx1.try_recv().unwrap().code(), tonic::Code::Aborted);
+        reg.unregister(a, s1);
+        assert!(reg.is_online(a), "unregistering a stale session must not drop the live one");
+        assert!(reg.kill(a, Status::permission_denied("revoked")));
+        assert_eq!(rx2.try_recv().unwrap().code(), tonic::Code::PermissionDenied);
+        assert!(!reg.is_online(a));
+        reg.unregister(a, s2);
+        assert_eq!(reg.online_count(), 0);
+    }
+}
