@@ -1,1 +1,3 @@
-//! placeholder
+//! Ferry's coordinator library; on this branch, only the store.
+
+pub mod store;

@@ -16,6 +16,7 @@ use ferry_common::identity::Role;
 use uuid::Uuid;
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -217,3 +218,6 @@ pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
     }
 }
+
+#[cfg(test)]
+mod tests;
