@@ -71,15 +71,27 @@ impl AgentConfig {
             reason: e.to_string(),
         })?;
         let body = format!("# Ferry agent configuration, written by `ferry-agent enroll`.\n{text}");
-        fsutil::write_atomic(&state_dir.join(CONFIG_FILE), body.as_bytes(), Mode::Public, overwrite)?;
+        fsutil::write_atomic(
+            &state_dir.join(CONFIG_FILE),
+            body.as_bytes(),
+            Mode::Public,
+            overwrite,
+        )?;
         Ok(())
     }
 
     /// `FERRY_COORDINATORS` (comma-separated), `FERRY_POSTGRES_URL`,
     /// `FERRY_DOCKER_SOCKET`.
     pub fn apply_env(&mut self, env: &HashMap<String, String>) {
-        if let Some(list) = env.get("FERRY_COORDINATORS").filter(|v| !v.trim().is_empty()) {
-            self.coordinators = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        if let Some(list) = env
+            .get("FERRY_COORDINATORS")
+            .filter(|v| !v.trim().is_empty())
+        {
+            self.coordinators = list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if let Some(url) = env.get("FERRY_POSTGRES_URL").filter(|v| !v.is_empty()) {
             self.postgres_url = Some(url.clone());
@@ -113,7 +125,11 @@ impl Identity {
     /// Replaces key and certificate. Both are staged as `*.next` first and
     /// renamed key-then-certificate, so a crash at any point leaves either
     /// the old pair or a state [`finish_renewal`] completes.
-    pub fn store_renewed(state_dir: &Path, key_pem: &str, cert_pem: &str) -> Result<(), AgentError> {
+    pub fn store_renewed(
+        state_dir: &Path,
+        key_pem: &str,
+        cert_pem: &str,
+    ) -> Result<(), AgentError> {
         let next = |f: &str| state_dir.join(format!("{f}.next"));
         fsutil::write_atomic(&next(KEY_FILE), key_pem.as_bytes(), Mode::Private, true)?;
         fsutil::write_atomic(&next(CERT_FILE), cert_pem.as_bytes(), Mode::Public, true)?;
@@ -162,28 +178,48 @@ mod tests {
         c.save(dir.path(), false).unwrap();
         assert_eq!(AgentConfig::load(dir.path()).unwrap(), c);
         let mut env = HashMap::new();
-        env.insert("FERRY_COORDINATORS".to_string(), "https://a:1, https://b:2".to_string());
+        env.insert(
+            "FERRY_COORDINATORS".to_string(),
+            "https://a:1, https://b:2".to_string(),
+        );
         let mut c2 = c.clone();
         c2.apply_env(&env);
-        assert_eq!(c2.coordinators, vec!["https://a:1".to_string(), "https://b:2".to_string()]);
+        assert_eq!(
+            c2.coordinators,
+            vec!["https://a:1".to_string(), "https://b:2".to_string()]
+        );
 
-        std::fs::write(dir.path().join(CONFIG_FILE), "agent_id = \"x\"\ncolour = 1\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "agent_id = \"x\"\ncolour = 1\n",
+        )
+        .unwrap();
         let err = AgentConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("agent.toml") && err.contains("colour"), "{err}");
+        assert!(
+            err.contains("agent.toml") && err.contains("colour"),
+            "{err}"
+        );
     }
 
     #[test]
     fn interrupted_renewal_is_completed() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        for (f, body) in [(CA_FILE, "ca"), (CERT_FILE, "old-cert"), (KEY_FILE, "old-key")] {
+        for (f, body) in [
+            (CA_FILE, "ca"),
+            (CERT_FILE, "old-cert"),
+            (KEY_FILE, "old-key"),
+        ] {
             std::fs::write(p.join(f), body).unwrap();
         }
         // Crash after the key was moved but before the certificate was.
         std::fs::write(p.join(KEY_FILE), "new-key").unwrap();
         std::fs::write(p.join(format!("{CERT_FILE}.next")), "new-cert").unwrap();
         let id = Identity::load(p).unwrap();
-        assert_eq!((id.key_pem.as_str(), id.cert_pem.as_str()), ("new-key", "new-cert"));
+        assert_eq!(
+            (id.key_pem.as_str(), id.cert_pem.as_str()),
+            ("new-key", "new-cert")
+        );
 
         Identity::store_renewed(p, "k3", "c3").unwrap();
         let id = Identity::load(p).unwrap();

@@ -115,8 +115,23 @@ fn write_state(dir: &Path, key_pem: &str, reply: &pb::EnrollResponse) -> Result<
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| fsutil::FileError::io(dir, e))?;
     }
-    fsutil::write_atomic(&dir.join(config::KEY_FILE), key_pem.as_bytes(), Mode::Private, true)?;
-    fsutil::write_atomic(&dir.join(config::CERT_FILE), reply.certificate_pem.as_bytes(), Mode::Public, true)?;
-    fsutil::write_atomic(&dir.join(config::CA_FILE), reply.ca_pem.as_bytes(), Mode::Public, true)?;
+    fsutil::write_atomic(
+        &dir.join(config::KEY_FILE),
+        key_pem.as_bytes(),
+        Mode::Private,
+        true,
+    )?;
+    fsutil::write_atomic(
+        &dir.join(config::CERT_FILE),
+        reply.certificate_pem.as_bytes(),
+        Mode::Public,
+        true,
+    )?;
+    fsutil::write_atomic(
+        &dir.join(config::CA_FILE),
+        reply.ca_pem.as_bytes(),
+        Mode::Public,
+        true,
+    )?;
     Ok(())
 }

@@ -20,13 +20,23 @@ pub enum AgentError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("{dir} already holds an enrolled agent ({name}, {id}); use another --state-dir, or remove it to enroll again")]
-    AlreadyEnrolled { dir: PathBuf, name: String, id: String },
-    #[error("refusing to enroll: the coordinator's CA is {presented}, but --ca-pin is {expected}; check the pin printed by `ferry token create` and that --coordinator is the right host")]
+    #[error(
+        "{dir} already holds an enrolled agent ({name}, {id}); use another --state-dir, or remove it to enroll again"
+    )]
+    AlreadyEnrolled {
+        dir: PathBuf,
+        name: String,
+        id: String,
+    },
+    #[error(
+        "refusing to enroll: the coordinator's CA is {presented}, but --ca-pin is {expected}; check the pin printed by `ferry token create` and that --coordinator is the right host"
+    )]
     PinMismatch { presented: String, expected: String },
     #[error("the coordinator refused enrollment: {0}")]
     EnrollRefused(String),
-    #[error("this agent has been revoked by the coordinator ({0}); enroll the host again with a new join token")]
+    #[error(
+        "this agent has been revoked by the coordinator ({0}); enroll the host again with a new join token"
+    )]
     Revoked(String),
     #[error("the coordinator refuses this agent's credentials: {0}")]
     CredentialsRefused(String),
@@ -43,9 +53,10 @@ impl AgentError {
             | AgentError::Revoked(_)
             | AgentError::CredentialsRefused(_) => exit::REFUSED,
             AgentError::Unreachable(_) => exit::UNAVAILABLE,
-            AgentError::File(_) | AgentError::Pki(_) | AgentError::Tls(_) | AgentError::AlreadyEnrolled { .. } => {
-                exit::FAILED
-            }
+            AgentError::File(_)
+            | AgentError::Pki(_)
+            | AgentError::Tls(_)
+            | AgentError::AlreadyEnrolled { .. } => exit::FAILED,
         }
     }
 }

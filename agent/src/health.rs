@@ -19,9 +19,17 @@ pub struct HealthProbe {
 }
 
 impl HealthProbe {
-    pub fn new(docker_socket: &str, postgres_url: Option<String>, disk_paths: Vec<PathBuf>) -> Self {
-        let docker = Docker::connect_with_unix(docker_socket, PROBE_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
-            .map_err(|e| format!("{docker_socket}: {e}"));
+    pub fn new(
+        docker_socket: &str,
+        postgres_url: Option<String>,
+        disk_paths: Vec<PathBuf>,
+    ) -> Self {
+        let docker = Docker::connect_with_unix(
+            docker_socket,
+            PROBE_TIMEOUT.as_secs(),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| format!("{docker_socket}: {e}"));
         HealthProbe {
             docker,
             postgres_url,
@@ -67,7 +75,9 @@ impl HealthProbe {
     async fn postgres(&self) -> Option<Result<String, String>> {
         let url = self.postgres_url.as_ref()?;
         let probe = async {
-            let mut conn = sqlx::postgres::PgConnection::connect(url).await.map_err(|e| e.to_string())?;
+            let mut conn = sqlx::postgres::PgConnection::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
             let version: String = sqlx::query_scalar("SHOW server_version")
                 .fetch_one(&mut conn)
                 .await
@@ -94,7 +104,10 @@ impl HealthProbe {
                 total_bytes: st.blocks().saturating_mul(frsize),
             };
             // Two watched paths on one filesystem would repeat the same numbers.
-            if !out.iter().any(|d| d.total_bytes == usage.total_bytes && d.free_bytes == usage.free_bytes) {
+            if !out
+                .iter()
+                .any(|d| d.total_bytes == usage.total_bytes && d.free_bytes == usage.free_bytes)
+            {
                 out.push(usage);
             }
         }

@@ -24,7 +24,11 @@ use tokio_util::sync::CancellationToken;
 pub use error::AgentError;
 
 /// Loads the state dir, applies the environment, and runs until `shutdown`.
-pub async fn run(state_dir: &Path, env: &HashMap<String, String>, shutdown: CancellationToken) -> Result<(), AgentError> {
+pub async fn run(
+    state_dir: &Path,
+    env: &HashMap<String, String>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
     let mut config = config::AgentConfig::load(state_dir)?;
     config.apply_env(env);
     session::run(session::Agent::new(config, state_dir), shutdown).await

@@ -9,7 +9,11 @@ use ferry_common::labels::format_labels;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry-agent", version, about = "The Ferry agent (one per host)")]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "The Ferry agent (one per host)"
+)]
 struct Args {
     #[command(subcommand)]
     command: Cmd,
@@ -72,10 +76,16 @@ async fn main() {
                     if !e.labels.is_empty() {
                         println!("  labels       {}", format_labels(&e.labels));
                     }
-                    println!("  certificate  valid until {} (renewed automatically)", e.not_after);
+                    println!(
+                        "  certificate  valid until {} (renewed automatically)",
+                        e.not_after
+                    );
                     println!("  state dir    {}", opts.state_dir.display());
                     println!();
-                    println!("next: ferry-agent run --state-dir {}", opts.state_dir.display());
+                    println!(
+                        "next: ferry-agent run --state-dir {}",
+                        opts.state_dir.display()
+                    );
                     exit::OK
                 }
                 Err(e) => {
@@ -88,13 +98,15 @@ async fn main() {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("warning: cannot watch SIGTERM: {e}");
-                        return;
-                    }
-                };
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("warning: cannot watch SIGTERM: {e}");
+                            return;
+                        }
+                    };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}

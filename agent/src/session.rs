@@ -49,7 +49,11 @@ impl Agent {
         } else {
             config.disk_paths.clone()
         };
-        let probe = HealthProbe::new(&config.docker_socket, config.postgres_url.clone(), disk_paths);
+        let probe = HealthProbe::new(
+            &config.docker_socket,
+            config.postgres_url.clone(),
+            disk_paths,
+        );
         Agent {
             config,
             state_dir: state_dir.to_path_buf(),
@@ -62,7 +66,10 @@ enum SessionEnd {
     Shutdown,
     /// The session was lost; `established` says whether it had got going
     /// (which resets the backoff).
-    Lost { established: bool, reason: String },
+    Lost {
+        established: bool,
+        reason: String,
+    },
 }
 
 /// Runs until `shutdown` (Ok) or a refusal that retrying cannot fix (Err).
@@ -73,7 +80,9 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), AgentE
         let url = agent.config.coordinators[index % agent.config.coordinators.len()].clone();
         let end = match session_once(&agent, &url, &shutdown).await {
             Ok(end) => end,
-            Err(fatal @ (AgentError::Revoked(_) | AgentError::CredentialsRefused(_))) => return Err(fatal),
+            Err(fatal @ (AgentError::Revoked(_) | AgentError::CredentialsRefused(_))) => {
+                return Err(fatal);
+            }
             Err(other) => SessionEnd::Lost {
                 established: false,
                 reason: other.to_string(),
@@ -81,7 +90,10 @@ pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), AgentE
         };
         match end {
             SessionEnd::Shutdown => return Ok(()),
-            SessionEnd::Lost { established, reason } => {
+            SessionEnd::Lost {
+                established,
+                reason,
+            } => {
                 if established {
                     backoff.reset();
                 }
@@ -114,9 +126,16 @@ fn classify(status: &tonic::Status) -> Result<String, AgentError> {
     }
 }
 
-async fn session_once(agent: &Agent, url: &str, shutdown: &CancellationToken) -> Result<SessionEnd, AgentError> {
+async fn session_once(
+    agent: &Agent,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, AgentError> {
     let identity = Identity::load(&agent.state_dir)?;
-    let config = tls::client_config(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem)))?;
+    let config = tls::client_config(
+        &identity.ca_pem,
+        Some((&identity.cert_pem, &identity.key_pem)),
+    )?;
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         c = tls::channel(url, config) => c?,
@@ -132,7 +151,9 @@ async fn session_once(agent: &Agent, url: &str, shutdown: &CancellationToken) ->
             hostname: ferry_common::host::hostname(),
         })),
     };
-    tx.send(hello).await.map_err(|_| AgentError::Unreachable("session closed".into()))?;
+    tx.send(hello)
+        .await
+        .map_err(|_| AgentError::Unreachable("session closed".into()))?;
     let mut inbound = match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
@@ -170,8 +191,17 @@ async fn session_once(agent: &Agent, url: &str, shutdown: &CancellationToken) ->
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
     let session_done = CancellationToken::new();
     let _stop_helpers = session_done.clone().drop_guard();
-    tokio::spawn(heartbeats(Arc::clone(&agent.probe), tx.clone(), interval, session_done.clone()));
-    tokio::spawn(renewals(agent.state_dir.clone(), channel, session_done.clone()));
+    tokio::spawn(heartbeats(
+        Arc::clone(&agent.probe),
+        tx.clone(),
+        interval,
+        session_done.clone(),
+    ));
+    tokio::spawn(renewals(
+        agent.state_dir.clone(),
+        channel,
+        session_done.clone(),
+    ));
 
     loop {
         tokio::select! {
@@ -258,7 +288,10 @@ async fn renewals(state_dir: PathBuf, channel: Channel, done: CancellationToken)
     }
 }
 
-async fn renew_once(state_dir: &Path, client: &mut AgentServiceClient<Channel>) -> Result<String, AgentError> {
+async fn renew_once(
+    state_dir: &Path,
+    client: &mut AgentServiceClient<Channel>,
+) -> Result<String, AgentError> {
     let (key_pem, csr_pem) = pki::generate_key_and_csr("ferry-agent")?;
     let reply = client
         .renew(pb::RenewRequest { csr_pem })

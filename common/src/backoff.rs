@@ -39,7 +39,11 @@ impl Iterator for FullJitter {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         let ms = ceiling.as_millis() as u64;
-        Some(Duration::from_millis(if ms == 0 { 0 } else { rand::random_range(0..=ms) }))
+        Some(Duration::from_millis(if ms == 0 {
+            0
+        } else {
+            rand::random_range(0..=ms)
+        }))
     }
 }
 
@@ -67,6 +71,9 @@ mod tests {
     fn waits_are_spread() {
         let b = FullJitter::new(Duration::from_secs(10), Duration::from_secs(10));
         let waits: std::collections::HashSet<u128> = b.take(50).map(|d| d.as_millis()).collect();
-        assert!(waits.len() > 10, "full jitter should spread waits, got {waits:?}");
+        assert!(
+            waits.len() > 10,
+            "full jitter should spread waits, got {waits:?}"
+        );
     }
 }

@@ -31,7 +31,9 @@ pub enum CredentialsError {
     File(#[from] FileError),
     #[error("{path}: not a Ferry credentials file: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error("no credentials found: pass --credentials FILE, set FERRY_CREDENTIALS, or put the file at {default}")]
+    #[error(
+        "no credentials found: pass --credentials FILE, set FERRY_CREDENTIALS, or put the file at {default}"
+    )]
     NotFound { default: String },
 }
 
@@ -100,7 +102,10 @@ mod tests {
             resolve(Some(Path::new("/a")), Some("/b"), Some(home)).unwrap(),
             PathBuf::from("/a")
         );
-        assert_eq!(resolve(None, Some("/b"), Some(home)).unwrap(), PathBuf::from("/b"));
+        assert_eq!(
+            resolve(None, Some("/b"), Some(home)).unwrap(),
+            PathBuf::from("/b")
+        );
         let err = resolve(None, None, Some(home)).unwrap_err();
         assert!(err.to_string().contains("--credentials FILE"));
         let default = default_path(Some(home)).unwrap();

@@ -39,15 +39,26 @@ pub enum Mode {
 
 /// Writes `contents` to `path` atomically. With `overwrite == false` an
 /// existing file is an error and is left untouched.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: Mode, overwrite: bool) -> Result<(), FileError> {
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: Mode,
+    overwrite: bool,
+) -> Result<(), FileError> {
     if !overwrite && path.exists() {
         return Err(FileError::Exists {
             path: path.to_path_buf(),
         });
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| FileError::io(dir, e))?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let bits = match mode {
         Mode::Private => 0o600,

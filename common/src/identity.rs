@@ -21,7 +21,9 @@ pub enum Identity {
 pub enum IdentityError {
     #[error("identity {uri:?} is not a spiffe:// URI")]
     NotSpiffe { uri: String },
-    #[error("identity {uri:?} belongs to trust domain {found:?}, this coordinator serves {expected:?}")]
+    #[error(
+        "identity {uri:?} belongs to trust domain {found:?}, this coordinator serves {expected:?}"
+    )]
     ForeignTrustDomain {
         uri: String,
         found: String,
@@ -58,12 +60,14 @@ impl Identity {
             });
         }
         match path.split_once('/') {
-            Some(("agent", id)) => Uuid::parse_str(id)
-                .map(Identity::Agent)
-                .map_err(|e| IdentityError::BadAgentId {
-                    uri: uri.into(),
-                    reason: e.to_string(),
-                }),
+            Some(("agent", id)) => {
+                Uuid::parse_str(id)
+                    .map(Identity::Agent)
+                    .map_err(|e| IdentityError::BadAgentId {
+                        uri: uri.into(),
+                        reason: e.to_string(),
+                    })
+            }
             Some(("operator", name)) => validate_name(name)
                 .map(|()| Identity::Operator(name.to_string()))
                 .map_err(|reason| IdentityError::BadOperatorName {
@@ -98,7 +102,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     let first = name.as_bytes()[0];
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return Err(format!("{name:?} must start with a lowercase letter or a digit"));
+        return Err(format!(
+            "{name:?} must start with a lowercase letter or a digit"
+        ));
     }
     if let Some(bad) = name
         .chars()
@@ -236,6 +242,11 @@ mod tests {
         assert!(Role::Deployer.allows(Role::Viewer));
         assert!(!Role::Viewer.allows(Role::Deployer));
         assert_eq!("deployer".parse::<Role>(), Ok(Role::Deployer));
-        assert!("root".parse::<Role>().unwrap_err().contains("viewer, deployer, admin"));
+        assert!(
+            "root"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("viewer, deployer, admin")
+        );
     }
 }

@@ -13,7 +13,9 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
         let (k, v) = (k.trim(), v.trim());
         validate_key(k)?;
         if v.contains('=') {
-            return Err(format!("label value {v:?} (for {k:?}) must not contain '='"));
+            return Err(format!(
+                "label value {v:?} (for {k:?}) must not contain '='"
+            ));
         }
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(format!("label {k:?} is given twice"));

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -180,12 +179,12 @@ impl CertificateAuthority {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(|e: rcgen::Error| {
-            PkiError::BadSan {
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(
+            |e: rcgen::Error| PkiError::BadSan {
                 name: uri.into(),
                 reason: e.to_string(),
-            }
-        })?)];
+            },
+        )?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let serial = set_validity(&mut params, start, ttl);
@@ -201,7 +200,11 @@ impl CertificateAuthority {
     }
 }
 
-fn set_validity(params: &mut CertificateParams, start: OffsetDateTime, ttl: Duration) -> SerialNumber {
+fn set_validity(
+    params: &mut CertificateParams,
+    start: OffsetDateTime,
+    ttl: Duration,
+) -> SerialNumber {
     params.not_before = start - CLOCK_SKEW.min(ttl / 10);
     params.not_after = start + ttl;
     let serial = random_serial();
@@ -222,9 +225,11 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
     }
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !valid {
         return Err(PkiError::BadSan {
             name: name.into(),
@@ -266,7 +271,11 @@ pub fn pin_of_pem(pem: &str) -> Result<String, PkiError> {
 /// case, with or without `:` between bytes.
 pub fn normalize_pin(pin: &str) -> Result<String, String> {
     let hex_part = pin.trim().strip_prefix("sha256:").unwrap_or(pin.trim());
-    let cleaned: String = hex_part.chars().filter(|c| *c != ':').collect::<String>().to_lowercase();
+    let cleaned: String = hex_part
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_lowercase();
     if cleaned.len() != 64 || !cleaned.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!(
             "{pin:?} is not a CA pin; expected \"sha256:\" followed by 64 hex digits (as printed by `ferry token create`)"
@@ -276,7 +285,10 @@ pub fn normalize_pin(pin: &str) -> Result<String, String> {
 }
 
 /// All certificates in a PEM string, in order.
-pub fn certs_from_pem(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+pub fn certs_from_pem(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::BadPem {
@@ -345,10 +357,18 @@ mod tests {
         let ca = CertificateAuthority::generate("ferry.test").unwrap();
         let (_key, csr) = generate_key_and_csr("whatever-the-host-says").unwrap();
         let issued = ca
-            .sign_client_csr(&csr, "spiffe://ferry.test/operator/alice", "alice", Duration::from_secs(3600))
+            .sign_client_csr(
+                &csr,
+                "spiffe://ferry.test/operator/alice",
+                "alice",
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let info = cert_info_pem(&issued.cert_pem).unwrap();
-        assert_eq!(info.uris, vec!["spiffe://ferry.test/operator/alice".to_string()]);
+        assert_eq!(
+            info.uris,
+            vec!["spiffe://ferry.test/operator/alice".to_string()]
+        );
         assert!(info.subject.contains("alice"));
         assert!(info.issuer.contains("Ferry CA"));
         assert_eq!(info.serial_hex, issued.serial_hex);
@@ -363,19 +383,35 @@ mod tests {
         assert_eq!(ca.pin(), again.pin());
         let (_k, csr) = generate_key_and_csr("x").unwrap();
         let issued = again
-            .sign_client_csr(&csr, "spiffe://ferry.test/operator/bob", "bob", Duration::from_secs(60))
+            .sign_client_csr(
+                &csr,
+                "spiffe://ferry.test/operator/bob",
+                "bob",
+                Duration::from_secs(60),
+            )
             .unwrap();
-        assert!(cert_info_pem(&issued.cert_pem).unwrap().issuer.contains("Ferry CA"));
+        assert!(
+            cert_info_pem(&issued.cert_pem)
+                .unwrap()
+                .issuer
+                .contains("Ferry CA")
+        );
     }
 
     #[test]
     fn server_cert_carries_dns_and_ip_names() {
         let ca = CertificateAuthority::generate("ferry.test").unwrap();
         let kc = ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into()], Duration::from_secs(60))
+            .issue_server(
+                &["localhost".into(), "127.0.0.1".into()],
+                Duration::from_secs(60),
+            )
             .unwrap();
         assert!(kc.cert_pem.contains("BEGIN CERTIFICATE"));
-        assert!(ca.issue_server(&["bad name!".into()], Duration::from_secs(60)).is_err());
+        assert!(
+            ca.issue_server(&["bad name!".into()], Duration::from_secs(60))
+                .is_err()
+        );
     }
 
     #[test]
@@ -385,14 +421,23 @@ mod tests {
         assert_eq!(pin_of_pem(ca.cert_pem()).unwrap(), pin);
         let bare = pin.trim_start_matches("sha256:").to_uppercase();
         assert_eq!(normalize_pin(&bare).unwrap(), pin);
-        assert!(normalize_pin("sha256:abc").unwrap_err().contains("64 hex digits"));
+        assert!(
+            normalize_pin("sha256:abc")
+                .unwrap_err()
+                .contains("64 hex digits")
+        );
     }
 
     #[test]
     fn garbage_csr_is_refused() {
         let ca = CertificateAuthority::generate("ferry.test").unwrap();
         let err = ca
-            .sign_client_csr("not a csr", "spiffe://ferry.test/operator/a", "a", Duration::from_secs(1))
+            .sign_client_csr(
+                "not a csr",
+                "spiffe://ferry.test/operator/a",
+                "a",
+                Duration::from_secs(1),
+            )
             .unwrap_err();
         assert!(matches!(err, PkiError::BadCsr(_)));
     }

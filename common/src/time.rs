@@ -51,11 +51,12 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humanize_err(text, parse_duration_inner(text.trim()))
 }
 
-fn humanize_err(
-    text: &str,
-    r: Option<std::time::Duration>,
-) -> Result<std::time::Duration, String> {
-    r.ok_or_else(|| format!("{text:?} is not a duration; expected something like \"30s\", \"5m\", \"1h\" or \"7d\""))
+fn humanize_err(text: &str, r: Option<std::time::Duration>) -> Result<std::time::Duration, String> {
+    r.ok_or_else(|| {
+        format!(
+            "{text:?} is not a duration; expected something like \"30s\", \"5m\", \"1h\" or \"7d\""
+        )
+    })
 }
 
 fn parse_duration_inner(text: &str) -> Option<std::time::Duration> {
@@ -137,7 +138,12 @@ pub mod serde_duration {
 /// The shortest exact text for a duration: `7d`, `90s`, `1500ms`.
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }

@@ -22,8 +22,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
@@ -133,9 +133,13 @@ impl ClientCertVerifier for DeferredClientVerifier {
 /// Why a client certificate was not accepted, in words for the operator.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerCertError {
-    #[error("a client certificate is required; use the credentials file `ferry-coordinator init` or `ferry operator add` wrote (--credentials FILE or FERRY_CREDENTIALS)")]
+    #[error(
+        "a client certificate is required; use the credentials file `ferry-coordinator init` or `ferry operator add` wrote (--credentials FILE or FERRY_CREDENTIALS)"
+    )]
     Missing,
-    #[error("the client certificate expired at {not_after}; an agent renews its own before that, an operator needs new credentials (`ferry operator add`)")]
+    #[error(
+        "the client certificate expired at {not_after}; an agent renews its own before that, an operator needs new credentials (`ferry operator add`)"
+    )]
     Expired { not_after: String },
     #[error("the client certificate is not valid before {not_before}; check this host's clock")]
     NotYetValid { not_before: String },
@@ -161,9 +165,10 @@ impl std::fmt::Debug for PeerVerifier {
 
 impl PeerVerifier {
     pub fn new(ca_pem: &str) -> Result<Self, TlsError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-            .build()
-            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+                .build()
+                .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
         Ok(PeerVerifier { inner })
     }
 
@@ -171,7 +176,10 @@ impl PeerVerifier {
     pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<Vec<String>, PeerCertError> {
         let (end_entity, intermediates) = chain.split_first().ok_or(PeerCertError::Missing)?;
         let info = pki::cert_info(end_entity).map_err(|e| PeerCertError::Invalid(e.to_string()))?;
-        match self.inner.verify_client_cert(end_entity, intermediates, UnixTime::now()) {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        {
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(e)) => {
                 return Err(match e {
@@ -186,7 +194,9 @@ impl PeerVerifier {
                         }
                     }
                     CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                        PeerCertError::UnknownIssuer { issuer: info.issuer }
+                        PeerCertError::UnknownIssuer {
+                            issuer: info.issuer,
+                        }
                     }
                     other => PeerCertError::Invalid(format!("{other:?}")),
                 });
@@ -270,18 +280,27 @@ impl ServerCertVerifier for PinnedCaVerifier {
         if let Ok(mut slot) = self.observed.0.lock() {
             *slot = presented.last().cloned();
         }
-        let Some(ca) = intermediates.iter().find(|c| pki::pin_of_der(c) == self.pin) else {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| pki::pin_of_der(c) == self.pin)
+        else {
             return Err(rustls::Error::General(format!(
                 "the coordinator's CA ({}) does not match the pinned CA {}",
-                presented.last().map(String::as_str).unwrap_or("none presented"),
+                presented
+                    .last()
+                    .map(String::as_str)
+                    .unwrap_or("none presented"),
                 self.pin
             )));
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
     fn verify_tls12_signature(
@@ -307,12 +326,18 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 /// Splits `https://host:port` into host and port.
 pub fn parse_url(url: &str) -> Result<(String, u16), TlsError> {
-    let bad = || TlsError::BadUrl { url: url.to_string() };
+    let bad = || TlsError::BadUrl {
+        url: url.to_string(),
+    };
     let uri: Uri = url.parse().map_err(|_| bad())?;
     if uri.scheme_str() != Some("https") {
         return Err(bad());
     }
-    let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
+    let host = uri
+        .host()
+        .ok_or_else(bad)?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     Ok((host.to_string(), uri.port_u16().unwrap_or(443)))
 }
 
@@ -321,18 +346,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn endpoint(url: &str) -> Result<(Endpoint, Connector), TlsError> {
     let (host, port) = parse_url(url)?;
-    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
     // The scheme is http because TLS happens in our connector, not in tonic.
     let endpoint = Endpoint::from_shared(format!("http://{bracketed}:{port}"))
-        .map_err(|_| TlsError::BadUrl { url: url.to_string() })?
+        .map_err(|_| TlsError::BadUrl {
+            url: url.to_string(),
+        })?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| TlsError::BadUrl { url: url.to_string() })?;
-    Ok((endpoint, Connector { server_name, addr: format!("{bracketed}:{port}") }))
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| TlsError::BadUrl {
+        url: url.to_string(),
+    })?;
+    Ok((
+        endpoint,
+        Connector {
+            server_name,
+            addr: format!("{bracketed}:{port}"),
+        },
+    ))
 }
 
 /// Connects to `url` (`https://host:port`) with `config`.
@@ -389,7 +427,10 @@ impl tower::Service<Uri> for TlsConnector {
     type Error = std::io::Error;
     type Future = ConnectFuture;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -426,8 +467,14 @@ mod tests {
 
     #[test]
     fn urls_are_parsed() {
-        assert_eq!(parse_url("https://127.0.0.1:7443").unwrap(), ("127.0.0.1".into(), 7443));
-        assert_eq!(parse_url("https://coord.example").unwrap(), ("coord.example".into(), 443));
+        assert_eq!(
+            parse_url("https://127.0.0.1:7443").unwrap(),
+            ("127.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            parse_url("https://coord.example").unwrap(),
+            ("coord.example".into(), 443)
+        );
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("nonsense").is_err());
     }
@@ -442,10 +489,17 @@ mod tests {
         let uri = "spiffe://ferry.test/operator/alice";
         let der = |pem: &str| pki::certs_from_pem(pem, "test").unwrap();
 
-        let good = ca.sign_client_csr(&csr, uri, "alice", Duration::from_secs(60)).unwrap();
-        assert_eq!(verifier.verify(&der(&good.cert_pem)).unwrap(), vec![uri.to_string()]);
+        let good = ca
+            .sign_client_csr(&csr, uri, "alice", Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&der(&good.cert_pem)).unwrap(),
+            vec![uri.to_string()]
+        );
 
-        let foreign = other.sign_client_csr(&csr, uri, "alice", Duration::from_secs(60)).unwrap();
+        let foreign = other
+            .sign_client_csr(&csr, uri, "alice", Duration::from_secs(60))
+            .unwrap();
         assert!(matches!(
             verifier.verify(&der(&foreign.cert_pem)),
             Err(PeerCertError::UnknownIssuer { .. })

@@ -37,7 +37,11 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
     core.metrics.render(core.sessions.online_count(), enrolled)
 }
 
-pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(core))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

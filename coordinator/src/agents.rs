@@ -48,7 +48,10 @@ pub fn hash_token(token: &str) -> String {
 impl Core {
     /// `AgentService.Enroll`: a join token and a CSR become an agent and its
     /// certificate.
-    pub async fn enroll(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, CoordinatorError> {
+    pub async fn enroll(
+        &self,
+        req: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, CoordinatorError> {
         let token_hash = hash_token(&req.token);
         let token = self
             .store
@@ -60,7 +63,9 @@ impl Core {
             (Some(t), r) if !r.is_empty() && r != t => {
                 return Err(CoordinatorError::invalid(
                     "agent name",
-                    format!("this join token is for an agent named {t:?}, not {r:?}; drop --name or use another token"),
+                    format!(
+                        "this join token is for an agent named {t:?}, not {r:?}; drop --name or use another token"
+                    ),
                 ));
             }
             (Some(t), _) => t.clone(),
@@ -68,13 +73,16 @@ impl Core {
             (None, _) => req.hostname.trim().to_lowercase(),
         };
         validate_name(&name).map_err(|reason| {
-            CoordinatorError::invalid("agent name", format!("{reason}; pass --name NAME to choose one"))
+            CoordinatorError::invalid(
+                "agent name",
+                format!("{reason}; pass --name NAME to choose one"),
+            )
         })?;
         let id = Uuid::now_v7();
         let uri = Identity::Agent(id).uri(&self.config.trust_domain);
-        let issued = self
-            .ca
-            .sign_client_csr(&req.csr_pem, &uri, &name, self.config.agent_cert_ttl)?;
+        let issued =
+            self.ca
+                .sign_client_csr(&req.csr_pem, &uri, &name, self.config.agent_cert_ttl)?;
         let agent = self
             .store
             .enroll_agent(
@@ -91,8 +99,13 @@ impl Core {
                 },
             )
             .await?;
-        self.audit(&uri, "agent.enroll", &name, format!("hostname={} token_by={}", req.hostname, token.created_by))
-            .await;
+        self.audit(
+            &uri,
+            "agent.enroll",
+            &name,
+            format!("hostname={} token_by={}", req.hostname, token.created_by),
+        )
+        .await;
         Ok(pb::EnrollResponse {
             agent_id: agent.id.to_string(),
             name: agent.name,
@@ -104,11 +117,15 @@ impl Core {
     }
 
     /// `AgentService.Renew`: a fresh certificate for the same identity.
-    pub async fn renew(&self, agent: &AgentRecord, csr_pem: &str) -> Result<pb::RenewResponse, CoordinatorError> {
+    pub async fn renew(
+        &self,
+        agent: &AgentRecord,
+        csr_pem: &str,
+    ) -> Result<pb::RenewResponse, CoordinatorError> {
         let uri = Identity::Agent(agent.id).uri(&self.config.trust_domain);
-        let issued = self
-            .ca
-            .sign_client_csr(csr_pem, &uri, &agent.name, self.config.agent_cert_ttl)?;
+        let issued =
+            self.ca
+                .sign_client_csr(csr_pem, &uri, &agent.name, self.config.agent_cert_ttl)?;
         let not_after_ms = to_ms(issued.not_after);
         self.store
             .agent_cert_renewed(agent.id, &issued.serial_hex, not_after_ms)
@@ -138,16 +155,30 @@ impl Core {
             Some(Ok(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Hello(h)),
             })) => h,
-            _ => return Err(CoordinatorError::invalid("session", "the first message must be Hello")),
+            _ => {
+                return Err(CoordinatorError::invalid(
+                    "session",
+                    "the first message must be Hello",
+                ));
+            }
         };
         if hello.agent_id != agent.id.to_string() {
             return Err(CoordinatorError::invalid(
                 "hello.agent_id",
-                format!("{:?} does not match the certificate's agent {}", hello.agent_id, agent.id),
+                format!(
+                    "{:?} does not match the certificate's agent {}",
+                    hello.agent_id, agent.id
+                ),
             ));
         }
         self.store
-            .agent_connected(agent.id, &self.coordinator_id, &hello.version, &hello.hostname, now_ms())
+            .agent_connected(
+                agent.id,
+                &self.coordinator_id,
+                &hello.version,
+                &hello.hostname,
+                now_ms(),
+            )
             .await?;
         let (session_id, kill) = self.sessions.register(agent.id);
         self.metrics.session_opened();
@@ -219,12 +250,17 @@ impl Core {
         }
     }
 
-    async fn handle_agent_message(&self, agent: &AgentRecord, msg: pb::AgentMessage) -> Result<(), Status> {
+    async fn handle_agent_message(
+        &self,
+        agent: &AgentRecord,
+        msg: pb::AgentMessage,
+    ) -> Result<(), Status> {
         match msg.msg {
             Some(pb::agent_message::Msg::Heartbeat(hb)) => {
                 self.metrics.heartbeat();
                 let health: HostHealth = hb.health.unwrap_or_default().into();
-                let json = serde_json::to_string(&health).map_err(|e| Status::internal(e.to_string()))?;
+                let json =
+                    serde_json::to_string(&health).map_err(|e| Status::internal(e.to_string()))?;
                 self.store
                     .agent_heartbeat(agent.id, now_ms(), &json)
                     .await
@@ -233,7 +269,9 @@ impl Core {
                 self.check_agent(agent.id).await.map_err(Status::from)?;
                 Ok(())
             }
-            Some(pb::agent_message::Msg::Hello(_)) => Err(Status::invalid_argument("Hello may only be sent once per session")),
+            Some(pb::agent_message::Msg::Hello(_)) => Err(Status::invalid_argument(
+                "Hello may only be sent once per session",
+            )),
             None => Err(Status::invalid_argument("empty agent message")),
         }
     }
@@ -252,7 +290,11 @@ impl Core {
     }
 
     /// Revokes an agent by name or id and cuts its live session.
-    pub async fn revoke_agent(&self, actor: &str, name_or_id: &str) -> Result<(AgentRecord, bool), CoordinatorError> {
+    pub async fn revoke_agent(
+        &self,
+        actor: &str,
+        name_or_id: &str,
+    ) -> Result<(AgentRecord, bool), CoordinatorError> {
         let agent = self
             .store
             .find_agent(name_or_id)
@@ -266,8 +308,13 @@ impl Core {
                 refusal: "revoked",
             }),
         );
-        self.audit(actor, "agent.revoke", &agent.name, format!("id={} was_connected={was_connected}", agent.id))
-            .await;
+        self.audit(
+            actor,
+            "agent.revoke",
+            &agent.name,
+            format!("id={} was_connected={was_connected}", agent.id),
+        )
+        .await;
         Ok((agent, was_connected))
     }
 }

@@ -81,7 +81,10 @@ pub struct AuthService<S> {
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -118,9 +121,9 @@ where
 }
 
 fn peer<T>(req: &Request<T>) -> Result<&Peer, CoordinatorError> {
-    req.extensions()
-        .get::<Peer>()
-        .ok_or_else(|| CoordinatorError::Unauthenticated("no verified client certificate on this request".into()))
+    req.extensions().get::<Peer>().ok_or_else(|| {
+        CoordinatorError::Unauthenticated("no verified client certificate on this request".into())
+    })
 }
 
 /// What an admin-only or deployer-only action is called in refusals.
@@ -135,7 +138,10 @@ fn role_needed_text(needed: Role) -> &'static str {
 impl Core {
     /// The calling agent, if it is an agent this coordinator knows and has
     /// not revoked.
-    pub async fn require_agent<T>(&self, req: &Request<T>) -> Result<AgentRecord, CoordinatorError> {
+    pub async fn require_agent<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<AgentRecord, CoordinatorError> {
         let peer = peer(req)?;
         let Identity::Agent(id) = &peer.identity else {
             self.metrics.count_refusal("wrong_service");

@@ -158,7 +158,10 @@ impl CoordinatorConfig {
         if self.trust_domain.is_empty() || self.trust_domain.contains('/') {
             return Err(ConfigError::Invalid {
                 field: "trust_domain",
-                reason: format!("{:?} must be a non-empty name without '/'", self.trust_domain),
+                reason: format!(
+                    "{:?} must be a non-empty name without '/'",
+                    self.trust_domain
+                ),
             });
         }
         if self.agent_cert_ttl < Duration::from_secs(3) {
@@ -195,13 +198,27 @@ mod tests {
         std::fs::write(dir.path().join(CONFIG_FILE), toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(CoordinatorConfig::load(dir.path()).unwrap(), c);
 
-        std::fs::write(dir.path().join(CONFIG_FILE), "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:1\"\nlisten_port = 3\n",
+        )
+        .unwrap();
         let err = CoordinatorConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("coordinator.toml") && err.contains("listen_port"), "{err}");
+        assert!(
+            err.contains("coordinator.toml") && err.contains("listen_port"),
+            "{err}"
+        );
 
-        std::fs::write(dir.path().join(CONFIG_FILE), "heartbeat_interval = \"soon\"\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "heartbeat_interval = \"soon\"\n",
+        )
+        .unwrap();
         let err = CoordinatorConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("heartbeat_interval") && err.contains("\"30s\""), "{err}");
+        assert!(
+            err.contains("heartbeat_interval") && err.contains("\"30s\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -216,7 +233,10 @@ mod tests {
         let mut c = CoordinatorConfig::default();
         let mut env = HashMap::new();
         env.insert("FERRY_LISTEN".to_string(), "0.0.0.0:9000".to_string());
-        env.insert("FERRY_DATABASE_URL".to_string(), "postgres://x/y".to_string());
+        env.insert(
+            "FERRY_DATABASE_URL".to_string(),
+            "postgres://x/y".to_string(),
+        );
         c.apply_env(&env).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.database_url.as_deref(), Some("postgres://x/y"));

@@ -18,7 +18,9 @@ pub const REFUSAL_KEY: &str = "x-ferry-refusal";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    #[error("{path}: already exists; refusing to overwrite an initialised coordinator (choose another --data-dir)")]
+    #[error(
+        "{path}: already exists; refusing to overwrite an initialised coordinator (choose another --data-dir)"
+    )]
     AlreadyInitialized { path: PathBuf },
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -72,11 +74,14 @@ impl From<CoordinatorError> for Status {
     fn from(err: CoordinatorError) -> Status {
         let message = err.to_string();
         match err {
-            CoordinatorError::PermissionDenied { refusal, .. } => with_refusal(Status::permission_denied(message), refusal),
-            CoordinatorError::Unauthenticated(_) => with_refusal(Status::unauthenticated(message), "unauthenticated"),
-            CoordinatorError::InvalidArgument { .. } | CoordinatorError::Pki(PkiError::BadCsr(_)) => {
-                Status::invalid_argument(message)
+            CoordinatorError::PermissionDenied { refusal, .. } => {
+                with_refusal(Status::permission_denied(message), refusal)
             }
+            CoordinatorError::Unauthenticated(_) => {
+                with_refusal(Status::unauthenticated(message), "unauthenticated")
+            }
+            CoordinatorError::InvalidArgument { .. }
+            | CoordinatorError::Pki(PkiError::BadCsr(_)) => Status::invalid_argument(message),
             CoordinatorError::Store(e) => store_status(e, message),
             CoordinatorError::AlreadyInitialized { .. }
             | CoordinatorError::Config(_)
@@ -99,10 +104,12 @@ fn store_status(err: StoreError, message: String) -> Status {
         StoreError::TokenUsed { .. } | StoreError::TokenExpired { .. } => {
             with_refusal(Status::permission_denied(message), "token")
         }
-        StoreError::AgentNameTaken { .. } | StoreError::OperatorExists { .. } | StoreError::OperatorRevoked { .. } => {
-            Status::already_exists(message)
+        StoreError::AgentNameTaken { .. }
+        | StoreError::OperatorExists { .. }
+        | StoreError::OperatorRevoked { .. } => Status::already_exists(message),
+        StoreError::AgentNotFound(_) | StoreError::OperatorNotFound(_) => {
+            Status::not_found(message)
         }
-        StoreError::AgentNotFound(_) | StoreError::OperatorNotFound(_) => Status::not_found(message),
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
         StoreError::Database(_) | StoreError::Migrate(_) | StoreError::BadUrl { .. } => {
             tracing::error!(error = %message, "store failure");
@@ -116,8 +123,9 @@ fn store_status(err: StoreError, message: String) -> Status {
 }
 
 fn with_refusal(mut status: Status, refusal: &'static str) -> Status {
-    status
-        .metadata_mut()
-        .insert(REFUSAL_KEY, tonic::metadata::MetadataValue::from_static(refusal));
+    status.metadata_mut().insert(
+        REFUSAL_KEY,
+        tonic::metadata::MetadataValue::from_static(refusal),
+    );
     status
 }

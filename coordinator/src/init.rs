@@ -38,7 +38,11 @@ pub struct InitOutcome {
 /// coordinator, and writes nothing in that case.
 pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
     let dir = &opts.data_dir;
-    for existing in [config::CONFIG_FILE, config::CA_CERT_FILE, config::CA_KEY_FILE] {
+    for existing in [
+        config::CONFIG_FILE,
+        config::CA_CERT_FILE,
+        config::CA_KEY_FILE,
+    ] {
         let p = dir.join(existing);
         if p.exists() {
             return Err(CoordinatorError::AlreadyInitialized { path: p });
@@ -77,15 +81,26 @@ pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
     let server = ca.issue_server(&config.sans, config.server_cert_ttl)?;
     let (admin_key, admin_csr) = pki::generate_key_and_csr(&config.admin_name)?;
     let admin_uri = Identity::Operator(config.admin_name.clone()).uri(&config.trust_domain);
-    let admin_cert = ca.sign_client_csr(&admin_csr, &admin_uri, &config.admin_name, config.operator_cert_ttl)?;
+    let admin_cert = ca.sign_client_csr(
+        &admin_csr,
+        &admin_uri,
+        &config.admin_name,
+        config.operator_cert_ttl,
+    )?;
 
     std::fs::create_dir_all(dir).map_err(|e| fsutil::FileError::io(dir, e))?;
     restrict_dir(dir)?;
-    let write = |name: &str, body: &str, mode: Mode| fsutil::write_atomic(&dir.join(name), body.as_bytes(), mode, false);
+    let write = |name: &str, body: &str, mode: Mode| {
+        fsutil::write_atomic(&dir.join(name), body.as_bytes(), mode, false)
+    };
     write(config::CA_KEY_FILE, &ca.key_pem(), Mode::Private)?;
     write(config::CA_CERT_FILE, ca.cert_pem(), Mode::Public)?;
     write(config::SERVER_KEY_FILE, &server.key_pem, Mode::Private)?;
-    write(config::SERVER_CERT_FILE, &format!("{}{}", server.cert_pem, ca.cert_pem()), Mode::Public)?;
+    write(
+        config::SERVER_CERT_FILE,
+        &format!("{}{}", server.cert_pem, ca.cert_pem()),
+        Mode::Public,
+    )?;
     let credentials_path = dir.join(config::ADMIN_CREDENTIALS_FILE);
     Credentials {
         coordinator: config.advertise.clone(),
@@ -111,11 +126,19 @@ pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
 
 fn default_advertise(config: &CoordinatorConfig) -> String {
     let host = if config.listen.ip().is_unspecified() {
-        config.sans.first().cloned().unwrap_or_else(|| "localhost".into())
+        config
+            .sans
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into())
     } else {
         config.listen.ip().to_string()
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     format!("https://{host}:{}", config.listen.port())
 }
 
@@ -142,10 +165,17 @@ mod tests {
         assert_eq!(out.config.advertise, "https://127.0.0.1:7443");
         let creds = Credentials::load(&out.credentials_path).unwrap();
         assert_eq!(creds.name, "admin");
-        let mode = std::fs::metadata(&out.credentials_path).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&out.credentials_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let info = pki::cert_info_pem(&creds.certificate).unwrap();
-        assert_eq!(info.uris, vec!["spiffe://ferry.test/operator/admin".to_string()]);
+        assert_eq!(
+            info.uris,
+            vec!["spiffe://ferry.test/operator/admin".to_string()]
+        );
         assert_eq!(pki::pin_of_pem(&creds.ca).unwrap(), out.ca_pin);
         let loaded = CoordinatorConfig::load(&opts.data_dir).unwrap();
         assert_eq!(loaded, out.config);
@@ -153,7 +183,10 @@ mod tests {
         let before = std::fs::read(opts.data_dir.join(config::CA_KEY_FILE)).unwrap();
         let err = init(&opts).unwrap_err().to_string();
         assert!(err.contains("refusing to overwrite"), "{err}");
-        assert_eq!(std::fs::read(opts.data_dir.join(config::CA_KEY_FILE)).unwrap(), before);
+        assert_eq!(
+            std::fs::read(opts.data_dir.join(config::CA_KEY_FILE)).unwrap(),
+            before
+        );
     }
 
     #[test]

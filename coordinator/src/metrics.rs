@@ -38,34 +38,60 @@ impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self, agents_online: usize, agents_enrolled: Option<usize>) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP ferry_agents_online Agents with a live session on this coordinator.");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_agents_online Agents with a live session on this coordinator."
+        );
         let _ = writeln!(out, "# TYPE ferry_agents_online gauge");
         let _ = writeln!(out, "ferry_agents_online {agents_online}");
         if let Some(n) = agents_enrolled {
-            let _ = writeln!(out, "# HELP ferry_agents_enrolled Agents enrolled and not revoked.");
+            let _ = writeln!(
+                out,
+                "# HELP ferry_agents_enrolled Agents enrolled and not revoked."
+            );
             let _ = writeln!(out, "# TYPE ferry_agents_enrolled gauge");
             let _ = writeln!(out, "ferry_agents_enrolled {n}");
         }
-        let _ = writeln!(out, "# HELP ferry_rpc_requests_total gRPC requests received, by method.");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_rpc_requests_total gRPC requests received, by method."
+        );
         let _ = writeln!(out, "# TYPE ferry_rpc_requests_total counter");
         if let Ok(m) = self.rpcs.lock() {
             for (path, n) in m.iter() {
                 let _ = writeln!(out, "ferry_rpc_requests_total{{method=\"{path}\"}} {n}");
             }
         }
-        let _ = writeln!(out, "# HELP ferry_rpc_refused_total Requests refused by authentication or authorization, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_rpc_refused_total Requests refused by authentication or authorization, by reason."
+        );
         let _ = writeln!(out, "# TYPE ferry_rpc_refused_total counter");
         if let Ok(m) = self.refusals.lock() {
             for (reason, n) in m.iter() {
                 let _ = writeln!(out, "ferry_rpc_refused_total{{reason=\"{reason}\"}} {n}");
             }
         }
-        let _ = writeln!(out, "# HELP ferry_agent_sessions_opened_total Agent sessions accepted.");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_agent_sessions_opened_total Agent sessions accepted."
+        );
         let _ = writeln!(out, "# TYPE ferry_agent_sessions_opened_total counter");
-        let _ = writeln!(out, "ferry_agent_sessions_opened_total {}", self.sessions_opened.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP ferry_agent_heartbeats_total Heartbeats received.");
+        let _ = writeln!(
+            out,
+            "ferry_agent_sessions_opened_total {}",
+            self.sessions_opened.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_agent_heartbeats_total Heartbeats received."
+        );
         let _ = writeln!(out, "# TYPE ferry_agent_heartbeats_total counter");
-        let _ = writeln!(out, "ferry_agent_heartbeats_total {}", self.heartbeats.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "ferry_agent_heartbeats_total {}",
+            self.heartbeats.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -83,7 +109,9 @@ mod tests {
         let text = m.render(3, Some(4));
         assert!(text.contains("ferry_agents_online 3"));
         assert!(text.contains("ferry_agents_enrolled 4"));
-        assert!(text.contains("ferry_rpc_requests_total{method=\"/ferry.v1.OperatorService/GetStatus\"} 2"));
+        assert!(text.contains(
+            "ferry_rpc_requests_total{method=\"/ferry.v1.OperatorService/GetStatus\"} 2"
+        ));
         assert!(text.contains("ferry_rpc_refused_total{reason=\"role\"} 1"));
     }
 }

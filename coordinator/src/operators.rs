@@ -49,7 +49,10 @@ impl Core {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(CoordinatorError::invalid(
                 "--ttl",
-                format!("{} is out of range; use between 1s and 30d", ferry_common::time::format_duration(ttl)),
+                format!(
+                    "{} is out of range; use between 1s and 30d",
+                    ferry_common::time::format_duration(ttl)
+                ),
             ));
         }
         let secret: [u8; 32] = rand::random();
@@ -73,7 +76,11 @@ impl Core {
             actor,
             "token.create",
             record.name.as_deref().unwrap_or("-"),
-            format!("labels={} ttl={}", ferry_common::labels::format_labels(&record.labels), ferry_common::time::format_duration(ttl)),
+            format!(
+                "labels={} ttl={}",
+                ferry_common::labels::format_labels(&record.labels),
+                ferry_common::time::format_duration(ttl)
+            ),
         )
         .await;
         Ok(NewToken { token, record })
@@ -108,14 +115,20 @@ impl Core {
             revoked_at_ms: None,
         };
         self.store.add_operator(&record).await?;
-        self.audit(actor, "operator.add", name, format!("role={role}")).await;
+        self.audit(actor, "operator.add", name, format!("role={role}"))
+            .await;
         Ok(NewOperator {
             record,
             cert_pem: issued.cert_pem,
         })
     }
 
-    pub async fn revoke_operator(&self, actor_name: &str, actor: &str, name: &str) -> Result<OperatorRecord, CoordinatorError> {
+    pub async fn revoke_operator(
+        &self,
+        actor_name: &str,
+        actor: &str,
+        name: &str,
+    ) -> Result<OperatorRecord, CoordinatorError> {
         if actor_name == name {
             return Err(CoordinatorError::invalid(
                 "operator name",
@@ -123,7 +136,8 @@ impl Core {
             ));
         }
         let record = self.store.revoke_operator(name, now_ms()).await?;
-        self.audit(actor, "operator.revoke", name, String::new()).await;
+        self.audit(actor, "operator.revoke", name, String::new())
+            .await;
         Ok(record)
     }
 }

@@ -85,10 +85,12 @@ pub async fn run(
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
-    TcpListener::bind(addr).await.map_err(|source| CoordinatorError::Listen {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CoordinatorError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Serves gRPC (and the admin port, if given) with the PKI in `data_dir`
@@ -102,17 +104,25 @@ pub async fn serve(
 ) -> Result<(), CoordinatorError> {
     let data_dir = data_dir.as_path();
     let read = |name: &str| fsutil::read_to_string(&data_dir.join(name));
-    let ca = CertificateAuthority::from_pem(&read(config::CA_CERT_FILE)?, &read(config::CA_KEY_FILE)?)?;
+    let ca =
+        CertificateAuthority::from_pem(&read(config::CA_CERT_FILE)?, &read(config::CA_KEY_FILE)?)?;
     let (chain_pem, key_pem) = server_identity(data_dir, &config, &ca)?;
     let tls_config = tls::server_config(&chain_pem, &key_pem)?;
     let verifier = PeerVerifier::new(ca.cert_pem())?;
 
-    if store.bootstrap_admin(&config.admin_name, ferry_common::time::now_ms()).await? {
+    if store
+        .bootstrap_admin(&config.admin_name, ferry_common::time::now_ms())
+        .await?
+    {
         tracing::info!(admin = %config.admin_name, "new store: added the admin operator");
     }
     let metrics = Arc::new(Metrics::default());
     let core = Arc::new(Core {
-        coordinator_id: format!("{}-{}", ferry_common::host::hostname(), &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        coordinator_id: format!(
+            "{}-{}",
+            ferry_common::host::hostname(),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ),
         started_at_ms: ferry_common::time::now_ms(),
         sessions: SessionRegistry::default(),
         metrics: Arc::clone(&metrics),
@@ -153,8 +163,12 @@ pub async fn serve(
         .layer(auth)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AgentServiceServer::new(AgentApi { core: Arc::clone(&core) }))
-        .add_service(OperatorServiceServer::new(OperatorApi { core: Arc::clone(&core) }))
+        .add_service(AgentServiceServer::new(AgentApi {
+            core: Arc::clone(&core),
+        }))
+        .add_service(OperatorServiceServer::new(OperatorApi {
+            core: Arc::clone(&core),
+        }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .map_err(|e| CoordinatorError::Internal(format!("gRPC server: {}", tls::error_chain(&e))));

@@ -33,8 +33,13 @@ impl SessionRegistry {
                 kill: Some(tx),
             },
         );
-        if let Some(Entry { kill: Some(kill), .. }) = old {
-            let _ = kill.send(Status::aborted("superseded by a newer session of the same agent"));
+        if let Some(Entry {
+            kill: Some(kill), ..
+        }) = old
+        {
+            let _ = kill.send(Status::aborted(
+                "superseded by a newer session of the same agent",
+            ));
         }
         (session_id, rx)
     }
@@ -50,7 +55,9 @@ impl SessionRegistry {
     /// Ends the agent's live session with `status`. Returns whether there was one.
     pub fn kill(&self, agent: Uuid, status: Status) -> bool {
         match self.lock().remove(&agent) {
-            Some(Entry { kill: Some(kill), .. }) => kill.send(status).is_ok(),
+            Some(Entry {
+                kill: Some(kill), ..
+            }) => kill.send(status).is_ok(),
             _ => false,
         }
     }
@@ -81,9 +88,15 @@ mod tests {
         let (s2, mut rx2) = reg.register(a);
         assert_eq!(rx1.try_recv().unwrap().code(), tonic::Code::Aborted);
         reg.unregister(a, s1);
-        assert!(reg.is_online(a), "unregistering a stale session must not drop the live one");
+        assert!(
+            reg.is_online(a),
+            "unregistering a stale session must not drop the live one"
+        );
         assert!(reg.kill(a, Status::permission_denied("revoked")));
-        assert_eq!(rx2.try_recv().unwrap().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            rx2.try_recv().unwrap().code(),
+            tonic::Code::PermissionDenied
+        );
         assert!(!reg.is_online(a));
         reg.unregister(a, s2);
         assert_eq!(reg.online_count(), 0);

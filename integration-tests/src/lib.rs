@@ -130,11 +130,17 @@ impl TestCoordinator {
         // Ready when it answers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match self.operator().await {
-                Ok(mut client) if client.get_status(pb::GetStatusRequest {}).await.is_ok() => return Ok(()),
-                _ if tokio::time::Instant::now() > deadline => bail!("coordinator did not come up within 10s"),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            let up = match self.operator().await {
+                Ok(mut client) => client.get_status(pb::GetStatusRequest {}).await.is_ok(),
+                Err(_) => false,
+            };
+            if up {
+                return Ok(());
             }
+            if tokio::time::Instant::now() > deadline {
+                bail!("coordinator did not come up within 10s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -163,15 +169,24 @@ impl TestCoordinator {
 
     pub async fn operator_as(&self, creds: &Credentials) -> Result<OperatorServiceClient<Channel>> {
         let config = tls::client_config(&creds.ca, Some((&creds.certificate, &creds.key)))?;
-        Ok(OperatorServiceClient::new(tls::channel(&self.url, config).await?))
+        Ok(OperatorServiceClient::new(
+            tls::channel(&self.url, config).await?,
+        ))
     }
 
-    pub async fn join_token(&self, name: Option<&str>, labels: &[(&str, &str)]) -> Result<pb::CreateJoinTokenResponse> {
+    pub async fn join_token(
+        &self,
+        name: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> Result<pb::CreateJoinTokenResponse> {
         let mut client = self.operator().await?;
         Ok(client
             .create_join_token(pb::CreateJoinTokenRequest {
                 name: name.unwrap_or_default().to_string(),
-                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ttl_seconds: 0,
             })
             .await?
@@ -201,21 +216,35 @@ impl TestCoordinator {
     /// Enrolls and starts an agent, and waits until it is online.
     pub async fn start_agent(&self, name: &str, labels: &[(&str, &str)]) -> Result<TestAgent> {
         let agent = self.enroll(name, labels).await?.start();
-        self.wait_for_agent(name, "online", Duration::from_secs(10)).await?;
+        self.wait_for_agent(name, "online", Duration::from_secs(10))
+            .await?;
         Ok(agent)
     }
 
     /// The agent as `ferry agents` would show it.
     pub async fn agent(&self, name: &str) -> Result<Option<pb::Agent>> {
-        let list = self.operator().await?.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+        let list = self
+            .operator()
+            .await?
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
         Ok(list.into_iter().rev().find(|a| a.name == name))
     }
 
-    pub async fn wait_for_agent(&self, name: &str, state: &str, within: Duration) -> Result<pb::Agent> {
+    pub async fn wait_for_agent(
+        &self,
+        name: &str,
+        state: &str,
+        within: Duration,
+    ) -> Result<pb::Agent> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(a) = self.agent(name).await? {
-                let current = pb::AgentState::try_from(a.state).map(|s| s.as_str_name()).unwrap_or("");
+                let current = pb::AgentState::try_from(a.state)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("");
                 if current.eq_ignore_ascii_case(&format!("AGENT_STATE_{state}")) {
                     return Ok(a);
                 }
@@ -230,18 +259,25 @@ impl TestCoordinator {
     /// The coordinator's CA, for minting certificates in tests.
     pub fn ca(&self) -> Result<ferry_common::pki::CertificateAuthority> {
         let read = |f: &str| std::fs::read_to_string(self.data_dir.join(f));
-        Ok(ferry_common::pki::CertificateAuthority::from_pem(&read("ca.pem")?, &read("ca.key")?)?)
+        Ok(ferry_common::pki::CertificateAuthority::from_pem(
+            &read("ca.pem")?,
+            &read("ca.key")?,
+        )?)
     }
 
     /// `GET path` on the admin port; returns (status code, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.admin_http).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).await?;
         let code = buf.split_whitespace().nth(1).unwrap_or("0").parse()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 }
@@ -297,7 +333,9 @@ impl TestAgent {
     /// Waits for the agent's run to end by itself.
     pub async fn wait_exit(&mut self, within: Duration) -> Result<Result<(), AgentError>> {
         let task = self.task.take().context("agent already stopped")?;
-        Ok(tokio::time::timeout(within, task).await.context("agent did not exit in time")??)
+        Ok(tokio::time::timeout(within, task)
+            .await
+            .context("agent did not exit in time")??)
     }
 
     pub fn is_running(&self) -> bool {
@@ -317,7 +355,10 @@ impl Drop for TestAgent {
 
 /// Labels as a map.
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Paths to the built binaries (`cargo build --workspace --bins` first;
@@ -352,10 +393,14 @@ pub mod postgres {
                     .expect("create a fresh test database"),
             ),
             _ if std::env::var_os("CI").is_some() => {
-                panic!("FERRY_TEST_DATABASE_URL is not set, and PostgreSQL tests must run in CI (scripts/test.sh starts a server)")
+                panic!(
+                    "FERRY_TEST_DATABASE_URL is not set, and PostgreSQL tests must run in CI (scripts/test.sh starts a server)"
+                )
             }
             _ => {
-                eprintln!("skipped: set FERRY_TEST_DATABASE_URL (scripts/test.sh does) to run PostgreSQL tests");
+                eprintln!(
+                    "skipped: set FERRY_TEST_DATABASE_URL (scripts/test.sh does) to run PostgreSQL tests"
+                );
                 None
             }
         }

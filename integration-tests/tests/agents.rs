@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use ferry_agent::error::AgentError;
 use ferry_common::tls;
 use ferry_coordinator::config::CoordinatorConfig;
-use ferry_integration_tests::{CoordinatorOptions, StoreChoice, TestCoordinator, fast_heartbeats, postgres};
+use ferry_integration_tests::{
+    CoordinatorOptions, StoreChoice, TestCoordinator, fast_heartbeats, postgres,
+};
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::Code;
@@ -30,7 +32,14 @@ async fn agent_comes_online_with_health_and_labels() {
     assert!(!health.disks.is_empty() && health.disks[0].total_bytes > 0);
     assert!(health.docker_reachable || !health.docker_error.is_empty());
 
-    let status = c.operator().await.unwrap().get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let status = c
+        .operator()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((status.agents_online, status.agents_total), (1, 1));
     assert_eq!(status.store_backend, "sqlite");
 
@@ -46,7 +55,9 @@ async fn stopped_agent_goes_offline() {
     let c = TestCoordinator::start().await.unwrap();
     let mut agent = c.start_agent("worker-1", &[]).await.unwrap();
     agent.stop().await.unwrap().unwrap();
-    c.wait_for_agent("worker-1", "offline", Duration::from_secs(5)).await.unwrap();
+    c.wait_for_agent("worker-1", "offline", Duration::from_secs(5))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -59,26 +70,46 @@ async fn revoking_cuts_the_live_session_within_a_second_and_refuses_it_after() {
         .operator()
         .await
         .unwrap()
-        .revoke_agent(pb::RevokeAgentRequest { agent: "db-1".into() })
+        .revoke_agent(pb::RevokeAgentRequest {
+            agent: "db-1".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(reply.was_connected);
-    let ended = agent.wait_exit(Duration::from_secs(1)).await.expect("agent must stop within 1s");
+    let ended = agent
+        .wait_exit(Duration::from_secs(1))
+        .await
+        .expect("agent must stop within 1s");
     let elapsed = started.elapsed();
     match ended {
         Err(e @ AgentError::Revoked(_)) => assert_eq!(e.exit_code(), ferry_common::exit::REFUSED),
         other => panic!("expected Revoked, got {other:?}"),
     }
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
-    c.wait_for_agent("db-1", "revoked", Duration::from_secs(1)).await.unwrap();
+    c.wait_for_agent("db-1", "revoked", Duration::from_secs(1))
+        .await
+        .unwrap();
 
     // Its certificate is still unexpired, but it is refused from now on.
-    let config = tls::client_config(&identity.ca_pem, Some((&identity.cert_pem, &identity.key_pem))).unwrap();
+    let config = tls::client_config(
+        &identity.ca_pem,
+        Some((&identity.cert_pem, &identity.key_pem)),
+    )
+    .unwrap();
     let mut client = AgentServiceClient::new(tls::channel(&c.url, config).await.unwrap());
-    let err = client.renew(pb::RenewRequest { csr_pem: String::new() }).await.unwrap_err();
+    let err = client
+        .renew(pb::RenewRequest {
+            csr_pem: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("has been revoked"), "{}", err.message());
+    assert!(
+        err.message().contains("has been revoked"),
+        "{}",
+        err.message()
+    );
 
     // A fresh agent may take the name again.
     let _again = c.start_agent("db-1", &[]).await.unwrap();
@@ -100,11 +131,15 @@ async fn agent_renews_its_certificate_before_expiry_and_stays_online() {
     let agent = c.start_agent("renewer", &[]).await.unwrap();
     let first = agent.agent.identity().unwrap();
     // Renewal is due at two thirds of the 6s lifetime: about 4s in.
-    let first_serial = ferry_common::pki::cert_info_pem(&first.cert_pem).unwrap().serial_hex;
+    let first_serial = ferry_common::pki::cert_info_pem(&first.cert_pem)
+        .unwrap()
+        .serial_hex;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = agent.agent.identity().unwrap();
-        let serial = ferry_common::pki::cert_info_pem(&now.cert_pem).unwrap().serial_hex;
+        let serial = ferry_common::pki::cert_info_pem(&now.cert_pem)
+            .unwrap()
+            .serial_hex;
         if serial != first_serial {
             assert_ne!(now.key_pem, first.key_pem, "renewal rotates the key too");
             break;
@@ -113,7 +148,9 @@ async fn agent_renews_its_certificate_before_expiry_and_stays_online() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(agent.is_running());
-    c.wait_for_agent("renewer", "online", Duration::from_secs(2)).await.unwrap();
+    c.wait_for_agent("renewer", "online", Duration::from_secs(2))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -121,7 +158,9 @@ async fn agent_reconnects_after_the_coordinator_restarts() {
     let mut c = TestCoordinator::start().await.unwrap();
     let agent = c.start_agent("web-2", &[]).await.unwrap();
     c.restart().await.unwrap();
-    c.wait_for_agent("web-2", "online", Duration::from_secs(10)).await.unwrap();
+    c.wait_for_agent("web-2", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(agent.is_running());
 }
 
@@ -136,8 +175,18 @@ async fn agents_work_on_a_postgres_store() {
     })
     .await
     .unwrap();
-    let _agent = c.start_agent("pg-agent", &[("env", "production")]).await.unwrap();
-    let status = c.operator().await.unwrap().get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let _agent = c
+        .start_agent("pg-agent", &[("env", "production")])
+        .await
+        .unwrap();
+    let status = c
+        .operator()
+        .await
+        .unwrap()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.store_backend, "postgres");
     assert_eq!(status.agents_online, 1);
 }

@@ -18,7 +18,11 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -26,11 +30,19 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn ferry(creds: &Path, args: &[&str]) -> Output {
-    run(Command::new(bin::path("ferry")).arg("--credentials").arg(creds).args(args))
+    run(Command::new(bin::path("ferry"))
+        .arg("--credentials")
+        .arg(creds)
+        .args(args))
 }
 
 fn json(out: &Output) -> Value {
-    assert!(out.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
@@ -50,16 +62,25 @@ fn operator_workflow_with_the_real_binaries() {
     let listen = format!("127.0.0.1:{port}");
     let admin_listen = format!("127.0.0.1:{admin_port}");
 
-    let init = run(Command::new(bin::path("ferry-coordinator")).args(["init", "--data-dir"]).arg(&data).args([
-        "--trust-domain",
-        "ferry.test",
-        "--listen",
-        &listen,
-        "--admin-listen",
-        &admin_listen,
-    ]));
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-    let again = run(Command::new(bin::path("ferry-coordinator")).args(["init", "--data-dir"]).arg(&data));
+    let init = run(Command::new(bin::path("ferry-coordinator"))
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--trust-domain",
+            "ferry.test",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin_listen,
+        ]));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let again = run(Command::new(bin::path("ferry-coordinator"))
+        .args(["init", "--data-dir"])
+        .arg(&data));
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 
@@ -73,15 +94,34 @@ fn operator_workflow_with_the_real_binaries() {
             .unwrap(),
     );
     let admin = data.join("admin.credentials");
-    wait_until("the coordinator", Duration::from_secs(15), || ferry(&admin, &["status"]).status.success());
+    wait_until("the coordinator", Duration::from_secs(15), || {
+        ferry(&admin, &["status"]).status.success()
+    });
     let status = json(&ferry(&admin, &["status", "--output", "json"]));
     assert_eq!(status["caller_role"], "admin");
     assert_eq!(status["store"], "sqlite");
 
     // Token → enroll → run.
-    let token = json(&ferry(&admin, &["token", "create", "--name", "web-1", "--labels", "env=staging", "--output", "json"]));
+    let token = json(&ferry(
+        &admin,
+        &[
+            "token",
+            "create",
+            "--name",
+            "web-1",
+            "--labels",
+            "env=staging",
+            "--output",
+            "json",
+        ],
+    ));
     assert!(token["ca_pin"].as_str().unwrap().starts_with("sha256:"));
-    assert!(token["command"].as_str().unwrap().contains("ferry-agent enroll"));
+    assert!(
+        token["command"]
+            .as_str()
+            .unwrap()
+            .contains("ferry-agent enroll")
+    );
     let state = tmp.path().join("agent");
     let enroll = run(Command::new(bin::path("ferry-agent")).args([
         "enroll",
@@ -94,8 +134,16 @@ fn operator_workflow_with_the_real_binaries() {
         "--state-dir",
         state.to_str().unwrap(),
     ]));
-    assert!(enroll.status.success(), "{}", String::from_utf8_lossy(&enroll.stderr));
-    let key_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(state.join("agent.key")).unwrap().permissions());
+    assert!(
+        enroll.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enroll.stderr)
+    );
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.join("agent.key"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(key_mode & 0o777, 0o600);
 
     let mut agent = Killed(
@@ -109,7 +157,8 @@ fn operator_workflow_with_the_real_binaries() {
     );
     wait_until("the agent online", Duration::from_secs(15), || {
         let out = ferry(&admin, &["agents", "--output", "json"]);
-        out.status.success() && serde_json::from_slice::<Value>(&out.stdout).unwrap()[0]["state"] == "online"
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).unwrap()[0]["state"] == "online"
     });
     let agents = json(&ferry(&admin, &["agents", "--output", "json"]));
     let a = &agents[0];
@@ -123,8 +172,23 @@ fn operator_workflow_with_the_real_binaries() {
 
     // A viewer reads but cannot create tokens: exit 4 and a reason.
     let viewer = tmp.path().join("vera.credentials");
-    let add = ferry(&admin, &["operator", "add", "vera", "--role", "viewer", "--out", viewer.to_str().unwrap()]);
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let add = ferry(
+        &admin,
+        &[
+            "operator",
+            "add",
+            "vera",
+            "--role",
+            "viewer",
+            "--out",
+            viewer.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
     assert!(ferry(&viewer, &["agents"]).status.success());
     let denied = ferry(&viewer, &["token", "create"]);
     assert_eq!(denied.status.code(), Some(4));
@@ -143,12 +207,19 @@ fn operator_workflow_with_the_real_binaries() {
     // Revoke: the running agent exits with code 4 within a second or two.
     let started = Instant::now();
     let revoke = ferry(&admin, &["agent", "revoke", "web-1"]);
-    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
     let code = loop {
         if let Some(status) = agent.0.try_wait().unwrap() {
             break status.code();
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "agent did not exit after revocation");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "agent did not exit after revocation"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(4));
@@ -166,7 +237,10 @@ fn operator_workflow_with_the_real_binaries() {
 #[test]
 fn missing_credentials_and_unreachable_coordinator_are_explained() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = run(Command::new(bin::path("ferry")).arg("status").env_remove("FERRY_CREDENTIALS").env("HOME", tmp.path()));
+    let out = run(Command::new(bin::path("ferry"))
+        .arg("status")
+        .env_remove("FERRY_CREDENTIALS")
+        .env("HOME", tmp.path()));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--credentials FILE"));
 
@@ -182,7 +256,12 @@ fn missing_credentials_and_unreachable_coordinator_are_explained() {
     let path = tmp.path().join("x.credentials");
     creds.save(&path, false).unwrap();
     let out = ferry(&path, &["agents"]);
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to"));
 }
 

@@ -14,9 +14,17 @@ use ferry_proto::v1::operator_service_client::OperatorServiceClient;
 use tonic::Code;
 
 /// Credentials for `uri` signed by `ca`, valid from `start` for `ttl`.
-fn minted(c: &TestCoordinator, ca: &CertificateAuthority, uri: &str, start: time::OffsetDateTime, ttl: Duration) -> Credentials {
+fn minted(
+    c: &TestCoordinator,
+    ca: &CertificateAuthority,
+    uri: &str,
+    start: time::OffsetDateTime,
+    ttl: Duration,
+) -> Credentials {
     let (key, csr) = pki::generate_key_and_csr("test").unwrap();
-    let cert = ca.sign_client_csr_at(&csr, uri, "test", start, ttl).unwrap();
+    let cert = ca
+        .sign_client_csr_at(&csr, uri, "test", start, ttl)
+        .unwrap();
     Credentials {
         coordinator: c.url.clone(),
         name: "test".into(),
@@ -27,7 +35,10 @@ fn minted(c: &TestCoordinator, ca: &CertificateAuthority, uri: &str, start: time
 }
 
 async fn status_of(c: &TestCoordinator, creds: &Credentials) -> tonic::Status {
-    let mut client = c.operator_as(creds).await.expect("TLS handshake completes; refusal comes per RPC");
+    let mut client = c
+        .operator_as(creds)
+        .await
+        .expect("TLS handshake completes; refusal comes per RPC");
     client
         .get_status(pb::GetStatusRequest {})
         .await
@@ -44,9 +55,15 @@ async fn no_client_certificate_is_refused_except_for_enroll() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("a client certificate is required"), "{}", err.message());
+    assert!(
+        err.message().contains("a client certificate is required"),
+        "{}",
+        err.message()
+    );
     let err = AgentServiceClient::new(channel.clone())
-        .renew(pb::RenewRequest { csr_pem: String::new() })
+        .renew(pb::RenewRequest {
+            csr_pem: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -58,17 +75,32 @@ async fn no_client_certificate_is_refused_except_for_enroll() {
         })
         .await
         .unwrap_err();
-    assert!(err.message().contains("join token not recognised"), "{}", err.message());
+    assert!(
+        err.message().contains("join token not recognised"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
 async fn certificate_from_a_foreign_ca_is_refused() {
     let c = TestCoordinator::start().await.unwrap();
     let foreign = CertificateAuthority::generate("ferry.test").unwrap();
-    let creds = minted(&c, &foreign, "spiffe://ferry.test/operator/admin", time::OffsetDateTime::now_utc(), Duration::from_secs(600));
+    let creds = minted(
+        &c,
+        &foreign,
+        "spiffe://ferry.test/operator/admin",
+        time::OffsetDateTime::now_utc(),
+        Duration::from_secs(600),
+    );
     let err = status_of(&c, &creds).await;
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("not issued by this coordinator's CA"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("not issued by this coordinator's CA"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -76,7 +108,13 @@ async fn expired_certificate_is_refused() {
     let c = TestCoordinator::start().await.unwrap();
     let ca = c.ca().unwrap();
     let start = time::OffsetDateTime::now_utc() - Duration::from_secs(3600);
-    let creds = minted(&c, &ca, "spiffe://ferry.test/operator/admin", start, Duration::from_secs(60));
+    let creds = minted(
+        &c,
+        &ca,
+        "spiffe://ferry.test/operator/admin",
+        start,
+        Duration::from_secs(60),
+    );
     let err = status_of(&c, &creds).await;
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("expired at"), "{}", err.message());
@@ -86,7 +124,13 @@ async fn expired_certificate_is_refused() {
 async fn identity_of_another_trust_domain_is_refused() {
     let c = TestCoordinator::start().await.unwrap();
     let ca = c.ca().unwrap();
-    let creds = minted(&c, &ca, "spiffe://elsewhere/operator/admin", time::OffsetDateTime::now_utc(), Duration::from_secs(600));
+    let creds = minted(
+        &c,
+        &ca,
+        "spiffe://elsewhere/operator/admin",
+        time::OffsetDateTime::now_utc(),
+        Duration::from_secs(600),
+    );
     let err = status_of(&c, &creds).await;
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("trust domain"), "{}", err.message());
@@ -99,22 +143,36 @@ async fn agent_certificate_cannot_call_operator_service() {
     let id = agent.identity().unwrap();
     let config = tls::client_config(&id.ca_pem, Some((&id.cert_pem, &id.key_pem))).unwrap();
     let mut client = OperatorServiceClient::new(tls::channel(&c.url, config).await.unwrap());
-    let err = client.list_agents(pb::ListAgentsRequest {}).await.unwrap_err();
+    let err = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("may only call AgentService"), "{}", err.message());
+    assert!(
+        err.message().contains("may only call AgentService"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
 async fn operator_certificate_cannot_open_an_agent_session() {
     let c = TestCoordinator::start().await.unwrap();
-    let config = tls::client_config(&c.admin.ca, Some((&c.admin.certificate, &c.admin.key))).unwrap();
+    let config =
+        tls::client_config(&c.admin.ca, Some((&c.admin.certificate, &c.admin.key))).unwrap();
     let mut client = AgentServiceClient::new(tls::channel(&c.url, config).await.unwrap());
     let err = client
-        .renew(pb::RenewRequest { csr_pem: String::new() })
+        .renew(pb::RenewRequest {
+            csr_pem: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("may only call OperatorService"), "{}", err.message());
+    assert!(
+        err.message().contains("may only call OperatorService"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -141,7 +199,11 @@ async fn viewer_cannot_create_tokens_but_can_read() {
         key,
     };
     let mut client = c.operator_as(&viewer).await.unwrap();
-    let status = client.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.caller, "spiffe://ferry.test/operator/vera");
     let err = client
         .create_join_token(pb::CreateJoinTokenRequest::default())
@@ -156,18 +218,31 @@ async fn viewer_cannot_create_tokens_but_can_read() {
         .revoke_agent(pb::RevokeAgentRequest { agent: "x".into() })
         .await
         .unwrap_err();
-    assert!(err.message().contains("role viewer cannot revoke agents"), "{}", err.message());
+    assert!(
+        err.message().contains("role viewer cannot revoke agents"),
+        "{}",
+        err.message()
+    );
 
     // Revoked operators are refused from then on, and the name stays taken.
     c.operator()
         .await
         .unwrap()
-        .revoke_operator(pb::RevokeOperatorRequest { name: "vera".into() })
+        .revoke_operator(pb::RevokeOperatorRequest {
+            name: "vera".into(),
+        })
         .await
         .unwrap();
-    let err = client.get_status(pb::GetStatusRequest {}).await.unwrap_err();
+    let err = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("operator vera has been revoked"), "{}", err.message());
+    assert!(
+        err.message().contains("operator vera has been revoked"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -183,12 +258,22 @@ async fn join_token_is_single_use() {
         name: Some(name.into()),
         postgres_url: None,
     };
-    let first = ferry_agent::enroll::enroll(&opts("a", "first")).await.unwrap();
+    let first = ferry_agent::enroll::enroll(&opts("a", "first"))
+        .await
+        .unwrap();
     assert_eq!(first.labels.get("env").map(String::as_str), Some("staging"));
-    let err = ferry_agent::enroll::enroll(&opts("b", "second")).await.unwrap_err();
+    let err = ferry_agent::enroll::enroll(&opts("b", "second"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AgentError::EnrollRefused(_)), "{err}");
-    assert!(err.to_string().contains("join token was already used"), "{err}");
-    assert!(!dir.path().join("b/agent.toml").exists(), "a refused enrollment writes no state");
+    assert!(
+        err.to_string().contains("join token was already used"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("b/agent.toml").exists(),
+        "a refused enrollment writes no state"
+    );
 }
 
 #[tokio::test]
@@ -235,7 +320,10 @@ async fn wrong_ca_pin_is_refused_before_sending_the_token() {
     };
     let err = ferry_agent::enroll::enroll(&opts).await.unwrap_err();
     match &err {
-        AgentError::PinMismatch { presented, expected } => {
+        AgentError::PinMismatch {
+            presented,
+            expected,
+        } => {
             assert_eq!(presented, &token.ca_pin);
             assert_eq!(expected, &other.pin());
         }

@@ -10,4 +10,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every `ferry.v1` file.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));

@@ -78,12 +78,21 @@ async fn main() {
                 Ok(out) => {
                     println!("initialised coordinator in {}", opts.data_dir.display());
                     println!("  trust domain   {}", out.config.trust_domain);
-                    println!("  listen         {} (advertised as {})", out.config.listen, out.config.advertise);
+                    println!(
+                        "  listen         {} (advertised as {})",
+                        out.config.listen, out.config.advertise
+                    );
                     println!("  CA pin         {}", out.ca_pin);
                     println!("  admin          {}", out.credentials_path.display());
                     println!();
-                    println!("next: ferry-coordinator serve --data-dir {}", opts.data_dir.display());
-                    println!("      export FERRY_CREDENTIALS={}", out.credentials_path.display());
+                    println!(
+                        "next: ferry-coordinator serve --data-dir {}",
+                        opts.data_dir.display()
+                    );
+                    println!(
+                        "      export FERRY_CREDENTIALS={}",
+                        out.credentials_path.display()
+                    );
                     exit::OK
                 }
                 Err(e) => {
@@ -120,13 +129,14 @@ async fn main() {
 
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("warning: cannot watch SIGTERM: {e}");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("warning: cannot watch SIGTERM: {e}");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -11,7 +11,9 @@ use ferry_common::time::{ago, now_ms, parse_duration, rfc3339_ms};
 use ferry_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use super::{AgentCommand, Cli, CliEnv, CliError, Command, OperatorCommand, Output, TokenCommand, connect};
+use super::{
+    AgentCommand, Cli, CliEnv, CliError, Command, OperatorCommand, Output, TokenCommand, connect,
+};
 
 pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
     match &cli.command {
@@ -24,7 +26,9 @@ pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
             command: TokenCommand::Create { name, labels, ttl },
         } => create_token(cli, env, name.clone(), labels, ttl.as_deref()).await,
         Command::Operator { command } => match command {
-            OperatorCommand::Add { name, role, out } => add_operator(cli, env, name, role, out.clone()).await,
+            OperatorCommand::Add { name, role, out } => {
+                add_operator(cli, env, name, role, out.clone()).await
+            }
             OperatorCommand::Ls => list_operators(cli, env).await,
             OperatorCommand::Revoke { name } => revoke_operator(cli, env, name).await,
         },
@@ -36,7 +40,11 @@ fn print_json(v: &Value) {
 }
 
 fn opt_time(ms: i64) -> Value {
-    if ms == 0 { Value::Null } else { Value::String(rfc3339_ms(ms)) }
+    if ms == 0 {
+        Value::Null
+    } else {
+        Value::String(rfc3339_ms(ms))
+    }
 }
 
 fn role_name(r: i32) -> &'static str {
@@ -58,7 +66,11 @@ fn state_name(s: i32) -> &'static str {
 
 async fn status(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
     let mut s = connect(cli, env).await?;
-    let st = s.client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    let st = s
+        .client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
     if cli.output == Output::Json {
         print_json(&json!({
             "coordinator": s.credentials.coordinator,
@@ -73,12 +85,26 @@ async fn status(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
             "started_at": opt_time(st.started_at_ms),
         }));
     } else {
-        println!("coordinator   {} (ferry {}, id {})", s.credentials.coordinator, st.version, st.coordinator_id);
+        println!(
+            "coordinator   {} (ferry {}, id {})",
+            s.credentials.coordinator, st.version, st.coordinator_id
+        );
         println!("trust domain  {}", st.trust_domain);
         println!("store         {}", st.store_backend);
-        println!("agents        {} online / {} enrolled", st.agents_online, st.agents_total);
-        println!("up since      {} ({})", rfc3339_ms(st.started_at_ms), ago(st.started_at_ms, st.server_time_ms));
-        println!("you           {} (role {})", st.caller, role_name(st.caller_role));
+        println!(
+            "agents        {} online / {} enrolled",
+            st.agents_online, st.agents_total
+        );
+        println!(
+            "up since      {} ({})",
+            rfc3339_ms(st.started_at_ms),
+            ago(st.started_at_ms, st.server_time_ms)
+        );
+        println!(
+            "you           {} (role {})",
+            st.caller,
+            role_name(st.caller_role)
+        );
     }
     Ok(())
 }
@@ -119,7 +145,12 @@ fn health_summary(h: Option<&pb::HostHealth>) -> (String, String) {
 
 async fn agents(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
     let mut s = connect(cli, env).await?;
-    let list = s.client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+    let list = s
+        .client
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
     if cli.output == Output::Json {
         print_json(&Value::Array(list.iter().map(agent_json).collect()));
         return Ok(());
@@ -139,13 +170,28 @@ async fn agents(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
                 state_name(a.state).to_string(),
                 a.version.clone(),
                 ago(a.last_seen_ms, now),
-                if labels.is_empty() { "-".into() } else { format_labels(&labels) },
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    format_labels(&labels)
+                },
                 docker,
                 disk,
             ]
         })
         .collect();
-    print_table(&["NAME", "STATE", "VERSION", "LAST SEEN", "LABELS", "DOCKER", "FREE DISK"], &rows);
+    print_table(
+        &[
+            "NAME",
+            "STATE",
+            "VERSION",
+            "LAST SEEN",
+            "LABELS",
+            "DOCKER",
+            "FREE DISK",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -174,7 +220,9 @@ async fn revoke_agent(cli: &Cli, env: &CliEnv, agent: &str) -> Result<(), CliErr
     let mut s = connect(cli, env).await?;
     let r = s
         .client
-        .revoke_agent(pb::RevokeAgentRequest { agent: agent.to_string() })
+        .revoke_agent(pb::RevokeAgentRequest {
+            agent: agent.to_string(),
+        })
         .await?
         .into_inner();
     let a = r.agent.unwrap_or_default();
@@ -185,7 +233,11 @@ async fn revoke_agent(cli: &Cli, env: &CliEnv, agent: &str) -> Result<(), CliErr
             "revoked agent {} ({}){}",
             a.name,
             a.id,
-            if r.was_connected { "; its live session was cut" } else { "" }
+            if r.was_connected {
+                "; its live session was cut"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -200,7 +252,9 @@ async fn create_token(
 ) -> Result<(), CliError> {
     let labels = parse_labels(labels).map_err(|e| CliError::usage(format!("--labels: {e}")))?;
     let ttl_seconds = match ttl {
-        Some(t) => parse_duration(t).map_err(|e| CliError::usage(format!("--ttl: {e}")))?.as_secs(),
+        Some(t) => parse_duration(t)
+            .map_err(|e| CliError::usage(format!("--ttl: {e}")))?
+            .as_secs(),
         None => 0,
     };
     let mut s = connect(cli, env).await?;
@@ -232,7 +286,10 @@ async fn create_token(
             "command": command,
         }));
     } else {
-        println!("join token (single use, valid until {}):", rfc3339_ms(t.expires_at_ms));
+        println!(
+            "join token (single use, valid until {}):",
+            rfc3339_ms(t.expires_at_ms)
+        );
         println!("  {}", t.token);
         println!("CA pin: {}", t.ca_pin);
         println!();
@@ -249,7 +306,9 @@ async fn add_operator(
     role: &str,
     out: Option<std::path::PathBuf>,
 ) -> Result<(), CliError> {
-    let role: Role = role.parse().map_err(|e: String| CliError::usage(format!("--role: {e}")))?;
+    let role: Role = role
+        .parse()
+        .map_err(|e: String| CliError::usage(format!("--role: {e}")))?;
     let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("{name}.credentials")));
     // Check before the coordinator creates anything, so a refusal here
     // leaves no operator without a credentials file.
@@ -259,7 +318,8 @@ async fn add_operator(
             out.display()
         )));
     }
-    let (key_pem, csr_pem) = pki::generate_key_and_csr(name).map_err(|e| CliError::failed(e.to_string()))?;
+    let (key_pem, csr_pem) =
+        pki::generate_key_and_csr(name).map_err(|e| CliError::failed(e.to_string()))?;
     let mut s = connect(cli, env).await?;
     let r = s
         .client
@@ -278,19 +338,36 @@ async fn add_operator(
         key: key_pem,
     }
     .save(&out, false)
-    .map_err(|e| CliError::failed(format!("operator {name} was added, but its credentials could not be written: {e}")))?;
+    .map_err(|e| {
+        CliError::failed(format!(
+            "operator {name} was added, but its credentials could not be written: {e}"
+        ))
+    })?;
     if cli.output == Output::Json {
-        print_json(&json!({ "name": name, "role": role.as_str(), "credentials_file": out.display().to_string() }));
+        print_json(
+            &json!({ "name": name, "role": role.as_str(), "credentials_file": out.display().to_string() }),
+        );
     } else {
-        println!("added operator {name} (role {role}); credentials written to {}", out.display());
-        println!("hand that file over privately; they use it with `ferry --credentials {}`", out.display());
+        println!(
+            "added operator {name} (role {role}); credentials written to {}",
+            out.display()
+        );
+        println!(
+            "hand that file over privately; they use it with `ferry --credentials {}`",
+            out.display()
+        );
     }
     Ok(())
 }
 
 async fn list_operators(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
     let mut s = connect(cli, env).await?;
-    let list = s.client.list_operators(pb::ListOperatorsRequest {}).await?.into_inner().operators;
+    let list = s
+        .client
+        .list_operators(pb::ListOperatorsRequest {})
+        .await?
+        .into_inner()
+        .operators;
     if cli.output == Output::Json {
         let items: Vec<Value> = list
             .iter()
@@ -314,7 +391,11 @@ async fn list_operators(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
                 o.name.clone(),
                 role_name(o.role).to_string(),
                 rfc3339_ms(o.created_at_ms),
-                if o.revoked_at_ms > 0 { format!("revoked {}", rfc3339_ms(o.revoked_at_ms)) } else { "active".into() },
+                if o.revoked_at_ms > 0 {
+                    format!("revoked {}", rfc3339_ms(o.revoked_at_ms))
+                } else {
+                    "active".into()
+                },
             ]
         })
         .collect();
@@ -326,12 +407,16 @@ async fn revoke_operator(cli: &Cli, env: &CliEnv, name: &str) -> Result<(), CliE
     let mut s = connect(cli, env).await?;
     let r = s
         .client
-        .revoke_operator(pb::RevokeOperatorRequest { name: name.to_string() })
+        .revoke_operator(pb::RevokeOperatorRequest {
+            name: name.to_string(),
+        })
         .await?
         .into_inner();
     let o = r.operator.unwrap_or_default();
     if cli.output == Output::Json {
-        print_json(&json!({ "name": o.name, "role": role_name(o.role), "revoked_at": opt_time(o.revoked_at_ms) }));
+        print_json(
+            &json!({ "name": o.name, "role": role_name(o.role), "revoked_at": opt_time(o.revoked_at_ms) }),
+        );
     } else {
         println!("revoked operator {}", o.name);
     }

@@ -16,7 +16,11 @@ use tonic::transport::Channel;
 mod commands;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Operate a Ferry coordinator: agents, join tokens, operators")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Operate a Ferry coordinator: agents, join tokens, operators"
+)]
 pub struct Cli {
     /// Credentials file (default: $FERRY_CREDENTIALS, then ~/.config/ferry/credentials).
     #[arg(long, global = true, value_name = "FILE")]
@@ -141,10 +145,7 @@ impl From<tonic::Status> for CliError {
             _ => exit::FAILED,
         };
         let message = if status.code() == Code::Unavailable {
-            format!(
-                "coordinator unavailable: {}",
-                tls::error_chain(&status)
-            )
+            format!("coordinator unavailable: {}", tls::error_chain(&status))
         } else {
             status.message().to_string()
         };
@@ -174,15 +175,24 @@ pub struct Session {
 
 /// Loads the credentials and connects.
 pub async fn connect(cli: &Cli, env: &CliEnv) -> Result<Session, CliError> {
-    let path = credentials::resolve(cli.credentials.as_deref(), env.get("FERRY_CREDENTIALS"), env.get("HOME"))
-        .map_err(|e| CliError::usage(e.to_string()))?;
+    let path = credentials::resolve(
+        cli.credentials.as_deref(),
+        env.get("FERRY_CREDENTIALS"),
+        env.get("HOME"),
+    )
+    .map_err(|e| CliError::usage(e.to_string()))?;
     let credentials = Credentials::load(&path).map_err(|e| CliError::usage(e.to_string()))?;
-    let config = tls::client_config(&credentials.ca, Some((&credentials.certificate, &credentials.key)))
-        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    let channel = tls::channel(&credentials.coordinator, config).await.map_err(|e| CliError {
-        code: exit::UNAVAILABLE,
-        message: format!("{e} (coordinator address from {})", path.display()),
-    })?;
+    let config = tls::client_config(
+        &credentials.ca,
+        Some((&credentials.certificate, &credentials.key)),
+    )
+    .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    let channel = tls::channel(&credentials.coordinator, config)
+        .await
+        .map_err(|e| CliError {
+            code: exit::UNAVAILABLE,
+            message: format!("{e} (coordinator address from {})", path.display()),
+        })?;
     Ok(Session {
         credentials,
         client: OperatorServiceClient::new(channel),

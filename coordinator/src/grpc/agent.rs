@@ -15,19 +15,32 @@ pub struct AgentApi {
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         Ok(Response::new(self.core.enroll(req.into_inner()).await?))
     }
 
     type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
 
-    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let agent = self.core.require_agent(&req).await?;
-        Ok(Response::new(self.core.open_session(agent, req.into_inner()).await?))
+        Ok(Response::new(
+            self.core.open_session(agent, req.into_inner()).await?,
+        ))
     }
 
-    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
         let agent = self.core.require_agent(&req).await?;
-        Ok(Response::new(self.core.renew(&agent, &req.get_ref().csr_pem).await?))
+        Ok(Response::new(
+            self.core.renew(&agent, &req.get_ref().csr_pem).await?,
+        ))
     }
 }

@@ -23,11 +23,25 @@ fn caller_uri(op: &crate::store::OperatorRecord, core: &Core) -> String {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
-    async fn get_status(&self, req: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let op = self.core.require_operator(&req, Role::Viewer, "read status").await?;
-        let agents = self.core.store.list_agents().await.map_err(CoordinatorError::from)?;
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Viewer, "read status")
+            .await?;
+        let agents = self
+            .core
+            .store
+            .list_agents()
+            .await
+            .map_err(CoordinatorError::from)?;
         let now = now_ms();
-        let active: Vec<_> = agents.iter().filter(|a| a.revoked_at_ms.is_none()).collect();
+        let active: Vec<_> = agents
+            .iter()
+            .filter(|a| a.revoked_at_ms.is_none())
+            .collect();
         let online = active
             .iter()
             .filter(|a| self.core.agent_state(a, now) == crate::agents::AgentState::Online)
@@ -46,8 +60,13 @@ impl OperatorService for OperatorApi {
         }))
     }
 
-    async fn list_agents(&self, req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.core.require_operator(&req, Role::Viewer, "list agents").await?;
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "list agents")
+            .await?;
         let now = now_ms();
         let agents = self
             .core
@@ -68,7 +87,9 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        self.core.require_operator(&req, Role::Viewer, "list operators").await?;
+        self.core
+            .require_operator(&req, Role::Viewer, "list operators")
+            .await?;
         let operators = self
             .core
             .store
@@ -85,7 +106,10 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
-        let op = self.core.require_operator(&req, Role::Admin, "create join tokens").await?;
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "create join tokens")
+            .await?;
         let actor = caller_uri(&op, &self.core);
         let r = req.into_inner();
         let name = Some(r.name.trim().to_string()).filter(|n| !n.is_empty());
@@ -104,10 +128,19 @@ impl OperatorService for OperatorApi {
         }))
     }
 
-    async fn revoke_agent(&self, req: Request<pb::RevokeAgentRequest>) -> Result<Response<pb::RevokeAgentResponse>, Status> {
-        let op = self.core.require_operator(&req, Role::Admin, "revoke agents").await?;
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "revoke agents")
+            .await?;
         let actor = caller_uri(&op, &self.core);
-        let (agent, was_connected) = self.core.revoke_agent(&actor, req.get_ref().agent.trim()).await?;
+        let (agent, was_connected) = self
+            .core
+            .revoke_agent(&actor, req.get_ref().agent.trim())
+            .await?;
         let state = self.core.agent_state(&agent, now_ms());
         Ok(Response::new(pb::RevokeAgentResponse {
             agent: Some(convert::agent(agent, state)),
@@ -115,14 +148,27 @@ impl OperatorService for OperatorApi {
         }))
     }
 
-    async fn add_operator(&self, req: Request<pb::AddOperatorRequest>) -> Result<Response<pb::AddOperatorResponse>, Status> {
-        let op = self.core.require_operator(&req, Role::Admin, "add operators").await?;
+    async fn add_operator(
+        &self,
+        req: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::AddOperatorResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "add operators")
+            .await?;
         let actor = caller_uri(&op, &self.core);
         let r = req.into_inner();
         let role = pb::Role::try_from(r.role)
-            .map_err(|_| CoordinatorError::invalid("role", format!("unknown role number {}", r.role)))
-            .and_then(|role| Role::try_from(role).map_err(|e| CoordinatorError::invalid("role", e)))?;
-        let created = self.core.add_operator(&actor, r.name.trim(), role, &r.csr_pem).await?;
+            .map_err(|_| {
+                CoordinatorError::invalid("role", format!("unknown role number {}", r.role))
+            })
+            .and_then(|role| {
+                Role::try_from(role).map_err(|e| CoordinatorError::invalid("role", e))
+            })?;
+        let created = self
+            .core
+            .add_operator(&actor, r.name.trim(), role, &r.csr_pem)
+            .await?;
         Ok(Response::new(pb::AddOperatorResponse {
             operator: Some(convert::operator(created.record)),
             certificate_pem: created.cert_pem,
@@ -135,7 +181,10 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::RevokeOperatorRequest>,
     ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
-        let op = self.core.require_operator(&req, Role::Admin, "revoke operators").await?;
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "revoke operators")
+            .await?;
         let actor = caller_uri(&op, &self.core);
         let record = self
             .core

@@ -16,6 +16,7 @@ use ferry_common::identity::Role;
 use uuid::Uuid;
 
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -112,11 +113,15 @@ pub struct AuditEntry {
 pub enum StoreError {
     #[error("join token not recognised")]
     TokenUnknown,
-    #[error("join token was already used (at {used_at}); create a new one with `ferry token create`")]
+    #[error(
+        "join token was already used (at {used_at}); create a new one with `ferry token create`"
+    )]
     TokenUsed { used_at: String },
     #[error("join token expired at {expired_at}; create a new one with `ferry token create`")]
     TokenExpired { expired_at: String },
-    #[error("an agent named {name:?} is already enrolled; revoke it first (`ferry agent revoke {name}`) or choose another name")]
+    #[error(
+        "an agent named {name:?} is already enrolled; revoke it first (`ferry agent revoke {name}`) or choose another name"
+    )]
     AgentNameTaken { name: String },
     #[error("no agent named or with id {0:?}")]
     AgentNotFound(String),
@@ -134,7 +139,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("store: schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("store: {url:?} is not a store location; use a file path, sqlite://PATH or postgres://USER:PASSWORD@HOST/DB")]
+    #[error(
+        "store: {url:?} is not a store location; use a file path, sqlite://PATH or postgres://USER:PASSWORD@HOST/DB"
+    )]
     BadUrl { url: String },
 }
 
@@ -153,7 +160,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- join tokens ---------------------------------------------------
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
-    async fn get_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError>;
+    async fn get_join_token(&self, token_hash: &str)
+    -> Result<Option<JoinTokenRecord>, StoreError>;
 
     /// Atomically: checks the token is known, unused and unexpired at
     /// `now_ms` (else `TokenUnknown` / `TokenUsed` / `TokenExpired`), checks
@@ -182,11 +190,26 @@ pub trait Store: Send + Sync + 'static {
         hostname: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    async fn agent_heartbeat(&self, id: Uuid, now_ms: i64, health_json: &str) -> Result<(), StoreError>;
+    async fn agent_heartbeat(
+        &self,
+        id: Uuid,
+        now_ms: i64,
+        health_json: &str,
+    ) -> Result<(), StoreError>;
     /// A session closed; clears `connected_to` only if it is still
     /// `coordinator_id` (the agent may already be on another coordinator).
-    async fn agent_disconnected(&self, id: Uuid, coordinator_id: &str, now_ms: i64) -> Result<(), StoreError>;
-    async fn agent_cert_renewed(&self, id: Uuid, serial: &str, not_after_ms: i64) -> Result<(), StoreError>;
+    async fn agent_disconnected(
+        &self,
+        id: Uuid,
+        coordinator_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    async fn agent_cert_renewed(
+        &self,
+        id: Uuid,
+        serial: &str,
+        not_after_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Marks the agent revoked (`AgentNotFound`, `AgentAlreadyRevoked`).
     async fn revoke_agent(&self, id: Uuid, now_ms: i64) -> Result<AgentRecord, StoreError>;
 
@@ -211,9 +234,16 @@ pub async fn open(location: &str) -> Result<Arc<dyn Store>, StoreError> {
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(location).await?))
     } else if location.is_empty() {
-        Err(StoreError::BadUrl { url: location.into() })
+        Err(StoreError::BadUrl {
+            url: location.into(),
+        })
     } else {
         let path = location.strip_prefix("sqlite://").unwrap_or(location);
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     }
 }
+
+#[cfg(test)]
+mod tests;

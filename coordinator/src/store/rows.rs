@@ -1,0 +1,219 @@
+//! What the two backends share, so a column means the same thing on SQLite
+//! and on PostgreSQL: decoding rows into records, label JSON, the embedded
+//! migrations, and the decisions behind refusals (which error a failed
+//! enrollment, revoke or operator insert reports).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use ferry_common::identity::Role;
+use ferry_common::time::rfc3339_ms;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{ColumnIndex, Decode, Row, SqlSafeStr, Type};
+use uuid::Uuid;
+
+use super::{AgentRecord, AuditEntry, JoinTokenRecord, NewAgent, OperatorRecord, StoreError};
+
+/// The `meta` key whose presence records that the first admin was added;
+/// it is never deleted, which is what makes the bootstrap happen only once.
+pub(crate) const BOOTSTRAP_KEY: &str = "bootstrap_admin";
+
+/// `created_by` of the bootstrapped admin: nobody created it through the API.
+pub(crate) const SYSTEM_ACTOR: &str = "system";
+
+/// A migration compiled into the binary (version, description, SQL), so an
+/// installed coordinator needs no `migrations/` directory beside it.
+pub(crate) type EmbeddedMigration = (i64, &'static str, &'static str);
+
+pub(crate) fn migrator(migrations: &[EmbeddedMigration]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Column access by name for the rows of either backend, so each record
+/// type is decoded by one function instead of one per backend.
+pub(crate) trait Columns {
+    fn text(&self, column: &'static str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &'static str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &'static str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &'static str) -> Result<Option<i64>, StoreError>;
+}
+
+impl<R> Columns for R
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, column: &'static str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &'static str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &'static str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &'static str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+/// Labels are one JSON object of strings; building a `Value` cannot fail,
+/// unlike `serde_json::to_string`, so there is no error to invent here.
+pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    serde_json::Value::Object(
+        labels
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn labels(table: &'static str, json: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: format!("labels_json {json:?}: {e}"),
+    })
+}
+
+fn uuid(table: &'static str, column: &'static str, text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: format!("{column} {text:?} is not a UUID: {e}"),
+    })
+}
+
+pub(crate) fn agent(row: &impl Columns) -> Result<AgentRecord, StoreError> {
+    const TABLE: &str = "agents";
+    Ok(AgentRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        name: row.text("name")?,
+        hostname: row.text("hostname")?,
+        labels: labels(TABLE, &row.text("labels_json")?)?,
+        version: row.text("version")?,
+        enrolled_at_ms: row.int("enrolled_at_ms")?,
+        last_seen_ms: row.int("last_seen_ms")?,
+        connected_to: row.opt_text("connected_to")?,
+        revoked_at_ms: row.opt_int("revoked_at_ms")?,
+        cert_serial: row.text("cert_serial")?,
+        cert_not_after_ms: row.int("cert_not_after_ms")?,
+        health_json: row.opt_text("health_json")?,
+    })
+}
+
+pub(crate) fn join_token(row: &impl Columns) -> Result<JoinTokenRecord, StoreError> {
+    const TABLE: &str = "join_tokens";
+    Ok(JoinTokenRecord {
+        token_hash: row.text("token_hash")?,
+        name: row.opt_text("name")?,
+        labels: labels(TABLE, &row.text("labels_json")?)?,
+        created_by: row.text("created_by")?,
+        created_at_ms: row.int("created_at_ms")?,
+        expires_at_ms: row.int("expires_at_ms")?,
+        used_at_ms: row.opt_int("used_at_ms")?,
+        used_by: row
+            .opt_text("used_by")?
+            .map(|text| uuid(TABLE, "used_by", &text))
+            .transpose()?,
+    })
+}
+
+pub(crate) fn operator(row: &impl Columns) -> Result<OperatorRecord, StoreError> {
+    let role = row.text("role")?;
+    Ok(OperatorRecord {
+        name: row.text("name")?,
+        role: role.parse::<Role>().map_err(|e| StoreError::Corrupt {
+            table: "operators",
+            reason: format!("role {role:?}: {e}"),
+        })?,
+        created_at_ms: row.int("created_at_ms")?,
+        created_by: row.text("created_by")?,
+        revoked_at_ms: row.opt_int("revoked_at_ms")?,
+    })
+}
+
+pub(crate) fn audit_entry(row: &impl Columns) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        at_ms: row.int("at_ms")?,
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        target: row.text("target")?,
+        detail: row.text("detail")?,
+    })
+}
+
+/// The token checks of `enroll_agent`, once the token row is locked. A token
+/// expires at `expires_at_ms` itself, not a millisecond later.
+pub(crate) fn check_token_usable(token: &JoinTokenRecord, now_ms: i64) -> Result<(), StoreError> {
+    if let Some(used_at) = token.used_at_ms {
+        return Err(StoreError::TokenUsed {
+            used_at: rfc3339_ms(used_at),
+        });
+    }
+    if now_ms >= token.expires_at_ms {
+        return Err(StoreError::TokenExpired {
+            expired_at: rfc3339_ms(token.expires_at_ms),
+        });
+    }
+    Ok(())
+}
+
+/// The record `enroll_agent` inserted: a fresh agent was never seen and
+/// holds no session yet.
+pub(crate) fn enrolled(agent: &NewAgent, now_ms: i64) -> AgentRecord {
+    AgentRecord {
+        id: agent.id,
+        name: agent.name.clone(),
+        hostname: agent.hostname.clone(),
+        labels: agent.labels.clone(),
+        version: agent.version.clone(),
+        enrolled_at_ms: now_ms,
+        last_seen_ms: 0,
+        connected_to: None,
+        revoked_at_ms: None,
+        cert_serial: agent.cert_serial.clone(),
+        cert_not_after_ms: agent.cert_not_after_ms,
+        health_json: None,
+    }
+}
+
+/// Why `revoke_agent` changed nothing, given what the row holds now.
+pub(crate) fn revoke_refusal(id: Uuid, existing: Option<AgentRecord>) -> StoreError {
+    match existing {
+        Some(agent) => StoreError::AgentAlreadyRevoked { name: agent.name },
+        None => StoreError::AgentNotFound(id.to_string()),
+    }
+}
+
+/// Why `add_operator` inserted nothing: the name is taken, for good if its
+/// operator was revoked.
+pub(crate) fn operator_refusal(name: &str, existing: Option<OperatorRecord>) -> StoreError {
+    match existing {
+        Some(op) if op.revoked_at_ms.is_some() => StoreError::OperatorRevoked { name: name.into() },
+        _ => StoreError::OperatorExists { name: name.into() },
+    }
+}
+
+/// An update of one agent by id touched no row: there is no such agent.
+pub(crate) fn agent_found(rows_affected: u64, id: Uuid) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        Err(StoreError::AgentNotFound(id.to_string()))
+    } else {
+        Ok(())
+    }
+}
