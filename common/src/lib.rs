@@ -1,6 +1,7 @@
 //! `ferry-common`: what the coordinator, the agent and the CLI share.
 //!
 //! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
+//! - [`job`]: job kinds, typed specs, target selectors, probe results.
 //! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
 //! - [`tls`]: rustls configurations for server and clients, the per-RPC peer
 //!   verifier, and tonic channels over our own TLS connector.
@@ -19,6 +20,7 @@ pub mod fsutil;
 pub mod health;
 pub mod host;
 pub mod identity;
+pub mod job;
 pub mod labels;
 pub mod pki;
 pub mod telemetry;

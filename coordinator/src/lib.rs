@@ -11,6 +11,7 @@
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
 //! - [`sessions`]: live agent sessions on this process.
+//! - [`job`]: the pure job and task state machines.
 //! - [`store`]: the persistent state on SQLite or PostgreSQL.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`cli`]: the `ferry` operator CLI.
@@ -25,6 +26,7 @@ pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod init;
+pub mod job;
 pub mod metrics;
 pub mod net;
 pub mod operators;

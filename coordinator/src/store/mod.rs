@@ -15,6 +15,13 @@ use async_trait::async_trait;
 use ferry_common::identity::Role;
 use uuid::Uuid;
 
+use crate::job::TaskEvent;
+pub use jobs::{
+    AppendOutcome, IncomingEvent, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask, Notification, TaskRecord,
+    Transition,
+};
+
+pub mod jobs;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -133,6 +140,8 @@ pub enum StoreError {
     OperatorRevoked { name: String },
     #[error("no operator named {0:?}")]
     OperatorNotFound(String),
+    #[error("no job with id {0}")]
+    JobNotFound(Uuid),
     #[error("store: row in {table} is corrupt: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("store: {0}")]
@@ -225,6 +234,111 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    // --- jobs ----------------------------------------------------------
+    // Every task state change below goes through `crate::job::apply_task`
+    // on the state read inside the same transaction (SELECT … FOR UPDATE on
+    // PostgreSQL, a write transaction on SQLite), and appends a
+    // `TaskStateChanged` job event. When a change leaves every task of the
+    // job final, the job's status is set with `crate::job::apply_job` /
+    // `final_status` (cancelled if `cancel_requested`) and a `JobFinished`
+    // event is appended, in the same transaction. Bodies of the events the
+    // store writes itself are built with `rows`-level helpers from
+    // `ferry_proto::v1::EventBody`.
+
+    /// Inserts the job (status `pending`) and its tasks (`pending`, attempt
+    /// 0). With an idempotency key that already exists, changes nothing and
+    /// returns the existing job and `false`.
+    async fn create_job(&self, job: &NewJob, tasks: &[NewTask]) -> Result<(JobRecord, bool), StoreError>;
+    async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+    /// Newest first, at most `filter.limit` (0 means 50).
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
+    /// Ordered by agent name.
+    async fn list_tasks(&self, job_id: Uuid) -> Result<Vec<TaskRecord>, StoreError>;
+    async fn get_task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError>;
+    /// The agent's tasks in state `assigned` or `running`.
+    async fn active_tasks_for_agent(&self, agent_id: Uuid) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Appends an event the coordinator writes (e.g. "waiting for agent
+    /// web-1"), with the next job seq. `JobNotFound` if the job is unknown.
+    async fn append_coordinator_event(
+        &self,
+        job_id: Uuid,
+        task_id: Option<Uuid>,
+        body: &[u8],
+        at_ms: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` `pending` tasks of these agents whose job is
+    /// not final and whose deadline is after `now_ms`, skipping rows another
+    /// coordinator holds locked (`FOR UPDATE SKIP LOCKED`): each becomes
+    /// `assigned` (`TaskEvent::Assigned`), attempt + 1, `assigned_by =
+    /// coordinator_id`; a `pending` job becomes `running`. Returns each
+    /// claimed task (after) with its job.
+    async fn claim_pending_tasks(
+        &self,
+        agent_ids: &[Uuid],
+        coordinator_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(TaskRecord, JobRecord)>, StoreError>;
+
+    /// Applies `event` to the task, with `message` as the task's new
+    /// message when its state changes. `Ok(None)` if the task is unknown or
+    /// the transition is invalid (nothing written).
+    async fn transition_task(
+        &self,
+        task_id: Uuid,
+        event: TaskEvent,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Option<Transition>, StoreError>;
+
+    /// Stores agents' events, in one transaction for the whole batch. Per
+    /// task: events with `seq <= last_seq` are duplicates and skipped;
+    /// events continuing `last_seq + 1, + 2, …` are stored, each with the
+    /// next job seq, and applied (`machine_event`; `message` and
+    /// `result_json` when given; `started_at_ms` on the first); the first
+    /// gap drops the rest of that task's events (the agent sends them
+    /// again). Events of unknown tasks are ignored. Must sustain tens of
+    /// thousands of events per second: multi-row inserts, one job-seq
+    /// update per job per batch.
+    async fn append_agent_events(&self, events: &[IncomingEvent], now_ms: i64) -> Result<AppendOutcome, StoreError>;
+
+    /// Job events with `seq > after_seq`, in order, at most `limit`.
+    async fn job_events_after(&self, job_id: Uuid, after_seq: u64, limit: u32) -> Result<Vec<JobEventRecord>, StoreError>;
+
+    /// Sets `cancel_requested` and applies `TaskEvent::CancelRequested` to
+    /// every task that is not final. `JobNotFound` if unknown. Returns the
+    /// job after and the transitions (those with `SendCancel` must reach
+    /// their agents).
+    async fn request_cancel(&self, job_id: Uuid, now_ms: i64) -> Result<(JobRecord, Vec<Transition>), StoreError>;
+
+    /// `TaskEvent::DeadlinePassed` for every `pending` task whose job's
+    /// deadline is at or before `now_ms`.
+    async fn expire_overdue_tasks(&self, now_ms: i64) -> Result<Vec<Transition>, StoreError>;
+
+    /// `TaskEvent::AgentGone` for every `assigned`/`running` task whose
+    /// agent's `last_seen_ms` is before `seen_before_ms`, with the message
+    /// "agent NAME has been away since …".
+    async fn mark_tasks_of_absent_agents_lost(
+        &self,
+        seen_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<Transition>, StoreError>;
+
+    // --- coordination --------------------------------------------------
+
+    /// Receives notifications from this process and (PostgreSQL) from
+    /// every coordinator sharing the store.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notification>;
+    /// Publishes to every subscriber of every coordinator sharing the store
+    /// (PostgreSQL: `NOTIFY ferry_events`), this one included.
+    async fn notify(&self, notification: Notification) -> Result<(), StoreError>;
+    /// Whether this process is the leader that runs time-based duties.
+    /// SQLite: always. PostgreSQL: holds a session advisory lock on a
+    /// dedicated connection; if that connection is lost, tries again.
+    async fn try_lead(&self) -> Result<bool, StoreError>;
 }
 
 /// Opens (and migrates) the store at `location`: `postgres://…` or

@@ -1,0 +1,153 @@
+//! Job specs and target selectors, shared by the coordinator (which stores
+//! and routes them), the agent (which runs them) and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which agents a job runs on: those named in `agents` (every agent if it is
+/// empty) that carry every label in `labels`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.agents.is_empty() || self.agents.iter().any(|a| a == name))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// `all agents`, `agents web-1, web-2`, `labels env=prod`, or both.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.agents.is_empty() {
+            parts.push(format!("agents {}", self.agents.join(", ")));
+        }
+        if !self.labels.is_empty() {
+            parts.push(format!("labels {}", crate::labels::format_labels(&self.labels)));
+        }
+        if parts.is_empty() { "all agents".into() } else { parts.join(" with ") }
+    }
+}
+
+/// The kinds of job Ferry runs. Agents run only these: there is no
+/// arbitrary shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// Report the host's facts (a preflight).
+    Probe,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 1] = [JobKind::Probe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Probe => "probe",
+        }
+    }
+}
+
+impl std::str::FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown job kind {s:?}; expected one of {}", known.join(", "))
+            })
+    }
+}
+
+/// `probe`'s spec: nothing to configure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSpec {}
+
+/// A job's typed spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobSpec {
+    Probe(ProbeSpec),
+}
+
+impl JobSpec {
+    /// Parses and validates `spec_json` for `kind`.
+    pub fn parse(kind: &str, spec_json: &str) -> Result<JobSpec, String> {
+        let kind: JobKind = kind.parse()?;
+        let json = if spec_json.trim().is_empty() { "{}" } else { spec_json };
+        match kind {
+            JobKind::Probe => serde_json::from_str(json)
+                .map(JobSpec::Probe)
+                .map_err(|e| format!("probe spec: {e}")),
+        }
+    }
+
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::Probe(_) => JobKind::Probe,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            JobSpec::Probe(s) => serde_json::to_string(s).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// What a probe reports about its host (the task's result).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disks: Vec<crate::health::DiskUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_error: Option<String>,
+    /// Agent clock minus coordinator clock, from the session's time exchange.
+    pub clock_offset_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_match_names_and_labels() {
+        let labels = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        assert!(Selector::default().matches("a", &labels));
+        let s = Selector {
+            agents: vec!["a".into()],
+            labels: labels.clone(),
+        };
+        assert!(s.matches("a", &labels));
+        assert!(!s.matches("b", &labels));
+        assert!(!s.matches("a", &BTreeMap::new()));
+        assert_eq!(s.describe(), "agents a with labels env=prod");
+        assert_eq!(Selector::default().describe(), "all agents");
+    }
+
+    #[test]
+    fn specs_parse_and_refuse() {
+        assert_eq!(JobSpec::parse("probe", "").unwrap(), JobSpec::Probe(ProbeSpec {}));
+        assert!(JobSpec::parse("probe", "{\"x\":1}").unwrap_err().contains("unknown field"));
+        assert!(JobSpec::parse("shell", "{}").unwrap_err().contains("expected one of probe"));
+    }
+}
