@@ -35,6 +35,9 @@ pub struct AgentConfig {
     /// Mount points whose free space is reported (default: `/` and the state dir).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk_paths: Vec<PathBuf>,
+    /// Tasks run at once (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_tasks: Option<usize>,
 }
 
 fn default_docker_socket() -> String {
@@ -168,6 +171,7 @@ mod tests {
             postgres_url: None,
             docker_socket: default_docker_socket(),
             disk_paths: vec![],
+            max_concurrent_tasks: None,
         }
     }
 

@@ -97,6 +97,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         postgres_url: opts.postgres_url.clone(),
         docker_socket: "/var/run/docker.sock".into(),
         disk_paths: Vec::new(),
+        max_concurrent_tasks: None,
     }
     // Written last: its presence means enrollment completed.
     .save(&opts.state_dir, false)?;

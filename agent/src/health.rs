@@ -92,27 +92,46 @@ impl HealthProbe {
     }
 
     fn disks(&self) -> Vec<DiskUsage> {
-        let mut out: Vec<DiskUsage> = Vec::new();
-        for path in &self.disk_paths {
-            let Ok(st) = nix::sys::statvfs::statvfs(path) else {
-                continue;
-            };
-            let frsize = st.fragment_size();
-            let usage = DiskUsage {
-                mount: path.display().to_string(),
-                free_bytes: st.blocks_available().saturating_mul(frsize),
-                total_bytes: st.blocks().saturating_mul(frsize),
-            };
-            // Two watched paths on one filesystem would repeat the same numbers.
-            if !out
-                .iter()
-                .any(|d| d.total_bytes == usage.total_bytes && d.free_bytes == usage.free_bytes)
-            {
-                out.push(usage);
-            }
-        }
-        out
+        disk_usage(self.disk_paths.iter().cloned())
     }
+}
+
+/// Free space of every mounted disk filesystem (not proc, sysfs, tmpfs and
+/// the like), one entry per filesystem.
+pub fn mounted_disks() -> Vec<DiskUsage> {
+    const DISK_FS: [&str; 8] = [
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "vfat", "overlay",
+    ];
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let paths = mounts.lines().filter_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
+        DISK_FS.contains(&fstype).then(|| PathBuf::from(mount))
+    });
+    disk_usage(paths)
+}
+
+fn disk_usage(paths: impl IntoIterator<Item = PathBuf>) -> Vec<DiskUsage> {
+    let mut out: Vec<DiskUsage> = Vec::new();
+    for path in paths {
+        let Ok(st) = nix::sys::statvfs::statvfs(&path) else {
+            continue;
+        };
+        let frsize = st.fragment_size();
+        let usage = DiskUsage {
+            mount: path.display().to_string(),
+            free_bytes: st.blocks_available().saturating_mul(frsize),
+            total_bytes: st.blocks().saturating_mul(frsize),
+        };
+        // Two paths on one filesystem would repeat the same numbers.
+        if !out
+            .iter()
+            .any(|d| d.total_bytes == usage.total_bytes && d.free_bytes == usage.free_bytes)
+        {
+            out.push(usage);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -8,13 +8,18 @@
 //! - [`health`]: Docker, PostgreSQL and disk probes.
 //! - [`config`]: `agent.toml` and the identity files in the state dir.
 //! - [`error`]: the error type and its exit codes.
-//! - `executor/`: deploy, migrate, backup, restore, smoke (with the job engine).
+//! - [`runner`]: runs assigned tasks concurrently, each cancellable, never twice.
+//! - [`spool`]: every task event on disk until the coordinator acknowledges it.
+//! - [`executor`]: the typed job kinds (`probe`).
 
 pub mod config;
 pub mod enroll;
 pub mod error;
+pub mod executor;
 pub mod health;
+pub mod runner;
 pub mod session;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,5 +36,5 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let mut config = config::AgentConfig::load(state_dir)?;
     config.apply_env(env);
-    session::run(session::Agent::new(config, state_dir), shutdown).await
+    session::run(session::Agent::new(config, state_dir)?, shutdown).await
 }

@@ -20,13 +20,18 @@ use ferry_common::tls;
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_service_client::AgentServiceClient;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::config::{AgentConfig, Identity};
 use crate::error::AgentError;
 use crate::health::HealthProbe;
+use crate::runner::Runner;
+use crate::spool::Spool;
+
+/// Tasks an agent runs at once unless `max_concurrent_tasks` says otherwise.
+pub const DEFAULT_TASK_LIMIT: usize = 4;
 
 /// Reconnect backoff: the first retry within 250 ms, never more than 30 s.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -40,25 +45,34 @@ pub struct Agent {
     pub config: AgentConfig,
     pub state_dir: PathBuf,
     pub probe: Arc<HealthProbe>,
+    pub runner: Arc<Runner>,
 }
 
 impl Agent {
-    pub fn new(config: AgentConfig, state_dir: &Path) -> Self {
+    /// Opens the spool (reporting tasks a restart interrupted as lost).
+    pub fn new(config: AgentConfig, state_dir: &Path) -> Result<Self, AgentError> {
         let disk_paths = if config.disk_paths.is_empty() {
             vec![PathBuf::from("/"), state_dir.to_path_buf()]
         } else {
             config.disk_paths.clone()
         };
-        let probe = HealthProbe::new(
+        let probe = Arc::new(HealthProbe::new(
             &config.docker_socket,
             config.postgres_url.clone(),
             disk_paths,
+        ));
+        let spool = Arc::new(Spool::open(state_dir)?);
+        let runner = Runner::new(
+            spool,
+            Arc::clone(&probe),
+            config.max_concurrent_tasks.unwrap_or(DEFAULT_TASK_LIMIT),
         );
-        Agent {
+        Ok(Agent {
             config,
             state_dir: state_dir.to_path_buf(),
-            probe: Arc::new(probe),
-        }
+            probe,
+            runner,
+        })
     }
 }
 
@@ -141,20 +155,25 @@ async fn session_once(
         c = tls::channel(url, config) => c?,
     };
     let mut client = AgentServiceClient::new(channel.clone());
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    // Unbounded: the spool pushes into it while holding its lock, and every
+    // event in it is also on disk until acknowledged.
+    let (tx, rx) = mpsc::unbounded_channel::<pb::AgentMessage>();
+    let spool = Arc::clone(agent.runner.spool());
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_id: agent.config.agent_id.clone(),
             version: ferry_common::VERSION.into(),
-            capabilities: Vec::new(),
-            held_tasks: Vec::new(),
+            capabilities: ferry_common::job::JobKind::ALL
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .collect(),
+            held_tasks: spool.held(),
             hostname: ferry_common::host::hostname(),
         })),
     };
     tx.send(hello)
-        .await
         .map_err(|_| AgentError::Unreachable("session closed".into()))?;
-    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+    let mut inbound = match client.session(UnboundedReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
             let reason = classify(&status)?;
@@ -188,9 +207,15 @@ async fn session_once(
         name = %welcome.agent_name,
         "connected"
     );
+    agent
+        .runner
+        .set_clock_offset(ferry_common::time::now_ms() - welcome.server_time_ms);
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
     let session_done = CancellationToken::new();
     let _stop_helpers = session_done.clone().drop_guard();
+    // Replays every unacknowledged event, then forwards new ones live.
+    spool.attach(tx.clone());
+    let _detach = Detach(Arc::clone(&spool));
     tokio::spawn(heartbeats(
         Arc::clone(&agent.probe),
         tx.clone(),
@@ -207,7 +232,7 @@ async fn session_once(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
             msg = inbound.message() => match msg {
-                Ok(Some(m)) => tracing::debug!(?m, "message from coordinator"),
+                Ok(Some(m)) => handle(agent, m),
                 Ok(None) => {
                     return Ok(SessionEnd::Lost { established: true, reason: "coordinator closed the session".into() });
                 }
@@ -220,9 +245,39 @@ async fn session_once(
     }
 }
 
+/// Stops forwarding spooled events when the session ends, however it ends.
+struct Detach(Arc<Spool>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+fn handle(agent: &Agent, msg: pb::CoordinatorMessage) {
+    use pb::coordinator_message::Msg;
+    match msg.msg {
+        Some(Msg::Assign(a)) => agent.runner.assign(a),
+        Some(Msg::Cancel(c)) => {
+            if let Ok(id) = uuid::Uuid::parse_str(&c.task_id) {
+                let running = agent.runner.cancel(id);
+                tracing::info!(task_id = %id, reason = %c.reason, running, "cancel requested");
+            }
+        }
+        Some(Msg::Ack(ack)) => {
+            if let Ok(id) = uuid::Uuid::parse_str(&ack.task_id)
+                && let Err(e) = agent.runner.spool().ack(id, ack.seq)
+            {
+                tracing::error!(task_id = %id, error = %e, "cannot record an acknowledgement");
+            }
+        }
+        Some(Msg::Welcome(_)) | None => {}
+    }
+}
+
 async fn heartbeats(
     probe: Arc<HealthProbe>,
-    tx: mpsc::Sender<pb::AgentMessage>,
+    tx: mpsc::UnboundedSender<pb::AgentMessage>,
     interval: Duration,
     done: CancellationToken,
 ) {
@@ -240,7 +295,7 @@ async fn heartbeats(
                 sent_at_ms: ferry_common::time::now_ms(),
             })),
         };
-        if tx.send(msg).await.is_err() {
+        if tx.send(msg).is_err() {
             return;
         }
     }

@@ -29,9 +29,16 @@ impl Selector {
             parts.push(format!("agents {}", self.agents.join(", ")));
         }
         if !self.labels.is_empty() {
-            parts.push(format!("labels {}", crate::labels::format_labels(&self.labels)));
+            parts.push(format!(
+                "labels {}",
+                crate::labels::format_labels(&self.labels)
+            ));
         }
-        if parts.is_empty() { "all agents".into() } else { parts.join(" with ") }
+        if parts.is_empty() {
+            "all agents".into()
+        } else {
+            parts.join(" with ")
+        }
     }
 }
 
@@ -61,7 +68,10 @@ impl std::str::FromStr for JobKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 let known: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown job kind {s:?}; expected one of {}", known.join(", "))
+                format!(
+                    "unknown job kind {s:?}; expected one of {}",
+                    known.join(", ")
+                )
             })
     }
 }
@@ -81,7 +91,11 @@ impl JobSpec {
     /// Parses and validates `spec_json` for `kind`.
     pub fn parse(kind: &str, spec_json: &str) -> Result<JobSpec, String> {
         let kind: JobKind = kind.parse()?;
-        let json = if spec_json.trim().is_empty() { "{}" } else { spec_json };
+        let json = if spec_json.trim().is_empty() {
+            "{}"
+        } else {
+            spec_json
+        };
         match kind {
             JobKind::Probe => serde_json::from_str(json)
                 .map(JobSpec::Probe)
@@ -146,8 +160,19 @@ mod tests {
 
     #[test]
     fn specs_parse_and_refuse() {
-        assert_eq!(JobSpec::parse("probe", "").unwrap(), JobSpec::Probe(ProbeSpec {}));
-        assert!(JobSpec::parse("probe", "{\"x\":1}").unwrap_err().contains("unknown field"));
-        assert!(JobSpec::parse("shell", "{}").unwrap_err().contains("expected one of probe"));
+        assert_eq!(
+            JobSpec::parse("probe", "").unwrap(),
+            JobSpec::Probe(ProbeSpec {})
+        );
+        assert!(
+            JobSpec::parse("probe", "{\"x\":1}")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(
+            JobSpec::parse("shell", "{}")
+                .unwrap_err()
+                .contains("expected one of probe")
+        );
     }
 }

@@ -1,0 +1,192 @@
+//! Runs assigned tasks: at most `limit` at once, each with its own
+//! cancellation, keyed by task id so an `Assign` seen twice (after a
+//! reconnect, or from a second coordinator) never runs the task twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferry_proto::v1 as pb;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::{self, TaskFailure};
+use crate::health::HealthProbe;
+use crate::spool::{Spool, TaskMeta};
+
+/// What an executor uses to report and to notice cancellation.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub task_id: Uuid,
+    pub job_id: Uuid,
+    pub attempt: u32,
+    pub cancel: CancellationToken,
+    pub probe: Arc<HealthProbe>,
+    /// Agent clock minus coordinator clock, from the latest Welcome.
+    pub clock_offset_ms: i64,
+    spool: Arc<Spool>,
+}
+
+impl TaskContext {
+    fn emit(&self, body: pb::event_body::Body) {
+        if let Err(e) = self.spool.append(self.task_id, body) {
+            tracing::error!(task_id = %self.task_id, error = %e, "cannot write to the spool");
+        }
+    }
+
+    pub fn step_started(&self, step: &str, message: &str) {
+        self.emit(pb::event_body::Body::StepStarted(pb::StepStarted {
+            step: step.into(),
+            message: message.into(),
+        }));
+    }
+
+    pub fn step_finished(&self, step: &str, ok: bool, message: &str, started: Instant) {
+        self.emit(pb::event_body::Body::StepFinished(pb::StepFinished {
+            step: step.into(),
+            ok,
+            message: message.into(),
+            duration_ms: started.elapsed().as_millis() as i64,
+        }));
+    }
+
+    pub fn log(&self, step: &str, stream: &str, line: &str) {
+        self.emit(pb::event_body::Body::Log(pb::LogLine {
+            step: step.into(),
+            stream: stream.into(),
+            line: line.into(),
+        }));
+    }
+
+    pub fn progress(&self, step: &str, percent: f64, message: &str) {
+        self.emit(pb::event_body::Body::Progress(pb::Progress {
+            step: step.into(),
+            percent,
+            message: message.into(),
+            ..Default::default()
+        }));
+    }
+}
+
+pub struct Runner {
+    spool: Arc<Spool>,
+    probe: Arc<HealthProbe>,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    clock_offset_ms: AtomicI64,
+}
+
+impl Runner {
+    pub fn new(spool: Arc<Spool>, probe: Arc<HealthProbe>, limit: usize) -> Arc<Self> {
+        Arc::new(Runner {
+            spool,
+            probe,
+            slots: Arc::new(Semaphore::new(limit.max(1))),
+            running: Mutex::new(HashMap::new()),
+            clock_offset_ms: AtomicI64::new(0),
+        })
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles `Assign`. A task already held (running, or finished with
+    /// events not yet acknowledged) is not started again.
+    pub fn assign(self: &Arc<Self>, assign: pb::Assign) {
+        let Some(task) = assign.task else { return };
+        let (Ok(task_id), Ok(job_id)) = (
+            Uuid::parse_str(&task.task_id),
+            Uuid::parse_str(&task.job_id),
+        ) else {
+            tracing::warn!(task_id = %task.task_id, "Assign with a malformed id; ignored");
+            return;
+        };
+        let meta = TaskMeta {
+            task_id,
+            job_id,
+            attempt: assign.attempt,
+            kind: task.kind.clone(),
+        };
+        match self.spool.begin(meta) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(%task_id, attempt = assign.attempt, "task already held; not running it again");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%task_id, error = %e, "cannot spool the task; not running it");
+                return;
+            }
+        }
+        let cancel = CancellationToken::new();
+        self.lock().insert(task_id, cancel.clone());
+        let ctx = TaskContext {
+            task_id,
+            job_id,
+            attempt: assign.attempt,
+            cancel,
+            probe: Arc::clone(&self.probe),
+            clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
+            spool: Arc::clone(&self.spool),
+        };
+        let runner = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = runner.execute(&task.kind, &task.spec_json, &ctx).await;
+            let (outcome, message, result) = match outcome {
+                Ok(done) => (pb::TaskOutcome::Succeeded, done.message, done.result_json),
+                Err(TaskFailure::Cancelled) => (
+                    pb::TaskOutcome::Cancelled,
+                    "cancelled".to_string(),
+                    String::new(),
+                ),
+                Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),
+            };
+            if let Err(e) = runner.spool.finish(task_id, outcome, &message, result) {
+                tracing::error!(%task_id, error = %e, "cannot record the end of the task");
+            }
+            runner.lock().remove(&task_id);
+        });
+    }
+
+    async fn execute(
+        &self,
+        kind: &str,
+        spec_json: &str,
+        ctx: &TaskContext,
+    ) -> Result<executor::Done, TaskFailure> {
+        let _slot = tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.map_err(|_| TaskFailure::Failed("agent shutting down".into()))?,
+        };
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => Err(TaskFailure::Cancelled),
+            r = executor::run(kind, spec_json, ctx) => r,
+        }
+    }
+
+    /// Handles `Cancel`: the task's executor is dropped at its next await.
+    pub fn cancel(&self, task_id: Uuid) -> bool {
+        match self.lock().get(&task_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.lock().len()
+    }
+}
