@@ -52,7 +52,8 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     ferry_common::tls::install_crypto_provider();
-    ferry_common::telemetry::init("info");
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let telemetry = ferry_common::telemetry::init("ferry-agent", "info", &env);
     let code = match Args::parse().command {
         Cmd::Enroll {
             coordinator,
@@ -113,7 +114,6 @@ async fn main() {
                 }
                 signal.cancel();
             });
-            let env = std::env::vars().collect();
             match ferry_agent::run(&state_dir, &env, shutdown).await {
                 Ok(()) => exit::OK,
                 Err(e) => {
@@ -123,5 +123,6 @@ async fn main() {
             }
         }
     };
+    telemetry.shutdown();
     std::process::exit(code);
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use ferry_proto::v1 as pb;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::executor::{self, TaskFailure};
@@ -27,6 +28,9 @@ pub struct TaskContext {
     /// Agent clock minus coordinator clock, from the latest Welcome.
     pub clock_offset_ms: i64,
     spool: Arc<Spool>,
+    /// The task's trace span, and its open step spans by step name.
+    span: tracing::Span,
+    steps: Arc<Mutex<HashMap<String, tracing::Span>>>,
 }
 
 impl TaskContext {
@@ -37,6 +41,11 @@ impl TaskContext {
     }
 
     pub fn step_started(&self, step: &str, message: &str) {
+        let span = tracing::info_span!(parent: &self.span, "step", step = %step, ok = tracing::field::Empty);
+        self.steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(step.to_string(), span);
         self.emit(pb::event_body::Body::StepStarted(pb::StepStarted {
             step: step.into(),
             message: message.into(),
@@ -44,6 +53,14 @@ impl TaskContext {
     }
 
     pub fn step_finished(&self, step: &str, ok: bool, message: &str, started: Instant) {
+        if let Some(span) = self
+            .steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(step)
+        {
+            span.record("ok", ok);
+        }
         self.emit(pb::event_body::Body::StepFinished(pb::StepFinished {
             step: step.into(),
             ok,
@@ -70,11 +87,16 @@ impl TaskContext {
     }
 }
 
+struct Running {
+    cancel: CancellationToken,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
 pub struct Runner {
     spool: Arc<Spool>,
     probe: Arc<HealthProbe>,
     slots: Arc<Semaphore>,
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    running: Mutex<HashMap<Uuid, Running>>,
     clock_offset_ms: AtomicI64,
 }
 
@@ -97,7 +119,7 @@ impl Runner {
         self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -129,8 +151,23 @@ impl Runner {
                 return;
             }
         }
+        let span = tracing::info_span!(
+            parent: None,
+            "task.run",
+            task.id = %task_id,
+            job.id = %job_id,
+            kind = %task.kind,
+            attempt = assign.attempt
+        );
+        ferry_common::telemetry::set_parent(&span, &assign.traceparent);
         let cancel = CancellationToken::new();
-        self.lock().insert(task_id, cancel.clone());
+        self.lock().insert(
+            task_id,
+            Running {
+                cancel: cancel.clone(),
+                abort: None,
+            },
+        );
         let ctx = TaskContext {
             task_id,
             job_id,
@@ -139,24 +176,42 @@ impl Runner {
             probe: Arc::clone(&self.probe),
             clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
             spool: Arc::clone(&self.spool),
+            span: span.clone(),
+            steps: Arc::default(),
         };
         let runner = Arc::clone(self);
-        tokio::spawn(async move {
-            let outcome = runner.execute(&task.kind, &task.spec_json, &ctx).await;
-            let (outcome, message, result) = match outcome {
-                Ok(done) => (pb::TaskOutcome::Succeeded, done.message, done.result_json),
-                Err(TaskFailure::Cancelled) => (
-                    pb::TaskOutcome::Cancelled,
-                    "cancelled".to_string(),
-                    String::new(),
-                ),
-                Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),
-            };
-            if let Err(e) = runner.spool.finish(task_id, outcome, &message, result) {
-                tracing::error!(%task_id, error = %e, "cannot record the end of the task");
+        let handle = tokio::spawn(
+            async move {
+                let outcome = runner.execute(&task.kind, &task.spec_json, &ctx).await;
+                let (outcome, message, result) = match outcome {
+                    Ok(done) => (pb::TaskOutcome::Succeeded, done.message, done.result_json),
+                    Err(TaskFailure::Cancelled) => (
+                        pb::TaskOutcome::Cancelled,
+                        "cancelled".to_string(),
+                        String::new(),
+                    ),
+                    Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),
+                };
+                if let Err(e) = runner.spool.finish(task_id, outcome, &message, result) {
+                    tracing::error!(%task_id, error = %e, "cannot record the end of the task");
+                }
+                runner.lock().remove(&task_id);
             }
-            runner.lock().remove(&task_id);
-        });
+            .instrument(span),
+        );
+        if let Some(r) = self.lock().get_mut(&task_id) {
+            r.abort = Some(handle.abort_handle());
+        }
+    }
+
+    /// Stops every running task at once, writing nothing: what a killed
+    /// process leaves behind. The next start reports them lost.
+    pub fn abort_all(&self) {
+        for (_, r) in self.lock().drain() {
+            if let Some(abort) = r.abort {
+                abort.abort();
+            }
+        }
     }
 
     async fn execute(
@@ -178,8 +233,8 @@ impl Runner {
     /// Handles `Cancel`: the task's executor is dropped at its next await.
     pub fn cancel(&self, task_id: Uuid) -> bool {
         match self.lock().get(&task_id) {
-            Some(token) => {
-                token.cancel();
+            Some(r) => {
+                r.cancel.cancel();
                 true
             }
             None => false,

@@ -87,12 +87,20 @@ enum SessionEnd {
 }
 
 /// Runs until `shutdown` (Ok) or a refusal that retrying cannot fix (Err).
+/// Tasks still running then are stopped where they are; the next start
+/// reports them lost.
 pub async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let result = run_sessions(&agent, shutdown).await;
+    agent.runner.abort_all();
+    result
+}
+
+async fn run_sessions(agent: &Agent, shutdown: CancellationToken) -> Result<(), AgentError> {
     let mut backoff = FullJitter::new(BACKOFF_BASE, BACKOFF_CAP);
     let mut index = 0usize;
     loop {
         let url = agent.config.coordinators[index % agent.config.coordinators.len()].clone();
-        let end = match session_once(&agent, &url, &shutdown).await {
+        let end = match session_once(agent, &url, &shutdown).await {
             Ok(end) => end,
             Err(fatal @ (AgentError::Revoked(_) | AgentError::CredentialsRefused(_))) => {
                 return Err(fatal);

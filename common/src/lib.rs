@@ -11,7 +11,7 @@
 //! - [`fsutil`]: atomic, private file writes.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
 pub mod backoff;
 pub mod credentials;

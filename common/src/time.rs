@@ -135,6 +135,28 @@ pub mod serde_duration {
     }
 }
 
+/// Like [`serde_duration`] for `Option<Duration>`.
+pub mod serde_opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => super::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 /// The shortest exact text for a duration: `7d`, `90s`, `1500ms`.
 pub fn format_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();

@@ -180,11 +180,11 @@ impl Core {
                 now_ms(),
             )
             .await?;
-        let (session_id, kill) = self.sessions.register(agent.id);
+        let (tx, rx) = mpsc::channel(1024);
+        let (session_id, kill) = self.sessions.register(agent.id, tx.clone());
         self.metrics.session_opened();
         tracing::info!(agent = %agent.name, id = %agent.id, version = %hello.version, %session_id, "agent connected");
 
-        let (tx, rx) = mpsc::channel(64);
         let welcome = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
                 session_id: session_id.to_string(),
@@ -197,6 +197,7 @@ impl Core {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| CoordinatorError::Internal("session closed before Welcome".into()))?;
+        self.reconcile(agent.id, &hello.held_tasks).await?;
         let core = Arc::clone(self);
         tokio::spawn(async move {
             let reason = core.run_session(&agent, &mut inbound, &tx, kill).await;
@@ -269,6 +270,14 @@ impl Core {
                 self.check_agent(agent.id).await.map_err(Status::from)?;
                 Ok(())
             }
+            Some(pb::agent_message::Msg::TaskEvent(event)) => self
+                .ingest
+                .send(crate::scheduler::Inbound {
+                    agent: agent.id,
+                    event,
+                })
+                .await
+                .map_err(|_| Status::unavailable("coordinator shutting down")),
             Some(pb::agent_message::Msg::Hello(_)) => Err(Status::invalid_argument(
                 "Hello may only be sent once per session",
             )),

@@ -55,6 +55,13 @@ pub struct CoordinatorConfig {
     /// An agent not heard from for this long is shown offline.
     #[serde(with = "serde_duration")]
     pub offline_after: Duration,
+    /// How long a job's tasks wait for offline agents (`ferry … --deadline`).
+    #[serde(with = "serde_duration")]
+    pub job_deadline: Duration,
+    /// Running tasks of an agent away this long are marked lost (its own
+    /// report still wins if it comes back).
+    #[serde(with = "serde_duration")]
+    pub lost_after: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -73,6 +80,8 @@ impl Default for CoordinatorConfig {
             join_token_ttl: Duration::from_secs(3600),
             heartbeat_interval: Duration::from_secs(5),
             offline_after: Duration::from_secs(20),
+            job_deadline: Duration::from_secs(3600),
+            lost_after: Duration::from_secs(120),
         }
     }
 }

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use ferry_common::pki::CertificateAuthority;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
+use crate::scheduler::Inbound;
 use crate::sessions::SessionRegistry;
 use crate::store::{AuditEntry, Store};
 
@@ -22,9 +24,30 @@ pub struct Core {
     pub started_at_ms: i64,
     /// Cancelled when the coordinator shuts down; sessions end with it.
     pub shutdown: CancellationToken,
+    /// Agent events on their way to the store (see `scheduler::start`).
+    pub ingest: mpsc::Sender<Inbound>,
+    /// Open trace spans of jobs and tasks this process started, by job or
+    /// task id; each ends when its job or task does.
+    pub spans: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, tracing::Span>>,
 }
 
 impl Core {
+    /// Keeps `span` open until [`Core::end_span`] for `id`.
+    pub fn keep_span(&self, id: uuid::Uuid, span: tracing::Span) {
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, span);
+    }
+
+    /// Ends the span kept for `id`, if this process has it.
+    pub fn end_span(&self, id: uuid::Uuid) {
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
     /// Appends to the audit log. A failure is logged, not returned: the
     /// action itself already happened and must not be reported as failed.
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: String) {

@@ -107,9 +107,9 @@ fn store_status(err: StoreError, message: String) -> Status {
         StoreError::AgentNameTaken { .. }
         | StoreError::OperatorExists { .. }
         | StoreError::OperatorRevoked { .. } => Status::already_exists(message),
-        StoreError::AgentNotFound(_) | StoreError::OperatorNotFound(_) => {
-            Status::not_found(message)
-        }
+        StoreError::AgentNotFound(_)
+        | StoreError::OperatorNotFound(_)
+        | StoreError::JobNotFound(_) => Status::not_found(message),
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
         StoreError::Database(_) | StoreError::Migrate(_) | StoreError::BadUrl { .. } => {
             tracing::error!(error = %message, "store failure");

@@ -10,6 +10,8 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
+//! - [`scheduler`]: submit, dispatch, event ingestion and acks, cancel,
+//!   leader duties, watch.
 //! - [`sessions`]: live agent sessions on this process.
 //! - [`job`]: the pure job and task state machines.
 //! - [`store`]: the persistent state on SQLite or PostgreSQL.
@@ -30,6 +32,7 @@ pub mod job;
 pub mod metrics;
 pub mod net;
 pub mod operators;
+pub mod scheduler;
 pub mod server;
 pub mod sessions;
 pub mod store;

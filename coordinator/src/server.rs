@@ -117,7 +117,10 @@ pub async fn serve(
         tracing::info!(admin = %config.admin_name, "new store: added the admin operator");
     }
     let metrics = Arc::new(Metrics::default());
+    let (ingest, ingest_rx) = tokio::sync::mpsc::channel(65_536);
     let core = Arc::new(Core {
+        ingest,
+        spans: Default::default(),
         coordinator_id: format!(
             "{}-{}",
             ferry_common::host::hostname(),
@@ -131,6 +134,8 @@ pub async fn serve(
         ca,
         config,
     });
+
+    crate::scheduler::start(&core, ingest_rx);
 
     let admin_task = listeners.admin.map(|listener| {
         let core = Arc::clone(&core);

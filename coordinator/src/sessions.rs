@@ -1,17 +1,22 @@
-//! The live agent sessions on this coordinator: who is connected, their
-//! latest health, and a way to end a session from elsewhere (revocation,
+//! The live agent sessions on this coordinator: who is connected, the
+//! channel to each, and a way to end a session from elsewhere (revocation,
 //! or the same agent connecting again).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::oneshot;
+use ferry_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
+
+/// Messages to one agent's stream.
+pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;
 
 struct Entry {
     session_id: Uuid,
     kill: Option<oneshot::Sender<Status>>,
+    tx: Outbound,
 }
 
 #[derive(Default)]
@@ -23,14 +28,15 @@ impl SessionRegistry {
     /// Registers a new session for `agent`, ending any older one (the agent
     /// reconnected before the old stream was noticed as dead). Returns the
     /// session id and the receiver that ends this session with a status.
-    pub fn register(&self, agent: Uuid) -> (Uuid, oneshot::Receiver<Status>) {
+    pub fn register(&self, agent: Uuid, tx: Outbound) -> (Uuid, oneshot::Receiver<Status>) {
         let session_id = Uuid::now_v7();
-        let (tx, rx) = oneshot::channel();
+        let (kill_tx, kill_rx) = oneshot::channel();
         let old = self.lock().insert(
             agent,
             Entry {
                 session_id,
-                kill: Some(tx),
+                kill: Some(kill_tx),
+                tx,
             },
         );
         if let Some(Entry {
@@ -41,7 +47,7 @@ impl SessionRegistry {
                 "superseded by a newer session of the same agent",
             ));
         }
-        (session_id, rx)
+        (session_id, kill_rx)
     }
 
     /// Removes the session if it is still the agent's current one.
@@ -62,12 +68,29 @@ impl SessionRegistry {
         }
     }
 
+    /// Queues a message for the agent without waiting. False if it is not
+    /// connected here or its queue is full (the caller falls back on the
+    /// store: an unsent assignment is sent again on reconnect).
+    pub fn send(&self, agent: Uuid, msg: pb::coordinator_message::Msg) -> bool {
+        let tx = match self.lock().get(&agent) {
+            Some(e) => e.tx.clone(),
+            None => return false,
+        };
+        tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(msg) }))
+            .is_ok()
+    }
+
     pub fn is_online(&self, agent: Uuid) -> bool {
         self.lock().contains_key(&agent)
     }
 
     pub fn online_count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Agents with a session on this coordinator.
+    pub fn connected(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
@@ -84,20 +107,22 @@ mod tests {
     fn newer_session_supersedes_older() {
         let reg = SessionRegistry::default();
         let a = Uuid::now_v7();
-        let (s1, mut rx1) = reg.register(a);
-        let (s2, mut rx2) = reg.register(a);
-        assert_eq!(rx1.try_recv().unwrap().code(), tonic::Code::Aborted);
+        let (tx, mut rx) = mpsc::channel(4);
+        let (s1, mut k1) = reg.register(a, tx.clone());
+        let (s2, mut k2) = reg.register(a, tx);
+        assert_eq!(k1.try_recv().unwrap().code(), tonic::Code::Aborted);
         reg.unregister(a, s1);
         assert!(
             reg.is_online(a),
             "unregistering a stale session must not drop the live one"
         );
+        assert!(reg.send(a, pb::coordinator_message::Msg::Ack(pb::Ack::default())));
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(reg.connected(), vec![a]);
         assert!(reg.kill(a, Status::permission_denied("revoked")));
-        assert_eq!(
-            rx2.try_recv().unwrap().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert_eq!(k2.try_recv().unwrap().code(), tonic::Code::PermissionDenied);
         assert!(!reg.is_online(a));
+        assert!(!reg.send(a, pb::coordinator_message::Msg::Ack(pb::Ack::default())));
         reg.unregister(a, s2);
         assert_eq!(reg.online_count(), 0);
     }

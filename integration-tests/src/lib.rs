@@ -7,6 +7,13 @@
 //! - [`TestAgent`]: an enrolled agent running its session loop.
 //! - [`bin`]: paths to `ferry`, `ferry-coordinator`, `ferry-agent`.
 //! - [`postgres`]: a fresh database on the test PostgreSQL server.
+//! - [`proxy`]: a TCP proxy a test can cut, to break agents' connections.
+//! - [`http`]: a service for smoke checks that is unhealthy until told otherwise.
+//! - [`otlp`]: an OTLP trace receiver, to check the spans a test exports.
+
+pub mod http;
+pub mod otlp;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,7 +41,11 @@ use tonic::transport::Channel;
 /// Installs the crypto provider and quiet logging; every test calls it.
 pub fn setup() {
     tls::install_crypto_provider();
-    ferry_common::telemetry::init("warn");
+    drop(ferry_common::telemetry::init(
+        "ferry-test",
+        "warn",
+        &std::collections::HashMap::new(),
+    ));
 }
 
 /// Which store a test coordinator uses.
@@ -144,6 +155,31 @@ impl TestCoordinator {
         }
     }
 
+    /// A second coordinator on the same data dir (CA) and store, on its own
+    /// port: two coordinators sharing one PostgreSQL.
+    pub async fn start_peer(&self) -> Result<TestCoordinator> {
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = grpc.local_addr()?;
+        let mut config = self.config.clone();
+        config.listen = addr;
+        config.advertise = format!("https://{addr}");
+        let mut peer = TestCoordinator {
+            _dir: Arc::clone(&self._dir),
+            data_dir: self.data_dir.clone(),
+            url: config.advertise.clone(),
+            config,
+            admin_http: self.admin_http,
+            admin: Credentials {
+                coordinator: format!("https://{addr}"),
+                ..self.admin.clone()
+            },
+            store_location: self.store_location.clone(),
+            running: None,
+        };
+        peer.serve_on(grpc, None).await?;
+        Ok(peer)
+    }
+
     /// Stops serving (as a crash would, from the agents' point of view).
     pub async fn stop(&mut self) -> Result<()> {
         if let Some((shutdown, task)) = self.running.take() {
@@ -195,7 +231,21 @@ impl TestCoordinator {
 
     /// Enrolls an agent named `name` into a fresh state dir.
     pub async fn enroll(&self, name: &str, labels: &[(&str, &str)]) -> Result<EnrolledAgent> {
-        let token = self.join_token(Some(name), labels).await?;
+        self.enroll_via(name, labels, None).await
+    }
+
+    /// Enrolls through `url` (a proxy, another coordinator) instead of the
+    /// coordinator's own address; the agent keeps using that address.
+    pub async fn enroll_via(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        url: Option<&str>,
+    ) -> Result<EnrolledAgent> {
+        let mut token = self.join_token(Some(name), labels).await?;
+        if let Some(url) = url {
+            token.coordinator = url.to_string();
+        }
         let dir = Arc::new(tempfile::tempdir()?);
         let state_dir = dir.path().join("agent");
         let enrolled = ferry_agent::enroll::enroll(&EnrollOptions {
@@ -256,6 +306,95 @@ impl TestCoordinator {
         }
     }
 
+    /// Submits a job as the admin.
+    pub async fn submit(
+        &self,
+        kind: &str,
+        spec_json: &str,
+        agents: &[&str],
+        deadline_seconds: u64,
+    ) -> Result<pb::Job> {
+        let reply = self
+            .operator()
+            .await?
+            .submit_job(pb::SubmitJobRequest {
+                kind: kind.into(),
+                spec_json: spec_json.into(),
+                target: Some(pb::Selector {
+                    agents: agents.iter().map(|a| a.to_string()).collect(),
+                    labels: Default::default(),
+                }),
+                idempotency_key: String::new(),
+                deadline_seconds,
+            })
+            .await?
+            .into_inner();
+        reply.job.context("SubmitJob returned no job")
+    }
+
+    pub async fn job(&self, id: &str) -> Result<pb::Job> {
+        self.operator()
+            .await?
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await?
+            .into_inner()
+            .job
+            .context("GetJob returned no job")
+    }
+
+    /// Watches a job from the start until its stream ends; every event.
+    pub async fn watch_to_end(&self, id: &str, within: Duration) -> Result<Vec<pb::JobEvent>> {
+        let mut stream = self
+            .operator()
+            .await?
+            .watch_job(pb::WatchJobRequest {
+                job_id: id.into(),
+                after_seq: 0,
+            })
+            .await?
+            .into_inner();
+        let mut events = Vec::new();
+        tokio::time::timeout(within, async {
+            while let Some(e) = stream.message().await? {
+                events.push(e);
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await
+        .with_context(|| {
+            format!("job {id} did not finish within {within:?}; events so far: {events:#?}")
+        })??;
+        Ok(events)
+    }
+
+    /// Waits until the job has an event matching `pred`.
+    pub async fn wait_for_event(
+        &self,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&pb::JobEvent) -> bool,
+    ) -> Result<pb::JobEvent> {
+        let mut stream = self
+            .operator()
+            .await?
+            .watch_job(pb::WatchJobRequest {
+                job_id: id.into(),
+                after_seq: 0,
+            })
+            .await?
+            .into_inner();
+        tokio::time::timeout(within, async {
+            while let Some(e) = stream.message().await? {
+                if pred(&e) {
+                    return Ok(e);
+                }
+            }
+            bail!("job {id} ended without the expected event")
+        })
+        .await
+        .with_context(|| format!("no such event of job {id} within {within:?}"))?
+    }
+
     /// The coordinator's CA, for minting certificates in tests.
     pub fn ca(&self) -> Result<ferry_common::pki::CertificateAuthority> {
         let read = |f: &str| std::fs::read_to_string(self.data_dir.join(f));
@@ -311,6 +450,14 @@ impl EnrolledAgent {
         }
     }
 
+    /// Replaces the coordinators the agent dials (in order).
+    pub fn set_coordinators(&self, urls: &[String]) -> Result<()> {
+        let mut config = ferry_agent::config::AgentConfig::load(&self.state_dir)?;
+        config.coordinators = urls.to_vec();
+        config.save(&self.state_dir, true)?;
+        Ok(())
+    }
+
     /// The agent's identity files, for tests that talk to the coordinator as it.
     pub fn identity(&self) -> Result<ferry_agent::config::Identity> {
         Ok(ferry_agent::config::Identity::load(&self.state_dir)?)
@@ -324,6 +471,27 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// Stops the agent (as a killed process would: running tasks are
+    /// dropped where they are) and gives back its state dir to start again.
+    pub async fn kill(mut self) -> Result<EnrolledAgent> {
+        self.shutdown.cancel();
+        self.wait_exit(Duration::from_secs(10)).await??;
+        let agent = std::mem::replace(
+            &mut self.agent,
+            EnrolledAgent {
+                _dir: Arc::new(tempfile::tempdir()?),
+                state_dir: PathBuf::new(),
+                enrolled: Enrolled {
+                    agent_id: String::new(),
+                    name: String::new(),
+                    labels: BTreeMap::new(),
+                    not_after: String::new(),
+                },
+            },
+        );
+        Ok(agent)
+    }
+
     /// Stops the agent and returns how its run ended.
     pub async fn stop(&mut self) -> Result<Result<(), AgentError>> {
         self.shutdown.cancel();

@@ -1,11 +1,12 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
-//! module per kind.
+//! module per kind: [`probe`] (host facts), [`smoke`] (HTTP checks).
 
 use ferry_common::job::JobSpec;
 
 use crate::runner::TaskContext;
 
 pub mod probe;
+pub mod smoke;
 
 /// A task that succeeded.
 #[derive(Debug, Clone, Default)]
@@ -25,5 +26,6 @@ pub enum TaskFailure {
 pub async fn run(kind: &str, spec_json: &str, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     match JobSpec::parse(kind, spec_json).map_err(TaskFailure::Failed)? {
         JobSpec::Probe(_) => probe::run(ctx).await,
+        JobSpec::Smoke(spec) => smoke::run(&spec, ctx).await,
     }
 }

@@ -55,7 +55,8 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     ferry_common::tls::install_crypto_provider();
-    ferry_common::telemetry::init("info");
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let telemetry = ferry_common::telemetry::init("ferry-coordinator", "info", &env);
     let code = match Args::parse().command {
         Cmd::Init {
             data_dir,
@@ -109,7 +110,6 @@ async fn main() {
         } => {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone());
-            let env = std::env::vars().collect();
             let overrides = ServeOverrides {
                 listen,
                 admin_listen,
@@ -124,6 +124,7 @@ async fn main() {
             }
         }
     };
+    telemetry.shutdown();
     std::process::exit(code);
 }
 

@@ -7,11 +7,14 @@ use std::io::IsTerminal;
 #[tokio::main]
 async fn main() {
     ferry_common::tls::install_crypto_provider();
-    ferry_common::telemetry::init("warn");
+    let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let telemetry = ferry_common::telemetry::init("ferry", "warn", &vars);
     let cli = Cli::parse();
     let env = CliEnv {
-        vars: std::env::vars().collect(),
+        vars,
         stdout_is_terminal: std::io::stdout().is_terminal(),
     };
-    std::process::exit(cli::run(cli, env).await);
+    let code = cli::run(cli, env).await;
+    telemetry.shutdown();
+    std::process::exit(code);
 }

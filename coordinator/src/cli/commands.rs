@@ -12,26 +12,73 @@ use ferry_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::{
-    AgentCommand, Cli, CliEnv, CliError, Command, OperatorCommand, Output, TokenCommand, connect,
+    AgentCommand, Cli, CliEnv, CliError, Command, JobCommand, OperatorCommand, Output,
+    TokenCommand, connect,
 };
 
-pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
+/// Runs the command; returns the exit code (for jobs, from their status).
+pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
+    use super::jobs;
+    let done = |r: Result<(), CliError>| r.map(|()| ferry_common::exit::OK);
     match &cli.command {
-        Command::Status => status(cli, env).await,
-        Command::Agents => agents(cli, env).await,
+        Command::Probe {
+            agents,
+            labels,
+            detach,
+            deadline,
+            idempotency_key,
+        } => {
+            jobs::probe(
+                cli,
+                env,
+                agents,
+                labels,
+                *detach,
+                deadline.as_deref(),
+                idempotency_key.as_deref(),
+            )
+            .await
+        }
+        Command::Jobs {
+            status,
+            kind,
+            agent,
+            since,
+            limit,
+        } => {
+            jobs::list(
+                cli,
+                env,
+                status.as_deref(),
+                kind.as_deref(),
+                agent.as_deref(),
+                since.as_deref(),
+                *limit,
+            )
+            .await
+        }
+        Command::Job {
+            command: JobCommand::Show { id },
+        } => jobs::show(cli, env, id).await,
+        Command::Job {
+            command: JobCommand::Cancel { id },
+        } => jobs::cancel(cli, env, id).await,
+        Command::Watch { id } => jobs::watch(cli, env, id).await,
+        Command::Status => done(status(cli, env).await),
+        Command::Agents => done(agents(cli, env).await),
         Command::Agent {
             command: AgentCommand::Revoke { agent },
-        } => revoke_agent(cli, env, agent).await,
+        } => done(revoke_agent(cli, env, agent).await),
         Command::Token {
             command: TokenCommand::Create { name, labels, ttl },
-        } => create_token(cli, env, name.clone(), labels, ttl.as_deref()).await,
-        Command::Operator { command } => match command {
+        } => done(create_token(cli, env, name.clone(), labels, ttl.as_deref()).await),
+        Command::Operator { command } => done(match command {
             OperatorCommand::Add { name, role, out } => {
                 add_operator(cli, env, name, role, out.clone()).await
             }
             OperatorCommand::Ls => list_operators(cli, env).await,
             OperatorCommand::Revoke { name } => revoke_operator(cli, env, name).await,
-        },
+        }),
     }
 }
 

@@ -14,6 +14,8 @@ use ferry_proto::v1::operator_service_client::OperatorServiceClient;
 use tonic::transport::Channel;
 
 mod commands;
+pub mod jobs;
+pub mod watch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +61,58 @@ pub enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+    /// Report hosts' facts (OS, CPU, memory, disks, Docker, PostgreSQL, clock): a preflight.
+    Probe {
+        /// Agent to probe (repeat for several; default: every agent).
+        #[arg(long = "agent", value_name = "NAME")]
+        agents: Vec<String>,
+        /// Only agents with these labels, e.g. env=production.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Print the job id and return at once instead of watching.
+        #[arg(long)]
+        detach: bool,
+        /// How long to wait for offline agents, e.g. 10m (default: the coordinator's, 1h).
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Submitting again with the same key returns the first job.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Jobs with a task on this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only jobs created within this long, e.g. 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show or cancel one job.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Follow a job live until it ends; exit 0 succeeded, 1 failed, 3 cancelled.
+    Watch {
+        /// Job id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// A job with its tasks and results.
+    Show { id: String },
+    /// Cancel a job: what has not started never will, running tasks are stopped.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,7 +257,7 @@ pub async fn connect(cli: &Cli, env: &CliEnv) -> Result<Session, CliError> {
 /// stdout, errors to stderr.
 pub async fn run(cli: Cli, env: CliEnv) -> i32 {
     match commands::dispatch(&cli, &env).await {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(e) => {
             if cli.output == Output::Json {
                 let body = serde_json::json!({ "error": e.message, "exit_code": e.code });

@@ -12,6 +12,10 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use crate::core::Core;
 use crate::error::CoordinatorError;
+use crate::scheduler::{Submission, job_to_wire, selector_from_wire};
+use crate::store::{JobFilter, StoreError};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
 
 pub struct OperatorApi {
     pub core: Arc<Core>,
@@ -194,4 +198,152 @@ impl OperatorService for OperatorApi {
             operator: Some(convert::operator(record)),
         }))
     }
+
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "run jobs")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let submission = Submission {
+            kind: r.kind,
+            spec_json: r.spec_json,
+            target: selector_from_wire(r.target),
+            idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+            deadline: (r.deadline_seconds > 0).then(|| Duration::from_secs(r.deadline_seconds)),
+        };
+        let (job, created) = self.core.submit_job(&actor, submission).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(job.id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job_to_wire(job, tasks)),
+            created,
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "cancel jobs")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let id = parse_job_id(&req.get_ref().job_id)?;
+        let job = self.core.cancel_job(&actor, id).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read jobs")
+            .await?;
+        let id = parse_job_id(&req.get_ref().job_id)?;
+        let job = self
+            .core
+            .store
+            .get_job(id)
+            .await
+            .map_err(CoordinatorError::from)?
+            .ok_or_else(|| CoordinatorError::from(StoreError::JobNotFound(id)))?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "list jobs")
+            .await?;
+        let r = req.into_inner();
+        let status = if r.status.is_empty() {
+            None
+        } else {
+            Some(
+                r.status
+                    .parse()
+                    .map_err(|e: String| CoordinatorError::invalid("--status", e))?,
+            )
+        };
+        let filter = JobFilter {
+            status,
+            kind: Some(r.kind).filter(|k| !k.is_empty()),
+            agent_name: Some(r.agent).filter(|a| !a.is_empty()),
+            since_ms: (r.since_ms > 0).then_some(r.since_ms),
+            limit: r.limit,
+        };
+        let jobs = self
+            .core
+            .store
+            .list_jobs(&filter)
+            .await
+            .map_err(CoordinatorError::from)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            for t in &mut tasks {
+                t.result_json = None;
+            }
+            out.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs: out }))
+    }
+
+    type WatchJobStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "watch jobs")
+            .await?;
+        let id = parse_job_id(&req.get_ref().job_id)?;
+        Ok(Response::new(
+            self.core.watch_job(id, req.get_ref().after_seq).await?,
+        ))
+    }
+}
+
+fn parse_job_id(text: &str) -> Result<Uuid, CoordinatorError> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        CoordinatorError::invalid(
+            "job id",
+            format!("{text:?} is not a job id (see `ferry jobs`)"),
+        )
+    })
 }

@@ -118,7 +118,11 @@ impl TaskState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::Lost | TaskState::Expired
+            TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::Lost
+                | TaskState::Expired
         )
     }
 
@@ -140,7 +144,10 @@ impl From<Outcome> for TaskState {
 }
 
 /// The task state machine.
-pub fn apply_task(state: TaskState, event: TaskEvent) -> Result<(TaskState, Vec<TaskEffect>), InvalidTransition> {
+pub fn apply_task(
+    state: TaskState,
+    event: TaskEvent,
+) -> Result<(TaskState, Vec<TaskEffect>), InvalidTransition> {
     use TaskEffect::*;
     use TaskEvent as E;
     use TaskState as S;
@@ -171,20 +178,33 @@ pub fn apply_task(state: TaskState, event: TaskEvent) -> Result<(TaskState, Vec<
 
         // Cancelled is final from the operator's side; what the agent still
         // says about it is recorded but changes nothing.
-        (S::Cancelled, E::Reported | E::Finished(_) | E::CancelRequested | E::AgentGone | E::DeadlinePassed) => same(),
-        (S::Succeeded | S::Failed | S::Expired, E::CancelRequested | E::AgentGone | E::DeadlinePassed) => same(),
+        (
+            S::Cancelled,
+            E::Reported | E::Finished(_) | E::CancelRequested | E::AgentGone | E::DeadlinePassed,
+        ) => same(),
+        (
+            S::Succeeded | S::Failed | S::Expired,
+            E::CancelRequested | E::AgentGone | E::DeadlinePassed,
+        ) => same(),
 
-        (S::Pending | S::Lost | S::Running | S::Assigned, E::Assigned)
+        (S::Lost | S::Running | S::Assigned, E::Assigned)
         | (S::Succeeded | S::Failed | S::Cancelled | S::Expired, _) => Err(invalid(state, event)),
     }
 }
 
 /// The job state machine.
-pub fn apply_job(status: JobStatus, event: JobEvent) -> Result<(JobStatus, Vec<JobEffect>), InvalidTransition> {
+pub fn apply_job(
+    status: JobStatus,
+    event: JobEvent,
+) -> Result<(JobStatus, Vec<JobEffect>), InvalidTransition> {
     use JobEvent as E;
     use JobStatus as S;
     let finish = |all_succeeded: bool| {
-        let to = if all_succeeded { S::Succeeded } else { S::Failed };
+        let to = if all_succeeded {
+            S::Succeeded
+        } else {
+            S::Failed
+        };
         Ok((to, vec![JobEffect::Finished(to)]))
     };
     match (status, event) {
@@ -259,7 +279,10 @@ string_enum!(TaskState {
 
 impl JobStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 

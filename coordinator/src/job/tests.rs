@@ -22,7 +22,12 @@ fn events() -> Vec<TaskEvent> {
         TaskEvent::AgentGone,
         TaskEvent::DeadlinePassed,
     ];
-    for o in [Outcome::Succeeded, Outcome::Failed, Outcome::Cancelled, Outcome::Lost] {
+    for o in [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::Cancelled,
+        Outcome::Lost,
+    ] {
         e.push(TaskEvent::Finished(o));
     }
     e
@@ -67,7 +72,10 @@ fn expected(state: TaskState, event: TaskEvent) -> Option<(TaskState, Vec<TaskEf
         (S::Cancelled, E::Assigned | E::Unassigned) => return None,
         (S::Cancelled, _) => return same,
 
-        (S::Succeeded | S::Failed | S::Expired, E::CancelRequested | E::AgentGone | E::DeadlinePassed) => return same,
+        (
+            S::Succeeded | S::Failed | S::Expired,
+            E::CancelRequested | E::AgentGone | E::DeadlinePassed,
+        ) => return same,
         (S::Succeeded | S::Failed | S::Expired, _) => return None,
     })
 }
@@ -88,7 +96,12 @@ fn every_task_transition_matches_the_table() {
 #[test]
 fn a_happy_task_runs_to_success() {
     let mut s = TaskState::Pending;
-    for e in [TaskEvent::Assigned, TaskEvent::Reported, TaskEvent::Reported, TaskEvent::Finished(Outcome::Succeeded)] {
+    for e in [
+        TaskEvent::Assigned,
+        TaskEvent::Reported,
+        TaskEvent::Reported,
+        TaskEvent::Finished(Outcome::Succeeded),
+    ] {
         s = apply_task(s, e).unwrap().0;
     }
     assert_eq!(s, TaskState::Succeeded);
@@ -107,26 +120,46 @@ fn the_agents_report_wins_over_lost() {
 fn every_job_transition_matches_the_table() {
     use JobEvent as E;
     use JobStatus as S;
-    let statuses = [S::Pending, S::Running, S::Succeeded, S::Failed, S::Cancelled];
+    let statuses = [
+        S::Pending,
+        S::Running,
+        S::Succeeded,
+        S::Failed,
+        S::Cancelled,
+    ];
     let events = [
         E::TaskActive,
-        E::AllTasksDone { all_succeeded: true },
-        E::AllTasksDone { all_succeeded: false },
+        E::AllTasksDone {
+            all_succeeded: true,
+        },
+        E::AllTasksDone {
+            all_succeeded: false,
+        },
         E::CancelRequested,
     ];
     for status in statuses {
         for event in events {
             let want: Option<(S, Vec<JobEffect>)> = match (status, event) {
                 (S::Pending | S::Running, E::TaskActive) => Some((S::Running, vec![])),
-                (S::Pending | S::Running | S::Failed, E::AllTasksDone { all_succeeded: true }) => {
-                    Some((S::Succeeded, vec![JobEffect::Finished(S::Succeeded)]))
+                (
+                    S::Pending | S::Running | S::Failed,
+                    E::AllTasksDone {
+                        all_succeeded: true,
+                    },
+                ) => Some((S::Succeeded, vec![JobEffect::Finished(S::Succeeded)])),
+                (
+                    S::Pending | S::Running | S::Failed,
+                    E::AllTasksDone {
+                        all_succeeded: false,
+                    },
+                ) => Some((S::Failed, vec![JobEffect::Finished(S::Failed)])),
+                (S::Pending | S::Running, E::CancelRequested) => {
+                    Some((status, vec![JobEffect::CancelTasks]))
                 }
-                (S::Pending | S::Running | S::Failed, E::AllTasksDone { all_succeeded: false }) => {
-                    Some((S::Failed, vec![JobEffect::Finished(S::Failed)]))
-                }
-                (S::Pending | S::Running, E::CancelRequested) => Some((status, vec![JobEffect::CancelTasks])),
                 (S::Failed, E::TaskActive) => Some((S::Running, vec![])),
-                (S::Succeeded | S::Failed | S::Cancelled, E::CancelRequested) => Some((status, vec![])),
+                (S::Succeeded | S::Failed | S::Cancelled, E::CancelRequested) => {
+                    Some((status, vec![]))
+                }
                 (S::Cancelled, _) => Some((status, vec![])),
                 (S::Succeeded, _) => None,
             };
@@ -140,10 +173,21 @@ fn names_round_trip() {
     for s in STATES {
         assert_eq!(s.as_str().parse::<TaskState>(), Ok(s));
     }
-    for s in [JobStatus::Pending, JobStatus::Running, JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled] {
+    for s in [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ] {
         assert_eq!(s.as_str().parse::<JobStatus>(), Ok(s));
     }
-    assert!("done".parse::<JobStatus>().unwrap_err().contains("pending, running"));
+    assert!(
+        "done"
+            .parse::<JobStatus>()
+            .unwrap_err()
+            .contains("pending, running")
+    );
     assert_eq!(final_status(true, true), JobStatus::Cancelled);
     assert_eq!(final_status(false, false), JobStatus::Failed);
 }

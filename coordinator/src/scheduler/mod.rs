@@ -1,0 +1,595 @@
+//! The one owner of job state on this coordinator: it submits jobs, assigns
+//! tasks to connected agents, ingests their events in batches and
+//! acknowledges them, reconciles what an agent holds when it reconnects,
+//! relays cancellations, runs the leader's time-based duties, and feeds
+//! watchers.
+//!
+//! Coordinators sharing a PostgreSQL store cooperate through it: tasks are
+//! claimed with `FOR UPDATE SKIP LOCKED`, and `Notification`s (LISTEN/NOTIFY)
+//! tell the coordinator holding an agent's session that it has work, a
+//! cancellation or a revocation to deliver.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::job::{JobSpec, Selector};
+use ferry_common::time::now_ms;
+use ferry_proto::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::core::Core;
+use crate::error::CoordinatorError;
+use crate::job::{Outcome, TaskEffect, TaskEvent};
+use crate::store::{
+    IncomingEvent, JobRecord, NewJob, NewTask, Notification, StoreError, TaskRecord, Transition,
+};
+
+pub mod watch;
+
+/// Most events written in one store transaction.
+const INGEST_BATCH: usize = 4096;
+/// Most tasks claimed for assignment at once.
+const CLAIM_BATCH: u32 = 512;
+/// How often pending work is looked for even without a notification, and
+/// the leader's duties run.
+const TICK: Duration = Duration::from_millis(500);
+
+/// An event from an agent's session, waiting to be stored.
+pub struct Inbound {
+    pub agent: Uuid,
+    pub event: pb::TaskEvent,
+}
+
+/// A new job as the operator asked for it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub kind: String,
+    pub spec_json: String,
+    pub target: Selector,
+    pub idempotency_key: Option<String>,
+    pub deadline: Option<Duration>,
+}
+
+/// Body of an event the coordinator writes.
+fn state_body(state: &str, message: String) -> Vec<u8> {
+    pb::EventBody {
+        body: Some(pb::event_body::Body::TaskStateChanged(
+            pb::TaskStateChanged {
+                state: state.into(),
+                message,
+            },
+        )),
+    }
+    .encode_to_vec()
+}
+
+/// A fresh W3C traceparent for a job's trace.
+fn new_traceparent() -> String {
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// Decodes an agent event into what the store applies.
+fn incoming(ev: &pb::TaskEvent) -> Option<IncomingEvent> {
+    let task_id = Uuid::parse_str(&ev.task_id).ok()?;
+    let body = ev.body.clone().unwrap_or_default();
+    let (machine_event, message, result_json) = match &body.body {
+        Some(pb::event_body::Body::TaskFinished(f)) => {
+            let outcome = match pb::TaskOutcome::try_from(f.outcome) {
+                Ok(pb::TaskOutcome::Succeeded) => Outcome::Succeeded,
+                Ok(pb::TaskOutcome::Cancelled) => Outcome::Cancelled,
+                Ok(pb::TaskOutcome::Lost) => Outcome::Lost,
+                _ => Outcome::Failed,
+            };
+            let result = Some(f.result_json.clone()).filter(|r| !r.is_empty());
+            (
+                TaskEvent::Finished(outcome),
+                Some(f.message.clone()),
+                result,
+            )
+        }
+        Some(pb::event_body::Body::StepStarted(s)) => {
+            let msg = if s.message.is_empty() {
+                s.step.clone()
+            } else {
+                format!("{}: {}", s.step, s.message)
+            };
+            (TaskEvent::Reported, Some(msg), None)
+        }
+        // Agents may not write coordinator events.
+        Some(pb::event_body::Body::TaskStateChanged(_) | pb::event_body::Body::JobFinished(_))
+        | None => return None,
+        Some(_) => (TaskEvent::Reported, None, None),
+    };
+    Some(IncomingEvent {
+        task_id,
+        attempt: ev.attempt,
+        seq: ev.seq,
+        at_ms: ev.at_ms,
+        body: body.encode_to_vec(),
+        machine_event,
+        message,
+        result_json,
+    })
+}
+
+impl Core {
+    /// `SubmitJob`: validates, picks the agents, stores the job. Returns the
+    /// job and whether it is new (false: the idempotency key matched).
+    pub async fn submit_job(
+        &self,
+        actor: &str,
+        sub: Submission,
+    ) -> Result<(JobRecord, bool), CoordinatorError> {
+        let spec = JobSpec::parse(&sub.kind, &sub.spec_json)
+            .map_err(|e| CoordinatorError::invalid("job", e))?;
+        if let Some(key) = &sub.idempotency_key
+            && key.len() > 200
+        {
+            return Err(CoordinatorError::invalid(
+                "idempotency key",
+                "at most 200 characters",
+            ));
+        }
+        let agents = self.store.list_agents().await?;
+        let mut targets: Vec<_> = agents
+            .iter()
+            .filter(|a| a.revoked_at_ms.is_none() && sub.target.matches(&a.name, &a.labels))
+            .collect();
+        for name in &sub.target.agents {
+            if !targets.iter().any(|a| &a.name == name) {
+                return Err(CoordinatorError::invalid(
+                    "--agent",
+                    format!("no enrolled agent named {name:?} (see `ferry agents`)"),
+                ));
+            }
+        }
+        if targets.is_empty() {
+            return Err(CoordinatorError::invalid(
+                "target",
+                format!(
+                    "no enrolled agent matches {} (see `ferry agents`)",
+                    sub.target.describe()
+                ),
+            ));
+        }
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let now = now_ms();
+        let deadline = sub.deadline.unwrap_or(self.config.job_deadline);
+        let job_id = Uuid::now_v7();
+        // The root of the job's trace; its context travels with every task.
+        let span = tracing::info_span!(parent: None, "job", job.id = %job_id, job.kind = spec.kind().as_str(), job.target = %sub.target.describe());
+        let traceparent = Some(ferry_common::telemetry::traceparent_of(&span))
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(new_traceparent);
+        let job = NewJob {
+            id: job_id,
+            kind: spec.kind().as_str().into(),
+            spec_json: spec.to_json(),
+            target_json: serde_json::to_string(&sub.target).unwrap_or_else(|_| "{}".into()),
+            created_by: actor.into(),
+            idempotency_key: sub.idempotency_key.clone(),
+            created_at_ms: now,
+            deadline_ms: now + deadline.as_millis() as i64,
+            traceparent,
+        };
+        let tasks: Vec<NewTask> = targets
+            .iter()
+            .map(|a| NewTask {
+                id: Uuid::now_v7(),
+                agent_id: a.id,
+                agent_name: a.name.clone(),
+            })
+            .collect();
+        let (record, created) = self.store.create_job(&job, &tasks).await?;
+        if !created {
+            return Ok((record, false));
+        }
+        self.keep_span(record.id, span);
+        let offline_after = self.config.offline_after.as_millis() as i64;
+        for (task, agent) in tasks.iter().zip(&targets) {
+            let online = self.sessions.is_online(agent.id)
+                || (agent.connected_to.is_some() && now - agent.last_seen_ms <= offline_after);
+            let message = if online {
+                format!("queued for agent {}", agent.name)
+            } else {
+                format!(
+                    "waiting for agent {} (offline, last seen {}); runs when it reconnects, until {}",
+                    agent.name,
+                    ferry_common::time::ago(agent.last_seen_ms, now),
+                    ferry_common::time::rfc3339_ms(job.deadline_ms)
+                )
+            };
+            self.store
+                .append_coordinator_event(
+                    record.id,
+                    Some(task.id),
+                    &state_body("pending", message),
+                    now,
+                )
+                .await?;
+        }
+        self.audit(
+            actor,
+            "job.submit",
+            &record.id.to_string(),
+            format!("kind={} target={}", record.kind, sub.target.describe()),
+        )
+        .await;
+        self.store
+            .notify(Notification::JobSubmitted(record.id))
+            .await?;
+        Ok((record, true))
+    }
+
+    /// `CancelJob`: cancels what has not started and asks agents to stop
+    /// what has.
+    pub async fn cancel_job(
+        &self,
+        actor: &str,
+        job_id: Uuid,
+    ) -> Result<JobRecord, CoordinatorError> {
+        let (job, transitions) = self.store.request_cancel(job_id, now_ms()).await?;
+        self.after_transitions(&transitions).await?;
+        for t in &transitions {
+            if t.effects.contains(&TaskEffect::SendCancel) {
+                self.store
+                    .notify(Notification::CancelTask {
+                        task: t.task.id,
+                        agent: t.task.agent_id,
+                    })
+                    .await?;
+            }
+        }
+        self.store.notify(Notification::JobEvents(job_id)).await?;
+        self.audit(actor, "job.cancel", &job_id.to_string(), String::new())
+            .await;
+        Ok(job)
+    }
+
+    /// Sends every pending task of these (locally connected) agents.
+    pub async fn dispatch(&self, agents: &[Uuid]) -> Result<(), StoreError> {
+        if agents.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let claimed = self
+                .store
+                .claim_pending_tasks(agents, &self.coordinator_id, now_ms(), CLAIM_BATCH)
+                .await?;
+            let n = claimed.len();
+            let mut jobs = Vec::new();
+            for (task, job) in claimed {
+                if !jobs.contains(&job.id) {
+                    jobs.push(job.id);
+                }
+                self.send_assign(&task, &job).await?;
+            }
+            for job in jobs {
+                self.store.notify(Notification::JobEvents(job)).await?;
+            }
+            if n < CLAIM_BATCH as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send_assign(&self, task: &TaskRecord, job: &JobRecord) -> Result<(), StoreError> {
+        let span = tracing::info_span!(
+            parent: None,
+            "task",
+            task.id = %task.id,
+            job.id = %job.id,
+            agent = %task.agent_name,
+            attempt = task.attempt
+        );
+        ferry_common::telemetry::set_parent(&span, &job.traceparent);
+        let traceparent = Some(ferry_common::telemetry::traceparent_of(&span))
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| job.traceparent.clone());
+        self.keep_span(task.id, span);
+        let assign = pb::Assign {
+            task: Some(pb::Task {
+                task_id: task.id.to_string(),
+                job_id: job.id.to_string(),
+                kind: job.kind.clone(),
+                spec_json: job.spec_json.clone(),
+            }),
+            attempt: task.attempt,
+            traceparent,
+        };
+        if !self
+            .sessions
+            .send(task.agent_id, pb::coordinator_message::Msg::Assign(assign))
+        {
+            // The session went away between claim and send: back to pending,
+            // to be sent when the agent reconnects.
+            self.store
+                .transition_task(
+                    task.id,
+                    TaskEvent::Unassigned,
+                    "agent disconnected before receiving the task",
+                    now_ms(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After `Hello`: acknowledges what the agent holds that is already
+    /// stored, and settles tasks the store thinks it has but it does not.
+    pub async fn reconcile(&self, agent: Uuid, held: &[pb::HeldTask]) -> Result<(), StoreError> {
+        let held_ids: HashMap<Uuid, &pb::HeldTask> = held
+            .iter()
+            .filter_map(|h| Uuid::parse_str(&h.task_id).ok().map(|id| (id, h)))
+            .collect();
+        for (id, held) in &held_ids {
+            if let Some(task) = self.store.get_task(*id).await? {
+                self.sessions.send(
+                    agent,
+                    pb::coordinator_message::Msg::Ack(pb::Ack {
+                        task_id: id.to_string(),
+                        seq: task.last_seq,
+                    }),
+                );
+            } else {
+                // A task the store does not know (a wiped store?): let the agent drop it.
+                self.sessions.send(
+                    agent,
+                    pb::coordinator_message::Msg::Ack(pb::Ack {
+                        task_id: id.to_string(),
+                        seq: held.last_seq,
+                    }),
+                );
+            }
+        }
+        let mut touched = Vec::new();
+        for task in self.store.active_tasks_for_agent(agent).await? {
+            if held_ids.contains_key(&task.id) {
+                continue;
+            }
+            let message = if task.last_seq == 0 {
+                "the agent does not have the task; sending it again"
+            } else {
+                "the agent no longer holds this task (its state was lost)"
+            };
+            if self
+                .store
+                .transition_task(task.id, TaskEvent::Unassigned, message, now_ms())
+                .await?
+                .is_some()
+            {
+                touched.push(task.job_id);
+            }
+        }
+        for job in touched {
+            self.store.notify(Notification::JobEvents(job)).await?;
+        }
+        self.dispatch(&[agent]).await
+    }
+
+    /// Stores a batch of agent events and acknowledges them.
+    async fn ingest(&self, batch: &[Inbound]) -> Result<(), StoreError> {
+        let mut owner: HashMap<Uuid, Uuid> = HashMap::new();
+        let events: Vec<IncomingEvent> = batch
+            .iter()
+            .filter_map(|i| {
+                let e = incoming(&i.event)?;
+                owner.insert(e.task_id, i.agent);
+                Some(e)
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let out = self.store.append_agent_events(&events, now_ms()).await?;
+        for (task, seq) in &out.acks {
+            if let Some(agent) = owner.get(task) {
+                self.sessions.send(
+                    *agent,
+                    pb::coordinator_message::Msg::Ack(pb::Ack {
+                        task_id: task.to_string(),
+                        seq: *seq,
+                    }),
+                );
+            }
+        }
+        self.after_transitions(&out.transitions).await?;
+        for job in out.touched_jobs {
+            self.store.notify(Notification::JobEvents(job)).await?;
+        }
+        Ok(())
+    }
+
+    async fn after_transitions(&self, transitions: &[Transition]) -> Result<(), StoreError> {
+        for t in transitions {
+            if t.task.state.is_final() {
+                self.end_span(t.task.id);
+            }
+            if let Some(status) = t.job_finished {
+                tracing::info!(job = %t.task.job_id, %status, "job finished");
+                self.end_span(t.task.job_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Time-based duties, on the leader only: expire tasks whose agents did
+    /// not come back before the deadline, and mark tasks of agents away
+    /// longer than the grace period as lost.
+    async fn leader_duties(&self) -> Result<(), StoreError> {
+        if !self.store.try_lead().await? {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut transitions = self.store.expire_overdue_tasks(now).await?;
+        let cutoff = now - self.config.lost_after.as_millis() as i64;
+        transitions.extend(
+            self.store
+                .mark_tasks_of_absent_agents_lost(cutoff, now)
+                .await?,
+        );
+        let mut jobs: Vec<Uuid> = transitions.iter().map(|t| t.task.job_id).collect();
+        jobs.sort();
+        jobs.dedup();
+        self.after_transitions(&transitions).await?;
+        for job in jobs {
+            self.store.notify(Notification::JobEvents(job)).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_notification(&self, n: Notification) -> Result<(), StoreError> {
+        match n {
+            Notification::JobSubmitted(_) => self.dispatch(&self.sessions.connected()).await,
+            Notification::CancelTask { task, agent } => {
+                self.sessions.send(
+                    agent,
+                    pb::coordinator_message::Msg::Cancel(pb::Cancel {
+                        task_id: task.to_string(),
+                        reason: "the job was cancelled".into(),
+                    }),
+                );
+                Ok(())
+            }
+            Notification::AgentRevoked(agent) => {
+                self.sessions.kill(
+                    agent,
+                    tonic::Status::from(CoordinatorError::PermissionDenied {
+                        reason: format!("agent {agent} has been revoked"),
+                        refusal: "revoked",
+                    }),
+                );
+                Ok(())
+            }
+            Notification::JobEvents(_) => Ok(()),
+        }
+    }
+}
+
+/// Starts the scheduler's background tasks; they stop with `core.shutdown`.
+/// Returns the sender sessions put agent events into.
+pub fn start(core: &Arc<Core>, mut ingest_rx: mpsc::Receiver<Inbound>) {
+    // The writer: one store transaction per batch of whatever has arrived.
+    let c = Arc::clone(core);
+    tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(INGEST_BATCH);
+        loop {
+            buf.clear();
+            let n = tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                n = ingest_rx.recv_many(&mut buf, INGEST_BATCH) => n,
+            };
+            if n == 0 {
+                return;
+            }
+            // A failed batch is not acknowledged; agents send it again.
+            if let Err(e) = c.ingest(&buf).await {
+                tracing::error!(error = %e, events = n, "could not store agent events");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+
+    // Notifications from this and other coordinators.
+    let c = Arc::clone(core);
+    tokio::spawn(async move {
+        let mut rx = c.store.subscribe();
+        loop {
+            let n = tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                n = rx.recv() => n,
+            };
+            match n {
+                Ok(n) => {
+                    if let Err(e) = c.on_notification(n).await {
+                        tracing::warn!(error = %e, "handling a notification failed");
+                    }
+                }
+                // Missed some: look for pending work, which is all a missed
+                // notification could have been about that matters here.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = c.dispatch(&c.sessions.connected()).await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
+    // The tick: pending work for local agents, and the leader's duties.
+    let c = Arc::clone(core);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = c.dispatch(&c.sessions.connected()).await {
+                tracing::warn!(error = %e, "dispatch failed");
+            }
+            if let Err(e) = c.leader_duties().await {
+                tracing::warn!(error = %e, "leader duties failed");
+            }
+        }
+    });
+}
+
+/// Turns a stored job and its tasks into the wire form.
+pub fn job_to_wire(job: JobRecord, tasks: Vec<TaskRecord>) -> pb::Job {
+    let target: Selector = serde_json::from_str(&job.target_json).unwrap_or_default();
+    let trace_id = job
+        .traceparent
+        .split('-')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    pb::Job {
+        id: job.id.to_string(),
+        kind: job.kind,
+        spec_json: job.spec_json,
+        target: Some(pb::Selector {
+            agents: target.agents,
+            labels: target.labels.into_iter().collect(),
+        }),
+        status: job.status.as_str().into(),
+        created_by: job.created_by,
+        idempotency_key: job.idempotency_key.unwrap_or_default(),
+        created_at_ms: job.created_at_ms,
+        updated_at_ms: job.updated_at_ms,
+        finished_at_ms: job.finished_at_ms.unwrap_or(0),
+        deadline_ms: job.deadline_ms,
+        cancel_requested: job.cancel_requested,
+        tasks: tasks
+            .into_iter()
+            .map(|t| pb::JobTask {
+                id: t.id.to_string(),
+                agent_id: t.agent_id.to_string(),
+                agent_name: t.agent_name,
+                state: t.state.as_str().into(),
+                attempt: t.attempt,
+                last_seq: t.last_seq,
+                started_at_ms: t.started_at_ms.unwrap_or(0),
+                finished_at_ms: t.finished_at_ms.unwrap_or(0),
+                message: t.message,
+                result_json: t.result_json.unwrap_or_default(),
+            })
+            .collect(),
+        last_seq: job.last_seq,
+        trace_id,
+    }
+}
+
+/// Labels in a selector from the wire.
+pub fn selector_from_wire(s: Option<pb::Selector>) -> Selector {
+    let s = s.unwrap_or_default();
+    Selector {
+        agents: s.agents,
+        labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
