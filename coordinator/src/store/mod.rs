@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use crate::job::TaskEvent;
 pub use jobs::{
-    AppendOutcome, IncomingEvent, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask, Notification, TaskRecord,
-    Transition,
+    AppendOutcome, IncomingEvent, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask,
+    Notification, TaskRecord, Transition,
 };
 
+mod engine;
 pub mod jobs;
 pub mod postgres;
 mod rows;
@@ -249,7 +250,11 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the job (status `pending`) and its tasks (`pending`, attempt
     /// 0). With an idempotency key that already exists, changes nothing and
     /// returns the existing job and `false`.
-    async fn create_job(&self, job: &NewJob, tasks: &[NewTask]) -> Result<(JobRecord, bool), StoreError>;
+    async fn create_job(
+        &self,
+        job: &NewJob,
+        tasks: &[NewTask],
+    ) -> Result<(JobRecord, bool), StoreError>;
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
     /// Newest first, at most `filter.limit` (0 means 50).
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
@@ -303,16 +308,31 @@ pub trait Store: Send + Sync + 'static {
     /// again). Events of unknown tasks are ignored. Must sustain tens of
     /// thousands of events per second: multi-row inserts, one job-seq
     /// update per job per batch.
-    async fn append_agent_events(&self, events: &[IncomingEvent], now_ms: i64) -> Result<AppendOutcome, StoreError>;
+    async fn append_agent_events(
+        &self,
+        events: &[IncomingEvent],
+        now_ms: i64,
+    ) -> Result<AppendOutcome, StoreError>;
 
     /// Job events with `seq > after_seq`, in order, at most `limit`.
-    async fn job_events_after(&self, job_id: Uuid, after_seq: u64, limit: u32) -> Result<Vec<JobEventRecord>, StoreError>;
+    async fn job_events_after(
+        &self,
+        job_id: Uuid,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEventRecord>, StoreError>;
 
     /// Sets `cancel_requested` and applies `TaskEvent::CancelRequested` to
-    /// every task that is not final. `JobNotFound` if unknown. Returns the
-    /// job after and the transitions (those with `SendCancel` must reach
-    /// their agents).
-    async fn request_cancel(&self, job_id: Uuid, now_ms: i64) -> Result<(JobRecord, Vec<Transition>), StoreError>;
+    /// every task that is not final, `lost` ones included (they become
+    /// `cancelled`). A job already final is left as it is (`apply_job`
+    /// gives no `CancelTasks`). `JobNotFound` if unknown. Returns the job
+    /// after and the transitions that changed a state or carry an effect
+    /// (those with `SendCancel` must reach their agents).
+    async fn request_cancel(
+        &self,
+        job_id: Uuid,
+        now_ms: i64,
+    ) -> Result<(JobRecord, Vec<Transition>), StoreError>;
 
     /// `TaskEvent::DeadlinePassed` for every `pending` task whose job's
     /// deadline is at or before `now_ms`.
