@@ -174,7 +174,7 @@ pub fn apply_task(state: TaskState, event: TaskEvent) -> Result<(TaskState, Vec<
         (S::Cancelled, E::Reported | E::Finished(_) | E::CancelRequested | E::AgentGone | E::DeadlinePassed) => same(),
         (S::Succeeded | S::Failed | S::Expired, E::CancelRequested | E::AgentGone | E::DeadlinePassed) => same(),
 
-        (S::Pending | S::Lost | S::Running | S::Assigned, E::Assigned)
+        (S::Lost | S::Running | S::Assigned, E::Assigned)
         | (S::Succeeded | S::Failed | S::Cancelled | S::Expired, _) => Err(invalid(state, event)),
     }
 }
