@@ -4,17 +4,25 @@
 //!
 //! [`run`] expects a freshly created store (it checks that the first
 //! `bootstrap_admin` adds the admin); everything else it creates carries a
-//! per-run suffix, so the steps do not depend on each other's data.
+//! per-run suffix, so the steps do not depend on each other's data. The
+//! steps that act on the whole store (expiry, absent agents) run last and
+//! look only at their own jobs.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ferry_common::identity::Role;
+use ferry_proto::v1::{EventBody, JobFinished, LogLine, TaskStateChanged, event_body};
 use futures::future::join_all;
+use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AgentRecord, AuditEntry, Backend, JoinTokenRecord, NewAgent, OperatorRecord, Store, StoreError,
+    AgentRecord, AuditEntry, Backend, IncomingEvent, JobEventRecord, JobFilter, JobRecord,
+    JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store, StoreError,
+    TaskRecord,
 };
+use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
 /// A fixed "now": the store never reads the clock, callers pass time in.
 const NOW: i64 = 1_700_000_000_000;
@@ -32,6 +40,22 @@ pub async fn run(store: &dyn Store) {
     operators(store, &tag).await;
     audit_log(store).await;
     concurrent_enrollment(store, &tag).await;
+    create_jobs(store, &tag).await;
+    list_job_filters(store, &tag).await;
+    claims(store, &tag).await;
+    transitions(store, &tag).await;
+    agent_events(store, &tag).await;
+    coordinator_events_and_paging(store, &tag).await;
+    jobs_finish(store, &tag).await;
+    concurrent_agent_events(store, &tag).await;
+    cancellation(store, &tag).await;
+    notifications(store).await;
+    leadership(store).await;
+    // These act on every job of the store; their own jobs are the only
+    // ones that qualify, or the only ones they look at.
+    expiry(store, &tag).await;
+    absent_agents(store, &tag).await;
+    lost_then_reported(store, &tag).await;
 }
 
 /// Eight random hex digits, making the names of one run unique.
@@ -630,6 +654,1236 @@ async fn concurrent_enrollment(store: &dyn Store, tag: &str) {
             Err(e) => panic!("unexpected refusal: {e:?}"),
         }
     }
+}
+
+// --- jobs --------------------------------------------------------------
+
+const DAY: i64 = 24 * HOUR;
+
+fn new_job(kind: &str, created_at_ms: i64, idempotency_key: Option<String>) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        kind: kind.into(),
+        spec_json: r#"{"image":"registry.example.net/app:1.2.3"}"#.into(),
+        target_json: r#"{"labels":{"env":"prod"}}"#.into(),
+        created_by: "spiffe://ferry.test/operator/dan".into(),
+        idempotency_key,
+        created_at_ms,
+        deadline_ms: created_at_ms + DAY,
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    }
+}
+
+fn new_tasks(agents: &[&AgentRecord]) -> Vec<NewTask> {
+    agents
+        .iter()
+        .map(|a| NewTask {
+            id: Uuid::now_v7(),
+            agent_id: a.id,
+            agent_name: a.name.clone(),
+        })
+        .collect()
+}
+
+/// Enrolls `n` agents named `{prefix}-{i}-{tag}`.
+async fn agents(store: &dyn Store, prefix: &str, tag: &str, n: usize) -> Vec<AgentRecord> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(enroll(store, &format!("{prefix}-{i}-{tag}"), NOW).await);
+    }
+    out
+}
+
+/// Creates a job of `kind` with one task per agent; returns the job and
+/// its tasks in the agents' order.
+async fn submit(
+    store: &dyn Store,
+    job: NewJob,
+    agents: &[&AgentRecord],
+) -> (JobRecord, Vec<TaskRecord>) {
+    let tasks = new_tasks(agents);
+    let (record, created) = store.create_job(&job, &tasks).await.expect("create job");
+    assert!(created);
+    let mut records = Vec::new();
+    for t in &tasks {
+        records.push(task(store, t.id).await);
+    }
+    (record, records)
+}
+
+async fn task(store: &dyn Store, id: Uuid) -> TaskRecord {
+    store
+        .get_task(id)
+        .await
+        .expect("get task")
+        .expect("task exists")
+}
+
+async fn job(store: &dyn Store, id: Uuid) -> JobRecord {
+    store
+        .get_job(id)
+        .await
+        .expect("get job")
+        .expect("job exists")
+}
+
+/// Claims every pending task of these agents.
+async fn claim(store: &dyn Store, agents: &[&AgentRecord]) -> Vec<TaskRecord> {
+    let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
+    store
+        .claim_pending_tasks(&ids, "coord-a", NOW, 1000)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|(task, _)| task)
+        .collect()
+}
+
+/// An agent's event: a log line naming its seq.
+fn event(task_id: Uuid, seq: u64, machine_event: TaskEvent) -> IncomingEvent {
+    let body = EventBody {
+        body: Some(event_body::Body::Log(LogLine {
+            step: "pull".into(),
+            stream: "stdout".into(),
+            line: format!("line {seq}"),
+        })),
+    };
+    IncomingEvent {
+        task_id,
+        attempt: 1,
+        seq,
+        at_ms: NOW + 10 * i64::try_from(seq).expect("small seq"),
+        body: body.encode_to_vec(),
+        machine_event,
+        message: None,
+        result_json: None,
+    }
+}
+
+fn reported(task_id: Uuid, seq: u64) -> IncomingEvent {
+    event(task_id, seq, TaskEvent::Reported)
+}
+
+fn finished(task_id: Uuid, seq: u64, outcome: Outcome) -> IncomingEvent {
+    IncomingEvent {
+        message: Some(format!("finished: {outcome:?}")),
+        result_json: Some(format!(r#"{{"seq":{seq}}}"#)),
+        ..event(task_id, seq, TaskEvent::Finished(outcome))
+    }
+}
+
+fn body(e: &JobEventRecord) -> event_body::Body {
+    EventBody::decode(e.body.as_slice())
+        .expect("event body decodes")
+        .body
+        .expect("event body is set")
+}
+
+/// The state of a `TaskStateChanged` event, if it is one.
+fn state_change(e: &JobEventRecord) -> Option<TaskStateChanged> {
+    match body(e) {
+        event_body::Body::TaskStateChanged(c) => Some(c),
+        _ => None,
+    }
+}
+
+fn job_finished(e: &JobEventRecord) -> Option<JobFinished> {
+    match body(e) {
+        event_body::Body::JobFinished(f) => Some(f),
+        _ => None,
+    }
+}
+
+async fn all_events(store: &dyn Store, job_id: Uuid) -> Vec<JobEventRecord> {
+    let events = store
+        .job_events_after(job_id, 0, 100_000)
+        .await
+        .expect("job events");
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "job seqs are 1, 2, 3, … without gaps");
+    assert_eq!(
+        job(store, job_id).await.last_seq,
+        seqs.len() as u64,
+        "the job's last_seq is its last event's"
+    );
+    events
+}
+
+/// The agent seqs stored for `task_id`, in job order.
+fn agent_seqs(events: &[JobEventRecord], task_id: Uuid) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.task_id == Some(task_id))
+        .filter_map(|e| e.task_seq)
+        .collect()
+}
+
+/// `(task_id, state)` of every `TaskStateChanged` event, in order.
+fn state_changes(events: &[JobEventRecord]) -> Vec<(Uuid, String)> {
+    events
+        .iter()
+        .filter_map(|e| state_change(e).map(|c| (e.task_id.expect("task event"), c.state)))
+        .collect()
+}
+
+fn finishes(events: &[JobEventRecord]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| job_finished(e).map(|f| f.status))
+        .collect()
+}
+
+async fn create_jobs(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "create", tag, 3).await;
+    // Listed by agent name whatever the order they were given in.
+    let given = [&agents[2], &agents[0], &agents[1]];
+    let key = format!("key-{tag}");
+    let new = new_job("deploy", NOW, Some(key.clone()));
+    let tasks = new_tasks(&given);
+    let (created, fresh) = store.create_job(&new, &tasks).await.expect("create");
+    assert!(fresh);
+    let expected = JobRecord {
+        id: new.id,
+        kind: "deploy".into(),
+        spec_json: new.spec_json.clone(),
+        target_json: new.target_json.clone(),
+        status: JobStatus::Pending,
+        created_by: new.created_by.clone(),
+        idempotency_key: Some(key.clone()),
+        created_at_ms: NOW,
+        updated_at_ms: NOW,
+        finished_at_ms: None,
+        deadline_ms: NOW + DAY,
+        cancel_requested: false,
+        last_seq: 0,
+        traceparent: new.traceparent.clone(),
+    };
+    assert_eq!(created, expected);
+    assert_eq!(
+        store.get_job(new.id).await.expect("get"),
+        Some(expected.clone())
+    );
+    assert_eq!(store.get_job(Uuid::now_v7()).await.expect("get"), None);
+
+    let listed = store.list_tasks(new.id).await.expect("list tasks");
+    let names: Vec<&str> = listed.iter().map(|t| t.agent_name.as_str()).collect();
+    assert_eq!(
+        names,
+        agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>()
+    );
+    let first = TaskRecord {
+        id: tasks[1].id,
+        job_id: new.id,
+        agent_id: agents[0].id,
+        agent_name: agents[0].name.clone(),
+        state: TaskState::Pending,
+        attempt: 0,
+        last_seq: 0,
+        assigned_by: None,
+        started_at_ms: None,
+        finished_at_ms: None,
+        message: String::new(),
+        result_json: None,
+        updated_at_ms: NOW,
+    };
+    assert_eq!(listed[0], first);
+    assert_eq!(task(store, tasks[1].id).await, first);
+    assert_eq!(store.get_task(Uuid::now_v7()).await.expect("get"), None);
+
+    // A retry with the same key changes nothing and returns the first job.
+    let retry = NewJob {
+        kind: "backup".into(),
+        ..new_job("backup", NOW + 5, Some(key))
+    };
+    let retry_tasks = new_tasks(&[&agents[0]]);
+    let (existing, fresh) = store.create_job(&retry, &retry_tasks).await.expect("retry");
+    assert!(!fresh);
+    assert_eq!(existing, expected);
+    assert_eq!(store.get_job(retry.id).await.expect("get"), None);
+    assert_eq!(store.get_task(retry_tasks[0].id).await.expect("get"), None);
+    assert_eq!(store.list_tasks(new.id).await.expect("list").len(), 3);
+
+    // Without a key, every submission is a job of its own.
+    for _ in 0..2 {
+        let (_, fresh) = store
+            .create_job(&new_job("deploy", NOW, None), &new_tasks(&[&agents[0]]))
+            .await
+            .expect("create without key");
+        assert!(fresh);
+    }
+}
+
+async fn list_job_filters(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "list", tag, 2).await;
+    let (deploy, backup) = (format!("deploy-{tag}"), format!("backup-{tag}"));
+    // Far in the future, so they are the newest jobs whatever the store holds.
+    const LATER: i64 = 4_000_000_000_000;
+    let (old, _) = submit(store, new_job(&deploy, LATER + 1, None), &[&agents[0]]).await;
+    let (mid, _) = submit(store, new_job(&backup, LATER + 2, None), &[&agents[1]]).await;
+    let (new, new_tasks) = submit(
+        store,
+        new_job(&deploy, LATER + 3, None),
+        &[&agents[0], &agents[1]],
+    )
+    .await;
+    let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let list =
+        |filter: JobFilter| async move { ids(store.list_jobs(&filter).await.expect("list")) };
+
+    assert_eq!(
+        list(JobFilter {
+            kind: Some(deploy.clone()),
+            ..Default::default()
+        })
+        .await,
+        vec![new.id, old.id],
+        "newest first"
+    );
+    assert_eq!(
+        list(JobFilter {
+            agent_name: Some(agents[1].name.clone()),
+            ..Default::default()
+        })
+        .await,
+        vec![new.id, mid.id]
+    );
+    assert_eq!(
+        list(JobFilter {
+            agent_name: Some(format!("nobody-{tag}")),
+            ..Default::default()
+        })
+        .await,
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(
+        list(JobFilter {
+            since_ms: Some(LATER + 2),
+            ..Default::default()
+        })
+        .await,
+        vec![new.id, mid.id],
+        "since is inclusive"
+    );
+    assert_eq!(
+        list(JobFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await,
+        vec![new.id, mid.id]
+    );
+    let default = list(JobFilter::default()).await;
+    assert!(default.len() <= 50 && default.starts_with(&[new.id, mid.id, old.id]));
+
+    // A claim makes the newest job running.
+    claim(store, &[&agents[0]]).await;
+    assert_eq!(
+        task(store, new_tasks[0].id).await.state,
+        TaskState::Assigned
+    );
+    assert_eq!(
+        list(JobFilter {
+            status: Some(JobStatus::Running),
+            kind: Some(deploy.clone()),
+            ..Default::default()
+        })
+        .await,
+        vec![new.id, old.id]
+    );
+    assert_eq!(
+        list(JobFilter {
+            status: Some(JobStatus::Pending),
+            since_ms: Some(LATER),
+            ..Default::default()
+        })
+        .await,
+        vec![mid.id]
+    );
+    assert_eq!(
+        list(JobFilter {
+            status: Some(JobStatus::Succeeded),
+            kind: Some(deploy),
+            ..Default::default()
+        })
+        .await,
+        Vec::<Uuid>::new()
+    );
+}
+
+async fn claims(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "claim", tag, 3).await;
+    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
+    let (older, older_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a]).await;
+    let (newer, newer_tasks) = submit(store, new_job("deploy", NOW - 1, None), &[a, b]).await;
+    let mut overdue = new_job("deploy", NOW - 3, None);
+    overdue.deadline_ms = NOW;
+    let (_, overdue_tasks) = submit(store, overdue, &[a]).await;
+    let (_, c_tasks) = submit(store, new_job("deploy", NOW, None), &[c]).await;
+
+    assert_eq!(
+        store
+            .claim_pending_tasks(&[], "coord-a", NOW, 10)
+            .await
+            .expect("claim"),
+        vec![]
+    );
+    let claimed = store
+        .claim_pending_tasks(&[a.id], "coord-a", NOW, 10)
+        .await
+        .expect("claim");
+    let claimed_ids: Vec<Uuid> = claimed.iter().map(|(t, _)| t.id).collect();
+    // Oldest job first; not the one whose deadline has come.
+    assert_eq!(claimed_ids, vec![older_tasks[0].id, newer_tasks[0].id]);
+    for (t, j) in &claimed {
+        assert_eq!(t.state, TaskState::Assigned);
+        assert_eq!(t.attempt, 1);
+        assert_eq!(t.assigned_by.as_deref(), Some("coord-a"));
+        assert_eq!(t.updated_at_ms, NOW);
+        assert_eq!(j.id, t.job_id);
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(*t, task(store, t.id).await);
+        assert_eq!(*j, job(store, j.id).await);
+    }
+    assert_eq!(
+        task(store, overdue_tasks[0].id).await.state,
+        TaskState::Pending
+    );
+    assert_eq!(
+        task(store, newer_tasks[1].id).await.state,
+        TaskState::Pending
+    );
+    assert_eq!(job(store, older.id).await.status, JobStatus::Running);
+
+    // Nothing left for a; b's and c's one at a time.
+    assert_eq!(
+        store
+            .claim_pending_tasks(&[a.id], "coord-b", NOW, 10)
+            .await
+            .expect("claim"),
+        vec![]
+    );
+    let one = store
+        .claim_pending_tasks(&[b.id, c.id], "coord-b", NOW, 1)
+        .await
+        .expect("claim");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].0.id, newer_tasks[1].id, "older job first");
+    let two = store
+        .claim_pending_tasks(&[b.id, c.id], "coord-b", NOW, 1)
+        .await
+        .expect("claim");
+    assert_eq!(two[0].0.id, c_tasks[0].id);
+    assert_eq!(two[0].0.assigned_by.as_deref(), Some("coord-b"));
+
+    let active = store.active_tasks_for_agent(a.id).await.expect("active");
+    let mut expected = vec![older_tasks[0].id, newer_tasks[0].id];
+    expected.sort();
+    let mut active_ids: Vec<Uuid> = active.iter().map(|t| t.id).collect();
+    active_ids.sort();
+    assert_eq!(active_ids, expected);
+
+    // The assignment is an event of the job.
+    let events = all_events(store, newer.id).await;
+    assert_eq!(
+        state_changes(&events),
+        vec![
+            (newer_tasks[0].id, "assigned".to_string()),
+            (newer_tasks[1].id, "assigned".to_string())
+        ]
+    );
+    assert_eq!(events[0].agent_name.as_deref(), Some(a.name.as_str()));
+    assert_eq!(events[0].task_seq, None);
+    assert_eq!(events[0].at_ms, NOW);
+
+    // Sent back (the agent did not hold it): claimed again, next attempt.
+    let back = store
+        .transition_task(
+            older_tasks[0].id,
+            TaskEvent::Unassigned,
+            "not held",
+            NOW + 1,
+        )
+        .await
+        .expect("unassign")
+        .expect("valid");
+    assert_eq!(
+        (back.from, back.task.state),
+        (TaskState::Assigned, TaskState::Pending)
+    );
+    let again = store
+        .claim_pending_tasks(&[a.id], "coord-b", NOW + 2, 10)
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0.attempt, 2);
+    assert_eq!(again[0].0.assigned_by.as_deref(), Some("coord-b"));
+}
+
+async fn transitions(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "transition", tag, 1).await;
+    let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
+    let id = tasks[0].id;
+    assert_eq!(
+        store
+            .transition_task(Uuid::now_v7(), TaskEvent::Assigned, "x", NOW)
+            .await
+            .expect("unknown task"),
+        None
+    );
+    claim(store, &[&agents[0]]).await;
+    let before = task(store, id).await;
+    assert_eq!(
+        store
+            .transition_task(id, TaskEvent::Assigned, "again", NOW + 1)
+            .await
+            .expect("invalid"),
+        None,
+        "an invalid transition is refused"
+    );
+    assert_eq!(task(store, id).await, before, "and writes nothing");
+
+    // Valid but changing nothing: reported, nothing written.
+    let same = store
+        .transition_task(id, TaskEvent::DeadlinePassed, "late", NOW + 2)
+        .await
+        .expect("transition")
+        .expect("valid");
+    assert_eq!(same.task, before);
+    assert_eq!(
+        (same.from, same.effects.clone()),
+        (TaskState::Assigned, vec![])
+    );
+    assert_eq!(task(store, id).await, before);
+
+    let gone = store
+        .transition_task(id, TaskEvent::AgentGone, "agent restarted", NOW + 3)
+        .await
+        .expect("transition")
+        .expect("valid");
+    assert_eq!(gone.task.state, TaskState::Lost);
+    assert_eq!(gone.task.message, "agent restarted");
+    assert_eq!(gone.task.finished_at_ms, Some(NOW + 3));
+    assert_eq!(gone.job_finished, Some(JobStatus::Failed));
+    assert_eq!(gone.effects, vec![TaskEffect::RecomputeJob]);
+    assert_eq!(task(store, id).await, gone.task);
+    let finished_job = job(store, j.id).await;
+    assert_eq!(finished_job.status, JobStatus::Failed);
+    assert_eq!(finished_job.finished_at_ms, Some(NOW + 3));
+    let events = all_events(store, j.id).await;
+    let last = events.last().expect("events");
+    assert_eq!(last.task_id, None);
+    assert_eq!(last.agent_name, None);
+    assert_eq!(
+        job_finished(last).map(|f| f.status).as_deref(),
+        Some("failed")
+    );
+    let changed = state_change(&events[events.len() - 2]).expect("state change");
+    assert_eq!(
+        (changed.state.as_str(), changed.message.as_str()),
+        ("lost", "agent restarted")
+    );
+}
+
+async fn agent_events(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "events", tag, 2).await;
+    let (j, tasks) = submit(
+        store,
+        new_job("deploy", NOW, None),
+        &[&agents[0], &agents[1]],
+    )
+    .await;
+    let (t1, t2) = (tasks[0].id, tasks[1].id);
+    claim(store, &[&agents[0], &agents[1]]).await;
+
+    // Reordered, duplicated, with a gap at 4; and an unknown task.
+    let mut first = reported(t1, 1);
+    first.message = Some("pulling the image".into());
+    let unknown = Uuid::now_v7();
+    let batch = vec![
+        reported(t1, 3),
+        reported(unknown, 1),
+        first.clone(),
+        reported(t1, 2),
+        reported(t1, 2),
+        reported(t1, 5),
+    ];
+    let out = store
+        .append_agent_events(&batch, NOW + 100)
+        .await
+        .expect("append");
+    assert_eq!(out.acks, vec![(t1, 3)]);
+    assert_eq!(out.touched_jobs, vec![j.id]);
+    assert_eq!(out.transitions.len(), 1);
+    let running = &out.transitions[0];
+    assert_eq!(
+        (running.from, running.task.state),
+        (TaskState::Assigned, TaskState::Running)
+    );
+    assert_eq!(running.job_finished, None);
+    let t = task(store, t1).await;
+    assert_eq!(t.last_seq, 3);
+    assert_eq!(t.state, TaskState::Running);
+    assert_eq!(t.started_at_ms, Some(first.at_ms), "the first event's time");
+    assert_eq!(t.message, "pulling the image");
+    assert_eq!(t.updated_at_ms, NOW + 100);
+
+    // The agent sends everything unacked again, plus more, for both tasks.
+    let batch = vec![
+        reported(t2, 1),
+        reported(t1, 1),
+        reported(t1, 2),
+        reported(t1, 3),
+        reported(t1, 4),
+        reported(t1, 5),
+        reported(t2, 2),
+        reported(t1, 6),
+        reported(t1, 6),
+    ];
+    let out = store
+        .append_agent_events(&batch, NOW + 200)
+        .await
+        .expect("append");
+    assert_eq!(out.acks, vec![(t2, 2), (t1, 6)], "in the batch's order");
+    assert_eq!(out.touched_jobs, vec![j.id]);
+    assert_eq!(out.transitions.len(), 1, "t2 started running");
+    assert_eq!(task(store, t1).await.started_at_ms, Some(first.at_ms));
+
+    // Only duplicates: acked again, nothing stored.
+    let before = all_events(store, j.id).await;
+    let out = store
+        .append_agent_events(&[reported(t1, 2), reported(t2, 1)], NOW + 300)
+        .await
+        .expect("append");
+    assert_eq!(out.acks, vec![(t1, 6), (t2, 2)]);
+    assert!(out.touched_jobs.is_empty() && out.transitions.is_empty());
+    // A gap right away: nothing stored either.
+    let out = store
+        .append_agent_events(&[reported(t1, 8)], NOW + 300)
+        .await
+        .expect("append");
+    assert_eq!(out.acks, vec![(t1, 6)]);
+    assert_eq!(all_events(store, j.id).await, before);
+    assert_eq!(
+        store
+            .append_agent_events(&[], NOW)
+            .await
+            .expect("empty batch"),
+        Default::default()
+    );
+
+    let events = all_events(store, j.id).await;
+    assert_eq!(agent_seqs(&events, t1), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(agent_seqs(&events, t2), vec![1, 2]);
+    for e in events.iter().filter(|e| e.task_seq.is_some()) {
+        let seq = e.task_seq.expect("agent event");
+        let line = match body(e) {
+            event_body::Body::Log(log) => log.line,
+            other => panic!("unexpected body {other:?}"),
+        };
+        assert_eq!(line, format!("line {seq}"), "the body is stored as sent");
+        assert_eq!(e.at_ms, NOW + 10 * seq as i64, "the agent's time");
+        let name = if e.task_id == Some(t1) {
+            &agents[0].name
+        } else {
+            &agents[1].name
+        };
+        assert_eq!(e.agent_name.as_ref(), Some(name));
+    }
+    // Each state change right after the event that caused it.
+    let position = |task_id: Uuid, task_seq: u64| {
+        events
+            .iter()
+            .position(|e| e.task_id == Some(task_id) && e.task_seq == Some(task_seq))
+            .expect("event stored")
+    };
+    for (task_id, agent) in [(t1, &agents[0]), (t2, &agents[1])] {
+        let after = &events[position(task_id, 1) + 1];
+        assert_eq!(after.task_id, Some(task_id));
+        assert_eq!(after.task_seq, None);
+        assert_eq!(after.agent_name.as_ref(), Some(&agent.name));
+        assert_eq!(
+            state_change(after).map(|c| c.state).as_deref(),
+            Some("running")
+        );
+    }
+    assert_eq!(
+        state_change(&events[position(t1, 1) + 1])
+            .map(|c| c.message)
+            .as_deref(),
+        Some("pulling the image")
+    );
+    assert_eq!(job(store, j.id).await.status, JobStatus::Running);
+}
+
+async fn coordinator_events_and_paging(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "paging", tag, 1).await;
+    let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
+    let missing = store
+        .append_coordinator_event(Uuid::now_v7(), None, b"x", NOW)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::JobNotFound(_))),
+        "{missing:?}"
+    );
+
+    let mut seqs = Vec::new();
+    for i in 0..7u8 {
+        let task_id = (i % 2 == 0).then_some(tasks[0].id);
+        let body = vec![i, 0, 255];
+        seqs.push(
+            store
+                .append_coordinator_event(j.id, task_id, &body, NOW + i64::from(i))
+                .await
+                .expect("append"),
+        );
+    }
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+    // Agent events continue the same sequence.
+    claim(store, &[&agents[0]]).await;
+    store
+        .append_agent_events(&[reported(tasks[0].id, 1)], NOW + 50)
+        .await
+        .expect("append");
+    assert_eq!(
+        store
+            .append_coordinator_event(j.id, None, b"after", NOW + 60)
+            .await
+            .expect("append"),
+        11,
+        "7 written, then assigned, the agent's event, running"
+    );
+
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.job_events_after(j.id, after, 3).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = page.last().expect("not empty").seq;
+        pages.push(page);
+    }
+    assert_eq!(pages.len(), 4);
+    let all: Vec<JobEventRecord> = pages.concat();
+    assert_eq!(all, all_events(store, j.id).await);
+    assert_eq!(all.len(), 11);
+    let first = &all[0];
+    assert_eq!(
+        (
+            first.job_id,
+            first.seq,
+            first.at_ms,
+            first.task_id,
+            first.task_seq
+        ),
+        (j.id, 1, NOW, Some(tasks[0].id), None)
+    );
+    assert_eq!(first.body, vec![0, 0, 255]);
+    assert_eq!(first.agent_name.as_deref(), Some(agents[0].name.as_str()));
+    assert_eq!((all[1].task_id, all[1].agent_name.as_deref()), (None, None));
+    assert_eq!(all[8].task_seq, Some(1));
+    assert_eq!(
+        store.job_events_after(j.id, 5, 2).await.expect("page")[0].seq,
+        6
+    );
+    assert_eq!(
+        store.job_events_after(j.id, 11, 10).await.expect("page"),
+        vec![]
+    );
+    assert_eq!(
+        store.job_events_after(j.id, 0, 0).await.expect("page"),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .job_events_after(Uuid::now_v7(), 0, 10)
+            .await
+            .expect("page"),
+        vec![]
+    );
+}
+
+async fn jobs_finish(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "finish", tag, 2).await;
+    let both = [&agents[0], &agents[1]];
+
+    // Every task succeeds: the job succeeds.
+    let (good, tasks) = submit(store, new_job("deploy", NOW, None), &both).await;
+    let (t1, t2) = (tasks[0].id, tasks[1].id);
+    claim(store, &both).await;
+    let out = store
+        .append_agent_events(
+            &[
+                reported(t1, 1),
+                finished(t1, 2, Outcome::Succeeded),
+                finished(t2, 1, Outcome::Succeeded),
+            ],
+            NOW + 100,
+        )
+        .await
+        .expect("append");
+    let summary: Vec<(Uuid, TaskState, TaskState, Option<JobStatus>)> = out
+        .transitions
+        .iter()
+        .map(|t| (t.task.id, t.from, t.task.state, t.job_finished))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (t1, TaskState::Assigned, TaskState::Running, None),
+            (t1, TaskState::Running, TaskState::Succeeded, None),
+            (
+                t2,
+                TaskState::Assigned,
+                TaskState::Succeeded,
+                Some(JobStatus::Succeeded)
+            ),
+        ]
+    );
+    let done = task(store, t1).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    assert_eq!(done.finished_at_ms, Some(NOW + 100));
+    assert_eq!(done.result_json.as_deref(), Some(r#"{"seq":2}"#));
+    assert_eq!(done.message, "finished: Succeeded");
+    let j = job(store, good.id).await;
+    assert_eq!(j.status, JobStatus::Succeeded);
+    assert_eq!(j.finished_at_ms, Some(NOW + 100));
+    let events = all_events(store, good.id).await;
+    assert_eq!(finishes(&events), vec!["succeeded"]);
+    let last = events.last().expect("events");
+    let finish = job_finished(last).expect("JobFinished is last");
+    assert_eq!(finish.message, "2 succeeded");
+    assert_eq!(
+        state_change(&events[events.len() - 2]).map(|c| (c.state, c.message)),
+        Some(("succeeded".into(), "finished: Succeeded".into()))
+    );
+    // What an agent says about a finished task is stored, but changes nothing.
+    let out = store
+        .append_agent_events(&[reported(t1, 3)], NOW + 200)
+        .await
+        .expect("append");
+    assert_eq!(out.acks, vec![(t1, 3)]);
+    assert!(out.transitions.is_empty());
+    assert_eq!(task(store, t1).await.state, TaskState::Succeeded);
+    assert_eq!(job(store, good.id).await.status, JobStatus::Succeeded);
+
+    // One task fails: the job fails, once every task is final.
+    let (bad, tasks) = submit(store, new_job("deploy", NOW, None), &both).await;
+    let (t1, t2) = (tasks[0].id, tasks[1].id);
+    claim(store, &both).await;
+    store
+        .append_agent_events(&[finished(t1, 1, Outcome::Failed)], NOW + 100)
+        .await
+        .expect("append");
+    assert_eq!(job(store, bad.id).await.status, JobStatus::Running);
+    store
+        .append_agent_events(
+            &[reported(t2, 1), finished(t2, 2, Outcome::Succeeded)],
+            NOW + 200,
+        )
+        .await
+        .expect("append");
+    let j = job(store, bad.id).await;
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.finished_at_ms, Some(NOW + 200));
+    let events = all_events(store, bad.id).await;
+    assert_eq!(finishes(&events), vec!["failed"]);
+    assert_eq!(
+        job_finished(events.last().expect("events"))
+            .map(|f| f.message)
+            .as_deref(),
+        Some("1 succeeded, 1 failed")
+    );
+}
+
+/// Four agents stream events for their tasks of one job at once, each in
+/// batches that repeat part of the previous one, and finish: every task's
+/// seqs are stored once, the job's have no gap, and the job finishes once.
+async fn concurrent_agent_events(store: &dyn Store, tag: &str) {
+    const EVENTS: u64 = 60;
+    let agents = agents(store, "stream", tag, 4).await;
+    let all: Vec<&AgentRecord> = agents.iter().collect();
+    let (j, tasks) = submit(store, new_job("deploy", NOW, None), &all).await;
+    claim(store, &all).await;
+    let stream = |task_id: Uuid| async move {
+        let mut acked = 0;
+        while acked < EVENTS {
+            let last = (acked + 7).min(EVENTS);
+            // From a little before the ack, as after a reconnect.
+            let batch: Vec<IncomingEvent> = (acked.saturating_sub(2) + 1..=last)
+                .map(|seq| {
+                    if seq == EVENTS {
+                        finished(task_id, seq, Outcome::Succeeded)
+                    } else {
+                        reported(task_id, seq)
+                    }
+                })
+                .collect();
+            let out = store
+                .append_agent_events(&batch, NOW + 100)
+                .await
+                .expect("append");
+            assert_eq!(out.acks, vec![(task_id, last)]);
+            acked = last;
+        }
+    };
+    join_all(tasks.iter().map(|t| stream(t.id))).await;
+
+    let events = all_events(store, j.id).await;
+    for t in &tasks {
+        assert_eq!(agent_seqs(&events, t.id), (1..=EVENTS).collect::<Vec<_>>());
+        assert_eq!(task(store, t.id).await.state, TaskState::Succeeded);
+    }
+    assert_eq!(finishes(&events), vec!["succeeded"]);
+    assert_eq!(job(store, j.id).await.status, JobStatus::Succeeded);
+}
+
+async fn cancellation(store: &dyn Store, tag: &str) {
+    let missing = store.request_cancel(Uuid::now_v7(), NOW).await;
+    assert!(
+        matches!(missing, Err(StoreError::JobNotFound(_))),
+        "{missing:?}"
+    );
+
+    let agents = agents(store, "cancel", tag, 5).await;
+    let (pending, assigned, running, lost, done) =
+        (&agents[0], &agents[1], &agents[2], &agents[3], &agents[4]);
+    let (j, tasks) = submit(
+        store,
+        new_job("deploy", NOW, None),
+        &[pending, assigned, running, lost, done],
+    )
+    .await;
+    claim(store, &[assigned, running, lost, done]).await;
+    store
+        .append_agent_events(
+            &[
+                reported(tasks[2].id, 1),
+                finished(tasks[4].id, 1, Outcome::Succeeded),
+            ],
+            NOW + 10,
+        )
+        .await
+        .expect("append");
+    store
+        .transition_task(tasks[3].id, TaskEvent::AgentGone, "gone", NOW + 20)
+        .await
+        .expect("transition")
+        .expect("valid");
+
+    let (after, transitions) = store.request_cancel(j.id, NOW + 30).await.expect("cancel");
+    assert!(after.cancel_requested);
+    assert_eq!(after.status, JobStatus::Running, "a task still runs");
+    assert_eq!(after, job(store, j.id).await);
+    let mut got: Vec<(Uuid, TaskState, TaskState, Vec<TaskEffect>)> = transitions
+        .iter()
+        .map(|t| (t.task.id, t.from, t.task.state, t.effects.clone()))
+        .collect();
+    got.sort_by_key(|t| t.0);
+    let mut expected = vec![
+        (
+            tasks[0].id,
+            TaskState::Pending,
+            TaskState::Cancelled,
+            vec![TaskEffect::RecomputeJob],
+        ),
+        (
+            tasks[1].id,
+            TaskState::Assigned,
+            TaskState::Cancelled,
+            vec![TaskEffect::SendCancel, TaskEffect::RecomputeJob],
+        ),
+        (
+            tasks[2].id,
+            TaskState::Running,
+            TaskState::Running,
+            vec![TaskEffect::SendCancel],
+        ),
+        (
+            tasks[3].id,
+            TaskState::Lost,
+            TaskState::Cancelled,
+            vec![TaskEffect::RecomputeJob],
+        ),
+    ];
+    expected.sort_by_key(|t| t.0);
+    assert_eq!(got, expected);
+    assert!(transitions.iter().all(|t| t.job_finished.is_none()));
+    assert_eq!(
+        task(store, tasks[0].id).await.message,
+        "cancelled by an operator"
+    );
+    assert_eq!(task(store, tasks[4].id).await.state, TaskState::Succeeded);
+    // Asking again changes nothing more, but the running task is asked again.
+    let (_, again) = store.request_cancel(j.id, NOW + 35).await.expect("cancel");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].effects, vec![TaskEffect::SendCancel]);
+
+    // The running task stops: the job is cancelled.
+    let out = store
+        .append_agent_events(&[finished(tasks[2].id, 2, Outcome::Cancelled)], NOW + 40)
+        .await
+        .expect("append");
+    assert_eq!(out.transitions.len(), 1);
+    assert_eq!(out.transitions[0].job_finished, Some(JobStatus::Cancelled));
+    let j_after = job(store, j.id).await;
+    assert_eq!(j_after.status, JobStatus::Cancelled);
+    assert_eq!(j_after.finished_at_ms, Some(NOW + 40));
+    let events = all_events(store, j.id).await;
+    assert_eq!(finishes(&events), vec!["cancelled"]);
+
+    // A job nobody took yet is cancelled at once.
+    let (idle, idle_tasks) = submit(store, new_job("deploy", NOW, None), &[pending]).await;
+    let (after, transitions) = store
+        .request_cancel(idle.id, NOW + 50)
+        .await
+        .expect("cancel");
+    assert_eq!(after.status, JobStatus::Cancelled);
+    assert_eq!(after.finished_at_ms, Some(NOW + 50));
+    assert_eq!(transitions.len(), 1);
+    assert_eq!(transitions[0].task.id, idle_tasks[0].id);
+    assert_eq!(transitions[0].job_finished, Some(JobStatus::Cancelled));
+    let events = all_events(store, idle.id).await;
+    assert_eq!(
+        state_changes(&events),
+        vec![(idle_tasks[0].id, "cancelled".to_string())]
+    );
+    assert_eq!(finishes(&events), vec!["cancelled"]);
+    // Not claimable any more.
+    assert!(claim(store, &[pending]).await.is_empty());
+
+    // A finished job stays as it is.
+    let (after, transitions) = store
+        .request_cancel(idle.id, NOW + 60)
+        .await
+        .expect("cancel");
+    assert_eq!(after, job(store, idle.id).await);
+    assert!(transitions.is_empty());
+}
+
+async fn notifications(store: &dyn Store) {
+    let mut rx = store.subscribe();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let sent = vec![
+        Notification::JobSubmitted(a),
+        Notification::JobEvents(a),
+        Notification::CancelTask { task: a, agent: b },
+        Notification::AgentRevoked(b),
+    ];
+    for n in &sent {
+        store.notify(n.clone()).await.expect("notify");
+    }
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("notification within 10s")
+            .expect("receive");
+        received.push(n);
+    }
+    assert_eq!(received, sent);
+}
+
+async fn leadership(store: &dyn Store) {
+    // Alone on its store, a coordinator leads, and keeps leading.
+    assert!(store.try_lead().await.expect("try lead"));
+    assert!(store.try_lead().await.expect("try lead"));
+}
+
+async fn expiry(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "expire", tag, 2).await;
+    let mut new = new_job("deploy", NOW, None);
+    new.deadline_ms = NOW + 10;
+    let (j, tasks) = submit(store, new, &[&agents[0], &agents[1]]).await;
+    claim(store, &[&agents[0]]).await;
+
+    let early = store.expire_overdue_tasks(NOW + 9).await.expect("expire");
+    assert!(early.iter().all(|t| t.task.job_id != j.id));
+    // At the deadline itself, the pending task expires; the assigned one
+    // may still finish.
+    let expired: Vec<_> = store
+        .expire_overdue_tasks(NOW + 10)
+        .await
+        .expect("expire")
+        .into_iter()
+        .filter(|t| t.task.job_id == j.id)
+        .collect();
+    assert_eq!(expired.len(), 1);
+    let t = &expired[0];
+    assert_eq!(t.task.id, tasks[1].id);
+    assert_eq!(
+        (t.from, t.task.state),
+        (TaskState::Pending, TaskState::Expired)
+    );
+    assert_eq!(t.task.finished_at_ms, Some(NOW + 10));
+    assert!(
+        t.task.message.contains(&agents[1].name),
+        "{}",
+        t.task.message
+    );
+    assert_eq!(t.job_finished, None);
+    assert_eq!(task(store, tasks[1].id).await, t.task);
+    assert_eq!(task(store, tasks[0].id).await.state, TaskState::Assigned);
+    assert!(
+        store
+            .expire_overdue_tasks(NOW + 20)
+            .await
+            .expect("expire")
+            .iter()
+            .all(|t| t.task.job_id != j.id),
+        "expired once"
+    );
+
+    store
+        .append_agent_events(&[finished(tasks[0].id, 1, Outcome::Succeeded)], NOW + 30)
+        .await
+        .expect("append");
+    let j = job(store, j.id).await;
+    assert_eq!(j.status, JobStatus::Failed, "an expired task fails the job");
+    let events = all_events(store, j.id).await;
+    assert_eq!(finishes(&events), vec!["failed"]);
+    assert_eq!(
+        job_finished(events.last().expect("events"))
+            .map(|f| f.message)
+            .as_deref(),
+        Some("1 succeeded, 1 expired")
+    );
+}
+
+async fn absent_agents(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "absent", tag, 4).await;
+    let (here, away, never, idle) = (&agents[0], &agents[1], &agents[2], &agents[3]);
+    store
+        .agent_connected(here.id, "coord-a", "0.1.0", "h", NOW + HOUR)
+        .await
+        .expect("connected");
+    store
+        .agent_connected(away.id, "coord-a", "0.1.0", "h", NOW - HOUR)
+        .await
+        .expect("connected");
+    let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[here, away, never]).await;
+    let (_, idle_tasks) = submit(store, new_job("deploy", NOW, None), &[idle]).await;
+    claim(store, &[here, away, never]).await;
+    store
+        .append_agent_events(&[reported(tasks[1].id, 1)], NOW)
+        .await
+        .expect("append");
+
+    let lost: Vec<_> = store
+        .mark_tasks_of_absent_agents_lost(NOW, NOW + 2 * HOUR)
+        .await
+        .expect("mark lost")
+        .into_iter()
+        .filter(|t| t.task.job_id == j.id || t.task.agent_id == idle.id)
+        .collect();
+    let mut got: Vec<(Uuid, TaskState, TaskState)> = lost
+        .iter()
+        .map(|t| (t.task.id, t.from, t.task.state))
+        .collect();
+    got.sort_by_key(|t| t.0);
+    let mut expected = vec![
+        (tasks[1].id, TaskState::Running, TaskState::Lost),
+        (tasks[2].id, TaskState::Assigned, TaskState::Lost),
+    ];
+    expected.sort_by_key(|t| t.0);
+    assert_eq!(got, expected, "a task waiting for its agent is not lost");
+    let away_task = task(store, tasks[1].id).await;
+    assert!(
+        away_task
+            .message
+            .starts_with(&format!("agent {} has been away since 20", away.name)),
+        "{}",
+        away_task.message
+    );
+    assert_eq!(away_task.finished_at_ms, Some(NOW + 2 * HOUR));
+    assert!(task(store, tasks[2].id).await.message.contains(&never.name));
+    assert_eq!(task(store, tasks[0].id).await.state, TaskState::Assigned);
+    assert_eq!(
+        task(store, idle_tasks[0].id).await.state,
+        TaskState::Pending
+    );
+    assert_eq!(job(store, j.id).await.status, JobStatus::Running);
+    assert!(lost.iter().all(|t| t.job_finished.is_none()));
+}
+
+/// An agent away long enough to have its task marked lost comes back and
+/// reports: its report wins, and the job finishes again by it.
+async fn lost_then_reported(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "comeback", tag, 1).await;
+    let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
+    let id = tasks[0].id;
+    claim(store, &[&agents[0]]).await;
+    store
+        .append_agent_events(&[reported(id, 1)], NOW)
+        .await
+        .expect("append");
+    let lost: Vec<_> = store
+        .mark_tasks_of_absent_agents_lost(NOW, NOW + HOUR)
+        .await
+        .expect("mark lost")
+        .into_iter()
+        .filter(|t| t.task.id == id)
+        .collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].job_finished, Some(JobStatus::Failed));
+    assert!(
+        lost[0]
+            .task
+            .message
+            .contains("has been away since it enrolled"),
+        "never seen: {}",
+        lost[0].task.message
+    );
+    assert_eq!(job(store, j.id).await.status, JobStatus::Failed);
+
+    let out = store
+        .append_agent_events(&[reported(id, 2)], NOW + 2 * HOUR)
+        .await
+        .expect("append");
+    assert_eq!(out.transitions.len(), 1);
+    assert_eq!(
+        (out.transitions[0].from, out.transitions[0].task.state),
+        (TaskState::Lost, TaskState::Running)
+    );
+    let back = job(store, j.id).await;
+    assert_eq!(back.status, JobStatus::Running);
+    assert_eq!(back.finished_at_ms, None);
+    assert_eq!(task(store, id).await.finished_at_ms, None);
+
+    let out = store
+        .append_agent_events(&[finished(id, 3, Outcome::Succeeded)], NOW + 3 * HOUR)
+        .await
+        .expect("append");
+    assert_eq!(out.transitions[0].job_finished, Some(JobStatus::Succeeded));
+    let done = job(store, j.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.finished_at_ms, Some(NOW + 3 * HOUR));
+    let events = all_events(store, j.id).await;
+    assert_eq!(finishes(&events), vec!["failed", "succeeded"]);
+    assert_eq!(
+        state_changes(&events)
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        vec!["assigned", "running", "lost", "running", "succeeded"]
+    );
+
+    // Reported straight from lost to an outcome works as well.
+    let (j2, tasks2) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
+    claim(store, &[&agents[0]]).await;
+    store
+        .transition_task(tasks2[0].id, TaskEvent::AgentGone, "gone", NOW)
+        .await
+        .expect("transition")
+        .expect("valid");
+    assert_eq!(job(store, j2.id).await.status, JobStatus::Failed);
+    store
+        .append_agent_events(&[finished(tasks2[0].id, 1, Outcome::Succeeded)], NOW + HOUR)
+        .await
+        .expect("append");
+    assert_eq!(job(store, j2.id).await.status, JobStatus::Succeeded);
 }
 
 /// `server` with its database replaced by `database`.

@@ -21,6 +21,7 @@ pub use jobs::{
     Notification, TaskRecord, Transition,
 };
 
+mod engine;
 pub mod jobs;
 pub mod postgres;
 mod rows;
@@ -322,9 +323,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<JobEventRecord>, StoreError>;
 
     /// Sets `cancel_requested` and applies `TaskEvent::CancelRequested` to
-    /// every task that is not final. `JobNotFound` if unknown. Returns the
-    /// job after and the transitions (those with `SendCancel` must reach
-    /// their agents).
+    /// every task that is not final, `lost` ones included (they become
+    /// `cancelled`). A job already final is left as it is (`apply_job`
+    /// gives no `CancelTasks`). `JobNotFound` if unknown. Returns the job
+    /// after and the transitions that changed a state or carry an effect
+    /// (those with `SendCancel` must reach their agents).
     async fn request_cancel(
         &self,
         job_id: Uuid,

@@ -1,7 +1,8 @@
 //! What the two backends share, so a column means the same thing on SQLite
 //! and on PostgreSQL: decoding rows into records, label JSON, the embedded
 //! migrations, and the decisions behind refusals (which error a failed
-//! enrollment, revoke or operator insert reports).
+//! enrollment, revoke or operator insert reports). What the job methods
+//! share beyond decoding is in [`super::engine`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -12,7 +13,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{ColumnIndex, Decode, Row, SqlSafeStr, Type};
 use uuid::Uuid;
 
-use super::{AgentRecord, AuditEntry, JoinTokenRecord, NewAgent, OperatorRecord, StoreError};
+use super::{
+    AgentRecord, AuditEntry, JobEventRecord, JobRecord, JoinTokenRecord, NewAgent, NewJob,
+    OperatorRecord, StoreError, TaskRecord,
+};
+use crate::job::{JobStatus, TaskState};
 
 /// The `meta` key whose presence records that the first admin was added;
 /// it is never deleted, which is what makes the bootstrap happen only once.
@@ -49,6 +54,8 @@ pub(crate) trait Columns {
     fn opt_text(&self, column: &'static str) -> Result<Option<String>, StoreError>;
     fn int(&self, column: &'static str) -> Result<i64, StoreError>;
     fn opt_int(&self, column: &'static str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, column: &'static str) -> Result<bool, StoreError>;
+    fn bytes(&self, column: &'static str) -> Result<Vec<u8>, StoreError>;
 }
 
 impl<R> Columns for R
@@ -57,6 +64,8 @@ where
     &'static str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&self, column: &'static str) -> Result<String, StoreError> {
         Ok(self.try_get(column)?)
@@ -68,6 +77,12 @@ where
         Ok(self.try_get(column)?)
     }
     fn opt_int(&self, column: &'static str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn flag(&self, column: &'static str) -> Result<bool, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn bytes(&self, column: &'static str) -> Result<Vec<u8>, StoreError> {
         Ok(self.try_get(column)?)
     }
 }
@@ -216,4 +231,137 @@ pub(crate) fn agent_found(rows_affected: u64, id: Uuid) -> Result<(), StoreError
     } else {
         Ok(())
     }
+}
+
+fn opt_uuid(
+    table: &'static str,
+    column: &'static str,
+    text: Option<String>,
+) -> Result<Option<Uuid>, StoreError> {
+    text.map(|text| uuid(table, column, &text)).transpose()
+}
+
+/// Seqs, attempts and counters are never negative; SQL integers are signed.
+fn unsigned<T: TryFrom<i64>>(
+    table: &'static str,
+    column: &'static str,
+    value: i64,
+) -> Result<T, StoreError> {
+    T::try_from(value).map_err(|_| StoreError::Corrupt {
+        table,
+        reason: format!("{column} {value} is out of range"),
+    })
+}
+
+fn parsed<T: std::str::FromStr<Err = String>>(
+    table: &'static str,
+    column: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
+    text.parse().map_err(|e| StoreError::Corrupt {
+        table,
+        reason: format!("{column}: {e}"),
+    })
+}
+
+/// An unsigned counter as an SQL integer; a seq beyond `i64::MAX` cannot
+/// occur (it would take millennia of events), so saturating is no loss.
+pub(crate) fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn job(row: &impl Columns) -> Result<JobRecord, StoreError> {
+    const TABLE: &str = "jobs";
+    Ok(JobRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        kind: row.text("kind")?,
+        spec_json: row.text("spec_json")?,
+        target_json: row.text("target_json")?,
+        status: parsed::<JobStatus>(TABLE, "status", &row.text("status")?)?,
+        created_by: row.text("created_by")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+        deadline_ms: row.int("deadline_ms")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        last_seq: unsigned(TABLE, "last_seq", row.int("last_seq")?)?,
+        traceparent: row.text("traceparent")?,
+    })
+}
+
+pub(crate) fn task(row: &impl Columns) -> Result<TaskRecord, StoreError> {
+    const TABLE: &str = "tasks";
+    Ok(TaskRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        job_id: uuid(TABLE, "job_id", &row.text("job_id")?)?,
+        agent_id: uuid(TABLE, "agent_id", &row.text("agent_id")?)?,
+        agent_name: row.text("agent_name")?,
+        state: parsed::<TaskState>(TABLE, "state", &row.text("state")?)?,
+        attempt: unsigned(TABLE, "attempt", row.int("attempt")?)?,
+        last_seq: unsigned(TABLE, "last_seq", row.int("last_seq")?)?,
+        assigned_by: row.opt_text("assigned_by")?,
+        started_at_ms: row.opt_int("started_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+        message: row.text("message")?,
+        result_json: row.opt_text("result_json")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+    })
+}
+
+/// A task row with its agent's `last_seen_ms` as `agent_last_seen_ms`.
+pub(crate) fn task_with_last_seen(row: &impl Columns) -> Result<(TaskRecord, i64), StoreError> {
+    Ok((task(row)?, row.int("agent_last_seen_ms")?))
+}
+
+/// A `job_events` row joined with its task's `agent_name` (NULL for
+/// job-level events).
+pub(crate) fn job_event(row: &impl Columns) -> Result<JobEventRecord, StoreError> {
+    const TABLE: &str = "job_events";
+    Ok(JobEventRecord {
+        job_id: uuid(TABLE, "job_id", &row.text("job_id")?)?,
+        seq: unsigned(TABLE, "seq", row.int("seq")?)?,
+        at_ms: row.int("at_ms")?,
+        task_id: opt_uuid(TABLE, "task_id", row.opt_text("task_id")?)?,
+        agent_name: row.opt_text("agent_name")?,
+        task_seq: row
+            .opt_int("task_seq")?
+            .map(|seq| unsigned(TABLE, "task_seq", seq))
+            .transpose()?,
+        body: row.bytes("body")?,
+    })
+}
+
+/// One `(state, count)` row of a job's tasks grouped by state.
+pub(crate) fn state_count(row: &impl Columns) -> Result<(TaskState, u64), StoreError> {
+    const TABLE: &str = "tasks";
+    Ok((
+        parsed::<TaskState>(TABLE, "state", &row.text("state")?)?,
+        unsigned(TABLE, "count", row.int("n")?)?,
+    ))
+}
+
+/// The record `create_job` inserted.
+pub(crate) fn created_job(job: &NewJob) -> JobRecord {
+    JobRecord {
+        id: job.id,
+        kind: job.kind.clone(),
+        spec_json: job.spec_json.clone(),
+        target_json: job.target_json.clone(),
+        status: JobStatus::Pending,
+        created_by: job.created_by.clone(),
+        idempotency_key: job.idempotency_key.clone(),
+        created_at_ms: job.created_at_ms,
+        updated_at_ms: job.created_at_ms,
+        finished_at_ms: None,
+        deadline_ms: job.deadline_ms,
+        cancel_requested: false,
+        last_seq: 0,
+        traceparent: job.traceparent.clone(),
+    }
+}
+
+/// `JobFilter::limit`, where 0 means the default.
+pub(crate) fn job_list_limit(limit: u32) -> i64 {
+    if limit == 0 { 50 } else { i64::from(limit) }
 }

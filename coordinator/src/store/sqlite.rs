@@ -6,25 +6,46 @@
 //! `SQLITE_BUSY` instead of waiting, and could act on a stale read. Other
 //! methods are single statements (`UPDATE … RETURNING`, `INSERT … ON
 //! CONFLICT DO NOTHING`), atomic on their own.
+//!
+//! The job methods lock nothing row by row: holding the write lock, a
+//! transaction is alone. Notifications only reach this process's
+//! subscribers (an SQLite store has one coordinator), and this process is
+//! always the leader.
 
 use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_common::identity::Role;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions,
+};
+use sqlx::{Executor, QueryBuilder};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::rows::{self, EmbeddedMigration};
+use super::engine::{self, JobTx, NewEvent};
+use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
-    AgentRecord, AuditEntry, Backend, JoinTokenRecord, NewAgent, OperatorRecord, Store, StoreError,
+    AgentRecord, AppendOutcome, AuditEntry, Backend, IncomingEvent, JobEventRecord, JobFilter,
+    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store,
+    StoreError, TaskRecord, Transition,
 };
+use crate::job::{TaskEvent, TaskState};
 
-pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-)];
+pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "jobs",
+        include_str!("../../../migrations/sqlite/0002_jobs.sql"),
+    ),
+];
 
 /// Writers wait this long for the write lock (another connection, or
 /// another process on the same file) before failing with `database is locked`.
@@ -33,8 +54,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Readers run concurrently under WAL; writers queue on SQLite's lock.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// Rows per multi-row statement: at most 10 parameters a row keeps a
+/// statement well below SQLite's limit of 32766 parameters.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Notifications a slow subscriber may lag behind before it misses some.
+const NOTIFICATION_BUFFER: usize = 1024;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    notifications: broadcast::Sender<Notification>,
 }
 
 impl SqliteStore {
@@ -59,7 +88,140 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         rows::migrator(MIGRATIONS).run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            notifications: broadcast::Sender::new(NOTIFICATION_BUFFER),
+        })
+    }
+
+    async fn fetch_tasks(
+        &self,
+        sql: &'static str,
+        id: Uuid,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::task)
+            .collect()
+    }
+}
+
+/// Ids as one parameter, a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[Uuid]) -> String {
+    serde_json::Value::Array(
+        ids.iter()
+            .map(|id| serde_json::Value::String(id.to_string()))
+            .collect(),
+    )
+    .to_string()
+}
+
+#[async_trait]
+impl JobTx for SqliteConnection {
+    async fn lock_tasks(&mut self, ids: &[Uuid]) -> Result<Vec<TaskRecord>, StoreError> {
+        sqlx::query("SELECT * FROM tasks WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id")
+            .bind(id_list(ids))
+            .fetch_all(&mut *self)
+            .await?
+            .iter()
+            .map(rows::task)
+            .collect()
+    }
+
+    async fn lock_jobs(&mut self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        sqlx::query("SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id")
+            .bind(id_list(ids))
+            .fetch_all(&mut *self)
+            .await?
+            .iter()
+            .map(rows::job)
+            .collect()
+    }
+
+    async fn count_task_states(
+        &mut self,
+        job_id: Uuid,
+    ) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        sqlx::query("SELECT state, count(*) AS n FROM tasks WHERE job_id = ? GROUP BY state")
+            .bind(job_id.to_string())
+            .fetch_all(&mut *self)
+            .await?
+            .iter()
+            .map(rows::state_count)
+            .collect()
+    }
+
+    async fn insert_events(&mut self, events: &[NewEvent]) -> Result<(), StoreError> {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO job_events (job_id, seq, at_ms, task_id, task_seq, body) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.job_id.to_string())
+                    .push_bind(sql_int(e.seq))
+                    .push_bind(e.at_ms)
+                    .push_bind(e.task_id.map(|id| id.to_string()))
+                    .push_bind(e.task_seq.map(sql_int))
+                    .push_bind(e.body.as_slice());
+            });
+            self.execute(insert.build()).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_tasks(&mut self, tasks: &[&TaskRecord]) -> Result<(), StoreError> {
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "WITH u (id, state, attempt, last_seq, assigned_by, started_at_ms, finished_at_ms, \
+                 message, result_json, updated_at_ms) AS (",
+            );
+            update.push_values(chunk, |mut row, t| {
+                row.push_bind(t.id.to_string())
+                    .push_bind(t.state.as_str())
+                    .push_bind(i64::from(t.attempt))
+                    .push_bind(sql_int(t.last_seq))
+                    .push_bind(t.assigned_by.as_deref())
+                    .push_bind(t.started_at_ms)
+                    .push_bind(t.finished_at_ms)
+                    .push_bind(t.message.as_str())
+                    .push_bind(t.result_json.as_deref())
+                    .push_bind(t.updated_at_ms);
+            });
+            update.push(
+                ") UPDATE tasks SET state = u.state, attempt = u.attempt, last_seq = u.last_seq, \
+                 assigned_by = u.assigned_by, started_at_ms = u.started_at_ms, \
+                 finished_at_ms = u.finished_at_ms, message = u.message, result_json = u.result_json, \
+                 updated_at_ms = u.updated_at_ms FROM u WHERE tasks.id = u.id",
+            );
+            self.execute(update.build()).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_jobs(&mut self, jobs: &[&JobRecord]) -> Result<(), StoreError> {
+        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "WITH u (id, status, updated_at_ms, finished_at_ms, cancel_requested, last_seq) AS (",
+            );
+            update.push_values(chunk, |mut row, j| {
+                row.push_bind(j.id.to_string())
+                    .push_bind(j.status.as_str())
+                    .push_bind(j.updated_at_ms)
+                    .push_bind(j.finished_at_ms)
+                    .push_bind(j.cancel_requested)
+                    .push_bind(sql_int(j.last_seq));
+            });
+            update.push(
+                ") UPDATE jobs SET status = u.status, updated_at_ms = u.updated_at_ms, \
+                 finished_at_ms = u.finished_at_ms, cancel_requested = u.cancel_requested, \
+                 last_seq = u.last_seq FROM u WHERE jobs.id = u.id",
+            );
+            self.execute(update.build()).await?;
+        }
+        Ok(())
     }
 }
 
@@ -378,5 +540,281 @@ impl Store for SqliteStore {
             .iter()
             .map(rows::audit_entry)
             .collect()
+    }
+
+    async fn create_job(
+        &self,
+        job: &NewJob,
+        tasks: &[NewTask],
+    ) -> Result<(JobRecord, bool), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let record = rows::created_job(job);
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, kind, spec_json, target_json, status, created_by, idempotency_key, \
+             created_at_ms, updated_at_ms, deadline_ms, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(record.id.to_string())
+        .bind(&record.kind)
+        .bind(&record.spec_json)
+        .bind(&record.target_json)
+        .bind(record.status.as_str())
+        .bind(&record.created_by)
+        .bind(&record.idempotency_key)
+        .bind(record.created_at_ms)
+        .bind(record.updated_at_ms)
+        .bind(record.deadline_ms)
+        .bind(&record.traceparent)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let existing = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = ?")
+                .bind(&record.idempotency_key)
+                .fetch_one(&mut *tx)
+                .await?;
+            return Ok((rows::job(&existing)?, false));
+        }
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tasks (id, job_id, agent_id, agent_name, state, updated_at_ms) ",
+            );
+            insert.push_values(chunk, |mut row, t| {
+                row.push_bind(t.id.to_string())
+                    .push_bind(record.id.to_string())
+                    .push_bind(t.agent_id.to_string())
+                    .push_bind(t.agent_name.as_str())
+                    .push_bind(TaskState::Pending.as_str())
+                    .push_bind(record.created_at_ms);
+            });
+            tx.execute(insert.build()).await?;
+        }
+        tx.commit().await?;
+        Ok((record, true))
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::job(&row))
+            .transpose()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR kind = ?2) \
+             AND (?3 IS NULL OR created_at_ms >= ?3) \
+             AND (?4 IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = jobs.id AND t.agent_name = ?4)) \
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?5",
+        )
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.kind.as_deref())
+        .bind(filter.since_ms)
+        .bind(filter.agent_name.as_deref())
+        .bind(rows::job_list_limit(filter.limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::job)
+        .collect()
+    }
+
+    async fn list_tasks(&self, job_id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        self.fetch_tasks(
+            "SELECT * FROM tasks WHERE job_id = ? ORDER BY agent_name, id",
+            job_id,
+        )
+        .await
+    }
+
+    async fn get_task(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self
+            .fetch_tasks("SELECT * FROM tasks WHERE id = ?", id)
+            .await?
+            .pop())
+    }
+
+    async fn active_tasks_for_agent(&self, agent_id: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        self.fetch_tasks(
+            "SELECT * FROM tasks WHERE state IN ('assigned', 'running') AND agent_id = ? ORDER BY id",
+            agent_id,
+        )
+        .await
+    }
+
+    async fn append_coordinator_event(
+        &self,
+        job_id: Uuid,
+        task_id: Option<Uuid>,
+        body: &[u8],
+        at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let seq = engine::append_coordinator_event(&mut *tx, job_id, task_id, body, at_ms).await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    async fn claim_pending_tasks(
+        &self,
+        agent_ids: &[Uuid],
+        coordinator_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(TaskRecord, JobRecord)>, StoreError> {
+        if agent_ids.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tasks = sqlx::query(
+            "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.state = 'pending' AND t.agent_id IN (SELECT value FROM json_each(?)) \
+             AND j.status IN ('pending', 'running') AND j.deadline_ms > ? \
+             ORDER BY j.created_at_ms, t.id LIMIT ?",
+        )
+        .bind(id_list(agent_ids))
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claimed = engine::claim(&mut *tx, tasks, coordinator_id, now_ms).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn transition_task(
+        &self,
+        task_id: Uuid,
+        event: TaskEvent,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<Option<Transition>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let transition = engine::transition(&mut *tx, task_id, event, message, now_ms).await?;
+        tx.commit().await?;
+        Ok(transition)
+    }
+
+    async fn append_agent_events(
+        &self,
+        events: &[IncomingEvent],
+        now_ms: i64,
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = engine::append_agent_events(&mut *tx, events, now_ms).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn job_events_after(
+        &self,
+        job_id: Uuid,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEventRecord>, StoreError> {
+        sqlx::query(
+            "SELECT e.job_id, e.seq, e.at_ms, e.task_id, e.task_seq, e.body, t.agent_name \
+             FROM job_events e LEFT JOIN tasks t ON t.id = e.task_id \
+             WHERE e.job_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+        )
+        .bind(job_id.to_string())
+        .bind(sql_int(after_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::job_event)
+        .collect()
+    }
+
+    async fn request_cancel(
+        &self,
+        job_id: Uuid,
+        now_ms: i64,
+    ) -> Result<(JobRecord, Vec<Transition>), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tasks = sqlx::query(
+            "SELECT * FROM tasks WHERE job_id = ? AND state IN ('pending', 'assigned', 'running', 'lost') \
+             ORDER BY id",
+        )
+        .bind(job_id.to_string())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        let cancelled = engine::request_cancel(&mut *tx, job_id, tasks, now_ms).await?;
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
+    async fn expire_overdue_tasks(&self, now_ms: i64) -> Result<Vec<Transition>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tasks = sqlx::query(
+            "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.state = 'pending' AND j.deadline_ms <= ? ORDER BY t.id",
+        )
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let transitions = engine::expire(&mut *tx, tasks, now_ms).await?;
+        tx.commit().await?;
+        Ok(transitions)
+    }
+
+    async fn mark_tasks_of_absent_agents_lost(
+        &self,
+        seen_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<Transition>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tasks = sqlx::query(
+            "SELECT t.*, a.last_seen_ms AS agent_last_seen_ms FROM tasks t JOIN agents a ON a.id = t.agent_id \
+             WHERE t.state IN ('assigned', 'running') AND a.last_seen_ms < ? ORDER BY t.id",
+        )
+        .bind(seen_before_ms)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::task_with_last_seen)
+        .collect::<Result<Vec<_>, _>>()?;
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let transitions = engine::mark_lost(&mut *tx, tasks, now_ms).await?;
+        tx.commit().await?;
+        Ok(transitions)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.notifications.subscribe()
+    }
+
+    async fn notify(&self, notification: Notification) -> Result<(), StoreError> {
+        // No subscriber is not an error: nobody needed to hear it.
+        let _ = self.notifications.send(notification);
+        Ok(())
+    }
+
+    async fn try_lead(&self) -> Result<bool, StoreError> {
+        Ok(true)
     }
 }

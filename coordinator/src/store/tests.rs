@@ -1,6 +1,8 @@
 //! The conformance suite against both backends, plus what only a real
 //! database shows: reopening, two coordinators starting at once, a failed
-//! migration, corrupt rows, equivalent schemas and unusable locations.
+//! migration, corrupt rows, equivalent schemas and unusable locations; and
+//! what several coordinators sharing a PostgreSQL store do to each other:
+//! claims, notifications, leadership.
 //!
 //! PostgreSQL tests each get a fresh database on the server named by
 //! `FERRY_TEST_DATABASE_URL` (`scripts/ensure-postgres.sh` provides one).
@@ -19,8 +21,10 @@ use uuid::Uuid;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::{
-    Backend, JoinTokenRecord, NewAgent, Store, StoreError, conformance, open, postgres, sqlite,
+    Backend, IncomingEvent, JobFilter, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
+    Store, StoreError, conformance, open, postgres, sqlite,
 };
+use crate::job::{Outcome, TaskEvent, TaskState};
 
 /// Rows no backend would write: an agent whose id is not a UUID and a token
 /// whose labels are not a JSON object.
@@ -386,4 +390,365 @@ async fn postgres_schema_matches_sqlite() {
         assert_eq!(lite_indexes, pg_indexes);
     })
     .await;
+}
+
+/// Enrolls `n` agents through `store` and submits `jobs` jobs with a task
+/// on each; returns the agents' ids and the tasks' ids.
+async fn agents_with_work(store: &dyn Store, n: usize, jobs: usize) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let hash = format!("hash-{i}");
+        store
+            .insert_join_token(&JoinTokenRecord {
+                token_hash: hash.clone(),
+                name: None,
+                labels: Default::default(),
+                created_by: "root".into(),
+                created_at_ms: 1,
+                expires_at_ms: i64::MAX,
+                used_at_ms: None,
+                used_by: None,
+            })
+            .await
+            .expect("insert token");
+        let agent = NewAgent {
+            id: Uuid::now_v7(),
+            name: format!("agent-{i}"),
+            hostname: format!("host-{i}"),
+            labels: Default::default(),
+            version: "0.1.0".into(),
+            cert_serial: format!("serial-{i}"),
+            cert_not_after_ms: i64::MAX,
+        };
+        agents.push(store.enroll_agent(&hash, 2, &agent).await.expect("enroll"));
+    }
+    let mut tasks = Vec::new();
+    for j in 0..jobs {
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            kind: "deploy".into(),
+            spec_json: "{}".into(),
+            target_json: "{}".into(),
+            created_by: "root".into(),
+            idempotency_key: None,
+            created_at_ms: 10 + j as i64,
+            deadline_ms: i64::MAX,
+            traceparent: String::new(),
+        };
+        let new_tasks: Vec<NewTask> = agents
+            .iter()
+            .map(|a| NewTask {
+                id: Uuid::now_v7(),
+                agent_id: a.id,
+                agent_name: a.name.clone(),
+            })
+            .collect();
+        tasks.extend(new_tasks.iter().map(|t| t.id));
+        store
+            .create_job(&job, &new_tasks)
+            .await
+            .expect("create job");
+    }
+    (agents.iter().map(|a| a.id).collect(), tasks)
+}
+
+/// Claims a few tasks at a time until none is left; returns each claimed
+/// task with its `assigned_by`.
+async fn drain(store: &PgStore, agents: &[Uuid], name: &str) -> Vec<(Uuid, Option<String>)> {
+    let mut claimed = Vec::new();
+    loop {
+        let batch = store
+            .claim_pending_tasks(agents, name, 100, 7)
+            .await
+            .expect("claim");
+        if batch.is_empty() {
+            return claimed;
+        }
+        claimed.extend(batch.into_iter().map(|(t, _)| (t.id, t.assigned_by)));
+    }
+}
+
+/// Two coordinators claiming the same agents' work at once, a few tasks
+/// at a time: every task is claimed, and by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_coordinators_never_claim_a_task_twice() {
+    with_fresh_database(|url| async move {
+        let (a, b) = (
+            PgStore::connect(&url).await.expect("first coordinator"),
+            PgStore::connect(&url).await.expect("second coordinator"),
+        );
+        let (agents, tasks) = agents_with_work(&a, 6, 40).await;
+        let (by_a, by_b) =
+            tokio::join!(drain(&a, &agents, "coord-a"), drain(&b, &agents, "coord-b"));
+        assert!(
+            !by_a.is_empty() && !by_b.is_empty(),
+            "both coordinators got work: {} and {}",
+            by_a.len(),
+            by_b.len()
+        );
+        let mut all: Vec<Uuid> = by_a.iter().chain(&by_b).map(|(id, _)| *id).collect();
+        all.sort();
+        let mut expected = tasks.clone();
+        expected.sort();
+        assert_eq!(all, expected, "every task claimed exactly once");
+        for (id, by) in by_a.iter().chain(&by_b) {
+            let task = a.get_task(*id).await.expect("get").expect("exists");
+            assert_eq!(task.state, TaskState::Assigned);
+            assert_eq!(task.attempt, 1, "claimed once");
+            assert_eq!(&task.assigned_by, by);
+        }
+    })
+    .await;
+}
+
+/// One coordinator claims work and stores its agents' events while another
+/// cancels the jobs and sweeps for absent agents, on the same rows: no
+/// transaction deadlocks or fails, and the event log stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writers_do_not_deadlock() {
+    with_fresh_database(|url| async move {
+        let (a, b) = (
+            PgStore::connect(&url).await.expect("first coordinator"),
+            PgStore::connect(&url).await.expect("second coordinator"),
+        );
+        let (agents, _) = agents_with_work(&a, 5, 12).await;
+        let jobs: Vec<Uuid> = a
+            .list_jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        let work = async {
+            let mut seqs = std::collections::HashMap::<Uuid, u64>::new();
+            loop {
+                let claimed = a
+                    .claim_pending_tasks(&agents, "coord-a", 100, 4)
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    return;
+                }
+                let mut batch = Vec::new();
+                for (task, _) in &claimed {
+                    for _ in 0..3 {
+                        let seq = seqs.entry(task.id).or_default();
+                        *seq += 1;
+                        batch.push(IncomingEvent {
+                            task_id: task.id,
+                            attempt: task.attempt,
+                            seq: *seq,
+                            at_ms: 100,
+                            body: vec![1, 2, 3],
+                            machine_event: if *seq == 3 {
+                                TaskEvent::Finished(Outcome::Succeeded)
+                            } else {
+                                TaskEvent::Reported
+                            },
+                            message: None,
+                            result_json: None,
+                        });
+                    }
+                }
+                a.append_agent_events(&batch, 100).await.expect("append");
+            }
+        };
+        let interfere = async {
+            for (i, job) in jobs.iter().enumerate() {
+                if i % 2 == 0 {
+                    b.request_cancel(*job, 100).await.expect("cancel");
+                }
+                b.mark_tasks_of_absent_agents_lost(50, 100)
+                    .await
+                    .expect("mark lost");
+                b.append_coordinator_event(*job, None, b"note", 100)
+                    .await
+                    .expect("coordinator event");
+            }
+        };
+        tokio::join!(work, interfere);
+        for job in jobs {
+            let events = a.job_events_after(job, 0, 10_000).await.expect("events");
+            let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+            for task in a.list_tasks(job).await.expect("tasks") {
+                let stored: Vec<u64> = events
+                    .iter()
+                    .filter(|e| e.task_id == Some(task.id))
+                    .filter_map(|e| e.task_seq)
+                    .collect();
+                assert_eq!(stored, (1..=task.last_seq).collect::<Vec<_>>());
+            }
+        }
+    })
+    .await;
+}
+
+async fn receive(rx: &mut tokio::sync::broadcast::Receiver<Notification>) -> Option<Notification> {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .ok()
+        .map(|received| received.expect("receive"))
+}
+
+/// A notification on one coordinator reaches the subscribers of another,
+/// and of itself; after the listener's connection is killed, it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifications_reach_other_coordinators() {
+    with_fresh_database(|url| async move {
+        let (a, b) = (
+            PgStore::connect(&url).await.expect("first coordinator"),
+            PgStore::connect(&url).await.expect("second coordinator"),
+        );
+        let (mut on_a, mut on_b) = (a.subscribe(), b.subscribe());
+        let job = Uuid::now_v7();
+        a.notify(Notification::JobSubmitted(job))
+            .await
+            .expect("notify");
+        assert_eq!(
+            receive(&mut on_b).await,
+            Some(Notification::JobSubmitted(job))
+        );
+        assert_eq!(
+            receive(&mut on_a).await,
+            Some(Notification::JobSubmitted(job))
+        );
+        let (task, agent) = (Uuid::now_v7(), Uuid::now_v7());
+        b.notify(Notification::CancelTask { task, agent })
+            .await
+            .expect("notify");
+        assert_eq!(
+            receive(&mut on_a).await,
+            Some(Notification::CancelTask { task, agent })
+        );
+
+        // Kill both listeners' connections: they reconnect and listen again.
+        let mut raw = PgConnection::connect(&url).await.expect("raw connection");
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_all(&mut raw)
+        .await
+        .expect("terminate listeners");
+        assert_eq!(killed, vec![true, true]);
+        // Notifications sent while a listener is away are lost: send until
+        // one arrives.
+        let again = Uuid::now_v7();
+        let heard = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                b.notify(Notification::JobEvents(again))
+                    .await
+                    .expect("notify");
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(200), on_a.recv()).await
+                {
+                    return n;
+                }
+            }
+        })
+        .await
+        .expect("the listener came back");
+        assert_eq!(heard, Notification::JobEvents(again));
+    })
+    .await;
+}
+
+/// Dropping a store ends its listener: subscribers see the channel close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dropped_store_stops_listening() {
+    with_fresh_database(|url| async move {
+        let store = PgStore::connect(&url).await.expect("connect");
+        let mut rx = store.subscribe();
+        drop(store);
+        let closed = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the listener task ended");
+        assert!(
+            matches!(
+                closed,
+                Err(tokio::sync::broadcast::error::RecvError::Closed)
+            ),
+            "{closed:?}"
+        );
+        // Its connection goes too.
+        let mut raw = PgConnection::connect(&url).await.expect("raw connection");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_one(&mut raw)
+            .await
+            .expect("count listeners");
+            if listening == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the listener's connection stays open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Of two coordinators exactly one leads; when it goes, the other takes
+/// over. A leader whose lock connection is killed leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_leader_at_a_time() {
+    with_fresh_database(|url| async move {
+        let (a, b) = (
+            PgStore::connect(&url).await.expect("first coordinator"),
+            PgStore::connect(&url).await.expect("second coordinator"),
+        );
+        let (x, y) = tokio::join!(a.try_lead(), b.try_lead());
+        let (x, y) = (x.expect("a tries"), y.expect("b tries"));
+        assert!(x ^ y, "exactly one leads: {x} {y}");
+        let (leader, other) = if x { (a, b) } else { (b, a) };
+        assert!(leader.try_lead().await.expect("leader again"));
+        assert!(!other.try_lead().await.expect("other again"));
+
+        // The lock's connection dies: the leader reconnects and leads again
+        // (nobody else took the lock meanwhile).
+        let mut raw = PgConnection::connect(&url).await.expect("raw connection");
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted",
+        )
+        .fetch_all(&mut raw)
+        .await
+        .expect("terminate the leader's lock connection");
+        assert_eq!(killed, vec![true]);
+        assert!(leader.try_lead().await.expect("leader after reconnecting"));
+        assert!(!other.try_lead().await.expect("other"));
+
+        drop(leader);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !other.try_lead().await.expect("other tries") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the other coordinator never took over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_always_leads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("ferry.db"))
+        .await
+        .expect("open");
+    assert!(store.try_lead().await.expect("try lead"));
+    let mut rx = store.subscribe();
+    drop(store);
+    assert!(matches!(
+        rx.recv().await,
+        Err(tokio::sync::broadcast::error::RecvError::Closed)
+    ));
 }
