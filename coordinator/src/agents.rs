@@ -262,12 +262,19 @@ impl Core {
                 let health: HostHealth = hb.health.unwrap_or_default().into();
                 let json =
                     serde_json::to_string(&health).map_err(|e| Status::internal(e.to_string()))?;
-                self.store
-                    .agent_heartbeat(agent.id, now_ms(), &json)
-                    .await
-                    .map_err(|e| Status::from(CoordinatorError::from(e)))?;
-                // Another coordinator sharing the store may have revoked it.
-                self.check_agent(agent.id).await.map_err(Status::from)?;
+                // Buffered: the scheduler's tick writes every agent's latest
+                // heartbeat in one transaction.
+                self.heartbeats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        agent.id,
+                        crate::store::Heartbeat {
+                            id: agent.id,
+                            seen_ms: now_ms(),
+                            health_json: Some(json),
+                        },
+                    );
                 Ok(())
             }
             Some(pb::agent_message::Msg::TaskEvent(event)) => self

@@ -29,6 +29,10 @@ pub struct Core {
     /// Open trace spans of jobs and tasks this process started, by job or
     /// task id; each ends when its job or task does.
     pub spans: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, tracing::Span>>,
+    /// Heartbeats received since the last flush, latest per agent; written
+    /// to the store in one batch per tick (see `scheduler::start`).
+    pub heartbeats:
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, crate::store::Heartbeat>>,
 }
 
 impl Core {

@@ -121,6 +121,7 @@ pub async fn serve(
     let core = Arc::new(Core {
         ingest,
         spans: Default::default(),
+        heartbeats: Default::default(),
         coordinator_id: format!(
             "{}-{}",
             ferry_common::host::hostname(),

@@ -443,6 +443,40 @@ impl Core {
         Ok(())
     }
 
+    /// Writes the buffered heartbeats, and the live sessions' last-seen time
+    /// (a connected agent is seen even between heartbeats).
+    async fn flush_heartbeats(&self) -> Result<(), StoreError> {
+        let beats: Vec<_> =
+            std::mem::take(&mut *self.heartbeats.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_values()
+                .collect();
+        if let Err(e) = self.store.record_heartbeats(&beats).await {
+            // Keep them for the next tick, unless newer ones arrived.
+            let mut pending = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+            for b in beats {
+                pending.entry(b.id).or_insert(b);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ends local sessions of agents revoked elsewhere, in case the
+    /// notification was missed.
+    async fn sweep_revoked(&self) -> Result<(), StoreError> {
+        let connected = self.sessions.connected();
+        if connected.is_empty() {
+            return Ok(());
+        }
+        for agent in self.store.list_agents().await? {
+            if agent.revoked_at_ms.is_some() && connected.contains(&agent.id) {
+                self.on_notification(Notification::AgentRevoked(agent.id))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn on_notification(&self, n: Notification) -> Result<(), StoreError> {
         match n {
             Notification::JobSubmitted(_) => self.dispatch(&self.sessions.connected()).await,
@@ -523,12 +557,22 @@ pub fn start(core: &Arc<Core>, mut ingest_rx: mpsc::Receiver<Inbound>) {
     // The tick: pending work for local agents, and the leader's duties.
     let c = Arc::clone(core);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(TICK);
+        let mut ticker = tokio::time::interval(TICK.min(c.config.heartbeat_interval));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = c.shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
+            }
+            ticks += 1;
+            if let Err(e) = c.flush_heartbeats().await {
+                tracing::warn!(error = %e, "could not record heartbeats");
+            }
+            if ticks.is_multiple_of(20)
+                && let Err(e) = c.sweep_revoked().await
+            {
+                tracing::warn!(error = %e, "revocation sweep failed");
             }
             if let Err(e) = c.dispatch(&c.sessions.connected()).await {
                 tracing::warn!(error = %e, "dispatch failed");

@@ -18,9 +18,9 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AgentRecord, AuditEntry, Backend, IncomingEvent, JobEventRecord, JobFilter, JobRecord,
-    JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store, StoreError,
-    TaskRecord,
+    AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord, JobFilter,
+    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store,
+    StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -416,13 +416,40 @@ async fn agent_sessions(store: &dyn Store, tag: &str) {
     assert_eq!(connected.last_seen_ms, NOW + 100);
 
     let health = r#"{"docker_ok":true,"disk_free_bytes":1234567890}"#;
+    let beat = |seen_ms, health_json: Option<&str>| Heartbeat {
+        id,
+        seen_ms,
+        health_json: health_json.map(str::to_string),
+    };
     store
-        .agent_heartbeat(id, NOW + 130, health)
+        .record_heartbeats(&[
+            beat(NOW + 130, Some(health)),
+            Heartbeat {
+                id: Uuid::now_v7(),
+                seen_ms: NOW,
+                health_json: None,
+            },
+        ])
         .await
-        .expect("heartbeat");
+        .expect("heartbeats, an unknown agent among them");
     let beating = agent(store, id).await;
     assert_eq!(beating.last_seen_ms, NOW + 130);
     assert_eq!(beating.health_json.as_deref(), Some(health));
+    store
+        .record_heartbeats(&[beat(NOW + 120, None)])
+        .await
+        .expect("a late heartbeat");
+    let kept = agent(store, id).await;
+    assert_eq!(
+        kept.last_seen_ms,
+        NOW + 130,
+        "last_seen never moves backwards"
+    );
+    assert_eq!(
+        kept.health_json.as_deref(),
+        Some(health),
+        "no health keeps the last one"
+    );
 
     // A late close from a coordinator the agent has left must not clear
     // the session it now holds on coord-a.
@@ -468,7 +495,6 @@ async fn agent_sessions(store: &dyn Store, tag: &str) {
         store
             .agent_connected(nobody, "coord-a", "0.2.0", "h", NOW)
             .await,
-        store.agent_heartbeat(nobody, NOW, "{}").await,
         store.agent_cert_renewed(nobody, "s", NOW).await,
     ];
     for result in results {

@@ -67,6 +67,14 @@ pub struct AgentRecord {
     pub health_json: Option<String>,
 }
 
+/// One agent's latest heartbeat, as flushed to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub id: Uuid,
+    pub seen_ms: i64,
+    pub health_json: Option<String>,
+}
+
 /// What enrollment inserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAgent {
@@ -200,12 +208,11 @@ pub trait Store: Send + Sync + 'static {
         hostname: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    async fn agent_heartbeat(
-        &self,
-        id: Uuid,
-        now_ms: i64,
-        health_json: &str,
-    ) -> Result<(), StoreError>;
+    /// Records a batch of heartbeats in one transaction: `last_seen_ms`
+    /// (never moved backwards) and, when given, `health_json`. Unknown ids
+    /// are ignored: heartbeats are buffered and flushed in batches, so the
+    /// agent may be gone by then.
+    async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<(), StoreError>;
     /// A session closed; clears `connected_to` only if it is still
     /// `coordinator_id` (the agent may already be on another coordinator).
     async fn agent_disconnected(

@@ -33,9 +33,9 @@ use uuid::Uuid;
 use super::engine::{self, JobTx, NOTIFY_CHANNEL, NewEvent};
 use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
-    AgentRecord, AppendOutcome, AuditEntry, Backend, IncomingEvent, JobEventRecord, JobFilter,
-    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store,
-    StoreError, TaskRecord, Transition,
+    AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord,
+    JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
+    Store, StoreError, TaskRecord, Transition,
 };
 use crate::job::{TaskEvent, TaskState};
 
@@ -529,21 +529,28 @@ impl Store for PgStore {
         rows::agent_found(updated, id)
     }
 
-    async fn agent_heartbeat(
-        &self,
-        id: Uuid,
-        now_ms: i64,
-        health_json: &str,
-    ) -> Result<(), StoreError> {
-        let updated =
-            sqlx::query("UPDATE agents SET last_seen_ms = $1, health_json = $2 WHERE id = $3")
-                .bind(now_ms)
-                .bind(health_json)
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        rows::agent_found(updated, id)
+    async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = beats.iter().map(|b| b.id.to_string()).collect();
+        let seen: Vec<i64> = beats.iter().map(|b| b.seen_ms).collect();
+        let health: Vec<Option<String>> = beats.iter().map(|b| b.health_json.clone()).collect();
+        // One statement for the whole batch; sorted by id so concurrent
+        // flushes from several coordinators lock rows in the same order.
+        sqlx::query(
+            "UPDATE agents AS a SET last_seen_ms = greatest(a.last_seen_ms, b.seen), \
+             health_json = coalesce(b.health, a.health_json) \
+             FROM (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+                   AS t(id, seen, health) ORDER BY id) AS b \
+             WHERE a.id = b.id",
+        )
+        .bind(&ids)
+        .bind(&seen)
+        .bind(&health)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn agent_disconnected(

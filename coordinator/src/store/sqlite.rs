@@ -28,9 +28,9 @@ use uuid::Uuid;
 use super::engine::{self, JobTx, NewEvent};
 use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
-    AgentRecord, AppendOutcome, AuditEntry, Backend, IncomingEvent, JobEventRecord, JobFilter,
-    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store,
-    StoreError, TaskRecord, Transition,
+    AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord,
+    JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
+    Store, StoreError, TaskRecord, Transition,
 };
 use crate::job::{TaskEvent, TaskState};
 
@@ -400,21 +400,24 @@ impl Store for SqliteStore {
         rows::agent_found(updated, id)
     }
 
-    async fn agent_heartbeat(
-        &self,
-        id: Uuid,
-        now_ms: i64,
-        health_json: &str,
-    ) -> Result<(), StoreError> {
-        let updated =
-            sqlx::query("UPDATE agents SET last_seen_ms = ?, health_json = ? WHERE id = ?")
-                .bind(now_ms)
-                .bind(health_json)
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        rows::agent_found(updated, id)
+    async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for b in beats {
+            sqlx::query(
+                "UPDATE agents SET last_seen_ms = max(last_seen_ms, ?), \
+                 health_json = coalesce(?, health_json) WHERE id = ?",
+            )
+            .bind(b.seen_ms)
+            .bind(b.health_json.as_deref())
+            .bind(b.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn agent_disconnected(
