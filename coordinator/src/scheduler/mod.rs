@@ -191,28 +191,28 @@ impl Core {
         }
         self.keep_span(record.id, span);
         let offline_after = self.config.offline_after.as_millis() as i64;
-        for (task, agent) in tasks.iter().zip(&targets) {
-            let online = self.sessions.is_online(agent.id)
-                || (agent.connected_to.is_some() && now - agent.last_seen_ms <= offline_after);
-            let message = if online {
-                format!("queued for agent {}", agent.name)
-            } else {
-                format!(
-                    "waiting for agent {} (offline, last seen {}); runs when it reconnects, until {}",
-                    agent.name,
-                    ferry_common::time::ago(agent.last_seen_ms, now),
-                    ferry_common::time::rfc3339_ms(job.deadline_ms)
-                )
-            };
-            self.store
-                .append_coordinator_event(
-                    record.id,
-                    Some(task.id),
-                    &state_body("pending", message),
-                    now,
-                )
-                .await?;
-        }
+        let notes: Vec<(Option<Uuid>, Vec<u8>)> = tasks
+            .iter()
+            .zip(&targets)
+            .map(|(task, agent)| {
+                let online = self.sessions.is_online(agent.id)
+                    || (agent.connected_to.is_some() && now - agent.last_seen_ms <= offline_after);
+                let message = if online {
+                    format!("queued for agent {}", agent.name)
+                } else {
+                    format!(
+                        "waiting for agent {} (offline, last seen {}); runs when it reconnects, until {}",
+                        agent.name,
+                        ferry_common::time::ago(agent.last_seen_ms, now),
+                        ferry_common::time::rfc3339_ms(job.deadline_ms)
+                    )
+                };
+                (Some(task.id), state_body("pending", message))
+            })
+            .collect();
+        self.store
+            .append_coordinator_events(record.id, &notes, now)
+            .await?;
         self.audit(
             actor,
             "job.submit",

@@ -428,16 +428,18 @@ impl Work {
     }
 }
 
-/// `append_coordinator_event`.
-pub(crate) async fn append_coordinator_event<T: JobTx + ?Sized>(
+/// `append_coordinator_events`.
+pub(crate) async fn append_coordinator_events<T: JobTx + ?Sized>(
     tx: &mut T,
     job_id: Uuid,
-    task_id: Option<Uuid>,
-    body: &[u8],
+    events: &[(Option<Uuid>, Vec<u8>)],
     at_ms: i64,
 ) -> Result<u64, StoreError> {
     let mut work = Work::begin(tx, Vec::new(), &[job_id], at_ms).await?;
-    let seq = work.push_event(job_id, task_id, None, at_ms, body.to_vec())?;
+    let mut seq = 0;
+    for (task_id, body) in events {
+        seq = work.push_event(job_id, *task_id, None, at_ms, body.clone())?;
+    }
     work.flush(tx).await?;
     Ok(seq)
 }

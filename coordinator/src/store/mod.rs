@@ -279,6 +279,18 @@ pub trait Store: Send + Sync + 'static {
         task_id: Option<Uuid>,
         body: &[u8],
         at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.append_coordinator_events(job_id, &[(task_id, body.to_vec())], at_ms)
+            .await
+    }
+
+    /// Appends several such events in one transaction, in order; returns
+    /// the last one's seq (0 if `events` is empty).
+    async fn append_coordinator_events(
+        &self,
+        job_id: Uuid,
+        events: &[(Option<Uuid>, Vec<u8>)],
+        at_ms: i64,
     ) -> Result<u64, StoreError>;
 
     /// Claims up to `limit` `pending` tasks of these agents whose job is

@@ -791,15 +791,14 @@ impl Store for PgStore {
         .await
     }
 
-    async fn append_coordinator_event(
+    async fn append_coordinator_events(
         &self,
         job_id: Uuid,
-        task_id: Option<Uuid>,
-        body: &[u8],
+        events: &[(Option<Uuid>, Vec<u8>)],
         at_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin_job_tx().await?;
-        let seq = engine::append_coordinator_event(&mut *tx, job_id, task_id, body, at_ms).await?;
+        let seq = engine::append_coordinator_events(&mut *tx, job_id, events, at_ms).await?;
         tx.commit().await?;
         Ok(seq)
     }
