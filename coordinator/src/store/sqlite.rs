@@ -670,21 +670,32 @@ impl Store for SqliteStore {
         if agent_ids.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let tasks = sqlx::query(
-            "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
+        let select = "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
              WHERE t.state = 'pending' AND t.agent_id IN (SELECT value FROM json_each(?)) \
              AND j.status IN ('pending', 'running') AND j.deadline_ms > ? \
-             ORDER BY j.created_at_ms, t.id LIMIT ?",
-        )
-        .bind(id_list(agent_ids))
-        .bind(now_ms)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(rows::task)
-        .collect::<Result<Vec<_>, _>>()?;
+             ORDER BY j.created_at_ms, t.id LIMIT ?";
+        let ids = id_list(agent_ids);
+        // Most calls find nothing: look first without SQLite's one write
+        // lock, which every other writer would queue behind.
+        let any = sqlx::query(select)
+            .bind(&ids)
+            .bind(now_ms)
+            .bind(1i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tasks = sqlx::query(select)
+            .bind(&ids)
+            .bind(now_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(rows::task)
+            .collect::<Result<Vec<_>, _>>()?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
