@@ -38,6 +38,32 @@ pub struct AgentConfig {
     /// Tasks run at once (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_tasks: Option<usize>,
+    /// Blue-green deploys: where the per-service nginx upstream include
+    /// files live, and how to reload nginx. Host configuration, not part of
+    /// the app file: operators who deploy must not choose host commands.
+    #[serde(default)]
+    pub nginx: NginxConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NginxConfig {
+    pub upstream_dir: PathBuf,
+    pub reload_command: Vec<String>,
+    /// How long the old container keeps serving after the switch, for
+    /// requests already in flight.
+    #[serde(with = "ferry_common::time::serde_duration")]
+    pub drain: std::time::Duration,
+}
+
+impl Default for NginxConfig {
+    fn default() -> Self {
+        NginxConfig {
+            upstream_dir: PathBuf::from("/etc/nginx/ferry"),
+            reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
+            drain: std::time::Duration::from_secs(2),
+        }
+    }
 }
 
 fn default_docker_socket() -> String {
@@ -101,6 +127,18 @@ impl AgentConfig {
         }
         if let Some(sock) = env.get("FERRY_DOCKER_SOCKET").filter(|v| !v.is_empty()) {
             self.docker_socket = sock.clone();
+        }
+        if let Some(dir) = env
+            .get("FERRY_NGINX_UPSTREAM_DIR")
+            .filter(|v| !v.is_empty())
+        {
+            self.nginx.upstream_dir = PathBuf::from(dir);
+        }
+        if let Some(cmd) = env
+            .get("FERRY_NGINX_RELOAD")
+            .filter(|v| !v.trim().is_empty())
+        {
+            self.nginx.reload_command = cmd.split_whitespace().map(str::to_string).collect();
         }
     }
 }
@@ -172,6 +210,7 @@ mod tests {
             docker_socket: default_docker_socket(),
             disk_paths: vec![],
             max_concurrent_tasks: None,
+            nginx: NginxConfig::default(),
         }
     }
 

@@ -12,6 +12,15 @@ use sqlx::Connection;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A Docker client on the engine's unix socket (connecting is lazy: this
+/// fails only for a malformed path).
+pub fn connect_docker(socket: &str) -> Result<Docker, String> {
+    // Pulls and health gates can be slow; per-call timeouts are applied by
+    // the callers that need them.
+    Docker::connect_with_unix(socket, 600, bollard::API_DEFAULT_VERSION)
+        .map_err(|e| format!("{socket}: {e}"))
+}
+
 pub struct HealthProbe {
     docker: Result<Docker, String>,
     postgres_url: Option<String>,
@@ -24,12 +33,7 @@ impl HealthProbe {
         postgres_url: Option<String>,
         disk_paths: Vec<PathBuf>,
     ) -> Self {
-        let docker = Docker::connect_with_unix(
-            docker_socket,
-            PROBE_TIMEOUT.as_secs(),
-            bollard::API_DEFAULT_VERSION,
-        )
-        .map_err(|e| format!("{docker_socket}: {e}"));
+        let docker = connect_docker(docker_socket);
         HealthProbe {
             docker,
             postgres_url,

@@ -13,8 +13,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::config::NginxConfig;
 use crate::executor::{self, TaskFailure};
 use crate::health::HealthProbe;
+
+/// What executors need from the host besides the task itself.
+pub struct HostEnv {
+    pub docker: Result<bollard::Docker, String>,
+    pub nginx: NginxConfig,
+}
+
+impl HostEnv {
+    /// The Docker engine, or why it cannot be used.
+    pub fn docker(&self) -> Result<&bollard::Docker, TaskFailure> {
+        self.docker
+            .as_ref()
+            .map_err(|e| TaskFailure::Failed(format!("the Docker engine is unreachable: {e}")))
+    }
+}
 use crate::spool::{Spool, TaskMeta};
 
 /// What an executor uses to report and to notice cancellation.
@@ -25,6 +41,9 @@ pub struct TaskContext {
     pub attempt: u32,
     pub cancel: CancellationToken,
     pub probe: Arc<HealthProbe>,
+    pub host: Arc<HostEnv>,
+    /// Secret values sent with the task; memory only.
+    pub secrets: Arc<std::collections::BTreeMap<String, String>>,
     /// Agent clock minus coordinator clock, from the latest Welcome.
     pub clock_offset_ms: i64,
     spool: Arc<Spool>,
@@ -77,6 +96,22 @@ impl TaskContext {
         }));
     }
 
+    /// Progress in bytes (e.g. an image pull); the percentage follows.
+    pub fn progress_bytes(&self, step: &str, done: u64, total: u64, message: &str) {
+        let percent = if total > 0 {
+            done as f64 * 100.0 / total as f64
+        } else {
+            -1.0
+        };
+        self.emit(pb::event_body::Body::Progress(pb::Progress {
+            step: step.into(),
+            percent,
+            bytes_done: done,
+            bytes_total: total,
+            message: message.into(),
+        }));
+    }
+
     pub fn progress(&self, step: &str, percent: f64, message: &str) {
         self.emit(pb::event_body::Body::Progress(pb::Progress {
             step: step.into(),
@@ -95,16 +130,23 @@ struct Running {
 pub struct Runner {
     spool: Arc<Spool>,
     probe: Arc<HealthProbe>,
+    host: Arc<HostEnv>,
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<Uuid, Running>>,
     clock_offset_ms: AtomicI64,
 }
 
 impl Runner {
-    pub fn new(spool: Arc<Spool>, probe: Arc<HealthProbe>, limit: usize) -> Arc<Self> {
+    pub fn new(
+        spool: Arc<Spool>,
+        probe: Arc<HealthProbe>,
+        host: Arc<HostEnv>,
+        limit: usize,
+    ) -> Arc<Self> {
         Arc::new(Runner {
             spool,
             probe,
+            host,
             slots: Arc::new(Semaphore::new(limit.max(1))),
             running: Mutex::new(HashMap::new()),
             clock_offset_ms: AtomicI64::new(0),
@@ -174,6 +216,8 @@ impl Runner {
             attempt: assign.attempt,
             cancel,
             probe: Arc::clone(&self.probe),
+            host: Arc::clone(&self.host),
+            secrets: Arc::new(task.secrets.clone().into_iter().collect()),
             clock_offset_ms: self.clock_offset_ms.load(Ordering::Relaxed),
             spool: Arc::clone(&self.spool),
             span: span.clone(),

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use crate::config::{AgentConfig, Identity};
 use crate::error::AgentError;
 use crate::health::HealthProbe;
-use crate::runner::Runner;
+use crate::runner::{HostEnv, Runner};
 use crate::spool::Spool;
 
 /// Tasks an agent runs at once unless `max_concurrent_tasks` says otherwise.
@@ -62,9 +62,14 @@ impl Agent {
             disk_paths,
         ));
         let spool = Arc::new(Spool::open(state_dir)?);
+        let host = Arc::new(HostEnv {
+            docker: crate::health::connect_docker(&config.docker_socket),
+            nginx: config.nginx.clone(),
+        });
         let runner = Runner::new(
             spool,
             Arc::clone(&probe),
+            host,
             config.max_concurrent_tasks.unwrap_or(DEFAULT_TASK_LIMIT),
         );
         Ok(Agent {

@@ -50,15 +50,18 @@ pub enum JobKind {
     Probe,
     /// HTTP checks from the host (status, body, latency), retried until healthy.
     Smoke,
+    /// Start a release of an app's services on the host's Docker engine.
+    Deploy,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Probe, JobKind::Smoke];
+    pub const ALL: [JobKind; 3] = [JobKind::Probe, JobKind::Smoke, JobKind::Deploy];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Probe => "probe",
             JobKind::Smoke => "smoke",
+            JobKind::Deploy => "deploy",
         }
     }
 }
@@ -168,11 +171,176 @@ impl SmokeSpec {
     }
 }
 
+/// `deploy`'s spec: one release of an app's services on one host, as the
+/// coordinator resolved it from the app file. Secret values are not in
+/// it: they travel only in `Assign.task.secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub app: String,
+    pub env: String,
+    /// The release (version) being deployed, e.g. "1.4.2".
+    pub release: String,
+    pub services: Vec<ServiceDeploy>,
+}
+
+/// One service of a [`DeploySpec`], fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDeploy {
+    pub name: String,
+    pub image: String,
+    pub pull: PullPolicy,
+    /// Names of the secrets holding registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secrets injected as environment variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    pub restart: RestartPolicy,
+    pub health: HealthGate,
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    Always,
+    IfMissing,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username_secret: String,
+    pub password_secret: String,
+}
+
+/// A container port; `host` publishes it on a fixed host port (recreate only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub container: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+}
+
+/// A named volume (`<app>-<env>-<name>` on the host) mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub name: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop the old container, start the new one (what compose does).
+    Recreate,
+    /// Start the new one beside the old, gate on health, switch nginx, stop the old.
+    BlueGreen,
+}
+
+/// When a new container counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthGate {
+    pub check: HealthCheck,
+    #[serde(with = "crate::time::serde_duration")]
+    pub interval: std::time::Duration,
+    #[serde(with = "crate::time::serde_duration")]
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheck {
+    /// `GET path` on the first container port answers 2xx.
+    Http { path: String },
+    /// The image's own Docker HEALTHCHECK reports healthy.
+    Docker,
+    /// Still running, without restarts, after this long (workers).
+    RunningFor(#[serde(with = "crate::time::serde_duration")] std::time::Duration),
+}
+
+impl ServiceDeploy {
+    /// The port health checks and blue-green switching use.
+    pub fn http_port(&self) -> Option<u16> {
+        self.ports.first().map(|p| p.container)
+    }
+}
+
+/// Docker names and labels of an app's objects on a host. Every name
+/// carries app and env, so environments of one app share a host safely.
+pub mod naming {
+    pub const LABEL_APP: &str = "ferry.app";
+    pub const LABEL_ENV: &str = "ferry.env";
+    pub const LABEL_SERVICE: &str = "ferry.service";
+    pub const LABEL_RELEASE: &str = "ferry.release";
+
+    pub fn container(app: &str, env: &str, service: &str, release: &str) -> String {
+        // Docker names allow [a-zA-Z0-9_.-]; versions may carry '+'.
+        let release: String = release
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{app}-{env}-{service}-{release}")
+    }
+
+    pub fn network(app: &str, env: &str) -> String {
+        format!("{app}-{env}")
+    }
+
+    pub fn volume(app: &str, env: &str, name: &str) -> String {
+        format!("{app}-{env}-{name}")
+    }
+
+    /// The nginx upstream include file of a blue-green service.
+    pub fn upstream_file(app: &str, env: &str, service: &str) -> String {
+        format!("{app}-{env}-{service}.conf")
+    }
+}
+
 /// A job's typed spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum JobSpec {
     Probe(ProbeSpec),
     Smoke(SmokeSpec),
+    Deploy(DeploySpec),
 }
 
 impl JobSpec {
@@ -194,6 +362,14 @@ impl JobSpec {
                 spec.validate()?;
                 Ok(JobSpec::Smoke(spec))
             }
+            JobKind::Deploy => {
+                let spec: DeploySpec =
+                    serde_json::from_str(json).map_err(|e| format!("deploy spec: {e}"))?;
+                if spec.services.is_empty() {
+                    return Err("deploy spec: services: at least one service is required".into());
+                }
+                Ok(JobSpec::Deploy(spec))
+            }
         }
     }
 
@@ -201,6 +377,7 @@ impl JobSpec {
         match self {
             JobSpec::Probe(_) => JobKind::Probe,
             JobSpec::Smoke(_) => JobKind::Smoke,
+            JobSpec::Deploy(_) => JobKind::Deploy,
         }
     }
 
@@ -208,6 +385,7 @@ impl JobSpec {
         let json = match self {
             JobSpec::Probe(s) => serde_json::to_string(s),
             JobSpec::Smoke(s) => serde_json::to_string(s),
+            JobSpec::Deploy(s) => serde_json::to_string(s),
         };
         json.unwrap_or_else(|_| "{}".into())
     }

@@ -9,8 +9,10 @@
 //! - [`postgres`]: a fresh database on the test PostgreSQL server.
 //! - [`proxy`]: a TCP proxy a test can cut, to break agents' connections.
 //! - [`http`]: a service for smoke checks that is unhealthy until told otherwise.
+//! - [`docker`]: images built from scratch, and cleanup of what tests deployed.
 //! - [`otlp`]: an OTLP trace receiver, to check the spans a test exports.
 
+pub mod docker;
 pub mod http;
 pub mod otlp;
 pub mod proxy;
@@ -438,9 +440,13 @@ pub struct EnrolledAgent {
 
 impl EnrolledAgent {
     pub fn start(self) -> TestAgent {
+        self.start_with_env(Default::default())
+    }
+
+    /// Starts the agent with these `FERRY_*` variables (as its environment).
+    pub fn start_with_env(self, env: std::collections::HashMap<String, String>) -> TestAgent {
         let shutdown = CancellationToken::new();
         let state_dir = self.state_dir.clone();
-        let env = Default::default();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move { ferry_agent::run(&state_dir, &env, stop).await });
         TestAgent {

@@ -1,10 +1,13 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
-//! module per kind: [`probe`] (host facts), [`smoke`] (HTTP checks).
+//! module per kind: [`probe`] (host facts), [`smoke`] (HTTP checks),
+//! [`deploy`] (containers on the Docker engine); [`http`] is their HTTP client.
 
 use ferry_common::job::JobSpec;
 
 use crate::runner::TaskContext;
 
+pub mod deploy;
+pub mod http;
 pub mod probe;
 pub mod smoke;
 
@@ -27,5 +30,6 @@ pub async fn run(kind: &str, spec_json: &str, ctx: &TaskContext) -> Result<Done,
     match JobSpec::parse(kind, spec_json).map_err(TaskFailure::Failed)? {
         JobSpec::Probe(_) => probe::run(ctx).await,
         JobSpec::Smoke(spec) => smoke::run(&spec, ctx).await,
+        JobSpec::Deploy(spec) => deploy::run(&spec, ctx).await,
     }
 }

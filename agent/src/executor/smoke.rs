@@ -5,22 +5,13 @@
 use std::time::{Duration, Instant};
 
 use ferry_common::job::{HttpCheck, SmokeSpec};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
+use super::http::HttpClient;
 use super::{Done, TaskFailure};
 use crate::runner::TaskContext;
 
-/// Most of a response body read for `body_contains`.
-const BODY_LIMIT: usize = 1 << 20;
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
 pub async fn run(spec: &SmokeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client = HttpClient::default();
     for check in &spec.checks {
         run_check(&client, check, ctx).await?;
     }
@@ -78,43 +69,26 @@ async fn run_check(
 
 /// One GET; the latency on success, why not otherwise.
 async fn attempt_once(client: &HttpClient, check: &HttpCheck) -> Result<Duration, String> {
-    let uri: hyper::Uri = check.url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let started = Instant::now();
-    let response = tokio::time::timeout(check.timeout, async {
-        let res = client
-            .get(uri)
-            .await
-            .map_err(|e| ferry_common::tls::error_chain(&e))?;
-        let status = res.status().as_u16();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    })
-    .await
-    .map_err(|_| format!("no answer within {} ms", check.timeout.as_millis()))??;
-    let latency = started.elapsed();
-    let (status, body) = response;
-    if status != check.expect_status {
-        return Err(format!("status {status}, expected {}", check.expect_status));
+    let answer = client.get(&check.url, check.timeout).await?;
+    if answer.status != check.expect_status {
+        return Err(format!(
+            "status {}, expected {}",
+            answer.status, check.expect_status
+        ));
     }
-    if let Some(needle) = &check.body_contains {
-        let text = String::from_utf8_lossy(&body[..body.len().min(BODY_LIMIT)]);
-        if !text.contains(needle.as_str()) {
-            return Err(format!("body does not contain {needle:?}"));
-        }
+    if let Some(needle) = &check.body_contains
+        && !String::from_utf8_lossy(&answer.body).contains(needle.as_str())
+    {
+        return Err(format!("body does not contain {needle:?}"));
     }
     if let Some(max) = check.max_latency
-        && latency > max
+        && answer.latency > max
     {
         return Err(format!(
             "took {} ms, more than the allowed {} ms",
-            latency.as_millis(),
+            answer.latency.as_millis(),
             max.as_millis()
         ));
     }
-    Ok(latency)
+    Ok(answer.latency)
 }

@@ -298,6 +298,7 @@ impl Core {
                 job_id: job.id.to_string(),
                 kind: job.kind.clone(),
                 spec_json: job.spec_json.clone(),
+                secrets: Default::default(),
             }),
             attempt: task.attempt,
             traceparent,

@@ -1,0 +1,137 @@
+//! Docker helpers for tests: images built locally `FROM scratch` (nothing
+//! can be pulled here), and cleanup of what a test created.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Whether the Docker engine answers. In CI (`CI` set) a missing engine is
+/// a failure, not a skip.
+pub fn available() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("the Docker engine is not reachable, and Docker tests must run in CI");
+    }
+    if !ok {
+        eprintln!("skipped: the Docker engine is not reachable");
+    }
+    ok
+}
+
+/// Builds `tag` from scratch: busybox's httpd serving `files` (path, body)
+/// on port 8080.
+pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox not found; install Debian's busybox-static (scripts/test.sh does)");
+    }
+    std::fs::copy(busybox, dir.path().join("busybox"))?;
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    for (path, body) in files {
+        let p = www.join(path.trim_start_matches('/'));
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, body)?;
+    }
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\n\
+         ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )?;
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .output()
+        .context("run docker build")?;
+    if !out.status.success() {
+        bail!(
+            "docker build {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Names of containers with this label filter (`key=value`), any state.
+pub fn containers(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}"),
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Removes containers, networks and volumes of an app (label `ferry.app`).
+pub fn cleanup_app(app: &str) {
+    let ids = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=ferry.app={app}")])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
+    }
+    for kind in ["network", "volume"] {
+        let names = Command::new("docker")
+            .args([
+                kind,
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=ferry.app={app}"),
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !names.is_empty() {
+            let _ = Command::new("docker")
+                .arg(kind)
+                .arg("rm")
+                .args(&names)
+                .output();
+        }
+    }
+}
+
+/// Removes an app's objects when dropped, however the test ends.
+pub struct AppCleanup(pub String);
+
+impl Drop for AppCleanup {
+    fn drop(&mut self) {
+        cleanup_app(&self.0);
+    }
+}

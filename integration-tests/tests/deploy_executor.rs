@@ -1,0 +1,201 @@
+//! The agent's deploy executor against the real Docker engine: blue-green
+//! switch of the nginx upstream file, a failed health gate leaving the old
+//! release serving with the new container's logs in the failure, recreate,
+//! and app/env isolation of names and labels. Images are built locally
+//! from scratch (busybox httpd); nginx is not run here (the reload command
+//! is `true`) — the rollout tests drive real nginx.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_integration_tests::TestCoordinator;
+use ferry_integration_tests::docker::{self, AppCleanup};
+use ferry_proto::v1 as pb;
+use serde_json::json;
+
+fn spec(app: &str, env: &str, release: &str, image: &str, strategy: &str) -> String {
+    json!({
+        "app": app, "env": env, "release": release,
+        "services": [{
+            "name": "web",
+            "image": image,
+            "pull": "never",
+            "env": {"GREETING": "hi"},
+            "ports": [{"container": 8080}],
+            "restart": "unless-stopped",
+            "health": {"check": {"http": {"path": "/health"}}, "interval": "200ms", "timeout": "1s", "retries": 10},
+            "strategy": strategy,
+        }]
+    })
+    .to_string()
+}
+
+async fn deploy(c: &TestCoordinator, spec_json: &str) -> pb::Job {
+    let job = c.submit("deploy", spec_json, &["web-1"], 0).await.unwrap();
+    c.watch_to_end(&job.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    c.job(&job.id).await.unwrap()
+}
+
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn upstream_port(dir: &std::path::Path, app: &str) -> u16 {
+    let text = std::fs::read_to_string(dir.join(format!("{app}-production-web.conf"))).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("server 127.0.0.1:"))
+        .unwrap();
+    line.trim_start_matches("server 127.0.0.1:")
+        .trim_end_matches(';')
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_and_a_failed_health_gate_keeps_the_old_release() {
+    if !docker::available() {
+        return;
+    }
+    let app = format!("bg{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    let (v1, v2, bad) = (
+        format!("{app}:v1"),
+        format!("{app}:v2"),
+        format!("{app}:bad"),
+    );
+    docker::build_busybox_site(&v1, &[("health", "ok v1")]).unwrap();
+    docker::build_busybox_site(&v2, &[("health", "ok v2")]).unwrap();
+    docker::build_busybox_site(&bad, &[("index.html", "no health here")]).unwrap();
+
+    let upstreams = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let env = HashMap::from([
+        (
+            "FERRY_NGINX_UPSTREAM_DIR".to_string(),
+            upstreams.path().display().to_string(),
+        ),
+        ("FERRY_NGINX_RELOAD".to_string(), "true".to_string()),
+    ]);
+    let _agent = c.enroll("web-1", &[]).await.unwrap().start_with_env(env);
+    c.wait_for_agent("web-1", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let job = deploy(&c, &spec(&app, "production", "v1", &v1, "blue-green")).await;
+    assert_eq!(job.status, "succeeded", "{job:#?}");
+    let p1 = upstream_port(upstreams.path(), &app);
+    assert!(get(p1, "/health").contains("ok v1"));
+    let names = docker::containers(&format!("ferry.app={app}"));
+    assert_eq!(names, vec![format!("{app}-production-web-v1 running")]);
+
+    let job = deploy(&c, &spec(&app, "production", "v2", &v2, "blue-green")).await;
+    assert_eq!(job.status, "succeeded", "{job:#?}");
+    let p2 = upstream_port(upstreams.path(), &app);
+    assert_ne!(p1, p2);
+    assert!(get(p2, "/health").contains("ok v2"));
+    let mut names = docker::containers(&format!("ferry.app={app}"));
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("{app}-production-web-v1 exited"),
+            format!("{app}-production-web-v2 running")
+        ],
+        "the previous release is kept, stopped, for rollback"
+    );
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(result["services"][0]["previous_release"], "v1");
+
+    // A release whose health fails: the new container is removed, v2 keeps
+    // serving, the failure carries the reason and the container's logs.
+    let job = deploy(&c, &spec(&app, "production", "v3", &bad, "blue-green")).await;
+    assert_eq!(job.status, "failed");
+    let message = &job.tasks[0].message;
+    assert!(message.contains("new container not healthy"), "{message}");
+    assert!(message.contains("404"), "{message}");
+    assert!(
+        message.contains("last") && message.contains("log lines"),
+        "{message}"
+    );
+    assert_eq!(
+        upstream_port(upstreams.path(), &app),
+        p2,
+        "nginx still points at v2"
+    );
+    assert!(get(p2, "/health").contains("ok v2"));
+    let mut names = docker::containers(&format!("ferry.app={app}"));
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("{app}-production-web-v1 exited"),
+            format!("{app}-production-web-v2 running")
+        ]
+    );
+
+    // Deploying the running release again changes nothing.
+    let job = deploy(&c, &spec(&app, "production", "v2", &v2, "blue-green")).await;
+    assert_eq!(job.status, "succeeded");
+    assert_eq!(upstream_port(upstreams.path(), &app), p2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_restarts_the_old_release_when_the_new_one_fails_and_envs_are_isolated() {
+    if !docker::available() {
+        return;
+    }
+    let app = format!("rc{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    let (v1, bad) = (format!("{app}:v1"), format!("{app}:bad"));
+    docker::build_busybox_site(&v1, &[("health", "ok v1")]).unwrap();
+    docker::build_busybox_site(&bad, &[("index.html", "nope")]).unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let _agent = c.start_agent("web-1", &[]).await.unwrap();
+
+    for env in ["staging", "production"] {
+        let job = deploy(&c, &spec(&app, env, "v1", &v1, "recreate")).await;
+        assert_eq!(job.status, "succeeded", "{job:#?}");
+    }
+    let job = deploy(&c, &spec(&app, "staging", "v2", &bad, "recreate")).await;
+    assert_eq!(job.status, "failed");
+    let mut names = docker::containers(&format!("ferry.app={app}"));
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("{app}-production-web-v1 running"),
+            format!("{app}-staging-web-v1 running")
+        ],
+        "staging's failed deploy restarted staging v1 and never touched production"
+    );
+    let networks = std::process::Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "--filter",
+            &format!("label=ferry.app={app}"),
+            "--format",
+            "{{.Name}}",
+        ])
+        .output()
+        .unwrap();
+    let mut networks: Vec<String> = String::from_utf8_lossy(&networks.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    networks.sort();
+    assert_eq!(
+        networks,
+        vec![format!("{app}-production"), format!("{app}-staging")]
+    );
+}
