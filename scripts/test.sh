@@ -10,8 +10,26 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Installs a Debian package unless `path` exists (root; apt-get update only
+# when the first attempt fails, as on a fresh machine).
+ensure_pkg() {
+  local path=$1 pkg=$2
+  [ -e "$path" ] && return 0
+  echo "==> installing $pkg" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq "$pkg" >&2 || { apt-get update -qq >&2 && apt-get install -y -qq "$pkg" >&2; }
+}
+
 echo "==> PostgreSQL for the store tests" >&2
 eval "$(bash scripts/ensure-postgres.sh)"
+
+echo "==> Docker engine and a static busybox for test images" >&2
+ensure_pkg /bin/busybox busybox-static
+[ -x /bin/busybox ] || { echo "error: /bin/busybox missing after installing busybox-static" >&2; exit 1; }
+docker version --format 'Docker engine {{.Server.Version}}' >&2 || {
+  echo "error: the Docker engine is not reachable; the deploy tests need it" >&2
+  exit 1
+}
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
