@@ -6,7 +6,6 @@ use clap::{Parser, Subcommand};
 use ferry_agent::enroll::{EnrollOptions, enroll};
 use ferry_common::exit;
 use ferry_common::labels::format_labels;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,24 +95,7 @@ async fn main() {
             }
         }
         Cmd::Run { state_dir } => {
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            eprintln!("warning: cannot watch SIGTERM: {e}");
-                            return;
-                        }
-                    };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                signal.cancel();
-            });
+            let shutdown = ferry_common::shutdown::on_signals();
             match ferry_agent::run(&state_dir, &env, shutdown).await {
                 Ok(()) => exit::OK,
                 Err(e) => {

@@ -10,7 +10,7 @@
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`fsutil`]: atomic, private file writes.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
-//! - [`exit`]: process exit codes.
+//! - [`exit`]: process exit codes; [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
 pub mod backoff;
@@ -23,6 +23,7 @@ pub mod identity;
 pub mod job;
 pub mod labels;
 pub mod pki;
+pub mod shutdown;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

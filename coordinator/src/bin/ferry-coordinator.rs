@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use ferry_common::exit;
 use ferry_coordinator::init::{InitOptions, init};
 use ferry_coordinator::server::{self, ServeOverrides};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry-coordinator", version, about = "The Ferry coordinator")]
@@ -108,8 +107,7 @@ async fn main() {
             admin_listen,
             database_url,
         } => {
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone());
+            let shutdown = ferry_common::shutdown::on_signals();
             let overrides = ServeOverrides {
                 listen,
                 admin_listen,
@@ -126,23 +124,4 @@ async fn main() {
     };
     telemetry.shutdown();
     std::process::exit(code);
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("warning: cannot watch SIGTERM: {e}");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-        shutdown.cancel();
-    });
 }
