@@ -1,8 +1,10 @@
 //! `ferry-proto`: the `ferry.v1` wire protocol, generated from the `.proto`
-//! files beside this crate (`ferry/v1/*.proto`), and nothing else.
+//! files beside this crate (`ferry/v1/*.proto`), and nothing else but the
+//! one hand-written impl below.
 //!
 //! - [`v1`]: messages, `AgentService` and `OperatorService` clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - `Debug` of `SetSecretRequest`, written by hand to hide the secret's value.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
@@ -25,6 +27,10 @@ impl std::fmt::Debug for v1::SetSecretRequest {
     }
 }
 
+/// Encoded `FileDescriptorSet` of every `ferry.v1` file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,7 +49,3 @@ mod tests {
         );
     }
 }
-
-/// Encoded `FileDescriptorSet` of every `ferry.v1` file.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));
