@@ -286,6 +286,14 @@ mod tests {
         assert_eq!(key.origin(), &KeyOrigin::Env);
         assert!(!format!("{c:?}").contains("00112233"), "{c:?}");
         assert!(!toml::to_string(&c).unwrap().contains("secrets_key"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            format!("secrets_key = \"{hex_key}\"\n"),
+        )
+        .unwrap();
+        let err = CoordinatorConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `secrets_key`"), "{err}");
 
         let bad = "0011223344556677-not-a-key";
         let env = HashMap::from([("FERRY_SECRETS_KEY".to_string(), bad.to_string())]);
