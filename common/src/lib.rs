@@ -11,6 +11,7 @@
 //! - [`fsutil`]: atomic, private file writes.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes; [`shutdown`]: SIGINT/SIGTERM handling.
+//! - [`redact`]: replacing secret values in log lines with `[redacted:NAME]`.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
 pub mod backoff;
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod job;
 pub mod labels;
 pub mod pki;
+pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

@@ -11,6 +11,8 @@ use std::time::Duration;
 use ferry_common::time::serde_duration;
 use serde::{Deserialize, Serialize};
 
+use crate::secrets::{self, KeyOrigin, SecretsError, SecretsKey};
+
 /// File name of the configuration inside the data dir.
 pub const CONFIG_FILE: &str = "coordinator.toml";
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -62,6 +64,12 @@ pub struct CoordinatorConfig {
     /// report still wins if it comes back).
     #[serde(with = "serde_duration")]
     pub lost_after: Duration,
+    /// The secrets key from `FERRY_SECRETS_KEY`; unset means the file
+    /// `secrets.key` in the data dir. Never read from or written to the
+    /// TOML file, which is not private (mode 0644): a `secrets_key` there
+    /// is refused as an unknown field.
+    #[serde(skip)]
+    pub secrets_key: Option<SecretsKey>,
 }
 
 impl Default for CoordinatorConfig {
@@ -82,6 +90,7 @@ impl Default for CoordinatorConfig {
             offline_after: Duration::from_secs(20),
             job_deadline: Duration::from_secs(3600),
             lost_after: Duration::from_secs(120),
+            secrets_key: None,
         }
     }
 }
@@ -99,6 +108,9 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A variable holding key material: its value is never repeated.
+    #[error("environment variable {var}: {reason}")]
+    SecretEnv { var: &'static str, reason: String },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -132,7 +144,7 @@ impl CoordinatorConfig {
     }
 
     /// Applies `FERRY_LISTEN`, `FERRY_ADMIN_LISTEN`, `FERRY_DATABASE_URL`,
-    /// `FERRY_ADVERTISE`.
+    /// `FERRY_ADVERTISE`, `FERRY_SECRETS_KEY`.
     pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let addr = |var: &'static str, value: &String| {
             value.parse::<SocketAddr>().map_err(|e| ConfigError::Env {
@@ -152,6 +164,16 @@ impl CoordinatorConfig {
         }
         if let Some(v) = env.get("FERRY_ADVERTISE").filter(|v| !v.is_empty()) {
             self.advertise = v.clone();
+        }
+        if let Some(v) = env.get(secrets::KEY_ENV) {
+            let key = SecretsKey::parse(v, KeyOrigin::Env).map_err(|e| ConfigError::SecretEnv {
+                var: secrets::KEY_ENV,
+                reason: match e {
+                    SecretsError::BadKey { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+            self.secrets_key = Some(key);
         }
         self.validate()
     }
@@ -252,5 +274,37 @@ mod tests {
         env.insert("FERRY_ADMIN_LISTEN".to_string(), "nope".to_string());
         let err = c.apply_env(&env).unwrap_err().to_string();
         assert!(err.contains("FERRY_ADMIN_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn secrets_key_comes_from_the_environment_and_is_never_shown() {
+        let mut c = CoordinatorConfig::default();
+        let hex_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let env = HashMap::from([("FERRY_SECRETS_KEY".to_string(), hex_key.to_string())]);
+        c.apply_env(&env).unwrap();
+        let key = c.secrets_key.clone().expect("key from the environment");
+        assert_eq!(key.origin(), &KeyOrigin::Env);
+        assert!(!format!("{c:?}").contains("00112233"), "{c:?}");
+        assert!(!toml::to_string(&c).unwrap().contains("secrets_key"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            format!("secrets_key = \"{hex_key}\"\n"),
+        )
+        .unwrap();
+        let err = CoordinatorConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `secrets_key`"), "{err}");
+
+        let bad = "0011223344556677-not-a-key";
+        let env = HashMap::from([("FERRY_SECRETS_KEY".to_string(), bad.to_string())]);
+        let err = CoordinatorConfig::default()
+            .apply_env(&env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("environment variable FERRY_SECRETS_KEY: "),
+            "{err}"
+        );
+        assert!(!err.contains("0011223344556677"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
-//! The coordinator's shared state: configuration, store, CA, live sessions,
-//! metrics. Every gRPC adapter and the admin server hold an `Arc<Core>`.
+//! The coordinator's shared state: configuration, store, CA, secrets key,
+//! live sessions, metrics. Every gRPC adapter and the admin server hold an `Arc<Core>`.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
 use crate::scheduler::Inbound;
+use crate::secrets::SecretsKey;
 use crate::sessions::SessionRegistry;
 use crate::store::{AuditEntry, Store};
 
@@ -17,6 +18,9 @@ pub struct Core {
     pub config: CoordinatorConfig,
     pub store: Arc<dyn Store>,
     pub ca: CertificateAuthority,
+    /// Seals and opens secrets (see [`crate::secrets`]); checked against the
+    /// store at start.
+    pub secrets_key: SecretsKey,
     pub sessions: SessionRegistry,
     pub metrics: Arc<Metrics>,
     /// Identifies this process among coordinators sharing a store.

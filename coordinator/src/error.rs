@@ -10,6 +10,7 @@ use ferry_common::tls::TlsError;
 use tonic::Status;
 
 use crate::config::ConfigError;
+use crate::secrets::SecretsError;
 use crate::store::StoreError;
 
 /// Metadata key telling clients why a request was refused, for machines
@@ -34,6 +35,8 @@ pub enum CoordinatorError {
     File(#[from] FileError),
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -83,6 +86,7 @@ impl From<CoordinatorError> for Status {
             CoordinatorError::InvalidArgument { .. }
             | CoordinatorError::Pki(PkiError::BadCsr(_)) => Status::invalid_argument(message),
             CoordinatorError::Store(e) => store_status(e, message),
+            CoordinatorError::Secrets(e) => secrets_status(e, message),
             CoordinatorError::AlreadyInitialized { .. }
             | CoordinatorError::Config(_)
             | CoordinatorError::Pki(_)
@@ -117,6 +121,25 @@ fn store_status(err: StoreError, message: String) -> Status {
         }
         StoreError::Corrupt { .. } => {
             tracing::error!(error = %message, "corrupt store row");
+            Status::internal(message)
+        }
+    }
+}
+
+fn secrets_status(err: SecretsError, message: String) -> Status {
+    match err {
+        SecretsError::NotFound { .. } => Status::not_found(message),
+        SecretsError::Missing { .. } => Status::failed_precondition(message),
+        // A configuration problem of this coordinator, not of the request.
+        SecretsError::WrongKey { .. } | SecretsError::KeyMismatch { .. } => {
+            tracing::error!(error = %message, "secrets key mismatch");
+            Status::failed_precondition(message)
+        }
+        SecretsError::BadKey { .. }
+        | SecretsError::KeyFile(_)
+        | SecretsError::Entropy(_)
+        | SecretsError::Corrupt { .. } => {
+            tracing::error!(error = %message, "secrets failure");
             Status::internal(message)
         }
     }

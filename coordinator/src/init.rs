@@ -11,6 +11,7 @@ use ferry_common::pki::{self, CertificateAuthority};
 
 use crate::config::{self, CoordinatorConfig};
 use crate::error::CoordinatorError;
+use crate::secrets::{self, SecretsKey};
 
 /// What `init` needs; unset fields keep the defaults.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +33,9 @@ pub struct InitOutcome {
     pub config: CoordinatorConfig,
     pub credentials_path: PathBuf,
     pub ca_pin: String,
+    /// The key every secret is encrypted with; coordinators sharing a
+    /// PostgreSQL store need the same one.
+    pub secrets_key_path: PathBuf,
 }
 
 /// Creates the data dir's contents. Refuses if the dir already holds a
@@ -110,6 +114,12 @@ pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
         key: admin_key,
     }
     .save(&credentials_path, false)?;
+    // A key already there was put there on purpose (copied from a
+    // coordinator whose store this one will share): keep it.
+    let secrets_key_path = dir.join(secrets::KEY_FILE);
+    if !secrets_key_path.exists() {
+        SecretsKey::create_file(&secrets_key_path)?;
+    }
     let text = format!(
         "# Ferry coordinator configuration, written by `ferry-coordinator init`.\n\
          # Every field is optional; FERRY_* variables and flags override it.\n{}",
@@ -121,6 +131,7 @@ pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
         config,
         credentials_path,
         ca_pin: ca.pin(),
+        secrets_key_path,
     })
 }
 
@@ -179,6 +190,13 @@ mod tests {
         assert_eq!(pki::pin_of_pem(&creds.ca).unwrap(), out.ca_pin);
         let loaded = CoordinatorConfig::load(&opts.data_dir).unwrap();
         assert_eq!(loaded, out.config);
+        let key_mode = std::fs::metadata(&out.secrets_key_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(key_mode, 0o600);
+        let key = SecretsKey::load(&out.secrets_key_path).unwrap();
 
         let before = std::fs::read(opts.data_dir.join(config::CA_KEY_FILE)).unwrap();
         let err = init(&opts).unwrap_err().to_string();
@@ -187,6 +205,20 @@ mod tests {
             std::fs::read(opts.data_dir.join(config::CA_KEY_FILE)).unwrap(),
             before
         );
+        assert_eq!(SecretsKey::load(&out.secrets_key_path).unwrap(), key);
+    }
+
+    #[test]
+    fn a_secrets_key_put_there_beforehand_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("coord");
+        let shared = SecretsKey::create_file(&dir.join(secrets::KEY_FILE)).unwrap();
+        let out = init(&InitOptions {
+            data_dir: dir,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(SecretsKey::load(&out.secrets_key_path).unwrap(), shared);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
+//! - [`secrets`]: secrets per (app, env): the key, encryption at rest, and
+//!   setting, listing, deleting and resolving them.
 //! - [`scheduler`]: submit, dispatch, event ingestion and acks, cancel,
 //!   leader duties, watch.
 //! - [`sessions`]: live agent sessions on this process.
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod net;
 pub mod operators;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod store;

@@ -22,6 +22,7 @@ use crate::error::CoordinatorError;
 use crate::grpc::agent::AgentApi;
 use crate::grpc::operator::OperatorApi;
 use crate::metrics::Metrics;
+use crate::secrets::{self, SecretsKey};
 use crate::sessions::SessionRegistry;
 use crate::store::{self, Store};
 
@@ -109,6 +110,15 @@ pub async fn serve(
     let (chain_pem, key_pem) = server_identity(data_dir, &config, &ca)?;
     let tls_config = tls::server_config(&chain_pem, &key_pem)?;
     let verifier = PeerVerifier::new(ca.cert_pem())?;
+    let secrets_key = secrets_key(data_dir, &config)?;
+    secrets::check_key(store.as_ref(), &secrets_key).await?;
+    // The fingerprint lets operators compare coordinators' keys; it is a
+    // truncated one-way hash and says nothing about the key itself.
+    tracing::info!(
+        from = %secrets_key.origin(),
+        fingerprint = %secrets_key.fingerprint(),
+        "secrets key matches the store"
+    );
 
     if store
         .bootstrap_admin(&config.admin_name, ferry_common::time::now_ms())
@@ -133,6 +143,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         store,
         ca,
+        secrets_key,
         config,
     });
 
@@ -182,6 +193,26 @@ pub async fn serve(
         let _ = task.await;
     }
     result
+}
+
+/// The secrets key: `FERRY_SECRETS_KEY` (already in `config`), else the
+/// data dir's `secrets.key`, created here for data dirs initialised before
+/// secrets existed (`init` writes it for new ones).
+fn secrets_key(
+    data_dir: &Path,
+    config: &CoordinatorConfig,
+) -> Result<SecretsKey, CoordinatorError> {
+    if let Some(key) = &config.secrets_key {
+        return Ok(key.clone());
+    }
+    let (key, created) = SecretsKey::load_or_create(data_dir)?;
+    if created {
+        tracing::info!(
+            path = %data_dir.join(secrets::KEY_FILE).display(),
+            "created the secrets key; coordinators sharing this store need a copy of it"
+        );
+    }
+    Ok(key)
 }
 
 /// The server certificate chain and key, reissued from the CA when it is

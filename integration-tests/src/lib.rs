@@ -200,6 +200,33 @@ impl TestCoordinator {
         self.serve_on(grpc, None).await
     }
 
+    /// Where its store lives: the SQLite file's path or the PostgreSQL URL.
+    pub fn store_location(&self) -> &str {
+        &self.store_location
+    }
+
+    /// Adds an operator with `role` (as the admin) and returns its credentials.
+    pub async fn add_operator(&self, name: &str, role: pb::Role) -> Result<Credentials> {
+        let (key, csr) = ferry_common::pki::generate_key_and_csr(name)?;
+        let added = self
+            .operator()
+            .await?
+            .add_operator(pb::AddOperatorRequest {
+                name: name.into(),
+                role: role as i32,
+                csr_pem: csr,
+            })
+            .await?
+            .into_inner();
+        Ok(Credentials {
+            coordinator: self.url.clone(),
+            name: name.into(),
+            ca: added.ca_pem,
+            certificate: added.certificate_pem,
+            key,
+        })
+    }
+
     /// A client authenticated as the admin.
     pub async fn operator(&self) -> Result<OperatorServiceClient<Channel>> {
         self.operator_as(&self.admin).await

@@ -84,6 +84,10 @@ async fn main() {
                     );
                     println!("  CA pin         {}", out.ca_pin);
                     println!("  admin          {}", out.credentials_path.display());
+                    println!(
+                        "  secrets key    {} (coordinators sharing a PostgreSQL store need a copy)",
+                        out.secrets_key_path.display()
+                    );
                     println!();
                     println!(
                         "next: ferry-coordinator serve --data-dir {}",

@@ -13,6 +13,7 @@ async fn main() {
     let env = CliEnv {
         vars,
         stdout_is_terminal: std::io::stdout().is_terminal(),
+        stdin_is_terminal: std::io::stdin().is_terminal(),
     };
     let code = cli::run(cli, env).await;
     telemetry.shutdown();

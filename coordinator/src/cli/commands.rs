@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 
 use super::{
     AgentCommand, Cli, CliEnv, CliError, Command, JobCommand, OperatorCommand, Output,
-    TokenCommand, connect,
+    SecretCommand, TokenCommand, connect,
 };
 
 /// Runs the command; returns the exit code (for jobs, from their status).
 pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
-    use super::jobs;
+    use super::{jobs, secrets};
     let done = |r: Result<(), CliError>| r.map(|()| ferry_common::exit::OK);
     match &cli.command {
         Command::Probe {
@@ -79,14 +79,29 @@ pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
             OperatorCommand::Ls => list_operators(cli, env).await,
             OperatorCommand::Revoke { name } => revoke_operator(cli, env, name).await,
         }),
+        Command::Secret { command } => done(match command {
+            SecretCommand::Set {
+                app,
+                env: app_env,
+                name,
+            } => secrets::set(cli, env, app, app_env, name).await,
+            SecretCommand::Ls { app, env: app_env } => {
+                secrets::list(cli, env, app, app_env.as_deref()).await
+            }
+            SecretCommand::Rm {
+                app,
+                env: app_env,
+                name,
+            } => secrets::remove(cli, env, app, app_env, name).await,
+        }),
     }
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn opt_time(ms: i64) -> Value {
+pub(super) fn opt_time(ms: i64) -> Value {
     if ms == 0 {
         Value::Null
     } else {
@@ -242,7 +257,7 @@ async fn agents(cli: &Cli, env: &CliEnv) -> Result<(), CliError> {
     Ok(())
 }
 
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+pub(super) fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {

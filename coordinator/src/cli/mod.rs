@@ -15,13 +15,14 @@ use tonic::transport::Channel;
 
 mod commands;
 pub mod jobs;
+pub mod secrets;
 pub mod watch;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
     version,
-    about = "Operate a Ferry coordinator: agents, join tokens, operators"
+    about = "Operate a Ferry coordinator: agents, join tokens, operators, jobs, secrets"
 )]
 pub struct Cli {
     /// Credentials file (default: $FERRY_CREDENTIALS, then ~/.config/ferry/credentials).
@@ -104,6 +105,45 @@ pub enum Command {
     Watch {
         /// Job id.
         id: String,
+    },
+    /// Manage secrets of an app's environments (values are write-only).
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret, reading its value from standard input (one trailing
+    /// newline is dropped), e.g. `printf %s "$TOKEN" | ferry secret set --app shop --env production API_TOKEN`.
+    Set {
+        /// App name, e.g. shop.
+        #[arg(long)]
+        app: String,
+        /// Environment, e.g. production.
+        #[arg(long)]
+        env: String,
+        /// Environment variable name the deploy sets, e.g. DATABASE_URL.
+        name: String,
+    },
+    /// List an app's secrets: names and who set them when, never values.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        app: String,
+        /// Only this environment (default: every one).
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Delete a secret.
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        env: String,
+        name: String,
     },
 }
 
@@ -213,6 +253,9 @@ pub struct CliEnv {
     pub vars: HashMap<String, String>,
     /// Whether stdout is a terminal (for progress display).
     pub stdout_is_terminal: bool,
+    /// Whether stdin is a terminal (`ferry secret set` then reads one line
+    /// instead of everything up to end of file).
+    pub stdin_is_terminal: bool,
 }
 
 impl CliEnv {

@@ -4,7 +4,7 @@ use ferry_common::health::HostHealth;
 use ferry_proto::v1 as pb;
 
 use crate::agents::AgentState;
-use crate::store::{AgentRecord, OperatorRecord};
+use crate::store::{AgentRecord, OperatorRecord, SecretMeta};
 
 pub fn agent_state(s: AgentState) -> pb::AgentState {
     match s {
@@ -41,5 +41,17 @@ pub fn operator(o: OperatorRecord) -> pb::Operator {
         created_at_ms: o.created_at_ms,
         created_by: o.created_by,
         revoked_at_ms: o.revoked_at_ms.unwrap_or(0),
+    }
+}
+
+/// A secret's metadata; there is no value to convert, by construction.
+pub fn secret(s: SecretMeta) -> pb::Secret {
+    pb::Secret {
+        app: s.app,
+        env: s.env,
+        name: s.name,
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        updated_by: s.updated_by,
     }
 }

@@ -16,6 +16,7 @@ use crate::scheduler::{Submission, job_to_wire, selector_from_wire};
 use crate::store::{JobFilter, StoreError};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 pub struct OperatorApi {
     pub core: Arc<Core>,
@@ -336,6 +337,62 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(
             self.core.watch_job(id, req.get_ref().after_seq).await?,
         ))
+    }
+
+    async fn set_secret(
+        &self,
+        req: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::SetSecretResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "set secrets")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let mut r = req.into_inner();
+        // Wiped when this handler returns, whatever the outcome.
+        let value = Zeroizing::new(std::mem::take(&mut r.value));
+        let secret = self
+            .core
+            .set_secret(&actor, r.app.trim(), r.env.trim(), r.name.trim(), &value)
+            .await?;
+        Ok(Response::new(pb::SetSecretResponse {
+            secret: Some(convert::secret(secret)),
+        }))
+    }
+
+    async fn delete_secret(
+        &self,
+        req: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Admin, "delete secrets")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        self.core
+            .delete_secret(&actor, r.app.trim(), r.env.trim(), r.name.trim())
+            .await?;
+        Ok(Response::new(pb::DeleteSecretResponse {}))
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Deployer, "list secrets")
+            .await?;
+        let r = req.into_inner();
+        let env = Some(r.env.trim()).filter(|e| !e.is_empty());
+        let secrets = self
+            .core
+            .list_secrets(r.app.trim(), env)
+            .await?
+            .into_iter()
+            .map(convert::secret)
+            .collect();
+        Ok(Response::new(pb::ListSecretsResponse { secrets }))
     }
 }
 

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{
     AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord, JobFilter,
-    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, Store,
-    StoreError, TaskRecord,
+    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
+    SecretMeta, SecretRecord, Store, StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -40,6 +40,8 @@ pub async fn run(store: &dyn Store) {
     operators(store, &tag).await;
     audit_log(store).await;
     concurrent_enrollment(store, &tag).await;
+    secrets(store, &tag).await;
+    concurrent_secret_writes(store, &tag).await;
     create_jobs(store, &tag).await;
     list_job_filters(store, &tag).await;
     claims(store, &tag).await;
@@ -680,6 +682,202 @@ async fn concurrent_enrollment(store: &dyn Store, tag: &str) {
             Err(e) => panic!("unexpected refusal: {e:?}"),
         }
     }
+}
+
+// --- secrets -----------------------------------------------------------
+
+/// A sealed-looking secret: the store treats nonce and ciphertext as opaque
+/// bytes, so these hold every byte value (NUL included) to prove they come
+/// back unchanged.
+fn secret(app: &str, env: &str, name: &str, seed: u8, at_ms: i64) -> SecretRecord {
+    SecretRecord {
+        app: app.into(),
+        env: env.into(),
+        name: name.into(),
+        nonce: (0..24)
+            .map(|i: u8| i.wrapping_mul(7).wrapping_add(seed))
+            .collect(),
+        ciphertext: (0..=255u8).map(|b| b.wrapping_add(seed)).collect(),
+        created_at_ms: at_ms,
+        updated_at_ms: at_ms,
+        updated_by: "spiffe://ferry.test/operator/ada".into(),
+    }
+}
+
+fn meta(s: &SecretRecord) -> SecretMeta {
+    SecretMeta {
+        app: s.app.clone(),
+        env: s.env.clone(),
+        name: s.name.clone(),
+        created_at_ms: s.created_at_ms,
+        updated_at_ms: s.updated_at_ms,
+        updated_by: s.updated_by.clone(),
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| n.to_string()).collect()
+}
+
+async fn secrets(store: &dyn Store, tag: &str) {
+    let app = format!("shop-{tag}");
+    let other_app = format!("shop-{tag}-other");
+    let prod_api = secret(&app, "production", "API_KEY", 1, NOW);
+    let prod_db = secret(&app, "production", "DATABASE_URL", 2, NOW);
+    // Lowercase sorts after uppercase in byte order, before it in most
+    // locales: listings must not depend on the server's collation.
+    let prod_lower = secret(&app, "production", "a_lower", 3, NOW);
+    let staging_api = secret(&app, "staging", "API_KEY", 4, NOW);
+    let elsewhere = secret(&other_app, "production", "API_KEY", 5, NOW);
+    for s in [&staging_api, &prod_lower, &prod_db, &prod_api, &elsewhere] {
+        store.put_secret(s).await.expect("put secret");
+    }
+
+    let got = store
+        .get_secrets(
+            &app,
+            "production",
+            &names(&["DATABASE_URL", "MISSING", "API_KEY", "a_lower"]),
+        )
+        .await
+        .expect("get secrets");
+    assert_eq!(
+        got,
+        vec![prod_api.clone(), prod_db.clone(), prod_lower.clone()],
+        "the named secrets that exist, in name order, bytes unchanged"
+    );
+    assert_eq!(
+        store
+            .get_secrets(&app, "production", &[])
+            .await
+            .expect("get none"),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .get_secrets(&app, "preview", &names(&["API_KEY"]))
+            .await
+            .expect("get from an env without secrets"),
+        vec![]
+    );
+
+    // Replacing keeps the first creation time and changes the rest.
+    let replaced = SecretRecord {
+        updated_at_ms: NOW + HOUR,
+        created_at_ms: NOW + HOUR,
+        updated_by: "spiffe://ferry.test/operator/root".into(),
+        ..secret(&app, "production", "API_KEY", 9, NOW + HOUR)
+    };
+    store.put_secret(&replaced).await.expect("replace secret");
+    let expected = SecretRecord {
+        created_at_ms: NOW,
+        ..replaced.clone()
+    };
+    assert_eq!(
+        store
+            .get_secrets(&app, "production", &names(&["API_KEY"]))
+            .await
+            .expect("get replaced"),
+        vec![expected.clone()]
+    );
+    assert_eq!(
+        store
+            .get_secrets(&app, "staging", &names(&["API_KEY"]))
+            .await
+            .expect("get staging"),
+        vec![staging_api.clone()],
+        "another env's secret of the same name is untouched"
+    );
+
+    assert_eq!(
+        store.list_secrets(&app, None).await.expect("list app"),
+        vec![
+            meta(&expected),
+            meta(&prod_db),
+            meta(&prod_lower),
+            meta(&staging_api)
+        ],
+        "by env, then name, in byte order"
+    );
+    assert_eq!(
+        store
+            .list_secrets(&app, Some("staging"))
+            .await
+            .expect("list env"),
+        vec![meta(&staging_api)]
+    );
+    assert_eq!(
+        store
+            .list_secrets(&format!("shop-{tag}-none"), None)
+            .await
+            .expect("list unknown app"),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .list_secrets(&other_app, None)
+            .await
+            .expect("list other"),
+        vec![meta(&elsewhere)]
+    );
+
+    assert!(
+        store
+            .delete_secret(&app, "production", "DATABASE_URL")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_secret(&app, "production", "DATABASE_URL")
+            .await
+            .expect("delete again"),
+        "deleting what is gone reports false"
+    );
+    assert!(
+        !store
+            .delete_secret(&app, "preview", "API_KEY")
+            .await
+            .expect("delete from another env")
+    );
+    assert_eq!(
+        store
+            .get_secrets(&app, "production", &names(&["DATABASE_URL", "API_KEY"]))
+            .await
+            .expect("get after delete"),
+        vec![expected]
+    );
+    assert_eq!(
+        store
+            .list_secrets(&other_app, None)
+            .await
+            .expect("list other after delete"),
+        vec![meta(&elsewhere)],
+        "another app's secret of the same name is untouched"
+    );
+}
+
+/// Eight writers setting one secret at once: every write succeeds (the last
+/// one wins) and one row remains.
+async fn concurrent_secret_writes(store: &dyn Store, tag: &str) {
+    let app = format!("race-{tag}");
+    let writes: Vec<SecretRecord> = (0..8u8)
+        .map(|i| secret(&app, "production", "TOKEN", i, NOW + i64::from(i)))
+        .collect();
+    let results = join_all(writes.iter().map(|s| store.put_secret(s))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stored = store
+        .get_secrets(&app, "production", &names(&["TOKEN"]))
+        .await
+        .expect("get");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.nonce == stored[0].nonce && w.ciphertext == stored[0].ciphertext),
+        "the row is one of the writes, whole: {stored:?}"
+    );
+    assert_eq!(store.list_secrets(&app, None).await.expect("list").len(), 1);
 }
 
 // --- jobs --------------------------------------------------------------

@@ -123,6 +123,37 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// One secret as stored: the value sealed by [`crate::secrets`], never the
+/// plaintext. The store neither encrypts nor decrypts, so a copy of the
+/// database (a backup, a replica, a leaked dump) reveals no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub app: String,
+    pub env: String,
+    /// An environment variable name.
+    pub name: String,
+    pub nonce: Vec<u8>,
+    /// The sealed value with its authentication tag.
+    pub ciphertext: Vec<u8>,
+    /// When the secret was first set; replacing it keeps this.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// SPIFFE URI of the operator who last set it.
+    pub updated_by: String,
+}
+
+/// What listing secrets shows: everything but the sealed value, so a
+/// listing cannot leak one even to a reader holding the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub app: String,
+    pub env: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
 /// Errors of the store boundary. The first group are refusals a caller can
 /// act on; the rest are failures of the database itself.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +273,33 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+
+    // --- secrets -------------------------------------------------------
+    // Values arrive sealed (`crate::secrets`); the store never sees a
+    // plaintext and has no way to produce one.
+
+    /// Inserts the secret, or replaces the one with the same `(app, env,
+    /// name)`: nonce, ciphertext, `updated_at_ms` and `updated_by` change,
+    /// the first `created_at_ms` stays.
+    async fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError>;
+    /// Those of `names` that exist for `(app, env)`, in name order; names
+    /// without a secret are left out (the caller reports them) and an empty
+    /// `names` gives an empty list.
+    async fn get_secrets(
+        &self,
+        app: &str,
+        env: &str,
+        names: &[String],
+    ) -> Result<Vec<SecretRecord>, StoreError>;
+    /// The secrets of `app` (of one env, if given), without their values,
+    /// ordered by env then name.
+    async fn list_secrets(
+        &self,
+        app: &str,
+        env: Option<&str>,
+    ) -> Result<Vec<SecretMeta>, StoreError>;
+    /// Deletes one secret; returns whether it existed.
+    async fn delete_secret(&self, app: &str, env: &str, name: &str) -> Result<bool, StoreError>;
 
     // --- jobs ----------------------------------------------------------
     // Every task state change below goes through `crate::job::apply_task`

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{
     AgentRecord, AuditEntry, JobEventRecord, JobRecord, JoinTokenRecord, NewAgent, NewJob,
-    OperatorRecord, StoreError, TaskRecord,
+    OperatorRecord, SecretMeta, SecretRecord, StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, TaskState};
 
@@ -169,6 +169,32 @@ pub(crate) fn audit_entry(row: &impl Columns) -> Result<AuditEntry, StoreError> 
         action: row.text("action")?,
         target: row.text("target")?,
         detail: row.text("detail")?,
+    })
+}
+
+/// A `secrets` row, sealed value included.
+pub(crate) fn secret(row: &impl Columns) -> Result<SecretRecord, StoreError> {
+    Ok(SecretRecord {
+        app: row.text("app")?,
+        env: row.text("env")?,
+        name: row.text("name")?,
+        nonce: row.bytes("nonce")?,
+        ciphertext: row.bytes("ciphertext")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        updated_by: row.text("updated_by")?,
+    })
+}
+
+/// A `secrets` row without its sealed value (listings never select it).
+pub(crate) fn secret_meta(row: &impl Columns) -> Result<SecretMeta, StoreError> {
+    Ok(SecretMeta {
+        app: row.text("app")?,
+        env: row.text("env")?,
+        name: row.text("name")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        updated_by: row.text("updated_by")?,
     })
 }
 

@@ -30,7 +30,7 @@ use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
     AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord,
     JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
-    Store, StoreError, TaskRecord, Transition,
+    SecretMeta, SecretRecord, Store, StoreError, TaskRecord, Transition,
 };
 use crate::job::{TaskEvent, TaskState};
 
@@ -44,6 +44,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         2,
         "jobs",
         include_str!("../../../migrations/sqlite/0002_jobs.sql"),
+    ),
+    (
+        3,
+        "secrets",
+        include_str!("../../../migrations/sqlite/0003_secrets.sql"),
     ),
 ];
 
@@ -543,6 +548,86 @@ impl Store for SqliteStore {
             .iter()
             .map(rows::audit_entry)
             .collect()
+    }
+
+    async fn put_secret(&self, secret: &SecretRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (app, env, name, nonce, ciphertext, created_at_ms, updated_at_ms, updated_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (app, env, name) DO UPDATE SET nonce = excluded.nonce, \
+             ciphertext = excluded.ciphertext, updated_at_ms = excluded.updated_at_ms, \
+             updated_by = excluded.updated_by",
+        )
+        .bind(&secret.app)
+        .bind(&secret.env)
+        .bind(&secret.name)
+        .bind(secret.nonce.as_slice())
+        .bind(secret.ciphertext.as_slice())
+        .bind(secret.created_at_ms)
+        .bind(secret.updated_at_ms)
+        .bind(&secret.updated_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_secrets(
+        &self,
+        app: &str,
+        env: &str,
+        names: &[String],
+    ) -> Result<Vec<SecretRecord>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = serde_json::Value::Array(
+            names
+                .iter()
+                .map(|n| serde_json::Value::String(n.clone()))
+                .collect(),
+        )
+        .to_string();
+        sqlx::query(
+            "SELECT * FROM secrets WHERE app = ? AND env = ? \
+             AND name IN (SELECT value FROM json_each(?)) ORDER BY name",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::secret)
+        .collect()
+    }
+
+    async fn list_secrets(
+        &self,
+        app: &str,
+        env: Option<&str>,
+    ) -> Result<Vec<SecretMeta>, StoreError> {
+        sqlx::query(
+            "SELECT app, env, name, created_at_ms, updated_at_ms, updated_by FROM secrets \
+             WHERE app = ?1 AND (?2 IS NULL OR env = ?2) ORDER BY env, name",
+        )
+        .bind(app)
+        .bind(env)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::secret_meta)
+        .collect()
+    }
+
+    async fn delete_secret(&self, app: &str, env: &str, name: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("DELETE FROM secrets WHERE app = ? AND env = ? AND name = ?")
+            .bind(app)
+            .bind(env)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted == 1)
     }
 
     async fn create_job(
