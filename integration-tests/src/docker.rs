@@ -26,6 +26,12 @@ pub fn available() -> bool {
 /// Builds `tag` from scratch: busybox's httpd serving `files` (path, body)
 /// on port 8080.
 pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
+    build_busybox_image(tag, files, &["/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/www"])
+}
+
+/// Like [`build_busybox_site`] with another entrypoint (busybox applets
+/// such as `sh` are reached through `/bin/busybox`).
+pub fn build_busybox_image(tag: &str, files: &[(&str, &str)], entrypoint: &[&str]) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -41,10 +47,10 @@ pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
         }
         std::fs::write(p, body)?;
     }
+    let entry = serde_json::to_string(entrypoint)?;
     std::fs::write(
         dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\n\
-         ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        format!("FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nENTRYPOINT {entry}\n"),
     )?;
     let out = Command::new("docker")
         .args(["build", "-q", "-t", tag])

@@ -199,3 +199,87 @@ async fn recreate_restarts_the_old_release_when_the_new_one_fails_and_envs_are_i
         vec![format!("{app}-production"), format!("{app}-staging")]
     );
 }
+
+fn walk_contains(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return hits };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            hits.extend(walk_contains(&p, needle));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_only_the_container_environment() {
+    if !docker::available() {
+        return;
+    }
+    let app = format!("sc{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    let value = "s3cr3t-value-for-ferry-tests";
+    let (good, leaky) = (format!("{app}:v1"), format!("{app}:leaky"));
+    docker::build_busybox_site(&good, &[("health", "ok")]).unwrap();
+    // Prints its token, then serves no /health: its failure logs must be redacted.
+    docker::build_busybox_image(
+        &leaky,
+        &[("index.html", "x")],
+        &["/bin/busybox", "sh", "-c", "echo token is $API_TOKEN; exec /bin/busybox httpd -f -p 8080 -h /www"],
+    )
+    .unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let agent = c.start_agent("web-1", &[]).await.unwrap();
+    let with_secret = |release: &str, image: &str| {
+        let mut s: serde_json::Value = serde_json::from_str(&spec(&app, "production", release, image, "recreate")).unwrap();
+        s["services"][0]["secrets"] = json!(["API_TOKEN"]);
+        s.to_string()
+    };
+
+    // Not set yet: the task fails before anything is sent to the agent.
+    let job = deploy(&c, &with_secret("v1", &good)).await;
+    assert_eq!(job.status, "failed");
+    assert!(job.tasks[0].message.contains("missing secrets"), "{}", job.tasks[0].message);
+    assert!(docker::containers(&format!("ferry.app={app}")).is_empty());
+
+    c.operator()
+        .await
+        .unwrap()
+        .set_secret(pb::SetSecretRequest {
+            app: app.clone(),
+            env: "production".into(),
+            name: "API_TOKEN".into(),
+            value: value.into(),
+        })
+        .await
+        .unwrap();
+    let job = deploy(&c, &with_secret("v1", &good)).await;
+    assert_eq!(job.status, "succeeded", "{job:#?}");
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Env}}", &format!("{app}-production-web-v1")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains(&format!("API_TOKEN={value}")));
+
+    let job = deploy(&c, &with_secret("v2", &leaky)).await;
+    assert_eq!(job.status, "failed");
+    let message = &job.tasks[0].message;
+    assert!(message.contains("token is [redacted:API_TOKEN]"), "{message}");
+
+    // Nowhere else: job specs, results and messages, every event, the
+    // agent's state dir (spool included), the coordinator's data dir.
+    let mut everything = String::new();
+    for j in c.operator().await.unwrap().list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs {
+        everything.push_str(&format!("{j:?}"));
+        everything.push_str(&format!("{:?}", c.job(&j.id).await.unwrap()));
+        everything.push_str(&format!("{:?}", c.watch_to_end(&j.id, Duration::from_secs(10)).await.unwrap()));
+    }
+    assert!(!everything.contains(value), "a job, task or event carries the secret");
+    assert!(walk_contains(agent.state_dir(), value.as_bytes()).is_empty());
+    assert!(walk_contains(&c.data_dir, value.as_bytes()).is_empty());
+}

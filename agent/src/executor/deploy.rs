@@ -34,6 +34,7 @@ use ferry_common::job::naming::{self, LABEL_APP, LABEL_ENV, LABEL_RELEASE, LABEL
 use ferry_common::job::{
     DeploySpec, HealthCheck, PullPolicy, RestartPolicy, ServiceDeploy, Strategy,
 };
+use ferry_common::redact::Redactor;
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -85,7 +86,8 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         spec,
         ctx,
         http: HttpClient::default(),
-        redactor: redactor(ctx),
+        redactor: Redactor::new(ctx.secrets.iter().map(|(k, v)| (k.clone(), v.as_str())))
+            .map_err(|e| TaskFailure::Failed(e.to_string()))?,
     };
     d.ensure_network().await?;
     let mut switched: Vec<Switched> = Vec::new();
@@ -128,24 +130,13 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
     })
 }
 
-fn redactor(ctx: &TaskContext) -> Vec<(String, String)> {
-    // Longest first, so a secret containing another is replaced whole.
-    let mut pairs: Vec<(String, String)> = ctx
-        .secrets
-        .iter()
-        .filter(|(_, v)| v.len() >= 4)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    pairs.sort_by_key(|p| std::cmp::Reverse(p.1.len()));
-    pairs
-}
-
 struct Deployer<'a> {
     docker: Docker,
     spec: &'a DeploySpec,
     ctx: &'a TaskContext,
     http: HttpClient,
-    redactor: Vec<(String, String)>,
+    /// Every line forwarded from a container passes through it.
+    redactor: Redactor,
 }
 
 fn docker_err(what: &str, e: bollard::errors::Error) -> TaskFailure {
@@ -154,13 +145,7 @@ fn docker_err(what: &str, e: bollard::errors::Error) -> TaskFailure {
 
 impl Deployer<'_> {
     fn redact(&self, line: &str) -> String {
-        let mut out = line.to_string();
-        for (name, value) in &self.redactor {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), &format!("[redacted:{name}]"));
-            }
-        }
-        out
+        self.redactor.redact(line).into_owned()
     }
 
     fn labels(&self, service: &str) -> HashMap<String, String> {

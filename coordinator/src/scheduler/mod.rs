@@ -292,13 +292,30 @@ impl Core {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| job.traceparent.clone());
         self.keep_span(task.id, span);
+        let secrets = match self.task_secrets(job).await {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                // Not sent at all: a deploy without its secrets must not start.
+                let t = self
+                    .store
+                    .transition_task(
+                        task.id,
+                        TaskEvent::Finished(Outcome::Failed),
+                        &e.to_string(),
+                        now_ms(),
+                    )
+                    .await?;
+                self.after_transitions(t.as_slice()).await?;
+                return Ok(());
+            }
+        };
         let assign = pb::Assign {
             task: Some(pb::Task {
                 task_id: task.id.to_string(),
                 job_id: job.id.to_string(),
                 kind: job.kind.clone(),
                 spec_json: job.spec_json.clone(),
-                secrets: Default::default(),
+                secrets: secrets.into_iter().collect(),
             }),
             attempt: task.attempt,
             traceparent,
@@ -319,6 +336,31 @@ impl Core {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The secret values a task needs, decrypted just before they are sent
+    /// (deploy: each service's secrets and its registry credentials).
+    async fn task_secrets(
+        &self,
+        job: &JobRecord,
+    ) -> Result<BTreeMap<String, String>, CoordinatorError> {
+        let Ok(JobSpec::Deploy(spec)) = JobSpec::parse(&job.kind, &job.spec_json) else {
+            return Ok(BTreeMap::new());
+        };
+        let mut names: Vec<String> = Vec::new();
+        for svc in &spec.services {
+            names.extend(svc.secrets.iter().cloned());
+            if let Some(auth) = &svc.registry_auth {
+                names.push(auth.username_secret.clone());
+                names.push(auth.password_secret.clone());
+            }
+        }
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.resolve_secrets(&spec.app, &spec.env, &names).await
     }
 
     /// After `Hello`: acknowledges what the agent holds that is already
