@@ -1,5 +1,7 @@
 //! `ferry-common`: what the coordinator, the agent and the CLI share.
 //!
+//! - [`appfile`]: the app file `ferry.toml` (services, environments,
+//!   rollout, smoke checks): types, parsing and validation with line numbers.
 //! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
 //! - [`job`]: job kinds, typed specs, target selectors, probe results.
 //! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
@@ -13,6 +15,7 @@
 //! - [`exit`]: process exit codes.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
+pub mod appfile;
 pub mod backoff;
 pub mod credentials;
 pub mod exit;
