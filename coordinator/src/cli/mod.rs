@@ -1,5 +1,6 @@
-//! `ferry`, the operator CLI. Every command talks to the coordinator over
-//! mutually authenticated gRPC with the operator's credentials file, prints
+//! `ferry`, the operator CLI. Every command but `validate` (which checks an
+//! app file locally) talks to the coordinator over mutually authenticated
+//! gRPC with the operator's credentials file, prints
 //! text for people or JSON (`--output json`) for scripts, and exits with the
 //! codes in [`ferry_common::exit`].
 
@@ -15,6 +16,7 @@ use tonic::transport::Channel;
 
 mod commands;
 pub mod jobs;
+pub mod validate;
 pub mod watch;
 
 #[derive(Debug, Parser)]
@@ -104,6 +106,13 @@ pub enum Command {
     Watch {
         /// Job id.
         id: String,
+    },
+    /// Check an app file (ferry.toml) without contacting the coordinator;
+    /// every problem is printed with its line, exit 2 if there is any.
+    Validate {
+        /// The app file.
+        #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
+        file: PathBuf,
     },
 }
 
