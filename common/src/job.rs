@@ -329,6 +329,14 @@ pub mod naming {
         format!("{app}-{env}-{name}")
     }
 
+    /// The registry host an image reference names, if any
+    /// (`127.0.0.1:5000/app:1`, `registry.example.com/team/app`).
+    pub fn registry_host(image: &str) -> Option<String> {
+        let (first, _) = image.split_once('/')?;
+        (first.contains('.') || first.contains(':') || first == "localhost")
+            .then(|| first.to_string())
+    }
+
     /// The nginx upstream include file of a blue-green service.
     pub fn upstream_file(app: &str, env: &str, service: &str) -> String {
         format!("{app}-{env}-{service}.conf")
@@ -449,6 +457,22 @@ mod tests {
                 .unwrap_err()
                 .contains("expected one of probe")
         );
+    }
+
+    #[test]
+    fn registry_hosts() {
+        use naming::registry_host;
+        assert_eq!(
+            registry_host("127.0.0.1:5000/app:1"),
+            Some("127.0.0.1:5000".into())
+        );
+        assert_eq!(
+            registry_host("registry.example.com/team/app:1"),
+            Some("registry.example.com".into())
+        );
+        assert_eq!(registry_host("localhost/app"), Some("localhost".into()));
+        assert_eq!(registry_host("library/nginx:1"), None);
+        assert_eq!(registry_host("app:1"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `ferry-common`: what the coordinator, the agent and the CLI share.
 //!
+//! - [`appfile`]: the app file `ferry.toml` (services, environments,
+//!   rollout, smoke checks): types, parsing and validation with line numbers.
 //! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
 //! - [`job`]: job kinds, typed specs, target selectors, probe results.
 //! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
@@ -14,6 +16,7 @@
 //! - [`redact`]: replacing secret values in log lines with `[redacted:NAME]`.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
+pub mod appfile;
 pub mod backoff;
 pub mod credentials;
 pub mod exit;

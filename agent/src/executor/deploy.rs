@@ -348,7 +348,7 @@ impl Deployer<'_> {
                 Some(DockerCredentials {
                     username: Some(get(&auth.username_secret)?),
                     password: Some(get(&auth.password_secret)?),
-                    serveraddress: registry_host(&svc.image),
+                    serveraddress: naming::registry_host(&svc.image),
                     ..Default::default()
                 })
             }
@@ -940,32 +940,5 @@ async fn reload_nginx(command: &[String]) -> Result<(), String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    }
-}
-
-/// The registry host of an image reference, if it names one.
-pub fn registry_host(image: &str) -> Option<String> {
-    let first = image.split('/').next()?;
-    (image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost"))
-        .then(|| first.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_hosts() {
-        assert_eq!(
-            registry_host("127.0.0.1:5000/app:1"),
-            Some("127.0.0.1:5000".into())
-        );
-        assert_eq!(
-            registry_host("registry.example.com/team/app:1"),
-            Some("registry.example.com".into())
-        );
-        assert_eq!(registry_host("localhost/app"), Some("localhost".into()));
-        assert_eq!(registry_host("library/nginx:1"), None);
-        assert_eq!(registry_host("app:1"), None);
     }
 }

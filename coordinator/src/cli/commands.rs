@@ -64,6 +64,7 @@ pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
             command: JobCommand::Cancel { id },
         } => jobs::cancel(cli, env, id).await,
         Command::Watch { id } => jobs::watch(cli, env, id).await,
+        Command::Validate { file } => super::validate::validate(cli.output, file),
         Command::Status => done(status(cli, env).await),
         Command::Agents => done(agents(cli, env).await),
         Command::Agent {

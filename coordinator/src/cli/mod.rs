@@ -1,5 +1,6 @@
-//! `ferry`, the operator CLI. Every command talks to the coordinator over
-//! mutually authenticated gRPC with the operator's credentials file, prints
+//! `ferry`, the operator CLI. Every command but `validate` (which checks an
+//! app file locally) talks to the coordinator over mutually authenticated
+//! gRPC with the operator's credentials file, prints
 //! text for people or JSON (`--output json`) for scripts, and exits with the
 //! codes in [`ferry_common::exit`].
 
@@ -16,6 +17,7 @@ use tonic::transport::Channel;
 mod commands;
 pub mod jobs;
 pub mod secrets;
+pub mod validate;
 pub mod watch;
 
 #[derive(Debug, Parser)]
@@ -110,6 +112,13 @@ pub enum Command {
     Secret {
         #[command(subcommand)]
         command: SecretCommand,
+    },
+    /// Check an app file (ferry.toml) without contacting the coordinator;
+    /// every problem is printed with its line, exit 2 if there is any.
+    Validate {
+        /// The app file.
+        #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
+        file: PathBuf,
     },
 }
 
