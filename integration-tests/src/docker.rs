@@ -26,7 +26,20 @@ pub fn available() -> bool {
 /// Builds `tag` from scratch: busybox's httpd serving `files` (path, body)
 /// on port 8080.
 pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
-    build_busybox_image(tag, files, &["/bin/busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/www"])
+    build_busybox_image(
+        tag,
+        files,
+        &[
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-v",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ],
+    )
 }
 
 /// Like [`build_busybox_site`] with another entrypoint (busybox applets
@@ -50,7 +63,9 @@ pub fn build_busybox_image(tag: &str, files: &[(&str, &str)], entrypoint: &[&str
     let entry = serde_json::to_string(entrypoint)?;
     std::fs::write(
         dir.path().join("Dockerfile"),
-        format!("FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nENTRYPOINT {entry}\n"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nENTRYPOINT {entry}\n"
+        ),
     )?;
     let out = Command::new("docker")
         .args(["build", "-q", "-t", tag])

@@ -202,7 +202,9 @@ async fn recreate_restarts_the_old_release_when_the_new_one_fails_and_envs_are_i
 
 fn walk_contains(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return hits };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
     for entry in entries.flatten() {
         let p = entry.path();
         if p.is_dir() {
@@ -230,13 +232,19 @@ async fn a_secret_reaches_only_the_container_environment() {
     docker::build_busybox_image(
         &leaky,
         &[("index.html", "x")],
-        &["/bin/busybox", "sh", "-c", "echo token is $API_TOKEN; exec /bin/busybox httpd -f -p 8080 -h /www"],
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo token is $API_TOKEN; exec /bin/busybox httpd -f -p 8080 -h /www",
+        ],
     )
     .unwrap();
     let c = TestCoordinator::start().await.unwrap();
     let agent = c.start_agent("web-1", &[]).await.unwrap();
     let with_secret = |release: &str, image: &str| {
-        let mut s: serde_json::Value = serde_json::from_str(&spec(&app, "production", release, image, "recreate")).unwrap();
+        let mut s: serde_json::Value =
+            serde_json::from_str(&spec(&app, "production", release, image, "recreate")).unwrap();
         s["services"][0]["secrets"] = json!(["API_TOKEN"]);
         s.to_string()
     };
@@ -244,7 +252,11 @@ async fn a_secret_reaches_only_the_container_environment() {
     // Not set yet: the task fails before anything is sent to the agent.
     let job = deploy(&c, &with_secret("v1", &good)).await;
     assert_eq!(job.status, "failed");
-    assert!(job.tasks[0].message.contains("missing secrets"), "{}", job.tasks[0].message);
+    assert!(
+        job.tasks[0].message.contains("missing secrets"),
+        "{}",
+        job.tasks[0].message
+    );
     assert!(docker::containers(&format!("ferry.app={app}")).is_empty());
 
     c.operator()
@@ -261,7 +273,12 @@ async fn a_secret_reaches_only_the_container_environment() {
     let job = deploy(&c, &with_secret("v1", &good)).await;
     assert_eq!(job.status, "succeeded", "{job:#?}");
     let inspect = std::process::Command::new("docker")
-        .args(["inspect", "--format", "{{json .Config.Env}}", &format!("{app}-production-web-v1")])
+        .args([
+            "inspect",
+            "--format",
+            "{{json .Config.Env}}",
+            &format!("{app}-production-web-v1"),
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&inspect.stdout).contains(&format!("API_TOKEN={value}")));
@@ -269,17 +286,37 @@ async fn a_secret_reaches_only_the_container_environment() {
     let job = deploy(&c, &with_secret("v2", &leaky)).await;
     assert_eq!(job.status, "failed");
     let message = &job.tasks[0].message;
-    assert!(message.contains("token is [redacted:API_TOKEN]"), "{message}");
+    assert!(
+        message.contains("token is [redacted:API_TOKEN]"),
+        "{message}"
+    );
 
     // Nowhere else: job specs, results and messages, every event, the
     // agent's state dir (spool included), the coordinator's data dir.
     let mut everything = String::new();
-    for j in c.operator().await.unwrap().list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs {
+    for j in c
+        .operator()
+        .await
+        .unwrap()
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+    {
         everything.push_str(&format!("{j:?}"));
         everything.push_str(&format!("{:?}", c.job(&j.id).await.unwrap()));
-        everything.push_str(&format!("{:?}", c.watch_to_end(&j.id, Duration::from_secs(10)).await.unwrap()));
+        everything.push_str(&format!(
+            "{:?}",
+            c.watch_to_end(&j.id, Duration::from_secs(10))
+                .await
+                .unwrap()
+        ));
     }
-    assert!(!everything.contains(value), "a job, task or event carries the secret");
+    assert!(
+        !everything.contains(value),
+        "a job, task or event carries the secret"
+    );
     assert!(walk_contains(agent.state_dir(), value.as_bytes()).is_empty());
     assert!(walk_contains(&c.data_dir, value.as_bytes()).is_empty());
 }
