@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite: formatting, lints, unit tests, the store
 # conformance suite on SQLite and PostgreSQL, and the integration tests
-# (in-process harness and the real binaries).
+# (in-process harness and the real binaries), including those that drive the
+# Docker engine.
 #
 # Installs and starts what the tests need, idempotently: a PostgreSQL server
-# on 127.0.0.1:55432 (scripts/ensure-postgres.sh).
+# on 127.0.0.1:55432 (scripts/ensure-postgres.sh), a static busybox for test
+# images, and a Docker registry with basic auth on 127.0.0.1:5000
+# (scripts/ensure-registry.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +33,9 @@ docker version --format 'Docker engine {{.Server.Version}}' >&2 || {
   echo "error: the Docker engine is not reachable; the deploy tests need it" >&2
   exit 1
 }
+
+echo "==> a local Docker registry with credentials, for pull tests" >&2
+eval "$(bash scripts/ensure-registry.sh)"
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
