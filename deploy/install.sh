@@ -7,6 +7,12 @@
 # BIN_DIR defaults to target/release (build with `cargo build --release`).
 # Creates the service user, installs the unit, enables it; does not start
 # anything that needs enrollment or init first.
+#
+# For blue-green deploys the agent also gets /etc/nginx/ferry-upstreams
+# (owned by ferry-agent, where it writes upstream files) and the root-owned
+# ferry-nginx-reload.path/.service that reload nginx on its request, with
+# their helpers in /usr/local/lib/ferry; see README.md, "Blue-green: nginx
+# on the host".
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 role="${1:-}"
@@ -46,13 +52,29 @@ EOT
     ensure_user ferry-agent ferry-agent
     getent group docker >/dev/null && usermod -aG docker ferry-agent
     install -d -o ferry-agent -g ferry-agent -m 0700 /var/lib/ferry-agent
-    install -m 0644 "$here/systemd/ferry-agent.service" /etc/systemd/system/
+    [ -f /etc/ferry/agent.env ] || install -m 0640 "$here/examples/agent.env" /etc/ferry/agent.env
+    # nginx reloads for blue-green, on the agent's request (it may not reload
+    # nginx itself: no privileges). Root-owned helpers; the agent runs only
+    # ferry-nginx-reload-wait.
+    install -d -m 0755 /usr/local/lib/ferry
+    install -m 0755 "$here/systemd/ferry-nginx-reload" "$here/systemd/ferry-nginx-reload-wait" /usr/local/lib/ferry/
+    install -m 0644 "$here/systemd/ferry-agent.service" "$here/systemd/ferry-nginx-reload.path" \
+      "$here/systemd/ferry-nginx-reload.service" /etc/systemd/system/
     systemctl daemon-reload
     systemctl enable ferry-agent.service
+    if [ -d /etc/nginx ]; then
+      install -d -o ferry-agent -g ferry-agent -m 0755 /etc/nginx/ferry-upstreams
+      systemctl enable --now ferry-nginx-reload.path
+      nginx_note="nginx: the agent writes upstream files to /etc/nginx/ferry-upstreams; include them from your sites (README.md, \"Blue-green: nginx on the host\")."
+    else
+      systemctl enable ferry-nginx-reload.path
+      nginx_note="nginx is not installed: blue-green deploys need it. Install it, then run this script again."
+    fi
     cat <<EOT
 installed. Next, with the command \`ferry token create\` printed:
   sudo -u ferry-agent ferry-agent enroll --coordinator https://... --token ... --ca-pin sha256:... --state-dir /var/lib/ferry-agent
   systemctl start ferry-agent
+$nginx_note
 EOT
     ;;
   *)

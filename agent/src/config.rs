@@ -59,7 +59,7 @@ pub struct NginxConfig {
 impl Default for NginxConfig {
     fn default() -> Self {
         NginxConfig {
-            upstream_dir: PathBuf::from("/etc/nginx/ferry"),
+            upstream_dir: PathBuf::from("/etc/nginx/ferry-upstreams"),
             reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
             drain: std::time::Duration::from_secs(2),
         }

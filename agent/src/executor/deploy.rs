@@ -439,7 +439,10 @@ impl Deployer<'_> {
             }
             if let Some(host) = p.host {
                 list.push(PortBinding {
-                    host_ip: Some("0.0.0.0".into()),
+                    host_ip: Some(
+                        p.host_ip
+                            .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string()),
+                    ),
                     host_port: Some(host.to_string()),
                 });
             }
