@@ -238,6 +238,9 @@ pub struct PortMapping {
     pub container: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<u16>,
+    /// The host address `host` is published on; every address if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 /// A named volume (`<app>-<env>-<name>` on the host) mounted at `target`.
@@ -289,6 +292,24 @@ pub enum HealthCheck {
     Docker,
     /// Still running, without restarts, after this long (workers).
     RunningFor(#[serde(with = "crate::time::serde_duration")] std::time::Duration),
+}
+
+impl DeploySpec {
+    /// Every secret the release needs (each service's, and its registry
+    /// credentials), sorted, without repeats.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for svc in &self.services {
+            names.extend(svc.secrets.iter().cloned());
+            if let Some(auth) = &svc.registry_auth {
+                names.push(auth.username_secret.clone());
+                names.push(auth.password_secret.clone());
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 impl ServiceDeploy {

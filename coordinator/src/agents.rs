@@ -10,7 +10,7 @@ use ferry_common::time::{now_ms, to_ms};
 use ferry_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
@@ -140,6 +140,13 @@ impl Core {
     /// `AgentService.Session`: waits for `Hello`, answers `Welcome`, then
     /// keeps the session until the agent leaves, is revoked or superseded,
     /// or the coordinator stops.
+    ///
+    /// Cancel-safe: the RPC's future is dropped whenever the agent goes away
+    /// before the response, so nothing it would have to undo happens in it.
+    /// It only reads `Hello`; the session is recorded, registered,
+    /// reconciled and run by a task of its own, which ends it (unregisters
+    /// it and records the disconnect) however it ends. The response goes out
+    /// as soon as `Welcome` is queued, before reconciliation.
     pub async fn open_session<S>(
         self: &Arc<Self>,
         agent: AgentRecord,
@@ -171,7 +178,42 @@ impl Core {
                 ),
             ));
         }
-        self.store
+        let (tx, rx) = mpsc::channel(1024);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            core.session_task(agent, hello, inbound, tx, ready_tx).await;
+        });
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(ReceiverStream::new(rx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CoordinatorError::Internal(
+                "the session ended before Welcome".into(),
+            )),
+        }
+    }
+
+    /// The life of one session, from its record in the store to its end.
+    /// `ready` tells `open_session` whether the session is up (`Welcome`
+    /// queued); if `open_session` is gone by then, the session ends at once,
+    /// its stream being closed.
+    async fn session_task<S>(
+        self: Arc<Self>,
+        agent: AgentRecord,
+        hello: pb::Hello,
+        mut inbound: S,
+        tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+        ready: oneshot::Sender<Result<(), CoordinatorError>>,
+    ) where
+        S: Stream<Item = Result<pb::AgentMessage, Status>> + Send + Unpin + 'static,
+    {
+        if ready.is_closed() {
+            // open_session was dropped (the agent went away) before this
+            // task started: nothing to set up.
+            return;
+        }
+        if let Err(e) = self
+            .store
             .agent_connected(
                 agent.id,
                 &self.coordinator_id,
@@ -179,12 +221,12 @@ impl Core {
                 &hello.hostname,
                 now_ms(),
             )
-            .await?;
-        let (tx, rx) = mpsc::channel(1024);
-        let (session_id, kill) = self.sessions.register(agent.id, tx.clone());
-        self.metrics.session_opened();
-        tracing::info!(agent = %agent.name, id = %agent.id, version = %hello.version, %session_id, "agent connected");
-
+            .await
+        {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+        let session_id = Uuid::now_v7();
         let welcome = pb::CoordinatorMessage {
             msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
                 session_id: session_id.to_string(),
@@ -194,24 +236,46 @@ impl Core {
                 agent_name: agent.name.clone(),
             })),
         };
-        tx.send(Ok(welcome))
-            .await
-            .map_err(|_| CoordinatorError::Internal("session closed before Welcome".into()))?;
-        self.reconcile(agent.id, &hello.held_tasks).await?;
-        let core = Arc::clone(self);
-        tokio::spawn(async move {
-            let reason = core.run_session(&agent, &mut inbound, &tx, kill).await;
-            core.sessions.unregister(agent.id, session_id);
-            if let Err(e) = core
-                .store
-                .agent_disconnected(agent.id, &core.coordinator_id, now_ms())
-                .await
-            {
-                tracing::warn!(agent = %agent.name, error = %e, "could not record disconnect");
+        // Queued before the session is registered: nothing sent through the
+        // registry (an Assign of a concurrent dispatch) may overtake it. The
+        // channel is new and empty.
+        let _ = tx.try_send(Ok(welcome));
+        let kill = self.sessions.register(agent.id, session_id, tx.clone());
+        let guard = SessionGuard {
+            core: Arc::clone(&self),
+            agent: agent.id,
+            name: agent.name.clone(),
+            session_id,
+            open: true,
+        };
+        self.metrics.session_opened();
+        tracing::info!(agent = %agent.name, id = %agent.id, version = %hello.version, %session_id, "agent connected");
+        let _ = ready.send(Ok(()));
+
+        let reconciled = self.reconcile(agent.id, &hello.held_tasks).await;
+        let reason = match reconciled {
+            Ok(()) => self.run_session(&agent, &mut inbound, &tx, kill).await,
+            Err(e) => {
+                tracing::warn!(agent = %agent.name, error = %e, "could not reconcile the agent's tasks");
+                let _ = tx.send(Err(Status::from(CoordinatorError::from(e)))).await;
+                "reconciliation failed"
             }
-            tracing::info!(agent = %agent.name, %session_id, reason, "agent session ended");
-        });
-        Ok(ReceiverStream::new(rx))
+        };
+        guard.close(reason).await;
+    }
+
+    /// Removes a session from the registry and, unless a newer session of
+    /// the same agent is live here, records the disconnect.
+    async fn end_session(&self, agent: Uuid, name: &str, session_id: Uuid, reason: &str) {
+        if self.sessions.unregister(agent, session_id)
+            && let Err(e) = self
+                .store
+                .agent_disconnected(agent, &self.coordinator_id, now_ms())
+                .await
+        {
+            tracing::warn!(agent = %name, error = %e, "could not record disconnect");
+        }
+        tracing::info!(agent = %name, %session_id, reason, "agent session ended");
     }
 
     async fn run_session<S>(
@@ -332,6 +396,52 @@ impl Core {
         )
         .await;
         Ok((agent, was_connected))
+    }
+}
+
+/// Ends a registered session however its task ends: through
+/// [`SessionGuard::close`] normally; on drop if the task panicked or was
+/// dropped (the runtime shutting down), in which case the disconnect is
+/// recorded by a task of its own.
+struct SessionGuard {
+    core: Arc<Core>,
+    agent: Uuid,
+    name: String,
+    session_id: Uuid,
+    open: bool,
+}
+
+impl SessionGuard {
+    async fn close(mut self, reason: &str) {
+        self.open = false;
+        self.core
+            .end_session(self.agent, &self.name, self.session_id, reason)
+            .await;
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (core, agent, name, session_id) = (
+            Arc::clone(&self.core),
+            self.agent,
+            std::mem::take(&mut self.name),
+            self.session_id,
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    core.end_session(agent, &name, session_id, "session task ended early")
+                        .await;
+                });
+            }
+            Err(_) => {
+                core.sessions.unregister(agent, session_id);
+            }
+        }
     }
 }
 

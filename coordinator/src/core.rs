@@ -48,6 +48,14 @@ impl Core {
             .insert(id, span);
     }
 
+    /// Whether a span is kept for `id`.
+    pub fn spans_contains(&self, id: uuid::Uuid) -> bool {
+        self.spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+    }
+
     /// Ends the span kept for `id`, if this process has it.
     pub fn end_span(&self, id: uuid::Uuid) {
         self.spans

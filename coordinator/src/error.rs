@@ -115,6 +115,9 @@ fn store_status(err: StoreError, message: String) -> Status {
         | StoreError::OperatorNotFound(_)
         | StoreError::JobNotFound(_) => Status::not_found(message),
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
+        // A busy lock: clients may wait and try again.
+        StoreError::RolloutInProgress { .. } => Status::aborted(message),
+        StoreError::RolloutNotFound(_) => Status::not_found(message),
         StoreError::Database(_) | StoreError::Migrate(_) | StoreError::BadUrl { .. } => {
             tracing::error!(error = %message, "store failure");
             Status::unavailable(message)

@@ -34,6 +34,7 @@ pub mod job;
 pub mod metrics;
 pub mod net;
 pub mod operators;
+pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

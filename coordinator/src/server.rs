@@ -148,6 +148,7 @@ pub async fn serve(
     });
 
     crate::scheduler::start(&core, ingest_rx);
+    crate::rollout::start(&core);
 
     let admin_task = listeners.admin.map(|listener| {
         let core = Arc::clone(&core);

@@ -25,11 +25,17 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    /// Registers a new session for `agent`, ending any older one (the agent
-    /// reconnected before the old stream was noticed as dead). Returns the
-    /// session id and the receiver that ends this session with a status.
-    pub fn register(&self, agent: Uuid, tx: Outbound) -> (Uuid, oneshot::Receiver<Status>) {
-        let session_id = Uuid::now_v7();
+    /// Registers session `session_id` for `agent`, ending any older one (the
+    /// agent reconnected before the old stream was noticed as dead).
+    /// Returns the receiver that ends this session with a status. Whatever
+    /// is already queued on `tx` (the `Welcome`) reaches the agent before
+    /// anything sent through the registry.
+    pub fn register(
+        &self,
+        agent: Uuid,
+        session_id: Uuid,
+        tx: Outbound,
+    ) -> oneshot::Receiver<Status> {
         let (kill_tx, kill_rx) = oneshot::channel();
         let old = self.lock().insert(
             agent,
@@ -47,14 +53,21 @@ impl SessionRegistry {
                 "superseded by a newer session of the same agent",
             ));
         }
-        (session_id, kill_rx)
+        kill_rx
     }
 
-    /// Removes the session if it is still the agent's current one.
-    pub fn unregister(&self, agent: Uuid, session_id: Uuid) {
+    /// Removes the session if it is still the agent's current one. Returns
+    /// false if a newer session of the agent is registered: then the agent
+    /// is still connected here, and its disconnect is not to be recorded.
+    pub fn unregister(&self, agent: Uuid, session_id: Uuid) -> bool {
         let mut map = self.lock();
-        if map.get(&agent).is_some_and(|e| e.session_id == session_id) {
-            map.remove(&agent);
+        match map.get(&agent) {
+            Some(e) if e.session_id == session_id => {
+                map.remove(&agent);
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 
@@ -108,10 +121,11 @@ mod tests {
         let reg = SessionRegistry::default();
         let a = Uuid::now_v7();
         let (tx, mut rx) = mpsc::channel(4);
-        let (s1, mut k1) = reg.register(a, tx.clone());
-        let (s2, mut k2) = reg.register(a, tx);
+        let (s1, s2) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut k1 = reg.register(a, s1, tx.clone());
+        let mut k2 = reg.register(a, s2, tx);
         assert_eq!(k1.try_recv().unwrap().code(), tonic::Code::Aborted);
-        reg.unregister(a, s1);
+        assert!(!reg.unregister(a, s1), "a newer session is live");
         assert!(
             reg.is_online(a),
             "unregistering a stale session must not drop the live one"
@@ -123,7 +137,7 @@ mod tests {
         assert_eq!(k2.try_recv().unwrap().code(), tonic::Code::PermissionDenied);
         assert!(!reg.is_online(a));
         assert!(!reg.send(a, pb::coordinator_message::Msg::Ack(pb::Ack::default())));
-        reg.unregister(a, s2);
+        assert!(reg.unregister(a, s2), "killed: nothing newer is live");
         assert_eq!(reg.online_count(), 0);
     }
 }

@@ -6,6 +6,39 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// `docker`, against the engine at `socket` (None: the default engine).
+fn docker_on(socket: Option<&str>) -> Command {
+    let mut cmd = Command::new("docker");
+    if let Some(socket) = socket {
+        cmd.arg("-H").arg(format!("unix://{socket}"));
+    }
+    cmd
+}
+
+/// The second engine's socket (`scripts/ensure-docker2.sh`), standing in
+/// for a second host. In CI a missing one is a failure, not a skip.
+pub fn second_engine() -> Option<String> {
+    let socket = std::env::var("FERRY_TEST_DOCKER2_SOCKET").ok();
+    let ok = socket.as_deref().is_some_and(|s| {
+        docker_on(Some(s))
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!(
+            "no second Docker engine (FERRY_TEST_DOCKER2_SOCKET); multi-host tests must run in CI: eval \"$(bash scripts/ensure-docker2.sh)\""
+        );
+    }
+    if !ok {
+        eprintln!(
+            "skipped: no second Docker engine; run: eval \"$(bash scripts/ensure-docker2.sh)\""
+        );
+    }
+    socket.filter(|_| ok)
+}
+
 /// Whether the Docker engine answers. In CI (`CI` set) a missing engine is
 /// a failure, not a skip.
 pub fn available() -> bool {
@@ -26,18 +59,26 @@ pub fn available() -> bool {
 /// Builds `tag` from scratch: busybox's httpd serving `files` (path, body)
 /// on port 8080.
 pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
-    build_busybox_image(
+    build_busybox_site_on(None, tag, files)
+}
+
+/// [`build_busybox_site`] on the engine at `socket`.
+pub fn build_busybox_site_on(
+    socket: Option<&str>,
+    tag: &str,
+    files: &[(&str, &str)],
+) -> Result<()> {
+    build_image_on(
+        socket,
         tag,
         files,
+        // A shell as PID 1 that exits on SIGTERM: httpd as PID 1 would
+        // ignore it, and every `docker stop` would wait its full timeout.
         &[
             "/bin/busybox",
-            "httpd",
-            "-f",
-            "-v",
-            "-p",
-            "8080",
-            "-h",
-            "/www",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; /bin/busybox httpd -f -v -p 8080 -h /www & wait",
         ],
     )
 }
@@ -45,6 +86,15 @@ pub fn build_busybox_site(tag: &str, files: &[(&str, &str)]) -> Result<()> {
 /// Like [`build_busybox_site`] with another entrypoint (busybox applets
 /// such as `sh` are reached through `/bin/busybox`).
 pub fn build_busybox_image(tag: &str, files: &[(&str, &str)], entrypoint: &[&str]) -> Result<()> {
+    build_image_on(None, tag, files, entrypoint)
+}
+
+fn build_image_on(
+    socket: Option<&str>,
+    tag: &str,
+    files: &[(&str, &str)],
+    entrypoint: &[&str],
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
@@ -67,7 +117,7 @@ pub fn build_busybox_image(tag: &str, files: &[(&str, &str)], entrypoint: &[&str
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nENTRYPOINT {entry}\n"
         ),
     )?;
-    let out = Command::new("docker")
+    let out = docker_on(socket)
         .args(["build", "-q", "-t", tag])
         .arg(dir.path())
         .output()
@@ -83,7 +133,12 @@ pub fn build_busybox_image(tag: &str, files: &[(&str, &str)], entrypoint: &[&str
 
 /// Names of containers with this label filter (`key=value`), any state.
 pub fn containers(label: &str) -> Vec<String> {
-    let out = Command::new("docker")
+    containers_on(None, label)
+}
+
+/// [`containers`] on the engine at `socket`.
+pub fn containers_on(socket: Option<&str>, label: &str) -> Vec<String> {
+    let out = docker_on(socket)
         .args([
             "ps",
             "-a",
@@ -104,7 +159,12 @@ pub fn containers(label: &str) -> Vec<String> {
 
 /// Removes containers, networks and volumes of an app (label `ferry.app`).
 pub fn cleanup_app(app: &str) {
-    let ids = Command::new("docker")
+    cleanup_app_on(None, app)
+}
+
+/// [`cleanup_app`] on the engine at `socket`.
+pub fn cleanup_app_on(socket: Option<&str>, app: &str) {
+    let ids = docker_on(socket)
         .args(["ps", "-aq", "--filter", &format!("label=ferry.app={app}")])
         .output()
         .map(|o| {
@@ -115,14 +175,10 @@ pub fn cleanup_app(app: &str) {
         })
         .unwrap_or_default();
     if !ids.is_empty() {
-        let _ = Command::new("docker")
-            .arg("rm")
-            .arg("-f")
-            .args(&ids)
-            .output();
+        let _ = docker_on(socket).arg("rm").arg("-f").args(&ids).output();
     }
     for kind in ["network", "volume"] {
-        let names = Command::new("docker")
+        let names = docker_on(socket)
             .args([
                 kind,
                 "ls",
@@ -139,11 +195,7 @@ pub fn cleanup_app(app: &str) {
             })
             .unwrap_or_default();
         if !names.is_empty() {
-            let _ = Command::new("docker")
-                .arg(kind)
-                .arg("rm")
-                .args(&names)
-                .output();
+            let _ = docker_on(socket).arg(kind).arg("rm").args(&names).output();
         }
     }
 }

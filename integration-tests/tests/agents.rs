@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use ferry_agent::error::AgentError;
 use ferry_common::tls;
 use ferry_coordinator::config::CoordinatorConfig;
+use ferry_integration_tests::proxy::Proxy;
 use ferry_integration_tests::{
     CoordinatorOptions, StoreChoice, TestCoordinator, fast_heartbeats, postgres,
 };
@@ -162,6 +163,82 @@ async fn agent_reconnects_after_the_coordinator_restarts() {
         .await
         .unwrap();
     assert!(agent.is_running());
+}
+
+/// The value of a metric on the coordinator's admin port.
+async fn metric(c: &TestCoordinator, name: &str) -> u64 {
+    let (_, body) = c.admin_get("/metrics").await.unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// An agent whose connection breaks while its session is being set up
+/// (here while the coordinator reconciles the 2,000 tasks its Hello says it
+/// holds, which takes a while) leaves no session behind: once the
+/// coordinator has noticed, the agent is offline, as after any other
+/// broken session.
+#[tokio::test]
+async fn a_session_cut_during_setup_leaves_no_session_behind() {
+    let c = TestCoordinator::start().await.unwrap();
+    let enrolled = c.enroll("ghost-1", &[]).await.unwrap();
+    let identity = enrolled.identity().unwrap();
+    let config = tls::client_config(
+        &identity.ca_pem,
+        Some((&identity.cert_pem, &identity.key_pem)),
+    )
+    .unwrap();
+    let proxy = Proxy::start(c.config.listen).await.unwrap();
+    let mut client = AgentServiceClient::new(tls::channel(&proxy.url(), config).await.unwrap());
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            agent_id: enrolled.enrolled.agent_id.clone(),
+            version: "0.0.0-test".into(),
+            capabilities: Vec::new(),
+            held_tasks: (0..2_000)
+                .map(|_| pb::HeldTask {
+                    task_id: uuid::Uuid::now_v7().to_string(),
+                    attempt: 1,
+                    last_seq: 1,
+                    finished: false,
+                })
+                .collect(),
+            hostname: "ghost-1.example.net".into(),
+        })),
+    };
+    // Hello, then nothing: the stream stays open until the connection breaks.
+    let outbound =
+        futures::StreamExt::chain(futures::stream::iter([hello]), futures::stream::pending());
+    let call = tokio::spawn(async move {
+        let response = client.session(outbound).await;
+        futures::future::pending::<()>().await;
+        drop((client, response));
+    });
+    // Cut as soon as the coordinator has accepted the session, whether it
+    // has answered or not (before the fix it answered after reconciling).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c, "ferry_agent_sessions_opened_total").await == 0 {
+        assert!(Instant::now() < deadline, "the session was never accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(proxy.cut(), 1);
+
+    let cut = Instant::now();
+    let deadline = cut + Duration::from_secs(30);
+    loop {
+        let online = metric(&c, "ferry_agents_online").await;
+        let state = c.agent("ghost-1").await.unwrap().unwrap().state;
+        if online == 0 && state == pb::AgentState::Offline as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a session outlived its connection: {online} online, agent state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("offline {:?} after the cut", cut.elapsed());
+    call.abort();
 }
 
 #[tokio::test]

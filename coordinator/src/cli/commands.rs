@@ -16,9 +16,18 @@ use super::{
     SecretCommand, TokenCommand, connect,
 };
 
+fn rollout_flags(f: &super::RolloutFlags) -> super::rollout::Flags {
+    super::rollout::Flags {
+        dry_run: f.dry_run,
+        yes: f.yes,
+        wait: f.wait,
+        detach: f.detach,
+    }
+}
+
 /// Runs the command; returns the exit code (for jobs, from their status).
 pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
-    use super::{jobs, secrets};
+    use super::{jobs, rollout, secrets};
     let done = |r: Result<(), CliError>| r.map(|()| ferry_common::exit::OK);
     match &cli.command {
         Command::Probe {
@@ -65,6 +74,48 @@ pub async fn dispatch(cli: &Cli, env: &CliEnv) -> Result<i32, CliError> {
         } => jobs::cancel(cli, env, id).await,
         Command::Watch { id } => jobs::watch(cli, env, id).await,
         Command::Validate { file } => super::validate::validate(cli.output, file),
+        Command::Deploy {
+            file,
+            env: environment,
+            version,
+            flags,
+        } => {
+            rollout::start(
+                cli,
+                env,
+                rollout::Start::Deploy {
+                    file,
+                    env: environment,
+                    version,
+                },
+                rollout_flags(flags),
+            )
+            .await
+        }
+        Command::Rollback {
+            app,
+            env: environment,
+            to,
+            flags,
+        } => {
+            rollout::start(
+                cli,
+                env,
+                rollout::Start::Rollback {
+                    app,
+                    env: environment,
+                    to: to.as_deref(),
+                },
+                rollout_flags(flags),
+            )
+            .await
+        }
+        Command::Releases {
+            app,
+            env: environment,
+            limit,
+        } => rollout::releases(cli, env, app, environment.as_deref(), *limit).await,
+        Command::Rollout { id } => rollout::show(cli, env, id).await,
         Command::Status => done(status(cli, env).await),
         Command::Agents => done(agents(cli, env).await),
         Command::Agent {

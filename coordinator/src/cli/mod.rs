@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 mod commands;
 pub mod jobs;
+pub mod rollout;
 pub mod secrets;
 pub mod validate;
 pub mod watch;
@@ -24,7 +25,7 @@ pub mod watch;
 #[command(
     name = "ferry",
     version,
-    about = "Operate a Ferry coordinator: agents, join tokens, operators, jobs, secrets"
+    about = "Operate a Ferry coordinator: deploys, releases, agents, join tokens, operators, jobs, secrets"
 )]
 pub struct Cli {
     /// Credentials file (default: $FERRY_CREDENTIALS, then ~/.config/ferry/credentials).
@@ -113,6 +114,51 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// Deploy a version of an app to an environment: shows the plan, asks
+    /// for confirmation on protected environments, deploys batch by batch,
+    /// runs the smoke checks, and reverts updated hosts on the first
+    /// failure. Exit 0 when the release is out, 1 if it failed (reverted).
+    Deploy {
+        /// The app file.
+        #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
+        file: PathBuf,
+        /// Environment, e.g. staging.
+        #[arg(long)]
+        env: String,
+        /// The version to deploy (fills {version} in images), e.g. 1.4.2.
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        flags: RolloutFlags,
+    },
+    /// Redeploy an earlier release of an app's environment through the same
+    /// health-gated path (default: the release before the current one).
+    Rollback {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// The version to go back to (it must have deployed successfully).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[command(flatten)]
+        flags: RolloutFlags,
+    },
+    /// Release history of an app: version, image, who, when, outcome.
+    Releases {
+        #[arg(long)]
+        app: String,
+        /// Only this environment (default: every one).
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Follow a rollout by id until it ends (exit 0 succeeded, 1 otherwise).
+    Rollout {
+        /// Rollout id (see `ferry releases`).
+        id: String,
+    },
     /// Check an app file (ferry.toml) without contacting the coordinator;
     /// every problem is printed with its line, exit 2 if there is any.
     Validate {
@@ -120,6 +166,25 @@ pub enum Command {
         #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
         file: PathBuf,
     },
+}
+
+/// Options of `ferry deploy` and `ferry rollback`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutFlags {
+    /// Show the plan and exit; nothing runs.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on protected environments (production).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// If another rollout of this app and environment runs, wait for it
+    /// instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the rollout id and return once it started (it runs on the
+    /// coordinator; follow it with `ferry rollout ID`).
+    #[arg(long)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -216,6 +216,7 @@ impl OperatorService for OperatorApi {
             target: selector_from_wire(r.target),
             idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
             deadline: (r.deadline_seconds > 0).then(|| Duration::from_secs(r.deadline_seconds)),
+            parent: None,
         };
         let (job, created) = self.core.submit_job(&actor, submission).await?;
         let tasks = self
@@ -393,6 +394,78 @@ impl OperatorService for OperatorApi {
             .map(convert::secret)
             .collect();
         Ok(Response::new(pb::ListSecretsResponse { secrets }))
+    }
+
+    async fn start_rollout(
+        &self,
+        req: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "deploy")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self.core.start_rollout(&actor, req.into_inner()).await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "roll back")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self.core.rollback(&actor, req.into_inner()).await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read rollouts")
+            .await?;
+        let text = req.get_ref().rollout_id.trim();
+        let id = Uuid::parse_str(text).map_err(|_| {
+            CoordinatorError::invalid(
+                "rollout id",
+                format!("{text:?} is not a rollout id (see `ferry releases`)"),
+            )
+        })?;
+        let rollout = self.core.get_rollout(id).await?;
+        Ok(Response::new(pb::GetRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn list_releases(
+        &self,
+        req: Request<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read releases")
+            .await?;
+        let r = req.into_inner();
+        let env = Some(r.env.trim()).filter(|e| !e.is_empty());
+        let records = self
+            .core
+            .store
+            .list_rollouts(r.app.trim(), env, r.limit)
+            .await
+            .map_err(CoordinatorError::from)?;
+        let releases = records
+            .iter()
+            .map(crate::rollout::to_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
 }
 

@@ -9,6 +9,7 @@
 //! tell the coordinator holding an agent's session that it has work, a
 //! cancellation or a revocation to deliver.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +32,15 @@ pub mod watch;
 
 /// Most events written in one store transaction.
 const INGEST_BATCH: usize = 4096;
-/// Most tasks claimed for assignment at once.
+/// Most tasks of one agent claimed for assignment at once.
 const CLAIM_BATCH: u32 = 512;
-/// How often pending work is looked for even without a notification, and
-/// the leader's duties run.
+/// Most tasks of one job claimed in one transaction when it fans out: a
+/// few large batches, each one statement to find, one to lock, one to
+/// update and one to log them; small enough that SQLite's other writers
+/// (events, heartbeats) wait for one batch at most.
+const JOB_CLAIM_BATCH: u32 = 2048;
+/// How often pending work is looked for even without a notification,
+/// heartbeats are written, and the leader's duties run.
 const TICK: Duration = Duration::from_millis(500);
 
 /// An event from an agent's session, waiting to be stored.
@@ -51,6 +57,9 @@ pub struct Submission {
     pub target: Selector,
     pub idempotency_key: Option<String>,
     pub deadline: Option<Duration>,
+    /// A W3C traceparent the job's trace continues (a rollout's), instead
+    /// of starting its own.
+    pub parent: Option<String>,
 }
 
 /// Body of an event the coordinator writes.
@@ -67,10 +76,18 @@ fn state_body(state: &str, message: String) -> Vec<u8> {
 }
 
 /// A fresh W3C traceparent for a job's trace.
-fn new_traceparent() -> String {
+pub fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
     let span: u64 = rand::random::<u64>().max(1);
     format!("00-{trace:032x}-{span:016x}-01")
+}
+
+/// A traceparent in the same trace as `parent`, with a fresh span id (when
+/// trace export is off and spans carry no context of their own).
+pub fn child_traceparent(parent: &str) -> Option<String> {
+    let trace = parent.split('-').nth(1).filter(|t| t.len() == 32)?;
+    let span: u64 = rand::random::<u64>().max(1);
+    Some(format!("00-{trace}-{span:016x}-01"))
 }
 
 /// Decodes an agent event into what the store applies.
@@ -177,8 +194,12 @@ impl Core {
         let job_id = Uuid::now_v7();
         // The root of the job's trace; its context travels with every task.
         let span = tracing::info_span!(parent: None, "job", job.id = %job_id, job.kind = spec.kind().as_str(), job.target = %sub.target.describe());
+        if let Some(parent) = &sub.parent {
+            ferry_common::telemetry::set_parent(&span, parent);
+        }
         let traceparent = Some(ferry_common::telemetry::traceparent_of(&span))
             .filter(|t| !t.is_empty())
+            .or_else(|| sub.parent.as_deref().and_then(child_traceparent))
             .unwrap_or_else(new_traceparent);
         let job = NewJob {
             id: job_id,
@@ -204,13 +225,11 @@ impl Core {
             return Ok((record, false));
         }
         self.keep_span(record.id, span);
-        let offline_after = self.config.offline_after.as_millis() as i64;
         let notes: Vec<(Option<Uuid>, Vec<u8>)> = tasks
             .iter()
             .zip(&targets)
             .map(|(task, agent)| {
-                let online = self.sessions.is_online(agent.id)
-                    || (agent.connected_to.is_some() && now - agent.last_seen_ms <= offline_after);
+                let online = self.agent_online(agent, now);
                 let message = if online {
                     format!("queued for agent {}", agent.name)
                 } else {
@@ -265,7 +284,8 @@ impl Core {
         Ok(job)
     }
 
-    /// Sends every pending task of these (locally connected) agents.
+    /// Sends every pending task of these (locally connected) agents: an
+    /// agent that has just connected.
     pub async fn dispatch(&self, agents: &[Uuid]) -> Result<(), StoreError> {
         if agents.is_empty() {
             return Ok(());
@@ -276,23 +296,89 @@ impl Core {
                 .claim_pending_tasks(agents, &self.coordinator_id, now_ms(), CLAIM_BATCH)
                 .await?;
             let n = claimed.len();
-            let mut jobs = Vec::new();
-            for (task, job) in claimed {
-                if !jobs.contains(&job.id) {
-                    jobs.push(job.id);
-                }
-                self.send_assign(&task, &job).await?;
-            }
-            for job in jobs {
-                self.store.notify(Notification::JobEvents(job)).await?;
-            }
+            self.send_claimed(claimed).await?;
             if n < CLAIM_BATCH as usize {
                 return Ok(());
             }
         }
     }
 
-    async fn send_assign(&self, task: &TaskRecord, job: &JobRecord) -> Result<(), StoreError> {
+    /// Sends the pending tasks of one job to those of its agents that are
+    /// connected here. Which agents those are is checked in memory, task by
+    /// task: no list of agents goes to the store, and each pending task is
+    /// read once, so a job on 10,000 agents costs a few large claims rather
+    /// than one per agent or per batch of agent ids.
+    pub async fn dispatch_job(&self, job: Uuid) -> Result<(), StoreError> {
+        let here = |agent: Uuid| self.sessions.is_online(agent);
+        let mut after = None;
+        loop {
+            let batch = self
+                .store
+                .claim_job_tasks(
+                    job,
+                    after,
+                    &here,
+                    &self.coordinator_id,
+                    now_ms(),
+                    JOB_CLAIM_BATCH,
+                )
+                .await?;
+            self.send_claimed(batch.claimed).await?;
+            match batch.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends claimed tasks to their agents, then wakes their jobs' watchers.
+    /// A job's secrets are resolved once for all its tasks in the batch.
+    async fn send_claimed(&self, claimed: Vec<(TaskRecord, JobRecord)>) -> Result<(), StoreError> {
+        let mut jobs: Vec<Uuid> = Vec::new();
+        let mut secrets: HashMap<Uuid, Result<BTreeMap<String, String>, String>> = HashMap::new();
+        for (task, job) in claimed {
+            if !jobs.contains(&job.id) {
+                jobs.push(job.id);
+            }
+            let job_secrets = match secrets.entry(job.id) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    new.insert(self.task_secrets(&job).await.map_err(|e| e.to_string()))
+                }
+            };
+            let job_secrets = job_secrets.as_ref().map_err(String::as_str);
+            self.send_assign(&task, &job, job_secrets).await?;
+        }
+        for job in jobs {
+            self.store.notify(Notification::JobEvents(job)).await?;
+        }
+        Ok(())
+    }
+
+    /// Pending work for agents connected here that no notification brought
+    /// (one was missed, a send failed, a claim skipped a row another
+    /// transaction held): one indexed query, which finds nothing in the
+    /// steady state, then the jobs it names.
+    async fn sweep_pending(&self) -> Result<(), StoreError> {
+        if self.sessions.online_count() == 0 {
+            return Ok(());
+        }
+        for job in self
+            .store
+            .jobs_pending_on(&self.coordinator_id, now_ms())
+            .await?
+        {
+            self.dispatch_job(job).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_assign(
+        &self,
+        task: &TaskRecord,
+        job: &JobRecord,
+        secrets: Result<&BTreeMap<String, String>, &str>,
+    ) -> Result<(), StoreError> {
         let span = tracing::info_span!(
             parent: None,
             "task",
@@ -306,18 +392,13 @@ impl Core {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| job.traceparent.clone());
         self.keep_span(task.id, span);
-        let secrets = match self.task_secrets(job).await {
+        let secrets = match secrets {
             Ok(secrets) => secrets,
             Err(e) => {
                 // Not sent at all: a deploy without its secrets must not start.
                 let t = self
                     .store
-                    .transition_task(
-                        task.id,
-                        TaskEvent::Finished(Outcome::Failed),
-                        &e.to_string(),
-                        now_ms(),
-                    )
+                    .transition_task(task.id, TaskEvent::Finished(Outcome::Failed), e, now_ms())
                     .await?;
                 self.after_transitions(t.as_slice()).await?;
                 return Ok(());
@@ -329,7 +410,10 @@ impl Core {
                 job_id: job.id.to_string(),
                 kind: job.kind.clone(),
                 spec_json: job.spec_json.clone(),
-                secrets: secrets.into_iter().collect(),
+                secrets: secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }),
             attempt: task.attempt,
             traceparent,
@@ -361,16 +445,7 @@ impl Core {
         let Ok(JobSpec::Deploy(spec)) = JobSpec::parse(&job.kind, &job.spec_json) else {
             return Ok(BTreeMap::new());
         };
-        let mut names: Vec<String> = Vec::new();
-        for svc in &spec.services {
-            names.extend(svc.secrets.iter().cloned());
-            if let Some(auth) = &svc.registry_auth {
-                names.push(auth.username_secret.clone());
-                names.push(auth.password_secret.clone());
-            }
-        }
-        names.sort();
-        names.dedup();
+        let names = spec.secret_names();
         if names.is_empty() {
             return Ok(BTreeMap::new());
         }
@@ -536,20 +611,9 @@ impl Core {
 
     async fn on_notification(&self, n: Notification) -> Result<(), StoreError> {
         match n {
-            Notification::JobSubmitted(job) => {
-                // Only this job's agents that are connected here; the tick
-                // catches anything else.
-                let mut agents: Vec<Uuid> = self
-                    .store
-                    .list_tasks(job)
-                    .await?
-                    .into_iter()
-                    .map(|t| t.agent_id)
-                    .filter(|a| self.sessions.is_online(*a))
-                    .collect();
-                agents.dedup();
-                self.dispatch(&agents).await
-            }
+            // Whichever of the job's agents are connected here; the sweep
+            // catches anything else.
+            Notification::JobSubmitted(job) => self.dispatch_job(job).await,
             Notification::CancelTask { task, agent } => {
                 self.sessions.send(
                     agent,
@@ -599,32 +663,44 @@ pub fn start(core: &Arc<Core>, mut ingest_rx: mpsc::Receiver<Inbound>) {
         }
     });
 
-    // Notifications from this and other coordinators.
+    // Notifications from this and other coordinators, and the sweep for
+    // pending work they did not bring. One task, so that two dispatches
+    // never run at once: they would compete for the same rows (one skipping
+    // what the other holds) and for the same CPUs.
     let c = Arc::clone(core);
     tokio::spawn(async move {
         let mut rx = c.store.subscribe();
+        let mut sweep = tokio::time::interval(TICK.min(c.config.heartbeat_interval));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let n = tokio::select! {
+            tokio::select! {
                 _ = c.shutdown.cancelled() => return,
-                n = rx.recv() => n,
-            };
-            match n {
-                Ok(n) => {
-                    if let Err(e) = c.on_notification(n).await {
-                        tracing::warn!(error = %e, "handling a notification failed");
+                n = rx.recv() => match n {
+                    Ok(n) => {
+                        if let Err(e) = c.on_notification(n).await {
+                            tracing::warn!(error = %e, "handling a notification failed");
+                        }
+                    }
+                    // Missed some: look for pending work, which is all a
+                    // missed notification could have been about that
+                    // matters here (revocations have their own sweep).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Err(e) = c.sweep_pending().await {
+                            tracing::warn!(error = %e, "dispatch failed");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = sweep.tick() => {
+                    if let Err(e) = c.sweep_pending().await {
+                        tracing::warn!(error = %e, "dispatch failed");
                     }
                 }
-                // Missed some: look for pending work, which is all a missed
-                // notification could have been about that matters here.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = c.dispatch(&c.sessions.connected()).await;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     });
 
-    // The tick: pending work for local agents, and the leader's duties.
+    // The tick: heartbeats, revocations, and the leader's duties.
     let c = Arc::clone(core);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(TICK.min(c.config.heartbeat_interval));
@@ -643,9 +719,6 @@ pub fn start(core: &Arc<Core>, mut ingest_rx: mpsc::Receiver<Inbound>) {
                 && let Err(e) = c.sweep_revoked().await
             {
                 tracing::warn!(error = %e, "revocation sweep failed");
-            }
-            if let Err(e) = c.dispatch(&c.sessions.connected()).await {
-                tracing::warn!(error = %e, "dispatch failed");
             }
             if let Err(e) = c.leader_duties().await {
                 tracing::warn!(error = %e, "leader duties failed");

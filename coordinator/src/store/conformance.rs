@@ -18,9 +18,10 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord, JobFilter,
-    JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
-    SecretMeta, SecretRecord, Store, StoreError, TaskRecord,
+    AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim, JobEventRecord,
+    JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
+    RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store, StoreError,
+    TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -45,6 +46,7 @@ pub async fn run(store: &dyn Store) {
     create_jobs(store, &tag).await;
     list_job_filters(store, &tag).await;
     claims(store, &tag).await;
+    job_claims(store, &tag).await;
     transitions(store, &tag).await;
     agent_events(store, &tag).await;
     coordinator_events_and_paging(store, &tag).await;
@@ -53,11 +55,187 @@ pub async fn run(store: &dyn Store) {
     cancellation(store, &tag).await;
     notifications(store).await;
     leadership(store).await;
+    rollouts(store, &tag).await;
     // These act on every job of the store; their own jobs are the only
     // ones that qualify, or the only ones they look at.
     expiry(store, &tag).await;
     absent_agents(store, &tag).await;
     lost_then_reported(store, &tag).await;
+}
+
+fn rollout_record(app: &str, env: &str, version: &str, created_at_ms: i64) -> RolloutRecord {
+    RolloutRecord {
+        id: Uuid::now_v7(),
+        app: app.into(),
+        env: env.into(),
+        version: version.into(),
+        kind: "deploy".into(),
+        status: RolloutStatus::Running,
+        protected: env == "production",
+        spec_json: format!("{{\"release\":\"{version}\"}}"),
+        plan_json: "{}".into(),
+        previous_id: None,
+        previous_version: None,
+        rollback_of: None,
+        steps_json: "[]".into(),
+        message: String::new(),
+        created_by: "spiffe://test/operator/alice".into(),
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+        finished_at_ms: None,
+        owner: Some("coord-a".into()),
+        lease_expires_at_ms: created_at_ms + 30_000,
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    }
+}
+
+fn rollout_update(status: RolloutStatus, message: &str, lease_expires_at_ms: i64) -> RolloutUpdate {
+    RolloutUpdate {
+        steps_json: format!("[\"{message}\"]"),
+        message: message.into(),
+        status,
+        lease_expires_at_ms,
+    }
+}
+
+/// Rollouts: the (app, env) lock, its lease, history, and takeover of a
+/// rollout whose coordinator died.
+async fn rollouts(store: &dyn Store, tag: &str) {
+    let app = format!("shop-{tag}");
+    let first = rollout_record(&app, "staging", "1.0", NOW);
+    store.create_rollout(&first).await.unwrap();
+    assert_eq!(
+        store.get_rollout(first.id).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    assert!(store.get_rollout(Uuid::now_v7()).await.unwrap().is_none());
+
+    // The lock: a second rollout of (app, staging) is refused, naming the first.
+    let mut second = rollout_record(&app, "staging", "1.1", NOW + 10);
+    second.previous_id = Some(first.id);
+    second.previous_version = Some("1.0".into());
+    match store.create_rollout(&second).await {
+        Err(StoreError::RolloutInProgress { running }) => assert_eq!(running.id, first.id),
+        other => panic!("expected RolloutInProgress, got {other:?}"),
+    }
+    assert!(store.get_rollout(second.id).await.unwrap().is_none());
+    // Another environment of the app is another lock.
+    let prod = rollout_record(&app, "production", "1.0", NOW + 5);
+    store.create_rollout(&prod).await.unwrap();
+
+    // Only the owner writes progress; writing renews the lease.
+    let renew = rollout_update(RolloutStatus::Running, "batch 1/2", NOW + 60_000);
+    assert!(
+        !store
+            .update_rollout(first.id, "coord-b", &renew, NOW + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .update_rollout(first.id, "coord-a", &renew, NOW + 1)
+            .await
+            .unwrap()
+    );
+    let got = store.get_rollout(first.id).await.unwrap().unwrap();
+    assert_eq!(got.message, "batch 1/2");
+    assert_eq!(got.steps_json, "[\"batch 1/2\"]");
+    assert_eq!(got.lease_expires_at_ms, NOW + 60_000);
+    assert_eq!(got.updated_at_ms, NOW + 1);
+    assert_eq!(got.finished_at_ms, None);
+
+    // A final status ends it and releases the lock; it cannot be written again.
+    let done = rollout_update(RolloutStatus::Succeeded, "done", NOW + 60_000);
+    assert!(
+        store
+            .update_rollout(first.id, "coord-a", &done, NOW + 2)
+            .await
+            .unwrap()
+    );
+    let got = store.get_rollout(first.id).await.unwrap().unwrap();
+    assert_eq!(got.status, RolloutStatus::Succeeded);
+    assert_eq!(got.finished_at_ms, Some(NOW + 2));
+    assert!(
+        !store
+            .update_rollout(first.id, "coord-a", &renew, NOW + 3)
+            .await
+            .unwrap()
+    );
+    store.create_rollout(&second).await.unwrap();
+    let got = store.get_rollout(second.id).await.unwrap().unwrap();
+    assert_eq!(got.previous_id, Some(first.id));
+    assert_eq!(got.previous_version.as_deref(), Some("1.0"));
+
+    // History, newest first, per env or for the whole app.
+    let ids = |rs: Vec<RolloutRecord>| rs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_rollouts(&app, Some("staging"), 0).await.unwrap()),
+        vec![second.id, first.id]
+    );
+    assert_eq!(
+        ids(store.list_rollouts(&app, None, 0).await.unwrap()),
+        vec![second.id, prod.id, first.id]
+    );
+    assert_eq!(
+        ids(store.list_rollouts(&app, None, 1).await.unwrap()),
+        vec![second.id]
+    );
+    assert!(
+        store
+            .list_rollouts(&format!("other-{tag}"), None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Takeover: nothing while the leases hold; once they ran out, every
+    // running rollout becomes the caller's, and the old owner is locked out.
+    let mine = |rs: Vec<RolloutRecord>| {
+        let mut v: Vec<_> = rs.into_iter().filter(|r| r.app == app).collect();
+        v.sort_by_key(|r| r.created_at_ms);
+        v
+    };
+    let none = store
+        .claim_abandoned_rollouts("coord-b", NOW + 20, NOW + 50_000)
+        .await
+        .unwrap();
+    assert!(mine(none).is_empty());
+    let taken = mine(
+        store
+            .claim_abandoned_rollouts("coord-b", NOW + 40_011, NOW + 70_000)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        taken.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![prod.id, second.id]
+    );
+    assert!(taken.iter().all(|r| r.owner.as_deref() == Some("coord-b")
+        && r.lease_expires_at_ms == NOW + 70_000));
+    assert!(
+        !store
+            .update_rollout(second.id, "coord-a", &renew, NOW + 40_012)
+            .await
+            .unwrap()
+    );
+    let reverted = rollout_update(RolloutStatus::Reverted, "web-2 failed", NOW + 70_000);
+    assert!(
+        store
+            .update_rollout(second.id, "coord-b", &reverted, NOW + 40_013)
+            .await
+            .unwrap()
+    );
+    let failed = rollout_update(RolloutStatus::RevertFailed, "x", NOW + 70_000);
+    assert!(
+        store
+            .update_rollout(prod.id, "coord-b", &failed, NOW + 40_014)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_rollout(second.id).await.unwrap().unwrap().status,
+        RolloutStatus::Reverted
+    );
 }
 
 /// Eight random hex digits, making the names of one run unique.
@@ -1342,6 +1520,165 @@ async fn claims(store: &dyn Store, tag: &str) {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].0.attempt, 2);
     assert_eq!(again[0].0.assigned_by.as_deref(), Some("coord-b"));
+}
+
+/// Claiming a job's tasks for the agents connected here, and asking which
+/// jobs have work waiting for this coordinator's agents.
+async fn job_claims(store: &dyn Store, tag: &str) {
+    let agents = agents(store, "jobclaim", tag, 4).await;
+    let (a, b, c, d) = (&agents[0], &agents[1], &agents[2], &agents[3]);
+    let (fanout, fanout_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a, b, c]).await;
+    let (other, other_tasks) = submit(store, new_job("deploy", NOW - 1, None), &[a]).await;
+    let mut overdue = new_job("deploy", NOW - 3, None);
+    overdue.deadline_ms = NOW;
+    let (overdue, overdue_tasks) = submit(store, overdue, &[d]).await;
+    let (cancelled, cancelled_tasks) = submit(store, new_job("deploy", NOW, None), &[d]).await;
+    store
+        .request_cancel(cancelled.id, NOW)
+        .await
+        .expect("cancel");
+
+    let (here_a, here_b) = (a.id, b.id);
+    let here = move |agent: Uuid| agent == here_a || agent == here_b;
+    let everywhere = |_: Uuid| true;
+    let batch = |after: Option<Uuid>, limit: u32| {
+        let here = &here;
+        async move {
+            store
+                .claim_job_tasks(fanout.id, after, here, "coord-a", NOW, limit)
+                .await
+                .expect("claim")
+        }
+    };
+    assert_eq!(batch(None, 0).await, JobClaim::default());
+    // A batch looks at the next `limit` pending tasks in id order and
+    // claims those of agents here.
+    let first = batch(None, 1).await;
+    assert_eq!(first.next, Some(fanout_tasks[0].id));
+    assert_eq!(first.claimed.len(), 1);
+    assert_eq!(first.claimed[0].0.id, fanout_tasks[0].id);
+    let second = batch(first.next, 1).await;
+    assert_eq!(second.next, Some(fanout_tasks[1].id));
+    assert_eq!(second.claimed.len(), 1);
+    assert_eq!(second.claimed[0].0.id, fanout_tasks[1].id);
+    for (t, j) in first.claimed.iter().chain(&second.claimed) {
+        assert_eq!(t.state, TaskState::Assigned);
+        assert_eq!(t.attempt, 1);
+        assert_eq!(t.assigned_by.as_deref(), Some("coord-a"));
+        assert_eq!(t.updated_at_ms, NOW);
+        assert_eq!(j.id, fanout.id);
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(*t, task(store, t.id).await);
+    }
+    assert_eq!(second.claimed[0].1, job(store, fanout.id).await);
+    // c is not here: looked at, not claimed; then the pass is over.
+    let third = batch(second.next, 1).await;
+    assert_eq!(
+        (third.claimed.len(), third.next),
+        (0, Some(fanout_tasks[2].id))
+    );
+    assert_eq!(batch(third.next, 1).await, JobClaim::default());
+    // A new pass finds only c's task, in one batch.
+    assert_eq!(batch(None, 10).await, JobClaim::default());
+    // Other jobs of the same agents are untouched; c's task waits for c.
+    assert_eq!(
+        task(store, other_tasks[0].id).await.state,
+        TaskState::Pending
+    );
+    assert_eq!(
+        task(store, fanout_tasks[2].id).await.state,
+        TaskState::Pending
+    );
+    // Not an overdue job's, not a cancelled one's, not an unknown job's.
+    for job_id in [overdue.id, cancelled.id, Uuid::now_v7()] {
+        assert_eq!(
+            store
+                .claim_job_tasks(job_id, None, &everywhere, "coord-a", NOW, 10)
+                .await
+                .expect("claim"),
+            JobClaim::default()
+        );
+    }
+    assert_eq!(
+        task(store, overdue_tasks[0].id).await.state,
+        TaskState::Pending
+    );
+    assert_eq!(
+        task(store, cancelled_tasks[0].id).await.state,
+        TaskState::Cancelled
+    );
+    let events = all_events(store, fanout.id).await;
+    assert_eq!(
+        state_changes(&events),
+        vec![
+            (fanout_tasks[0].id, "assigned".to_string()),
+            (fanout_tasks[1].id, "assigned".to_string())
+        ]
+    );
+
+    // Which jobs wait on agents whose session is on a coordinator.
+    let (here_coord, there_coord) = (format!("coord-x-{tag}"), format!("coord-y-{tag}"));
+    for agent in [a, b, c, d] {
+        let on = if agent.id == c.id {
+            &there_coord
+        } else {
+            &here_coord
+        };
+        store
+            .agent_connected(agent.id, on, "0.1.0", "h", NOW)
+            .await
+            .expect("connected");
+    }
+    // a's task of `other`; not the overdue job's task of d, not b's
+    // assigned one.
+    assert_eq!(
+        store
+            .jobs_pending_on(&here_coord, NOW)
+            .await
+            .expect("pending here"),
+        vec![other.id]
+    );
+    assert_eq!(
+        store
+            .jobs_pending_on(&there_coord, NOW)
+            .await
+            .expect("pending there"),
+        vec![fanout.id]
+    );
+    store
+        .agent_disconnected(c.id, &there_coord, NOW + 1)
+        .await
+        .expect("disconnected");
+    assert_eq!(
+        store
+            .jobs_pending_on(&there_coord, NOW)
+            .await
+            .expect("pending there"),
+        Vec::<Uuid>::new()
+    );
+    let everything = store
+        .claim_job_tasks(other.id, None, &everywhere, "coord-b", NOW, 10)
+        .await
+        .expect("claim");
+    assert_eq!(everything.next, None);
+    assert_eq!(everything.claimed.len(), 1);
+    assert_eq!(
+        everything.claimed[0].0.assigned_by.as_deref(),
+        Some("coord-b")
+    );
+    assert_eq!(
+        store
+            .jobs_pending_on(&here_coord, NOW)
+            .await
+            .expect("pending here"),
+        Vec::<Uuid>::new()
+    );
+    for agent in [a, b, d] {
+        store
+            .agent_disconnected(agent.id, &here_coord, NOW + 1)
+            .await
+            .expect("disconnected");
+    }
 }
 
 async fn transitions(store: &dyn Store, tag: &str) {

@@ -155,12 +155,14 @@ struct JobEntry {
     dirty: bool,
     /// Task counts by state as stored, loaded when first needed.
     stored_counts: Option<HashMap<TaskState, u64>>,
+    /// How this transaction's changes moved the job's tasks between states,
+    /// kept as they happen: recounting the unit's tasks on every change
+    /// made a claim of n tasks O(n²).
+    state_delta: HashMap<TaskState, i64>,
 }
 
 struct TaskEntry {
     record: TaskRecord,
-    /// The state as stored, to correct the stored counts.
-    stored_state: TaskState,
     dirty: bool,
 }
 
@@ -203,6 +205,7 @@ impl Work {
                         record,
                         dirty: false,
                         stored_counts: None,
+                        state_delta: HashMap::new(),
                     };
                     (entry.record.id, entry)
                 })
@@ -211,7 +214,6 @@ impl Work {
                 .into_iter()
                 .map(|record| {
                     let entry = TaskEntry {
-                        stored_state: record.state,
                         record,
                         dirty: false,
                     };
@@ -271,24 +273,17 @@ impl Work {
             .jobs
             .get_mut(&job_id)
             .ok_or(StoreError::JobNotFound(job_id))?;
-        let stored = match &entry.stored_counts {
-            Some(counts) => counts.clone(),
-            None => {
-                let counts: HashMap<TaskState, u64> =
-                    tx.count_task_states(job_id).await?.into_iter().collect();
-                entry.stored_counts = Some(counts.clone());
-                counts
-            }
-        };
-        let mut counts = stored;
-        for task in self.tasks.values() {
-            if task.record.job_id == job_id && task.record.state != task.stored_state {
-                if let Some(n) = counts.get_mut(&task.stored_state) {
-                    *n = n.saturating_sub(1);
-                }
-                *counts.entry(task.record.state).or_default() += 1;
-            }
+        if entry.stored_counts.is_none() {
+            let counts: HashMap<TaskState, u64> =
+                tx.count_task_states(job_id).await?.into_iter().collect();
+            entry.stored_counts = Some(counts);
         }
+        let mut counts = entry.stored_counts.clone().unwrap_or_default();
+        for (state, delta) in &entry.state_delta {
+            let n = counts.entry(*state).or_default();
+            *n = n.saturating_add_signed(*delta);
+        }
+        counts.retain(|_, n| *n > 0);
         Ok(counts)
     }
 
@@ -318,6 +313,10 @@ impl Work {
         if to != from {
             edit(task);
             task.state = to;
+            if let Some(job) = self.jobs.get_mut(&job_id) {
+                *job.state_delta.entry(from).or_default() -= 1;
+                *job.state_delta.entry(to).or_default() += 1;
+            }
             if let Some(message) = message {
                 task.message = message.into();
             }
@@ -482,6 +481,28 @@ pub(crate) async fn claim<T: JobTx + ?Sized>(
             Ok((task.clone(), job.clone()))
         })
         .collect()
+}
+
+/// One batch of `claim_job_tasks` looked at `candidates` (`(task, agent)`,
+/// read without a lock, in the database's id order, at most `limit`):
+/// the tasks of those whose agent is `here`, and where the next batch
+/// starts.
+pub(crate) fn tasks_here(
+    candidates: &[(Uuid, Uuid)],
+    here: &(dyn Fn(Uuid) -> bool + Send + Sync),
+    limit: u32,
+) -> (Vec<Uuid>, Option<Uuid>) {
+    let next = if candidates.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+        candidates.last().map(|(task, _)| *task)
+    } else {
+        None
+    };
+    let ids = candidates
+        .iter()
+        .filter(|(_, agent)| here(*agent))
+        .map(|(task, _)| *task)
+        .collect();
+    (ids, next)
 }
 
 /// `transition_task`.

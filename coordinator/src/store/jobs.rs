@@ -129,6 +129,16 @@ pub struct AppendOutcome {
     pub transitions: Vec<Transition>,
 }
 
+/// One batch of [`Store::claim_job_tasks`](super::Store::claim_job_tasks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobClaim {
+    /// The tasks claimed (after), each with its job, in task id order.
+    pub claimed: Vec<(TaskRecord, JobRecord)>,
+    /// Where the next batch starts (pass it as `after`); `None` once every
+    /// pending task of the job has been looked at.
+    pub next: Option<Uuid>,
+}
+
 /// Filters of `list_jobs`; all optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {

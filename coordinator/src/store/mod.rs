@@ -17,13 +17,15 @@ use uuid::Uuid;
 
 use crate::job::TaskEvent;
 pub use jobs::{
-    AppendOutcome, IncomingEvent, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask,
+    AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask,
     Notification, TaskRecord, Transition,
 };
+pub use rollouts::{RolloutRecord, RolloutStatus, RolloutUpdate};
 
 mod engine;
 pub mod jobs;
 pub mod postgres;
+pub mod rollouts;
 mod rows;
 pub mod sqlite;
 
@@ -182,6 +184,16 @@ pub enum StoreError {
     OperatorNotFound(String),
     #[error("no job with id {0}")]
     JobNotFound(Uuid),
+    #[error(
+        "{app} {env} is being deployed: rollout {} of version {} by {}, started {}; \
+         wait for it (`ferry deploy --wait`) or follow it with `ferry releases --app {app} --env {env}`",
+        running.id, running.version, running.created_by,
+        ferry_common::time::rfc3339_ms(running.created_at_ms),
+        app = running.app, env = running.env
+    )]
+    RolloutInProgress { running: Box<RolloutRecord> },
+    #[error("no rollout with id {0}")]
+    RolloutNotFound(Uuid),
     #[error("store: row in {table} is corrupt: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("store: {0}")]
@@ -365,6 +377,39 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<(TaskRecord, JobRecord)>, StoreError>;
 
+    /// Claims a job's `pending` tasks for the agents `here` accepts (the
+    /// caller's live sessions), a batch at a time, as `claim_pending_tasks`
+    /// does, if the job is not final and its deadline is after `now_ms`.
+    /// A batch looks at the next `limit` pending tasks of the job in task id
+    /// order after `after` (from the start if `None`), without locks, keeps
+    /// those whose agent is `here`, locks them by id skipping rows another
+    /// coordinator holds (`FOR NO KEY UPDATE SKIP LOCKED`) and checks them
+    /// again once locked: a task claimed, cancelled or expired meanwhile is
+    /// left out. No list of agents goes to the database, and each pending
+    /// task is read once per pass, so a new job reaches every agent
+    /// connected here in a few large batches.
+    async fn claim_job_tasks(
+        &self,
+        job_id: Uuid,
+        after: Option<Uuid>,
+        here: &(dyn Fn(Uuid) -> bool + Send + Sync),
+        coordinator_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<JobClaim, StoreError>;
+
+    /// The jobs (distinct, in id order) that have a `pending` task claimable
+    /// at `now_ms` (job not final, deadline after `now_ms`) whose agent's
+    /// session is recorded on `coordinator_id` (`agent_connected`, not yet
+    /// `agent_disconnected`). One indexed query that finds nothing in the
+    /// steady state: the scheduler asks it on every tick, to catch work a
+    /// missed notification or a failed send left behind.
+    async fn jobs_pending_on(
+        &self,
+        coordinator_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
     /// Applies `event` to the task, with `message` as the task's new
     /// message when its state changes. `Ok(None)` if the task is unknown or
     /// the transition is invalid (nothing written).
@@ -423,6 +468,44 @@ pub trait Store: Send + Sync + 'static {
         seen_before_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<Transition>, StoreError>;
+
+    // --- rollouts --------------------------------------------------------
+    // A running rollout is the (app, env) deploy lock; its `owner` drives
+    // it and keeps its lease alive with `update_rollout`.
+
+    /// Inserts a `running` rollout owned by `rollout.owner`.
+    /// `RolloutInProgress` (with the running one) if (app, env) already has
+    /// a running rollout; nothing is written then.
+    async fn create_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
+    async fn get_rollout(&self, id: Uuid) -> Result<Option<RolloutRecord>, StoreError>;
+    /// The rollouts of `app` (of one env, if given), newest first, at most
+    /// `limit` (0 means 20).
+    async fn list_rollouts(
+        &self,
+        app: &str,
+        env: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// Writes progress, renews the lease and, with a final status, ends the
+    /// rollout (`finished_at_ms = now_ms`), which releases the lock. Only
+    /// while it is `running` and owned by `owner`; returns whether it was
+    /// (false: another coordinator took it over, stop driving it).
+    async fn update_rollout(
+        &self,
+        id: Uuid,
+        owner: &str,
+        update: &RolloutUpdate,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Takes over every `running` rollout whose lease expired before
+    /// `now_ms` (its coordinator died): `owner` and the lease become the
+    /// caller's. Returns those taken.
+    async fn claim_abandoned_rollouts(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_expires_at_ms: i64,
+    ) -> Result<Vec<RolloutRecord>, StoreError>;
 
     // --- coordination --------------------------------------------------
 

@@ -31,11 +31,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use super::engine::{self, JobTx, NOTIFY_CHANNEL, NewEvent};
+
+use super::rollouts::{RolloutRecord, RolloutUpdate};
 use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
-    AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobEventRecord,
-    JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
-    SecretMeta, SecretRecord, Store, StoreError, TaskRecord, Transition,
+    AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim,
+    JobEventRecord, JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
+    OperatorRecord, SecretMeta, SecretRecord, Store, StoreError, TaskRecord, Transition,
 };
 use crate::job::{TaskEvent, TaskState};
 
@@ -54,6 +56,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         3,
         "secrets",
         include_str!("../../../migrations/postgres/0003_secrets.sql"),
+    ),
+    (
+        4,
+        "rollouts",
+        include_str!("../../../migrations/postgres/0004_rollouts.sql"),
     ),
 ];
 
@@ -87,6 +94,8 @@ struct Leadership {
 }
 
 impl PgStore {
+    super::rollouts::rollout_methods!();
+
     /// Connects to the database at `url` and applies pending migrations;
     /// concurrent coordinators wait for each other's migration.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -753,6 +762,43 @@ impl Store for PgStore {
         Ok(deleted == 1)
     }
 
+    async fn create_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        self.sql_create_rollout(r).await
+    }
+
+    async fn get_rollout(&self, id: Uuid) -> Result<Option<RolloutRecord>, StoreError> {
+        self.sql_get_rollout(id).await
+    }
+
+    async fn list_rollouts(
+        &self,
+        app: &str,
+        env: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.sql_list_rollouts(app, env, limit).await
+    }
+
+    async fn update_rollout(
+        &self,
+        id: Uuid,
+        owner: &str,
+        update: &RolloutUpdate,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.sql_update_rollout(id, owner, update, now_ms).await
+    }
+
+    async fn claim_abandoned_rollouts(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_expires_at_ms: i64,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.sql_claim_abandoned_rollouts(owner, now_ms, lease_expires_at_ms)
+            .await
+    }
+
     async fn create_job(
         &self,
         job: &NewJob,
@@ -890,6 +936,21 @@ impl Store for PgStore {
         if agent_ids.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        let ids = id_list(agent_ids);
+        // Most calls (an agent connecting) find nothing: one statement
+        // rather than a transaction's three round trips.
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.state = 'pending' AND t.agent_id = ANY($1) \
+             AND j.status IN ('pending', 'running') AND j.deadline_ms > $2)",
+        )
+        .bind(&ids)
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        if !any {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_job_tx().await?;
         let tasks = sqlx::query(
             "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
@@ -897,7 +958,7 @@ impl Store for PgStore {
              AND j.status IN ('pending', 'running') AND j.deadline_ms > $2 \
              ORDER BY j.created_at_ms, t.id LIMIT $3 FOR NO KEY UPDATE OF t SKIP LOCKED",
         )
-        .bind(id_list(agent_ids))
+        .bind(ids)
         .bind(now_ms)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -911,6 +972,91 @@ impl Store for PgStore {
         let claimed = engine::claim(&mut *tx, tasks, coordinator_id, now_ms).await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    async fn claim_job_tasks(
+        &self,
+        job_id: Uuid,
+        after: Option<Uuid>,
+        here: &(dyn Fn(Uuid) -> bool + Send + Sync),
+        coordinator_id: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<JobClaim, StoreError> {
+        if limit == 0 {
+            return Ok(JobClaim::default());
+        }
+        // A look without locks: which of the job's tasks are for agents
+        // connected here is known in memory, not in the database.
+        let candidates = sqlx::query(
+            "SELECT t.id, t.agent_id FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.job_id = $1 AND t.state = 'pending' AND t.id > $2 \
+             AND j.status IN ('pending', 'running') AND j.deadline_ms > $3 \
+             ORDER BY t.id LIMIT $4",
+        )
+        .bind(job_id.to_string())
+        .bind(after.map(|id| id.to_string()).unwrap_or_default())
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::task_and_agent)
+        .collect::<Result<Vec<_>, _>>()?;
+        let (ids, next) = engine::tasks_here(&candidates, here, limit);
+        if ids.is_empty() {
+            return Ok(JobClaim {
+                claimed: Vec::new(),
+                next,
+            });
+        }
+        let mut tx = self.begin_job_tx().await?;
+        // Locked in id order; a row claimed, cancelled or expired since the
+        // look no longer matches once locked, and one another transaction
+        // holds is skipped.
+        let tasks = sqlx::query(
+            "SELECT t.* FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             WHERE t.id = ANY($1) AND t.job_id = $2 AND t.state = 'pending' \
+             AND j.status IN ('pending', 'running') AND j.deadline_ms > $3 \
+             ORDER BY t.id FOR NO KEY UPDATE OF t SKIP LOCKED",
+        )
+        .bind(id_list(&ids))
+        .bind(job_id.to_string())
+        .bind(now_ms)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::task)
+        .collect::<Result<Vec<_>, _>>()?;
+        if tasks.is_empty() {
+            return Ok(JobClaim {
+                claimed: Vec::new(),
+                next,
+            });
+        }
+        let claimed = engine::claim(&mut *tx, tasks, coordinator_id, now_ms).await?;
+        tx.commit().await?;
+        Ok(JobClaim { claimed, next })
+    }
+
+    async fn jobs_pending_on(
+        &self,
+        coordinator_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query(
+            "SELECT DISTINCT t.job_id FROM tasks t JOIN agents a ON a.id = t.agent_id \
+             JOIN jobs j ON j.id = t.job_id \
+             WHERE t.state = 'pending' AND a.connected_to = $1 \
+             AND j.status IN ('pending', 'running') AND j.deadline_ms > $2 ORDER BY t.job_id",
+        )
+        .bind(coordinator_id)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::task_job_id)
+        .collect()
     }
 
     async fn transition_task(

@@ -106,7 +106,11 @@ fn labels(table: &'static str, json: &str) -> Result<BTreeMap<String, String>, S
     })
 }
 
-fn uuid(table: &'static str, column: &'static str, text: &str) -> Result<Uuid, StoreError> {
+pub(crate) fn uuid(
+    table: &'static str,
+    column: &'static str,
+    text: &str,
+) -> Result<Uuid, StoreError> {
     Uuid::parse_str(text).map_err(|e| StoreError::Corrupt {
         table,
         reason: format!("{column} {text:?} is not a UUID: {e}"),
@@ -279,7 +283,7 @@ fn unsigned<T: TryFrom<i64>>(
     })
 }
 
-fn parsed<T: std::str::FromStr<Err = String>>(
+pub(crate) fn parsed<T: std::str::FromStr<Err = String>>(
     table: &'static str,
     column: &'static str,
     text: &str,
@@ -342,6 +346,19 @@ pub(crate) fn task_with_last_seen(row: &impl Columns) -> Result<(TaskRecord, i64
 
 /// A `job_events` row joined with its task's `agent_name` (NULL for
 /// job-level events).
+/// A task's `id` and `agent_id`: what a claim looks at before it locks.
+pub(crate) fn task_and_agent(row: &impl Columns) -> Result<(Uuid, Uuid), StoreError> {
+    Ok((
+        uuid("tasks", "id", &row.text("id")?)?,
+        uuid("tasks", "agent_id", &row.text("agent_id")?)?,
+    ))
+}
+
+/// A task's `job_id`.
+pub(crate) fn task_job_id(row: &impl Columns) -> Result<Uuid, StoreError> {
+    uuid("tasks", "job_id", &row.text("job_id")?)
+}
+
 pub(crate) fn job_event(row: &impl Columns) -> Result<JobEventRecord, StoreError> {
     const TABLE: &str = "job_events";
     Ok(JobEventRecord {

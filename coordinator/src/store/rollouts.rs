@@ -1,0 +1,294 @@
+//! Rollout records: a release of an app to an environment, which is also
+//! the (app, env) deploy lock while it runs (see
+//! `migrations/*/0004_rollouts.sql`). What a rollout does is
+//! `crate::rollout`'s; the store only keeps it and arbitrates who drives it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+use super::StoreError;
+use super::rows::{Columns, parsed, uuid};
+
+/// Where a rollout is. Only `Running` holds the (app, env) lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutStatus {
+    Running,
+    /// Every host runs the release and passed its smoke checks.
+    Succeeded,
+    /// A host failed and there was nothing to revert to (a first deploy),
+    /// or nothing had been updated yet.
+    Failed,
+    /// A host failed; every updated host is back on the previous release.
+    Reverted,
+    /// A host failed and the revert failed too: hosts need a look.
+    RevertFailed,
+}
+
+impl RolloutStatus {
+    pub const ALL: [RolloutStatus; 5] = [
+        RolloutStatus::Running,
+        RolloutStatus::Succeeded,
+        RolloutStatus::Failed,
+        RolloutStatus::Reverted,
+        RolloutStatus::RevertFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Running => "running",
+            RolloutStatus::Succeeded => "succeeded",
+            RolloutStatus::Failed => "failed",
+            RolloutStatus::Reverted => "reverted",
+            RolloutStatus::RevertFailed => "revert_failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != RolloutStatus::Running
+    }
+}
+
+impl fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RolloutStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RolloutStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown rollout status {s:?}"))
+    }
+}
+
+/// One rollout as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRecord {
+    pub id: Uuid,
+    pub app: String,
+    pub env: String,
+    pub version: String,
+    /// "deploy" or "rollback".
+    pub kind: String,
+    pub status: RolloutStatus,
+    pub protected: bool,
+    /// The `DeploySpec` every host gets, JSON.
+    pub spec_json: String,
+    /// `crate::rollout::Plan`, JSON.
+    pub plan_json: String,
+    pub previous_id: Option<Uuid>,
+    pub previous_version: Option<String>,
+    pub rollback_of: Option<Uuid>,
+    /// `Vec<crate::rollout::Step>`, JSON.
+    pub steps_json: String,
+    pub message: String,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// The coordinator driving it.
+    pub owner: Option<String>,
+    pub lease_expires_at_ms: i64,
+    pub traceparent: String,
+}
+
+/// What the driving coordinator writes as a rollout proceeds. Writing it
+/// also renews the lease; a final `status` releases the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutUpdate {
+    pub steps_json: String,
+    pub message: String,
+    pub status: RolloutStatus,
+    pub lease_expires_at_ms: i64,
+}
+
+pub(crate) fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
+    const TABLE: &str = "rollouts";
+    let opt_uuid = |column: &'static str| -> Result<Option<Uuid>, StoreError> {
+        row.opt_text(column)?
+            .map(|t| uuid(TABLE, column, &t))
+            .transpose()
+    };
+    Ok(RolloutRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        app: row.text("app")?,
+        env: row.text("env")?,
+        version: row.text("version")?,
+        kind: row.text("kind")?,
+        status: parsed::<RolloutStatus>(TABLE, "status", &row.text("status")?)?,
+        protected: row.flag("protected")?,
+        spec_json: row.text("spec_json")?,
+        plan_json: row.text("plan_json")?,
+        previous_id: opt_uuid("previous_id")?,
+        previous_version: row.opt_text("previous_version")?,
+        rollback_of: opt_uuid("rollback_of")?,
+        steps_json: row.text("steps_json")?,
+        message: row.text("message")?,
+        created_by: row.text("created_by")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+        owner: row.opt_text("owner")?,
+        lease_expires_at_ms: row.int("lease_expires_at_ms")?,
+        traceparent: row.text("traceparent")?,
+    })
+}
+
+/// The list limit: 0 means 20, and never more than 1000.
+pub(crate) fn list_limit(limit: u32) -> i64 {
+    match limit {
+        0 => 20,
+        n => i64::from(n.min(1000)),
+    }
+}
+
+/// Whether an insert failed on a unique index (the deploy lock).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The rollout methods of `Store` as inherent `sql_*` methods of a backend,
+/// the same SQL on both (`$N` parameters are positional on PostgreSQL and,
+/// numbered in order of first use, on SQLite). Expanded in each backend's
+/// inherent impl, where `self.pool` is its pool; the `Store` methods call
+/// them (async_trait impls cannot hold macro-made methods).
+macro_rules! rollout_methods {
+    () => {
+        async fn sql_create_rollout(
+            &self,
+            r: &$crate::store::RolloutRecord,
+        ) -> Result<(), $crate::store::StoreError> {
+            let inserted = sqlx::query(
+                "INSERT INTO rollouts (id, app, env, version, kind, status, protected, spec_json, plan_json, previous_id, previous_version, rollback_of, steps_json, message, created_by, created_at_ms, updated_at_ms, finished_at_ms, owner, lease_expires_at_ms, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+            )
+            .bind(r.id.to_string())
+            .bind(&r.app)
+            .bind(&r.env)
+            .bind(&r.version)
+            .bind(&r.kind)
+            .bind(r.status.as_str())
+            .bind(r.protected)
+            .bind(&r.spec_json)
+            .bind(&r.plan_json)
+            .bind(r.previous_id.map(|id| id.to_string()))
+            .bind(r.previous_version.as_deref())
+            .bind(r.rollback_of.map(|id| id.to_string()))
+            .bind(&r.steps_json)
+            .bind(&r.message)
+            .bind(&r.created_by)
+            .bind(r.created_at_ms)
+            .bind(r.updated_at_ms)
+            .bind(r.finished_at_ms)
+            .bind(r.owner.as_deref())
+            .bind(r.lease_expires_at_ms)
+            .bind(&r.traceparent)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(e) if $crate::store::rollouts::is_unique_violation(&e) => {
+                    let running = sqlx::query(
+                        "SELECT * FROM rollouts WHERE app = $1 AND env = $2 AND status = 'running'",
+                    )
+                    .bind(&r.app)
+                    .bind(&r.env)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    match running {
+                        Some(row) => Err($crate::store::StoreError::RolloutInProgress {
+                            running: Box::new($crate::store::rollouts::rollout(&row)?),
+                        }),
+                        // Not the lock (the id was reused?), or it just ended.
+                        None => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        async fn sql_get_rollout(
+            &self,
+            id: ::uuid::Uuid,
+        ) -> Result<Option<$crate::store::RolloutRecord>, $crate::store::StoreError> {
+            sqlx::query("SELECT * FROM rollouts WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| $crate::store::rollouts::rollout(&row))
+                .transpose()
+        }
+
+        async fn sql_list_rollouts(
+            &self,
+            app: &str,
+            env: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<$crate::store::RolloutRecord>, $crate::store::StoreError> {
+            sqlx::query(
+                "SELECT * FROM rollouts WHERE app = $1 AND (CAST($2 AS TEXT) IS NULL OR env = $2) \
+                 ORDER BY created_at_ms DESC, id DESC LIMIT $3",
+            )
+            .bind(app)
+            .bind(env)
+            .bind($crate::store::rollouts::list_limit(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map($crate::store::rollouts::rollout)
+            .collect()
+        }
+
+        async fn sql_update_rollout(
+            &self,
+            id: ::uuid::Uuid,
+            owner: &str,
+            update: &$crate::store::RolloutUpdate,
+            now_ms: i64,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let finished = update.status.is_final().then_some(now_ms);
+            let done = sqlx::query(
+                "UPDATE rollouts SET steps_json = $1, message = $2, status = $3, \
+                 finished_at_ms = $4, updated_at_ms = $5, lease_expires_at_ms = $6 \
+                 WHERE id = $7 AND owner = $8 AND status = 'running'",
+            )
+            .bind(&update.steps_json)
+            .bind(&update.message)
+            .bind(update.status.as_str())
+            .bind(finished)
+            .bind(now_ms)
+            .bind(update.lease_expires_at_ms)
+            .bind(id.to_string())
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn sql_claim_abandoned_rollouts(
+            &self,
+            owner: &str,
+            now_ms: i64,
+            lease_expires_at_ms: i64,
+        ) -> Result<Vec<$crate::store::RolloutRecord>, $crate::store::StoreError> {
+            sqlx::query(
+                "UPDATE rollouts SET owner = $1, lease_expires_at_ms = $2, updated_at_ms = $3 \
+                 WHERE status = 'running' AND lease_expires_at_ms < $3 RETURNING *",
+            )
+            .bind(owner)
+            .bind(lease_expires_at_ms)
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map($crate::store::rollouts::rollout)
+            .collect()
+        }
+    };
+}
+pub(crate) use rollout_methods;
