@@ -68,7 +68,7 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
 const ACTIVE_NAME_INDEX: &str = "agents_active_name";
 
 /// The session advisory lock whose holder is the leader ("ferry-ld").
-const LEADER_LOCK_KEY: i64 = 0x6665_7272_792d_6c64;
+pub(super) const LEADER_LOCK_KEY: i64 = 0x6665_7272_792d_6c64;
 
 /// Notifications a slow subscriber may lag behind before it misses some.
 const NOTIFICATION_BUFFER: usize = 1024;

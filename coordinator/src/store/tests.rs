@@ -783,10 +783,17 @@ async fn postgres_one_leader_at_a_time() {
         // The lock's connection dies: the leader reconnects and leads again
         // (nobody else took the lock meanwhile).
         let mut raw = PgConnection::connect(&url).await.expect("raw connection");
+        // pg_locks is cluster-wide: name this database and the leader's key,
+        // or the query kills other tests' connections (their migrations
+        // hold advisory locks too) — it did, in CI.
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted",
+             WHERE locktype = 'advisory' AND granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND objsubid = 1 \
+               AND classid::bigint = ($1 >> 32) AND objid::bigint = ($1 & 4294967295)",
         )
+        .bind(super::postgres::LEADER_LOCK_KEY)
         .fetch_all(&mut raw)
         .await
         .expect("terminate the leader's lock connection");
