@@ -6,8 +6,10 @@
 #
 # Installs and starts what the tests need, idempotently: a PostgreSQL server
 # on 127.0.0.1:55432 (scripts/ensure-postgres.sh), a static busybox for test
-# images, and a Docker registry with basic auth on 127.0.0.1:5000
-# (scripts/ensure-registry.sh).
+# images, a Docker registry with basic auth on 127.0.0.1:5000
+# (scripts/ensure-registry.sh), an nginx under /tmp/ferry-nginx on
+# 127.0.0.1:18080 (scripts/ensure-nginx.sh), and a second Docker engine
+# standing in for a second host (scripts/ensure-docker2.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,12 @@ docker version --format 'Docker engine {{.Server.Version}}' >&2 || {
 
 echo "==> a local Docker registry with credentials, for pull tests" >&2
 eval "$(bash scripts/ensure-registry.sh)"
+
+echo "==> a private nginx on 127.0.0.1:18080, for the blue-green tests" >&2
+eval "$(bash scripts/ensure-nginx.sh)"
+
+echo "==> a second Docker engine, standing in for a second host in rollout tests" >&2
+eval "$(bash scripts/ensure-docker2.sh)"
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
