@@ -77,15 +77,19 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts on `listener` until `shutdown`, yielding established TLS
-/// connections.
+/// connections. The returned task owns the listener: the port is free once
+/// it has finished, so whoever stops the server awaits it before saying so.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
-) -> ReceiverStream<std::io::Result<TlsConn>> {
+) -> (
+    ReceiverStream<std::io::Result<TlsConn>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let accept_loop = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,5 +126,5 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    (ReceiverStream::new(rx), accept_loop)
 }

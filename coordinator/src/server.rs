@@ -173,7 +173,12 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| CoordinatorError::Internal(format!("reflection: {e}")))?;
 
-    let incoming = crate::net::incoming(listeners.grpc, tls_config, shutdown.clone());
+    // A child token, so the accept loop also stops when the server fails
+    // without a shutdown; it is awaited below so that the port is closed
+    // when `serve` returns (a restart on the same port must be able to bind).
+    let stop_accepting = shutdown.child_token();
+    let (incoming, accept_loop) =
+        crate::net::incoming(listeners.grpc, tls_config, stop_accepting.clone());
     let auth = AuthLayer::new(verifier, &core.config.trust_domain, metrics);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -190,6 +195,8 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .map_err(|e| CoordinatorError::Internal(format!("gRPC server: {}", tls::error_chain(&e))));
+    stop_accepting.cancel();
+    let _ = accept_loop.await;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

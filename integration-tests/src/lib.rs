@@ -50,6 +50,59 @@ pub fn setup() {
     ));
 }
 
+/// Where [`stable_listener`] looks for ports: above the well-known service
+/// ports the test servers use (5000, 18080), below the ephemeral range.
+const STABLE_PORTS_FROM: u16 = 20_000;
+
+/// A listener on 127.0.0.1 at a port outside the kernel's ephemeral range.
+///
+/// A test that stops a coordinator and starts it again on the same port
+/// needs the port to stay free in between. A port from `bind("…:0")` comes
+/// from the ephemeral range, which is also where the kernel takes the local
+/// port of every outgoing connection: with many tests connecting at once,
+/// one of them can take the port while it is closed, and the restart fails
+/// with "Address already in use". Ports below that range are only taken by
+/// an explicit bind. Falls back to `:0` if the range leaves no room.
+pub fn stable_listener() -> std::io::Result<std::net::TcpListener> {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(STABLE_PORTS_FROM);
+    if span < 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0");
+    }
+    // A different start in every process and call, so that concurrent test
+    // processes rarely probe the same ports.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = (h.finish() % u64::from(span)) as u16;
+    for i in 0..span {
+        let port = STABLE_PORTS_FROM + (start + i) % span;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l);
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+}
+
+/// A port outside the ephemeral range that is free now, for a process a
+/// test starts (see [`stable_listener`]).
+pub fn stable_port() -> u16 {
+    stable_listener()
+        .and_then(|l| l.local_addr())
+        .expect("find a free port on 127.0.0.1")
+        .port()
+}
+
+/// [`stable_listener`] for tokio.
+pub fn stable_tokio_listener() -> std::io::Result<TcpListener> {
+    let l = stable_listener()?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
 /// Which store a test coordinator uses.
 #[derive(Debug, Clone)]
 pub enum StoreChoice {
@@ -100,7 +153,8 @@ impl TestCoordinator {
         setup();
         let dir = Arc::new(tempfile::tempdir()?);
         let data_dir = dir.path().join("coordinator");
-        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        // The gRPC port outlives restarts; the admin port is not reopened.
+        let grpc = stable_tokio_listener()?;
         let admin = TcpListener::bind("127.0.0.1:0").await?;
         let (grpc_addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
         let out = init(&InitOptions {
@@ -160,7 +214,7 @@ impl TestCoordinator {
     /// A second coordinator on the same data dir (CA) and store, on its own
     /// port: two coordinators sharing one PostgreSQL.
     pub async fn start_peer(&self) -> Result<TestCoordinator> {
-        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = stable_tokio_listener()?;
         let addr = grpc.local_addr()?;
         let mut config = self.config.clone();
         config.listen = addr;
@@ -196,7 +250,23 @@ impl TestCoordinator {
     /// Stops and starts again on the same address, data dir and store.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
-        let grpc = TcpListener::bind(self.config.listen).await?;
+        // `stop` returns once the port is closed, and the port is outside
+        // the ephemeral range; retry briefly all the same, so that a port a
+        // stray bind held for a moment fails with its cause, not a flake.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let grpc = loop {
+            match TcpListener::bind(self.config.listen).await {
+                Ok(l) => break l,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(addr = %self.config.listen, error = %e, "rebind failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("rebind {} for the restart", self.config.listen));
+                }
+            }
+        };
         self.serve_on(grpc, None).await
     }
 

@@ -116,6 +116,33 @@ async fn revoking_cuts_the_live_session_within_a_second_and_refuses_it_after() {
     let _again = c.start_agent("db-1", &[]).await.unwrap();
 }
 
+/// A revocation whose notification never reached this coordinator (written
+/// by another one, say, while this one's `LISTEN` was reconnecting): the
+/// periodic sweep of revoked agents still cuts the live session.
+#[tokio::test]
+async fn a_revocation_the_coordinator_was_not_told_of_is_enforced_by_the_sweep() {
+    let c = TestCoordinator::start().await.unwrap();
+    let mut agent = c.start_agent("db-2", &[]).await.unwrap();
+    let id = c.agent("db-2").await.unwrap().unwrap().id;
+    // Straight into the store: no RPC, no notification.
+    let store = ferry_coordinator::store::open(c.store_location())
+        .await
+        .unwrap();
+    store
+        .revoke_agent(id.parse().unwrap(), ferry_common::time::now_ms())
+        .await
+        .unwrap();
+    // The sweep runs every 20 ticks (4 s with the test's 200 ms heartbeats).
+    let ended = agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the sweep must cut the session within 10s");
+    assert!(
+        matches!(ended, Err(AgentError::Revoked(_))),
+        "expected Revoked, got {ended:?}"
+    );
+}
+
 fn short_agent_certs(c: &mut CoordinatorConfig) {
     fast_heartbeats(c);
     c.agent_cert_ttl = Duration::from_secs(6);
@@ -165,6 +192,25 @@ async fn agent_reconnects_after_the_coordinator_restarts() {
     assert!(agent.is_running());
 }
 
+/// `serve` returns only once its listening socket is closed, with agents
+/// connected: a supervisor restarting it on the same address can bind at
+/// once (before, the accept loop could still hold the port for a moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_coordinator_has_released_its_port() {
+    let mut c = TestCoordinator::start().await.unwrap();
+    let _agent = c.start_agent("web-3", &[]).await.unwrap();
+    for round in 0..5 {
+        c.stop().await.unwrap();
+        let rebound = std::net::TcpListener::bind(c.config.listen);
+        assert!(
+            rebound.is_ok(),
+            "round {round}: {} still taken after stop: {rebound:?}",
+            c.config.listen
+        );
+        drop(rebound);
+        c.restart().await.unwrap();
+    }
+}
 /// The value of a metric on the coordinator's admin port.
 async fn metric(c: &TestCoordinator, name: &str) -> u64 {
     let (_, body) = c.admin_get("/metrics").await.unwrap();

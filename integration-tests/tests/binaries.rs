@@ -17,14 +17,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("spawn")
 }
@@ -58,7 +50,10 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 fn operator_workflow_with_the_real_binaries() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("coord");
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port) = (
+        ferry_integration_tests::stable_port(),
+        ferry_integration_tests::stable_port(),
+    );
     let listen = format!("127.0.0.1:{port}");
     let admin_listen = format!("127.0.0.1:{admin_port}");
 
@@ -247,7 +242,10 @@ fn missing_credentials_and_unreachable_coordinator_are_explained() {
     // Credentials pointing at a port nobody listens on.
     let ca = ferry_common::pki::CertificateAuthority::generate("ferry.test").unwrap();
     let creds = ferry_common::credentials::Credentials {
-        coordinator: format!("https://127.0.0.1:{}", free_port()),
+        coordinator: format!(
+            "https://127.0.0.1:{}",
+            ferry_integration_tests::stable_port()
+        ),
         name: "x".into(),
         ca: ca.cert_pem().into(),
         certificate: ca.cert_pem().into(),

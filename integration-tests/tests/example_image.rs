@@ -167,14 +167,6 @@ fn get_when_up(addr: SocketAddr, path: &str) -> (u16, String) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn example_image_serves_health_and_version_fails_on_purpose_and_stops_on_sigterm() {
     if !docker_available("example_image") {
@@ -285,7 +277,7 @@ fn example_image_migrates_in_a_one_off_container_and_reaches_its_database() {
     let again = migrate(&["-e", &format!("DATABASE_URL={url}"), &image, "migrate"]);
     assert_eq!(again, "0 applied, 2 already applied");
 
-    let port = free_port().to_string();
+    let port = ferry_integration_tests::stable_port().to_string();
     made.run(&[
         "--network",
         "host",
@@ -299,7 +291,7 @@ fn example_image_migrates_in_a_one_off_container_and_reaches_its_database() {
     assert_eq!(get_when_up(addr, "/health/db"), (200, "ok".into()));
 
     // A wrong password is a 503 that says why, not a hang.
-    let port = free_port().to_string();
+    let port = ferry_integration_tests::stable_port().to_string();
     let wrong = url.replacen("ferry:ferry@", "ferry:wrong@", 1);
     assert_ne!(
         wrong, url,
