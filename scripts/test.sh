@@ -56,7 +56,11 @@ cargo build --workspace --bins --locked
 
 echo "==> tests" >&2
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  # In CI, the `ci` profile of .config/nextest.toml: flaky tests are retried
+  # and reported as such.
+  profile=default
+  [ -n "${CI:-}" ] && profile=ci
+  cargo nextest run --workspace --locked --no-fail-fast --profile "$profile"
 else
   cargo test --workspace --locked --no-fail-fast
 fi
