@@ -101,11 +101,6 @@ impl SessionRegistry {
         self.lock().len()
     }
 
-    /// Agents with a session on this coordinator.
-    pub fn connected(&self) -> Vec<Uuid> {
-        self.lock().keys().copied().collect()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -132,7 +127,7 @@ mod tests {
         );
         assert!(reg.send(a, pb::coordinator_message::Msg::Ack(pb::Ack::default())));
         assert!(rx.try_recv().is_ok());
-        assert_eq!(reg.connected(), vec![a]);
+        assert_eq!(reg.online_count(), 1);
         assert!(reg.kill(a, Status::permission_denied("revoked")));
         assert_eq!(k2.try_recv().unwrap().code(), tonic::Code::PermissionDenied);
         assert!(!reg.is_online(a));

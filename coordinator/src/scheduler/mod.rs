@@ -25,7 +25,8 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::job::{Outcome, TaskEffect, TaskEvent};
 use crate::store::{
-    IncomingEvent, JobRecord, NewJob, NewTask, Notification, StoreError, TaskRecord, Transition,
+    AuditEntry, IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError,
+    TaskRecord, Transition,
 };
 
 pub mod watch;
@@ -220,17 +221,11 @@ impl Core {
                 agent_name: a.name.clone(),
             })
             .collect();
-        let (record, created) = self.store.create_job(&job, &tasks).await?;
-        if !created {
-            return Ok((record, false));
-        }
-        self.keep_span(record.id, span);
-        let notes: Vec<(Option<Uuid>, Vec<u8>)> = tasks
+        let notes: Vec<(Uuid, Vec<u8>)> = tasks
             .iter()
             .zip(&targets)
             .map(|(task, agent)| {
-                let online = self.agent_online(agent, now);
-                let message = if online {
+                let message = if self.agent_online(agent, now) {
                     format!("queued for agent {}", agent.name)
                 } else {
                     format!(
@@ -240,23 +235,47 @@ impl Core {
                         ferry_common::time::rfc3339_ms(job.deadline_ms)
                     )
                 };
-                (Some(task.id), state_body("pending", message))
+                (task.id, state_body("pending", message))
             })
             .collect();
-        self.store
-            .append_coordinator_events(record.id, &notes, now)
+        let detail = format!("kind={} target={}", job.kind, sub.target.describe());
+        tracing::info!(actor, action = "job.submit", target = %job_id, detail, "audit");
+        let audit = AuditEntry {
+            at_ms: now,
+            actor: actor.into(),
+            action: "job.submit".into(),
+            target: job_id.to_string(),
+            detail,
+        };
+        // One transaction stores the job, its first events and the audit
+        // entry, and claims the tasks of the agents connected here: their
+        // Assigns go out right after the commit.
+        let started = self
+            .store
+            .start_job(&JobStart {
+                job: &job,
+                tasks: &tasks,
+                notes: &notes,
+                here: &|agent| self.sessions.is_online(agent),
+                coordinator_id: &self.coordinator_id,
+                audit: Some(&audit),
+                now_ms: now,
+            })
             .await?;
-        self.audit(
-            actor,
-            "job.submit",
-            &record.id.to_string(),
-            format!("kind={} target={}", record.kind, sub.target.describe()),
-        )
-        .await;
-        self.store
-            .notify(Notification::JobSubmitted(record.id))
-            .await?;
-        Ok((record, true))
+        if !started.created {
+            return Ok((started.job, false));
+        }
+        self.keep_span(job_id, span);
+        let all_claimed = started.claimed.len() == tasks.len();
+        self.send_claimed(started.claimed).await?;
+        // The rest wait for their agents: connected to another coordinator
+        // (which the notification wakes), or offline until they return.
+        if !all_claimed {
+            self.store
+                .notify(Notification::JobSubmitted(job_id))
+                .await?;
+        }
+        Ok((started.job, true))
     }
 
     /// `CancelJob`: cancels what has not started and asks agents to stop
@@ -596,13 +615,12 @@ impl Core {
     /// Ends local sessions of agents revoked elsewhere, in case the
     /// notification was missed.
     async fn sweep_revoked(&self) -> Result<(), StoreError> {
-        let connected = self.sessions.connected();
-        if connected.is_empty() {
+        if self.sessions.online_count() == 0 {
             return Ok(());
         }
-        for agent in self.store.list_agents().await? {
-            if agent.revoked_at_ms.is_some() && connected.contains(&agent.id) {
-                self.on_notification(Notification::AgentRevoked(agent.id))
+        for agent in self.store.revoked_agent_ids().await? {
+            if self.sessions.is_online(agent) {
+                self.on_notification(Notification::AgentRevoked(agent))
                     .await?;
             }
         }

@@ -19,9 +19,9 @@ use uuid::Uuid;
 
 use super::{
     AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim, JobEventRecord,
-    JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord,
-    RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store, StoreError,
-    TaskRecord,
+    JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
+    OperatorRecord, RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store,
+    StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -44,6 +44,7 @@ pub async fn run(store: &dyn Store) {
     secrets(store, &tag).await;
     concurrent_secret_writes(store, &tag).await;
     create_jobs(store, &tag).await;
+    start_jobs(store, &tag).await;
     list_job_filters(store, &tag).await;
     claims(store, &tag).await;
     job_claims(store, &tag).await;
@@ -508,6 +509,18 @@ async fn names_and_revocation(store: &dyn Store, tag: &str) {
         "{twice:?}"
     );
     assert_eq!(agent(store, first.id).await.revoked_at_ms, Some(NOW + 1));
+    let revoked_ids = store.revoked_agent_ids().await.expect("revoked ids");
+    assert!(revoked_ids.contains(&first.id), "{revoked_ids:?}");
+    assert!(revoked_ids.is_sorted(), "in id order: {revoked_ids:?}");
+    let live = enroll(store, &format!("live-{tag}"), NOW).await;
+    assert!(
+        !store
+            .revoked_agent_ids()
+            .await
+            .expect("revoked ids")
+            .contains(&live.id),
+        "an agent that is not revoked is not listed"
+    );
     let missing = store.revoke_agent(Uuid::now_v7(), NOW).await;
     assert!(
         matches!(missing, Err(StoreError::AgentNotFound(_))),
@@ -1234,6 +1247,155 @@ fn finishes(events: &[JobEventRecord]) -> Vec<String> {
         .iter()
         .filter_map(|e| job_finished(e).map(|f| f.status))
         .collect()
+}
+
+/// A coordinator's note about a task, as `SubmitJob` writes first.
+fn note(task: &NewTask) -> (Uuid, Vec<u8>) {
+    let body = EventBody {
+        body: Some(event_body::Body::Log(LogLine {
+            step: "queue".into(),
+            stream: "coordinator".into(),
+            line: format!("queued for agent {}", task.agent_name),
+        })),
+    };
+    (task.id, body.encode_to_vec())
+}
+
+/// `start_job`: the job, its tasks, the notes, the claims of the agents
+/// connected here and the audit entry, all or nothing, in one call.
+async fn start_jobs(store: &dyn Store, tag: &str) {
+    // Newer than every entry of `audit_log`, so it lists first.
+    const AUDIT_AT: i64 = 4_500_000_000_000;
+    let agents = agents(store, "start", tag, 3).await;
+    let key = format!("start-key-{tag}");
+    let new = new_job("probe", NOW, Some(key.clone()));
+    let tasks = new_tasks(&agents.iter().collect::<Vec<_>>());
+    let notes: Vec<(Uuid, Vec<u8>)> = tasks.iter().map(note).collect();
+    let here_ids = [agents[0].id, agents[2].id];
+    let here = |agent: Uuid| here_ids.contains(&agent);
+    let audit = AuditEntry {
+        at_ms: AUDIT_AT,
+        actor: new.created_by.clone(),
+        action: "job.submit".into(),
+        target: new.id.to_string(),
+        detail: format!("kind=probe {tag}"),
+    };
+    let start = JobStart {
+        job: &new,
+        tasks: &tasks,
+        notes: &notes,
+        here: &here,
+        coordinator_id: "coord-a",
+        audit: Some(&audit),
+        now_ms: NOW + 1,
+    };
+    let started = store.start_job(&start).await.expect("start job");
+    assert!(started.created);
+
+    // The agents here got theirs, in task id order, and the job runs.
+    let claimed_ids: Vec<Uuid> = started.claimed.iter().map(|(t, _)| t.id).collect();
+    assert_eq!(claimed_ids, vec![tasks[0].id, tasks[2].id]);
+    for ((t, j), agent) in started.claimed.iter().zip([&agents[0], &agents[2]]) {
+        assert_eq!(t.state, TaskState::Assigned);
+        assert_eq!(t.attempt, 1);
+        assert_eq!(t.assigned_by.as_deref(), Some("coord-a"));
+        assert_eq!(
+            t.message,
+            format!("assigned to agent {} (attempt 1)", agent.name)
+        );
+        assert_eq!(t.updated_at_ms, NOW + 1);
+        assert_eq!(
+            *t,
+            task(store, t.id).await,
+            "returned task is the stored one"
+        );
+        assert_eq!(*j, started.job);
+    }
+    assert_eq!(task(store, tasks[1].id).await.state, TaskState::Pending);
+    assert_eq!(started.job.status, JobStatus::Running);
+    assert_eq!(started.job.last_seq, 5, "3 notes and 2 assignments");
+    assert_eq!(
+        started.job,
+        job(store, new.id).await,
+        "returned job is stored"
+    );
+
+    // Notes first, in the order given, then the assignments.
+    let events = all_events(store, new.id).await;
+    let logged: Vec<Option<Uuid>> = events[..3].iter().map(|e| e.task_id).collect();
+    assert_eq!(logged, tasks.iter().map(|t| Some(t.id)).collect::<Vec<_>>());
+    for (e, (_, body)) in events.iter().zip(&notes) {
+        assert_eq!(&e.body, body);
+        assert_eq!(e.task_seq, None, "a coordinator event has no agent seq");
+    }
+    assert_eq!(
+        state_changes(&events),
+        vec![
+            (tasks[0].id, "assigned".to_string()),
+            (tasks[2].id, "assigned".to_string()),
+        ]
+    );
+    assert_eq!(
+        store.list_audit(1).await.expect("audit"),
+        vec![audit.clone()]
+    );
+
+    // The same key again: nothing is written, nothing claimed, the job as
+    // it is now comes back.
+    let all = |_: Uuid| true;
+    let again = NewJob {
+        id: Uuid::now_v7(),
+        ..new.clone()
+    };
+    let again_tasks = new_tasks(&agents.iter().collect::<Vec<_>>());
+    let retry = store
+        .start_job(&JobStart {
+            job: &again,
+            tasks: &again_tasks,
+            notes: &again_tasks.iter().map(note).collect::<Vec<_>>(),
+            here: &all,
+            coordinator_id: "coord-b",
+            audit: Some(&AuditEntry {
+                at_ms: AUDIT_AT + 1,
+                ..audit.clone()
+            }),
+            now_ms: NOW + 2,
+        })
+        .await
+        .expect("start again");
+    assert!(!retry.created);
+    assert!(retry.claimed.is_empty());
+    assert_eq!(retry.job, started.job);
+    assert_eq!(store.get_job(again.id).await.expect("get"), None);
+    assert_eq!(store.get_task(again_tasks[0].id).await.expect("get"), None);
+    assert_eq!(all_events(store, new.id).await.len(), 5);
+    assert_eq!(store.list_audit(1).await.expect("audit"), vec![audit]);
+
+    // With no agent here, the job stays pending with just its notes, and a
+    // later claim picks its tasks up as usual.
+    let quiet = new_job("probe", NOW, None);
+    let quiet_tasks = new_tasks(&[&agents[1]]);
+    let nobody = |_: Uuid| false;
+    let waiting = store
+        .start_job(&JobStart {
+            job: &quiet,
+            tasks: &quiet_tasks,
+            notes: &quiet_tasks.iter().map(note).collect::<Vec<_>>(),
+            here: &nobody,
+            coordinator_id: "coord-a",
+            audit: None,
+            now_ms: NOW,
+        })
+        .await
+        .expect("start quiet");
+    assert!(waiting.created && waiting.claimed.is_empty());
+    assert_eq!(waiting.job.status, JobStatus::Pending);
+    assert_eq!(waiting.job.last_seq, 1);
+    let later = claim(store, &[&agents[1]]).await;
+    let later_ids: Vec<Uuid> = later.iter().map(|t| t.id).collect();
+    assert!(later_ids.contains(&quiet_tasks[0].id), "{later_ids:?}");
+    assert!(later_ids.contains(&tasks[1].id), "{later_ids:?}");
+    assert_eq!(job(store, quiet.id).await.status, JobStatus::Running);
 }
 
 async fn create_jobs(store: &dyn Store, tag: &str) {

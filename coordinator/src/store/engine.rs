@@ -31,7 +31,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AppendOutcome, IncomingEvent, JobRecord, Notification, StoreError, TaskRecord, Transition,
+    AppendOutcome, AuditEntry, IncomingEvent, JobRecord, JobStart, NewTask, Notification,
+    StartedJob, StoreError, TaskRecord, Transition, rows,
 };
 use crate::job::{
     self, JobEffect, JobEvent, JobStatus, TaskEffect, TaskEvent, TaskState, apply_job, apply_task,
@@ -73,6 +74,14 @@ pub(crate) trait JobTx: Send {
     async fn update_tasks(&mut self, tasks: &[&TaskRecord]) -> Result<(), StoreError>;
     /// Writes the columns of these jobs that change after creation.
     async fn update_jobs(&mut self, jobs: &[&JobRecord]) -> Result<(), StoreError>;
+    /// Inserts `job` and its `tasks` (`pending`, attempt 0). If the job's
+    /// idempotency key is taken, inserts nothing and returns that job.
+    async fn insert_job(
+        &mut self,
+        job: &JobRecord,
+        tasks: &[NewTask],
+    ) -> Result<Option<JobRecord>, StoreError>;
+    async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError>;
 }
 
 /// Body of the event appended on every task state change.
@@ -222,6 +231,34 @@ impl Work {
                 .collect(),
             events: Vec::new(),
         })
+    }
+
+    /// A job and its tasks inserted by this transaction, as inserted: no
+    /// other transaction can see them yet, so nothing is read back or
+    /// locked, and the stored counts are known (every task `pending`).
+    fn fresh(job: JobRecord, tasks: Vec<TaskRecord>, now_ms: i64) -> Self {
+        let pending = tasks.len() as u64;
+        let entry = JobEntry {
+            record: job,
+            dirty: false,
+            stored_counts: Some(HashMap::from([(TaskState::Pending, pending)])),
+            state_delta: HashMap::new(),
+        };
+        Self {
+            now_ms,
+            jobs: BTreeMap::from([(entry.record.id, entry)]),
+            tasks: tasks
+                .into_iter()
+                .map(|record| {
+                    let entry = TaskEntry {
+                        record,
+                        dirty: false,
+                    };
+                    (entry.record.id, entry)
+                })
+                .collect(),
+            events: Vec::new(),
+        }
     }
 
     fn task(&self, id: Uuid) -> Option<&TaskRecord> {
@@ -453,8 +490,21 @@ pub(crate) async fn claim<T: JobTx + ?Sized>(
 ) -> Result<Vec<(TaskRecord, JobRecord)>, StoreError> {
     let order: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
     let mut work = Work::begin(tx, tasks, &[], now_ms).await?;
-    let mut claimed = Vec::with_capacity(order.len());
-    for id in order {
+    let claimed = assign(&mut work, tx, &order, coordinator_id).await?;
+    work.flush(tx).await?;
+    with_jobs(&work, claimed)
+}
+
+/// Assigns these tasks of `work` to `coordinator_id` (those that can be):
+/// `TaskEvent::Assigned`, attempt + 1. Returns them, after, in this order.
+async fn assign<T: JobTx + ?Sized>(
+    work: &mut Work,
+    tx: &mut T,
+    ids: &[Uuid],
+    coordinator_id: &str,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut claimed = Vec::with_capacity(ids.len());
+    for &id in ids {
         let Some(task) = work.task(id) else { continue };
         let message = format!(
             "assigned to agent {} (attempt {})",
@@ -471,16 +521,71 @@ pub(crate) async fn claim<T: JobTx + ?Sized>(
             claimed.push(transition.task);
         }
     }
-    work.flush(tx).await?;
-    claimed
+    Ok(claimed)
+}
+
+/// Each task with its job as `work` has it now.
+fn with_jobs(
+    work: &Work,
+    tasks: Vec<TaskRecord>,
+) -> Result<Vec<(TaskRecord, JobRecord)>, StoreError> {
+    tasks
         .into_iter()
         .map(|task| {
             let job = work
                 .job(task.job_id)
                 .ok_or(StoreError::JobNotFound(task.job_id))?;
-            Ok((task.clone(), job.clone()))
+            Ok((task, job.clone()))
         })
         .collect()
+}
+
+/// `start_job`.
+pub(crate) async fn start_job<T: JobTx + ?Sized>(
+    tx: &mut T,
+    start: &JobStart<'_>,
+) -> Result<StartedJob, StoreError> {
+    let record = rows::created_job(start.job);
+    if let Some(existing) = tx.insert_job(&record, start.tasks).await? {
+        return Ok(StartedJob {
+            job: existing,
+            created: false,
+            claimed: Vec::new(),
+        });
+    }
+    let job_id = record.id;
+    let tasks = start
+        .tasks
+        .iter()
+        .map(|t| rows::created_task(&record, t))
+        .collect();
+    let mut work = Work::fresh(record, tasks, start.now_ms);
+    for (task_id, body) in start.notes {
+        if work.task(*task_id).is_some() {
+            work.push_event(job_id, Some(*task_id), None, start.now_ms, body.clone())?;
+        }
+    }
+    let here: Vec<Uuid> = start
+        .tasks
+        .iter()
+        .filter(|t| (start.here)(t.agent_id))
+        .map(|t| t.id)
+        .collect();
+    let claimed = assign(&mut work, tx, &here, start.coordinator_id).await?;
+    work.flush(tx).await?;
+    if let Some(entry) = start.audit {
+        tx.insert_audit(entry).await?;
+    }
+    let claimed = with_jobs(&work, claimed)?;
+    let job = work
+        .job(job_id)
+        .ok_or(StoreError::JobNotFound(job_id))?
+        .clone();
+    Ok(StartedJob {
+        job,
+        created: true,
+        claimed,
+    })
 }
 
 /// One batch of `claim_job_tasks` looked at `candidates` (`(task, agent)`,

@@ -31,6 +31,39 @@ pub struct NewTask {
     pub agent_name: String,
 }
 
+/// What [`Store::start_job`](super::Store::start_job) does in its one
+/// transaction: insert the job and its tasks, append each task's first
+/// event, claim the tasks whose agent is connected to the caller, and write
+/// the audit entry. One commit, and no notification round trip, between
+/// `SubmitJob` and the `Assign` of a job whose agents are connected here.
+pub struct JobStart<'a> {
+    pub job: &'a NewJob,
+    pub tasks: &'a [NewTask],
+    /// An event body per task (the "queued for agent web-1" or "waiting
+    /// for agent web-1" line a watch shows first), appended before any
+    /// claim; tasks without one get none.
+    pub notes: &'a [(Uuid, Vec<u8>)],
+    /// Whether an agent has a session with the caller: its task is claimed
+    /// (`TaskEvent::Assigned`, attempt 1, `assigned_by = coordinator_id`)
+    /// before the commit.
+    pub here: &'a (dyn Fn(Uuid) -> bool + Send + Sync),
+    pub coordinator_id: &'a str,
+    pub audit: Option<&'a super::AuditEntry>,
+    pub now_ms: i64,
+}
+
+/// What [`Store::start_job`](super::Store::start_job) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedJob {
+    /// The new job (after the claims), or the existing one whose
+    /// idempotency key matched.
+    pub job: JobRecord,
+    /// False if the idempotency key matched: nothing was written.
+    pub created: bool,
+    /// The tasks claimed (after), each with its job, in task id order.
+    pub claimed: Vec<(TaskRecord, JobRecord)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRecord {
     pub id: Uuid,

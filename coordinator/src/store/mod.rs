@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::job::TaskEvent;
 pub use jobs::{
-    AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, NewJob, NewTask,
-    Notification, TaskRecord, Transition,
+    AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
+    NewTask, Notification, StartedJob, TaskRecord, Transition,
 };
 pub use rollouts::{RolloutRecord, RolloutStatus, RolloutUpdate};
 
@@ -242,6 +242,9 @@ pub trait Store: Send + Sync + 'static {
     async fn find_agent(&self, name_or_id: &str) -> Result<Option<AgentRecord>, StoreError>;
     /// All agents, revoked ones included, ordered by name then enrollment.
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// The ids of the revoked agents, in id order: what the revocation
+    /// sweep needs, without reading every agent.
+    async fn revoked_agent_ids(&self) -> Result<Vec<Uuid>, StoreError>;
     /// A session opened on `coordinator_id`.
     async fn agent_connected(
         &self,
@@ -324,14 +327,34 @@ pub trait Store: Send + Sync + 'static {
     // store writes itself are built with `rows`-level helpers from
     // `ferry_proto::v1::EventBody`.
 
-    /// Inserts the job (status `pending`) and its tasks (`pending`, attempt
-    /// 0). With an idempotency key that already exists, changes nothing and
-    /// returns the existing job and `false`.
+    /// In one transaction: inserts the job (status `pending`) and its tasks
+    /// (`pending`, attempt 0), appends `start.notes` in order, claims the
+    /// tasks whose agent `start.here` accepts (as `claim_pending_tasks`
+    /// does; the job becomes `running` if any is claimed) and writes
+    /// `start.audit`. With an idempotency key that already exists, changes
+    /// nothing and returns the existing job, `created: false`.
+    async fn start_job(&self, start: &JobStart<'_>) -> Result<StartedJob, StoreError>;
+
+    /// [`Store::start_job`] with no events, claims or audit entry: the job
+    /// and its `pending` tasks. Returns the job and whether it is new.
     async fn create_job(
         &self,
         job: &NewJob,
         tasks: &[NewTask],
-    ) -> Result<(JobRecord, bool), StoreError>;
+    ) -> Result<(JobRecord, bool), StoreError> {
+        let started = self
+            .start_job(&JobStart {
+                job,
+                tasks,
+                notes: &[],
+                here: &|_| false,
+                coordinator_id: "",
+                audit: None,
+                now_ms: job.created_at_ms,
+            })
+            .await?;
+        Ok((started.job, started.created))
+    }
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
     /// Newest first, at most `filter.limit` (0 means 50).
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;

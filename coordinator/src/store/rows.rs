@@ -14,7 +14,7 @@ use sqlx::{ColumnIndex, Decode, Row, SqlSafeStr, Type};
 use uuid::Uuid;
 
 use super::{
-    AgentRecord, AuditEntry, JobEventRecord, JobRecord, JoinTokenRecord, NewAgent, NewJob,
+    AgentRecord, AuditEntry, JobEventRecord, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask,
     OperatorRecord, SecretMeta, SecretRecord, StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, TaskState};
@@ -355,6 +355,10 @@ pub(crate) fn task_and_agent(row: &impl Columns) -> Result<(Uuid, Uuid), StoreEr
 }
 
 /// A task's `job_id`.
+pub(crate) fn agent_id(row: &impl Columns) -> Result<Uuid, StoreError> {
+    uuid("agents", "id", &row.text("id")?)
+}
+
 pub(crate) fn task_job_id(row: &impl Columns) -> Result<Uuid, StoreError> {
     uuid("tasks", "job_id", &row.text("job_id")?)
 }
@@ -401,6 +405,25 @@ pub(crate) fn created_job(job: &NewJob) -> JobRecord {
         cancel_requested: false,
         last_seq: 0,
         traceparent: job.traceparent.clone(),
+    }
+}
+
+/// The record of a task as `start_job` inserts it.
+pub(crate) fn created_task(job: &JobRecord, task: &NewTask) -> TaskRecord {
+    TaskRecord {
+        id: task.id,
+        job_id: job.id,
+        agent_id: task.agent_id,
+        agent_name: task.agent_name.clone(),
+        state: TaskState::Pending,
+        attempt: 0,
+        last_seq: 0,
+        assigned_by: None,
+        started_at_ms: None,
+        finished_at_ms: None,
+        message: String::new(),
+        result_json: None,
+        updated_at_ms: job.created_at_ms,
     }
 }
 

@@ -31,8 +31,9 @@ use super::rollouts::{RolloutRecord, RolloutUpdate};
 use super::rows::{self, EmbeddedMigration, sql_int};
 use super::{
     AgentRecord, AppendOutcome, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim,
-    JobEventRecord, JobFilter, JobRecord, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
-    OperatorRecord, SecretMeta, SecretRecord, Store, StoreError, TaskRecord, Transition,
+    JobEventRecord, JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewTask,
+    Notification, OperatorRecord, SecretMeta, SecretRecord, StartedJob, Store, StoreError,
+    TaskRecord, Transition,
 };
 use crate::job::{TaskEvent, TaskState};
 
@@ -237,6 +238,69 @@ impl JobTx for SqliteConnection {
         }
         Ok(())
     }
+
+    async fn insert_job(
+        &mut self,
+        record: &JobRecord,
+        tasks: &[NewTask],
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, kind, spec_json, target_json, status, created_by, idempotency_key, \
+             created_at_ms, updated_at_ms, deadline_ms, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(record.id.to_string())
+        .bind(&record.kind)
+        .bind(&record.spec_json)
+        .bind(&record.target_json)
+        .bind(record.status.as_str())
+        .bind(&record.created_by)
+        .bind(&record.idempotency_key)
+        .bind(record.created_at_ms)
+        .bind(record.updated_at_ms)
+        .bind(record.deadline_ms)
+        .bind(&record.traceparent)
+        .execute(&mut *self)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            let existing = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = ?")
+                .bind(&record.idempotency_key)
+                .fetch_one(&mut *self)
+                .await?;
+            return Ok(Some(rows::job(&existing)?));
+        }
+        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO tasks (id, job_id, agent_id, agent_name, state, updated_at_ms) ",
+            );
+            insert.push_values(chunk, |mut row, t| {
+                row.push_bind(t.id.to_string())
+                    .push_bind(record.id.to_string())
+                    .push_bind(t.agent_id.to_string())
+                    .push_bind(t.agent_name.as_str())
+                    .push_bind(TaskState::Pending.as_str())
+                    .push_bind(record.created_at_ms);
+            });
+            self.execute(insert.build()).await?;
+        }
+        Ok(None)
+    }
+
+    async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(entry.at_ms)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.detail)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -392,6 +456,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn revoked_agent_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query("SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::agent_id)
+            .collect()
+    }
+
     async fn agent_connected(
         &self,
         id: Uuid,
@@ -542,17 +615,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (at_ms, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(entry.at_ms)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(&entry.detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.pool.acquire().await?.insert_audit(entry).await
     }
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
@@ -682,56 +745,11 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_job(
-        &self,
-        job: &NewJob,
-        tasks: &[NewTask],
-    ) -> Result<(JobRecord, bool), StoreError> {
+    async fn start_job(&self, start: &JobStart<'_>) -> Result<StartedJob, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let record = rows::created_job(job);
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, kind, spec_json, target_json, status, created_by, idempotency_key, \
-             created_at_ms, updated_at_ms, deadline_ms, traceparent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-        )
-        .bind(record.id.to_string())
-        .bind(&record.kind)
-        .bind(&record.spec_json)
-        .bind(&record.target_json)
-        .bind(record.status.as_str())
-        .bind(&record.created_by)
-        .bind(&record.idempotency_key)
-        .bind(record.created_at_ms)
-        .bind(record.updated_at_ms)
-        .bind(record.deadline_ms)
-        .bind(&record.traceparent)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            let existing = sqlx::query("SELECT * FROM jobs WHERE idempotency_key = ?")
-                .bind(&record.idempotency_key)
-                .fetch_one(&mut *tx)
-                .await?;
-            return Ok((rows::job(&existing)?, false));
-        }
-        for chunk in tasks.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO tasks (id, job_id, agent_id, agent_name, state, updated_at_ms) ",
-            );
-            insert.push_values(chunk, |mut row, t| {
-                row.push_bind(t.id.to_string())
-                    .push_bind(record.id.to_string())
-                    .push_bind(t.agent_id.to_string())
-                    .push_bind(t.agent_name.as_str())
-                    .push_bind(TaskState::Pending.as_str())
-                    .push_bind(record.created_at_ms);
-            });
-            tx.execute(insert.build()).await?;
-        }
+        let started = engine::start_job(&mut *tx, start).await?;
         tx.commit().await?;
-        Ok((record, true))
+        Ok(started)
     }
 
     async fn get_job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
