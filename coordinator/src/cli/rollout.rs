@@ -19,9 +19,11 @@ use super::{Cli, CliEnv, CliError, Output, connect};
 
 /// How often a busy (app, env) is asked again with `--wait`.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
-/// How often the rollout is looked at between its steps (a cheap read; the
-/// next step's job, or the end, usually follows within milliseconds).
-const POLL: Duration = Duration::from_millis(50);
+/// How often the rollout is looked at between its steps: a cheap read, and
+/// the next step's job or the end usually follows within milliseconds, so
+/// the first look comes soon and the pause doubles from there.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(200);
 
 /// What to start: a deploy from an app file, or a rollback.
 pub enum Start<'a> {
@@ -155,6 +157,7 @@ async fn follow_rollout(
 ) -> Result<pb::Rollout, CliError> {
     let json_out = cli.output == Output::Json;
     let mut followed = 0usize;
+    let mut pause = POLL_FIRST;
     loop {
         let r = s
             .client
@@ -172,12 +175,14 @@ async fn follow_rollout(
             }
             follow(cli, env, &step.job_id, json_out).await?;
             followed += 1;
+            pause = POLL_FIRST;
             continue;
         }
         if r.status != "running" {
             return Ok(r);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
 }
 
