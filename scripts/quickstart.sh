@@ -121,10 +121,19 @@ echo
 "$bin/ferry" agents
 echo
 "$bin/ferry" releases --app ferry-example --env staging --limit 5
+
+# nginx answers with the new release once its reload has finished; old
+# workers can still be draining for a moment after `ferry deploy` returns.
+answer=""
+for _ in $(seq 1 50); do
+  answer=$(curl -s "http://127.0.0.1:$APP_PORT/version" || true)
+  [ "$answer" = "$VERSION" ] && break
+  sleep 0.1
+done
 cat <<EOT
 
 The example app answers on http://127.0.0.1:$APP_PORT/ through nginx:
-  curl http://127.0.0.1:$APP_PORT/version   ->  $(curl -s "http://127.0.0.1:$APP_PORT/version")
+  curl http://127.0.0.1:$APP_PORT/version   ->  $answer
 
 To use the CLI from this shell:
   export FERRY_CREDENTIALS=$FERRY_CREDENTIALS
