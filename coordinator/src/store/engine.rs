@@ -205,48 +205,41 @@ impl Work {
         } else {
             tx.lock_jobs(&job_ids).await?
         };
-        Ok(Self {
+        Ok(Self::of(
+            jobs.into_iter().map(|job| (job, None)).collect(),
+            tasks,
             now_ms,
-            jobs: jobs
-                .into_iter()
-                .map(|record| {
-                    let entry = JobEntry {
-                        record,
-                        dirty: false,
-                        stored_counts: None,
-                        state_delta: HashMap::new(),
-                    };
-                    (entry.record.id, entry)
-                })
-                .collect(),
-            tasks: tasks
-                .into_iter()
-                .map(|record| {
-                    let entry = TaskEntry {
-                        record,
-                        dirty: false,
-                    };
-                    (entry.record.id, entry)
-                })
-                .collect(),
-            events: Vec::new(),
-        })
+        ))
     }
 
     /// A job and its tasks inserted by this transaction, as inserted: no
     /// other transaction can see them yet, so nothing is read back or
     /// locked, and the stored counts are known (every task `pending`).
     fn fresh(job: JobRecord, tasks: Vec<TaskRecord>, now_ms: i64) -> Self {
-        let pending = tasks.len() as u64;
-        let entry = JobEntry {
-            record: job,
-            dirty: false,
-            stored_counts: Some(HashMap::from([(TaskState::Pending, pending)])),
-            state_delta: HashMap::new(),
-        };
+        let counts = HashMap::from([(TaskState::Pending, tasks.len() as u64)]);
+        Self::of(vec![(job, Some(counts))], tasks, now_ms)
+    }
+
+    /// Jobs (each with its stored task counts, if known) and tasks, as read.
+    fn of(
+        jobs: Vec<(JobRecord, Option<HashMap<TaskState, u64>>)>,
+        tasks: Vec<TaskRecord>,
+        now_ms: i64,
+    ) -> Self {
         Self {
             now_ms,
-            jobs: BTreeMap::from([(entry.record.id, entry)]),
+            jobs: jobs
+                .into_iter()
+                .map(|(record, stored_counts)| {
+                    let entry = JobEntry {
+                        record,
+                        dirty: false,
+                        stored_counts,
+                        state_delta: HashMap::new(),
+                    };
+                    (entry.record.id, entry)
+                })
+                .collect(),
             tasks: tasks
                 .into_iter()
                 .map(|record| {
