@@ -6,10 +6,11 @@
 #
 # Installs and starts what the tests need, idempotently: a PostgreSQL server
 # on 127.0.0.1:55432 (scripts/ensure-postgres.sh), a static busybox for test
-# images, a Docker registry with basic auth on 127.0.0.1:5000
-# (scripts/ensure-registry.sh), an nginx under /tmp/ferry-nginx on
-# 127.0.0.1:18080 (scripts/ensure-nginx.sh), and a second Docker engine
-# standing in for a second host (scripts/ensure-docker2.sh).
+# images, systemd-analyze for the unit checks, a Docker registry with basic
+# auth on 127.0.0.1:5000 (scripts/ensure-registry.sh), an nginx under
+# /tmp/ferry-nginx on 127.0.0.1:18080 (scripts/ensure-nginx.sh), and a
+# second Docker engine standing in for a second host
+# (scripts/ensure-docker2.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ docker version --format 'Docker engine {{.Server.Version}}' >&2 || {
   echo "error: the Docker engine is not reachable; the deploy tests need it" >&2
   exit 1
 }
+
+echo "==> systemd-analyze, to check the systemd units as installed" >&2
+ensure_pkg /usr/bin/systemd-analyze systemd
 
 echo "==> a local Docker registry with credentials, for pull tests" >&2
 eval "$(bash scripts/ensure-registry.sh)"
