@@ -11,6 +11,11 @@
 //! it answers 2xx. Runs alternate which goes first; every container is
 //! removed between runs; the image is local (`pull = "never"`) and the
 //! app's network exists beforehand, for both.
+//!
+//! With `--via rollout`, the Ferry side is what `ferry deploy` does instead:
+//! `StartRollout` with an app file of that one service, each step's job
+//! watched, `GetRollout` until the rollout has ended and recorded the
+//! release (the CLI's own polling: from 2 ms, doubling to 200 ms).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -46,6 +51,16 @@ enum Output {
     Json,
 }
 
+/// What a deploy through Ferry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// One `deploy` job: `SubmitJob`, then `WatchJob` until it ends.
+    Job,
+    /// A rollout as `ferry deploy` runs it: lock, plan, the deploy job,
+    /// the release record.
+    Rollout,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry-deploy-bench",
@@ -71,6 +86,9 @@ struct Args {
     /// A table for people, or JSON for tools (progress always goes to stderr).
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Through a bare deploy job, or through a rollout (`ferry deploy`).
+    #[arg(long, value_enum, default_value_t = Via::Job)]
+    via: Via,
 }
 
 fn main() -> std::process::ExitCode {
@@ -211,6 +229,35 @@ fn spec(image: &str, release: &str, interval_ms: u64) -> String {
     .to_string()
 }
 
+/// The app file of the same deploy, for `--via rollout`.
+fn app_file(image: &str, interval_ms: u64) -> String {
+    format!(
+        r#"app = "{APP}"
+
+[environments.{ENV}]
+agents = ["{AGENT}"]
+
+[services.{SERVICE}]
+image = "{image}"
+pull = "never"
+ports = [8080]
+restart = "unless-stopped"
+strategy = "recreate"
+
+[services.{SERVICE}.healthcheck]
+http = "/health"
+interval = "{interval_ms}ms"
+timeout = "1s"
+retries = 600
+"#
+    )
+}
+
+/// `ferry deploy`'s pause between looks at a rollout: from 2 ms, doubling
+/// to 200 ms (coordinator/src/cli/rollout.rs).
+const ROLLOUT_POLL_FIRST: Duration = Duration::from_millis(2);
+const ROLLOUT_POLL_MAX: Duration = Duration::from_millis(200);
+
 impl Bench<'_> {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.args.timeout.max(1))
@@ -276,8 +323,89 @@ impl Bench<'_> {
         let _ = self.docker.remove_network(&naming::network(APP, ENV)).await;
     }
 
-    /// One deploy through Ferry.
+    /// One deploy through Ferry, as `--via` says.
     async fn ferry(&self, release: &str) -> Result<(Duration, FerrySplit)> {
+        match self.args.via {
+            Via::Job => self.ferry_job(release).await,
+            Via::Rollout => self.ferry_rollout(release).await,
+        }
+    }
+
+    /// One deploy through a rollout, followed as `ferry deploy` follows it:
+    /// each step's job watched to its end, the rollout read until it ends.
+    async fn ferry_rollout(&self, release: &str) -> Result<(Duration, FerrySplit)> {
+        let mut client = self.coordinator.operator().await?;
+        let started = Instant::now();
+        let started_ms = ferry_common::time::now_ms();
+        let rollout = client
+            .start_rollout(pb::StartRolloutRequest {
+                app_file: app_file(&self.args.image, self.args.interval_ms),
+                file_name: "ferry.toml".into(),
+                env: ENV.into(),
+                version: release.into(),
+                dry_run: false,
+            })
+            .await?
+            .into_inner()
+            .rollout
+            .context("StartRollout returned no rollout")?;
+        let start_rpc = started.elapsed();
+        let mut events = Vec::new();
+        let mut followed = 0;
+        let mut pause = ROLLOUT_POLL_FIRST;
+        let ended = tokio::time::timeout(self.timeout(), async {
+            loop {
+                let r = client
+                    .get_rollout(pb::GetRolloutRequest {
+                        rollout_id: rollout.id.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .rollout
+                    .context("GetRollout returned no rollout")?;
+                if let Some(step) = r.steps.get(followed) {
+                    let mut stream = client
+                        .watch_job(pb::WatchJobRequest {
+                            job_id: step.job_id.clone(),
+                            after_seq: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    while let Some(e) = stream.message().await? {
+                        events.push(e);
+                    }
+                    followed += 1;
+                    pause = ROLLOUT_POLL_FIRST;
+                    continue;
+                }
+                if r.status != "running" {
+                    return Ok::<_, anyhow::Error>(r);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ROLLOUT_POLL_MAX);
+            }
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the Ferry rollout of {release} took over {:?}",
+                self.timeout()
+            )
+        })??;
+        let elapsed = started.elapsed();
+        if ended.status != "succeeded" || followed != 1 {
+            bail!(
+                "the Ferry rollout of {release} ended {} after {followed} step(s): {}",
+                ended.status,
+                ended.message
+            );
+        }
+        let ended_ms = started_ms + elapsed.as_millis() as i64;
+        Ok((elapsed, split_of(&events, started_ms, ended_ms, start_rpc)))
+    }
+
+    /// One deploy job through Ferry.
+    async fn ferry_job(&self, release: &str) -> Result<(Duration, FerrySplit)> {
         let spec = spec(&self.args.image, release, self.args.interval_ms);
         let mut client = self.coordinator.operator().await?;
         let started = Instant::now();
@@ -549,6 +677,7 @@ fn loadavg() -> f64 {
 }
 
 struct Report {
+    via: Via,
     date: String,
     cpus: usize,
     /// 1-minute load average before and after the runs.
@@ -594,15 +723,21 @@ impl Report {
         let med = |f: fn(&FerrySplit) -> Duration| {
             Stats::of(&self.ferry_splits.iter().map(f).collect::<Vec<_>>()).median
         };
-        vec![
-            (
+        let (rpc, first, end) = match self.via {
+            Via::Job => (
                 "SubmitJob RPC (included in the next)",
-                med(|s| s.submit_rpc),
-            ),
-            (
                 "submit → agent's first event (dispatch, Assign, network inspect, container list)",
-                med(|s| s.to_first_event),
+                "JobFinished → WatchJob stream ended",
             ),
+            Via::Rollout => (
+                "StartRollout RPC (included in the next)",
+                "start → agent's first event (lock, plan, the job, Assign, network inspect, container list)",
+                "JobFinished → rollout seen ended (release recorded, GetRollout)",
+            ),
+        };
+        vec![
+            (rpc, med(|s| s.submit_rpc)),
+            (first, med(|s| s.to_first_event)),
             ("image step (image inspect)", med(|s| s.image)),
             ("start step (create + start)", med(|s| s.start)),
             ("health step", med(|s| s.health)),
@@ -614,10 +749,7 @@ impl Report {
                 "TaskFinished → JobFinished (coordinator)",
                 med(|s| s.to_job_finished),
             ),
-            (
-                "JobFinished → WatchJob stream ended",
-                med(|s| s.to_watch_end),
-            ),
+            (end, med(|s| s.to_watch_end)),
         ]
     }
 
@@ -654,10 +786,11 @@ impl Report {
             "{:<34} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "deploy, ms", "median", "p90", "mean", "min", "max"
         );
-        for (name, s) in [
-            ("Ferry (submit → job succeeded)", f),
-            ("direct (bollard)", d),
-        ] {
+        let ferry = match self.via {
+            Via::Job => "Ferry (submit → job succeeded)",
+            Via::Rollout => "Ferry (rollout start → ended)",
+        };
+        for (name, s) in [(ferry, f), ("direct (bollard)", d)] {
             let _ = writeln!(
                 out,
                 "{:<34} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -753,6 +886,7 @@ impl Report {
                 .collect::<Vec<_>>()
         };
         json!({
+            "via": match self.via { Via::Job => "job", Via::Rollout => "rollout" },
             "date": self.date,
             "command": self.command,
             "image": self.image,
@@ -837,6 +971,7 @@ async fn run(args: &Args) -> Result<Report> {
     let _ = agent.stop().await;
     let (ferry, direct, ferry_splits, direct_splits, extra_calls) = outcome?;
     Ok(Report {
+        via: args.via,
         date: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
