@@ -566,8 +566,7 @@ impl Driver {
         for (i, batch) in plan.batches.iter().enumerate() {
             let agents: Vec<String> = batch.iter().map(|h| h.agent.clone()).collect();
             let name = format!("deploy batch {}/{total}: {}", i + 1, agents.join(", "));
-            self.progress(&format!("{name}: deploying {}", spec.release))
-                .await?;
+            self.record.message = format!("{name}: deploying {}", spec.release);
             let ran = self
                 .step(
                     "deploy",
@@ -645,7 +644,7 @@ impl Driver {
             updated.join(", "),
             previous.release.as_str()
         );
-        self.progress(&format!("{failure}; {name}")).await?;
+        self.record.message = format!("{failure}; {name}");
         let ran = self
             .step(
                 "revert",
@@ -732,12 +731,15 @@ impl Driver {
             agents: agents.to_vec(),
             status: job.status.as_str().into(),
         });
+        // With the message set for this step: one commit per step start.
         self.save(RolloutStatus::Running, None).await?;
         let status = self.wait(job.id).await?;
+        // Stored with whatever comes next (the next step, or the end), a
+        // few milliseconds later: a commit fewer per step. A driver that
+        // resumes finds the job again by its idempotency key either way.
         if let Some(last) = self.steps.last_mut() {
             last.status = status.as_str().into();
         }
-        self.save(RolloutStatus::Running, None).await?;
         let tasks = self.core.store.list_tasks(job.id).await?;
         Ok(Ran {
             status,
@@ -781,11 +783,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    async fn progress(&mut self, message: &str) -> Result<(), Halt> {
-        self.record.message = message.to_string();
-        self.save(RolloutStatus::Running, None).await
     }
 
     async fn finish(&mut self, status: RolloutStatus, message: String) -> Result<(), Halt> {
