@@ -1,6 +1,8 @@
 //! Test harness: a real coordinator (TLS, store, admin port) and real agents
-//! started inside the test process on `127.0.0.1:0`, plus helpers to find
-//! and run the built binaries.
+//! started inside the test process on loopback ports the kernel says are
+//! free (the admin port from `127.0.0.1:0`; the gRPC port, which a restart
+//! must get back, from [`stable_listener`]), plus helpers to find and run
+//! the built binaries.
 //!
 //! - [`TestCoordinator`]: init a data dir, serve it, restart it, talk to it
 //!   as any operator.
