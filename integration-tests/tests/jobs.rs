@@ -506,3 +506,44 @@ async fn two_coordinators_on_one_postgres_share_the_work_and_agents_fail_over() 
         .collect();
     assert_eq!(connected["web-1"], "succeeded");
 }
+
+/// One job on agents of two coordinators: the one it is submitted to
+/// claims its own agent's task in the submit's transaction, and the other
+/// claims the rest (told by `NOTIFY`, or else by its pending-work sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_across_two_coordinators_is_split_between_them() {
+    let Some(url) = postgres::fresh_database().await else {
+        return;
+    };
+    let a = TestCoordinator::start_with(CoordinatorOptions {
+        store: StoreChoice::Postgres(url),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let b = a.start_peer().await.unwrap();
+    let _on_a = a.start_agent("web-a", &[]).await.unwrap();
+    let on_b = b.enroll("web-b", &[]).await.unwrap();
+    on_b.set_coordinators(&[b.url.clone()]).unwrap();
+    let _on_b = on_b.start();
+    a.wait_for_agent("web-b", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let job = a
+        .submit("probe", "{}", &["web-a", "web-b"], 0)
+        .await
+        .unwrap();
+    let events = a
+        .watch_to_end(&job.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let done = a.job(&job.id).await.unwrap();
+    assert_eq!(done.status, "succeeded", "{events:#?}");
+    assert_eq!(done.tasks.len(), 2);
+    assert!(
+        done.tasks.iter().all(|t| t.state == "succeeded"),
+        "{done:#?}"
+    );
+    assert_exact_sequences(&events, &done);
+}
