@@ -524,7 +524,7 @@ async fn a_job_across_two_coordinators_is_split_between_them() {
     let b = a.start_peer().await.unwrap();
     let _on_a = a.start_agent("web-a", &[]).await.unwrap();
     let on_b = b.enroll("web-b", &[]).await.unwrap();
-    on_b.set_coordinators(&[b.url.clone()]).unwrap();
+    on_b.set_coordinators(std::slice::from_ref(&b.url)).unwrap();
     let _on_b = on_b.start();
     a.wait_for_agent("web-b", "online", Duration::from_secs(10))
         .await
