@@ -67,16 +67,22 @@ impl Core {
     /// Appends to the audit log. A failure is logged, not returned: the
     /// action itself already happened and must not be reported as failed.
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: String) {
-        let entry = AuditEntry {
-            at_ms: ferry_common::time::now_ms(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            detail,
-        };
-        tracing::info!(actor, action, target, detail = %entry.detail, "audit");
+        let entry = audit_entry(actor, action, target, detail);
         if let Err(e) = self.store.append_audit(&entry).await {
             tracing::error!(error = %e, action, target, "could not write the audit log");
         }
+    }
+}
+
+/// An audit entry stamped now, also written to the log; for a caller that
+/// stores it in a transaction of its own (as `SubmitJob` does).
+pub fn audit_entry(actor: &str, action: &str, target: &str, detail: String) -> AuditEntry {
+    tracing::info!(actor, action, target, detail = %detail, "audit");
+    AuditEntry {
+        at_ms: ferry_common::time::now_ms(),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
     }
 }

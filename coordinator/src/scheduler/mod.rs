@@ -25,8 +25,8 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::job::{Outcome, TaskEffect, TaskEvent};
 use crate::store::{
-    AuditEntry, IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError,
-    TaskRecord, Transition,
+    IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError, TaskRecord,
+    Transition,
 };
 
 pub mod watch;
@@ -238,15 +238,12 @@ impl Core {
                 (task.id, state_body("pending", message))
             })
             .collect();
-        let detail = format!("kind={} target={}", job.kind, sub.target.describe());
-        tracing::info!(actor, action = "job.submit", target = %job_id, detail, "audit");
-        let audit = AuditEntry {
-            at_ms: now,
-            actor: actor.into(),
-            action: "job.submit".into(),
-            target: job_id.to_string(),
-            detail,
-        };
+        let audit = crate::core::audit_entry(
+            actor,
+            "job.submit",
+            &job_id.to_string(),
+            format!("kind={} target={}", job.kind, sub.target.describe()),
+        );
         // One transaction stores the job, its first events and the audit
         // entry, and claims the tasks of the agents connected here: their
         // Assigns go out right after the commit.
