@@ -213,6 +213,20 @@ impl TestCoordinator {
         }
     }
 
+    /// A coordinator (test defaults) on a fresh PostgreSQL database, or
+    /// `None` when PostgreSQL tests are skipped ([`postgres::fresh_database`]).
+    pub async fn start_on_postgres() -> Result<Option<Self>> {
+        let Some(url) = postgres::fresh_database().await else {
+            return Ok(None);
+        };
+        Self::start_with(CoordinatorOptions {
+            store: StoreChoice::Postgres(url),
+            ..Default::default()
+        })
+        .await
+        .map(Some)
+    }
+
     /// A second coordinator on the same data dir (CA) and store, on its own
     /// port: two coordinators sharing one PostgreSQL.
     pub async fn start_peer(&self) -> Result<TestCoordinator> {

@@ -7,9 +7,7 @@ use ferry_agent::error::AgentError;
 use ferry_common::tls;
 use ferry_coordinator::config::CoordinatorConfig;
 use ferry_integration_tests::proxy::Proxy;
-use ferry_integration_tests::{
-    CoordinatorOptions, StoreChoice, TestCoordinator, fast_heartbeats, postgres,
-};
+use ferry_integration_tests::{CoordinatorOptions, TestCoordinator, fast_heartbeats};
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::Code;
@@ -289,15 +287,9 @@ async fn a_session_cut_during_setup_leaves_no_session_behind() {
 
 #[tokio::test]
 async fn agents_work_on_a_postgres_store() {
-    let Some(url) = postgres::fresh_database().await else {
+    let Some(c) = TestCoordinator::start_on_postgres().await.unwrap() else {
         return;
     };
-    let c = TestCoordinator::start_with(CoordinatorOptions {
-        store: StoreChoice::Postgres(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let _agent = c
         .start_agent("pg-agent", &[("env", "production")])
         .await

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_common::job::HostFacts;
 use ferry_integration_tests::http::TestService;
 use ferry_integration_tests::proxy::Proxy;
-use ferry_integration_tests::{
-    CoordinatorOptions, StoreChoice, TestCoordinator, fast_heartbeats, postgres,
-};
+use ferry_integration_tests::{CoordinatorOptions, TestCoordinator, fast_heartbeats};
 use ferry_proto::v1 as pb;
 use pb::event_body::Body;
 
@@ -278,15 +276,9 @@ async fn a_coordinator_restart_mid_job_loses_nothing_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_restart_mid_job_loses_nothing_on_postgres() {
-    let Some(url) = postgres::fresh_database().await else {
+    let Some(mut c) = TestCoordinator::start_on_postgres().await.unwrap() else {
         return;
     };
-    let mut c = TestCoordinator::start_with(CoordinatorOptions {
-        store: StoreChoice::Postgres(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     coordinator_restart_mid_job(&mut c).await;
 }
 
@@ -445,15 +437,9 @@ async fn an_agent_away_past_the_grace_period_is_marked_lost_and_its_report_wins(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_on_one_postgres_share_the_work_and_agents_fail_over() {
-    let Some(url) = postgres::fresh_database().await else {
+    let Some(a) = TestCoordinator::start_on_postgres().await.unwrap() else {
         return;
     };
-    let a = TestCoordinator::start_with(CoordinatorOptions {
-        store: StoreChoice::Postgres(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let mut b = a.start_peer().await.unwrap();
     // The agent talks to B first, A second.
     let enrolled = b.enroll("web-1", &[]).await.unwrap();
@@ -512,15 +498,9 @@ async fn two_coordinators_on_one_postgres_share_the_work_and_agents_fail_over() 
 /// claims the rest (told by `NOTIFY`, or else by its pending-work sweep).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_across_two_coordinators_is_split_between_them() {
-    let Some(url) = postgres::fresh_database().await else {
+    let Some(a) = TestCoordinator::start_on_postgres().await.unwrap() else {
         return;
     };
-    let a = TestCoordinator::start_with(CoordinatorOptions {
-        store: StoreChoice::Postgres(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let b = a.start_peer().await.unwrap();
     let _on_a = a.start_agent("web-a", &[]).await.unwrap();
     let on_b = b.enroll("web-b", &[]).await.unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry_coordinator::core::Core;
 use ferry_coordinator::secrets::{self, SecretsKey};
 use ferry_coordinator::server::{Listeners, serve};
-use ferry_integration_tests::{CoordinatorOptions, StoreChoice, TestCoordinator, bin, postgres};
+use ferry_integration_tests::{TestCoordinator, bin};
 use ferry_proto::v1 as pb;
 use serde_json::Value;
 use sqlx::Connection;
@@ -480,15 +480,9 @@ async fn serve_creates_the_key_of_a_data_dir_from_before_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_sharing_postgres_share_the_key_or_refuse() {
-    let Some(url) = postgres::fresh_database().await else {
+    let Some(a) = TestCoordinator::start_on_postgres().await.unwrap() else {
         return;
     };
-    let a = TestCoordinator::start_with(CoordinatorOptions {
-        store: StoreChoice::Postgres(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     // A peer on a copy of the data dir: same CA, same secrets.key.
     let b = a.start_peer().await.unwrap();
     a.operator()
