@@ -16,7 +16,7 @@ use crate::store::{AuditEntry, Store};
 
 pub struct Core {
     pub config: CoordinatorConfig,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<Store>,
     pub ca: CertificateAuthority,
     /// Seals and opens secrets (see [`crate::secrets`]); checked against the
     /// store at start.

@@ -368,7 +368,7 @@ fn warn_if_readable_by_others(path: &Path) {
 /// secrets). Refuses a key that does not open it: a coordinator running
 /// with another key would seal new secrets that its peers cannot open and
 /// fail to open theirs.
-pub async fn check_key(store: &dyn Store, key: &SecretsKey) -> Result<(), CoordinatorError> {
+pub async fn check_key(store: &Store, key: &SecretsKey) -> Result<(), CoordinatorError> {
     let names = [CHECK_NAME.to_string()];
     let opens = |rows: &[SecretRecord]| {
         rows.first().map(|row| {
@@ -589,7 +589,7 @@ impl Core {
 
 /// [`Core::resolve_secrets`] on a store and key.
 async fn resolve(
-    store: &dyn Store,
+    store: &Store,
     key: &SecretsKey,
     app: &str,
     env: &str,

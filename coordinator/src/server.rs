@@ -100,7 +100,7 @@ pub async fn serve(
     data_dir: PathBuf,
     config: CoordinatorConfig,
     listeners: Listeners,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let data_dir = data_dir.as_path();

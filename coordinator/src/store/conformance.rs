@@ -30,7 +30,7 @@ const NOW: i64 = 1_700_000_000_000;
 const HOUR: i64 = 3_600_000;
 
 /// Runs every step of the suite against `store`.
-pub async fn run(store: &dyn Store) {
+pub async fn run(store: &Store) {
     let tag = unique_tag();
     basics(store).await;
     bootstrap_admin_once(store, &tag).await;
@@ -101,7 +101,7 @@ fn rollout_update(status: RolloutStatus, message: &str, lease_expires_at_ms: i64
 
 /// Rollouts: the (app, env) lock, its lease, history, and takeover of a
 /// rollout whose coordinator died.
-async fn rollouts(store: &dyn Store, tag: &str) {
+async fn rollouts(store: &Store, tag: &str) {
     let app = format!("shop-{tag}");
     let first = rollout_record(&app, "staging", "1.0", NOW);
     store.create_rollout(&first).await.unwrap();
@@ -283,7 +283,7 @@ fn new_agent(name: &str) -> NewAgent {
 }
 
 /// Inserts a fresh token and enrolls `name` with it at `at_ms`.
-async fn enroll(store: &dyn Store, name: &str, at_ms: i64) -> AgentRecord {
+async fn enroll(store: &Store, name: &str, at_ms: i64) -> AgentRecord {
     let hash = format!("hash-{}", Uuid::now_v7().simple());
     store
         .insert_join_token(&token(hash.clone(), at_ms + HOUR))
@@ -295,7 +295,7 @@ async fn enroll(store: &dyn Store, name: &str, at_ms: i64) -> AgentRecord {
         .unwrap_or_else(|e| panic!("enrolling {name}: {e}"))
 }
 
-async fn agent(store: &dyn Store, id: Uuid) -> AgentRecord {
+async fn agent(store: &Store, id: Uuid) -> AgentRecord {
     store
         .get_agent(id)
         .await
@@ -303,7 +303,7 @@ async fn agent(store: &dyn Store, id: Uuid) -> AgentRecord {
         .expect("agent exists")
 }
 
-async fn basics(store: &dyn Store) {
+async fn basics(store: &Store) {
     store.ping().await.expect("ping");
     assert!(matches!(
         store.backend(),
@@ -311,7 +311,7 @@ async fn basics(store: &dyn Store) {
     ));
 }
 
-async fn bootstrap_admin_once(store: &dyn Store, tag: &str) {
+async fn bootstrap_admin_once(store: &Store, tag: &str) {
     let admin = format!("root-{tag}");
     assert!(
         store.bootstrap_admin(&admin, NOW).await.expect("bootstrap"),
@@ -363,7 +363,7 @@ async fn bootstrap_admin_once(store: &dyn Store, tag: &str) {
     assert_eq!(after.revoked_at_ms, Some(NOW + 3));
 }
 
-async fn join_tokens(store: &dyn Store, tag: &str) {
+async fn join_tokens(store: &Store, tag: &str) {
     let hash = format!("hash-{tag}-tokens");
     let mut record = token(hash.clone(), NOW + HOUR);
     record.name = Some(format!("named-{tag}"));
@@ -423,7 +423,7 @@ async fn join_tokens(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn enrollment_refusals(store: &dyn Store, tag: &str) {
+async fn enrollment_refusals(store: &Store, tag: &str) {
     let unknown = store
         .enroll_agent("no-such-hash", NOW, &new_agent(&format!("unknown-{tag}")))
         .await;
@@ -491,7 +491,7 @@ async fn enrollment_refusals(store: &dyn Store, tag: &str) {
         .expect("the token still works under a free name");
 }
 
-async fn names_and_revocation(store: &dyn Store, tag: &str) {
+async fn names_and_revocation(store: &Store, tag: &str) {
     let name = format!("web-{tag}");
     let first = enroll(store, &name, NOW).await;
 
@@ -594,7 +594,7 @@ async fn names_and_revocation(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn agent_sessions(store: &dyn Store, tag: &str) {
+async fn agent_sessions(store: &Store, tag: &str) {
     let enrolled = enroll(store, &format!("db-{tag}"), NOW).await;
     let id = enrolled.id;
 
@@ -702,7 +702,7 @@ async fn agent_sessions(store: &dyn Store, tag: &str) {
         .expect("closing an unknown session is not an error");
 }
 
-async fn operators(store: &dyn Store, tag: &str) {
+async fn operators(store: &Store, tag: &str) {
     let op = |name: &str, role: Role| OperatorRecord {
         name: format!("{name}-{tag}"),
         role,
@@ -779,7 +779,7 @@ async fn operators(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn audit_log(store: &dyn Store) {
+async fn audit_log(store: &Store) {
     // Far in the future, so these are the newest entries whatever else the
     // store holds.
     const LATER: i64 = 4_000_000_000_000;
@@ -814,7 +814,7 @@ async fn audit_log(store: &dyn Store) {
 /// Eight enrollments racing for one token: exactly one wins. Then eight
 /// tokens racing for one name: exactly one wins and the others' tokens stay
 /// usable. Each attempt runs on its own connection, so the race is real.
-async fn concurrent_enrollment(store: &dyn Store, tag: &str) {
+async fn concurrent_enrollment(store: &Store, tag: &str) {
     let hash = format!("hash-{tag}-race");
     store
         .insert_join_token(&token(hash.clone(), NOW + HOUR))
@@ -910,7 +910,7 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|n| n.to_string()).collect()
 }
 
-async fn secrets(store: &dyn Store, tag: &str) {
+async fn secrets(store: &Store, tag: &str) {
     let app = format!("shop-{tag}");
     let other_app = format!("shop-{tag}-other");
     let prod_api = secret(&app, "production", "API_KEY", 1, NOW);
@@ -1050,7 +1050,7 @@ async fn secrets(store: &dyn Store, tag: &str) {
 
 /// Eight writers setting one secret at once: every write succeeds (the last
 /// one wins) and one row remains.
-async fn concurrent_secret_writes(store: &dyn Store, tag: &str) {
+async fn concurrent_secret_writes(store: &Store, tag: &str) {
     let app = format!("race-{tag}");
     let writes: Vec<SecretRecord> = (0..8u8)
         .map(|i| secret(&app, "production", "TOKEN", i, NOW + i64::from(i)))
@@ -1101,7 +1101,7 @@ fn new_tasks(agents: &[&AgentRecord]) -> Vec<NewTask> {
 }
 
 /// Enrolls `n` agents named `{prefix}-{i}-{tag}`.
-async fn agents(store: &dyn Store, prefix: &str, tag: &str, n: usize) -> Vec<AgentRecord> {
+async fn agents(store: &Store, prefix: &str, tag: &str, n: usize) -> Vec<AgentRecord> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         out.push(enroll(store, &format!("{prefix}-{i}-{tag}"), NOW).await);
@@ -1112,7 +1112,7 @@ async fn agents(store: &dyn Store, prefix: &str, tag: &str, n: usize) -> Vec<Age
 /// Creates a job of `kind` with one task per agent; returns the job and
 /// its tasks in the agents' order.
 async fn submit(
-    store: &dyn Store,
+    store: &Store,
     job: NewJob,
     agents: &[&AgentRecord],
 ) -> (JobRecord, Vec<TaskRecord>) {
@@ -1126,7 +1126,7 @@ async fn submit(
     (record, records)
 }
 
-async fn task(store: &dyn Store, id: Uuid) -> TaskRecord {
+async fn task(store: &Store, id: Uuid) -> TaskRecord {
     store
         .get_task(id)
         .await
@@ -1134,7 +1134,7 @@ async fn task(store: &dyn Store, id: Uuid) -> TaskRecord {
         .expect("task exists")
 }
 
-async fn job(store: &dyn Store, id: Uuid) -> JobRecord {
+async fn job(store: &Store, id: Uuid) -> JobRecord {
     store
         .get_job(id)
         .await
@@ -1143,7 +1143,7 @@ async fn job(store: &dyn Store, id: Uuid) -> JobRecord {
 }
 
 /// Claims every pending task of these agents.
-async fn claim(store: &dyn Store, agents: &[&AgentRecord]) -> Vec<TaskRecord> {
+async fn claim(store: &Store, agents: &[&AgentRecord]) -> Vec<TaskRecord> {
     let ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
     store
         .claim_pending_tasks(&ids, "coord-a", NOW, 1000)
@@ -1209,7 +1209,7 @@ fn job_finished(e: &JobEventRecord) -> Option<JobFinished> {
     }
 }
 
-async fn all_events(store: &dyn Store, job_id: Uuid) -> Vec<JobEventRecord> {
+async fn all_events(store: &Store, job_id: Uuid) -> Vec<JobEventRecord> {
     let events = store
         .job_events_after(job_id, 0, 100_000)
         .await
@@ -1263,7 +1263,7 @@ fn note(task: &NewTask) -> (Uuid, Vec<u8>) {
 
 /// `start_job`: the job, its tasks, the notes, the claims of the agents
 /// connected here and the audit entry, all or nothing, in one call.
-async fn start_jobs(store: &dyn Store, tag: &str) {
+async fn start_jobs(store: &Store, tag: &str) {
     // Newer than every entry of `audit_log`, so it lists first.
     const AUDIT_AT: i64 = 4_500_000_000_000;
     let agents = agents(store, "start", tag, 3).await;
@@ -1398,7 +1398,7 @@ async fn start_jobs(store: &dyn Store, tag: &str) {
     assert_eq!(job(store, quiet.id).await.status, JobStatus::Running);
 }
 
-async fn create_jobs(store: &dyn Store, tag: &str) {
+async fn create_jobs(store: &Store, tag: &str) {
     let agents = agents(store, "create", tag, 3).await;
     // Listed by agent name whatever the order they were given in.
     let given = [&agents[2], &agents[0], &agents[1]];
@@ -1478,7 +1478,7 @@ async fn create_jobs(store: &dyn Store, tag: &str) {
     }
 }
 
-async fn list_job_filters(store: &dyn Store, tag: &str) {
+async fn list_job_filters(store: &Store, tag: &str) {
     let agents = agents(store, "list", tag, 2).await;
     let (deploy, backup) = (format!("deploy-{tag}"), format!("backup-{tag}"));
     // Far in the future, so they are the newest jobs whatever the store holds.
@@ -1575,7 +1575,7 @@ async fn list_job_filters(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn claims(store: &dyn Store, tag: &str) {
+async fn claims(store: &Store, tag: &str) {
     let agents = agents(store, "claim", tag, 3).await;
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
     let (older, older_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a]).await;
@@ -1686,7 +1686,7 @@ async fn claims(store: &dyn Store, tag: &str) {
 
 /// Claiming a job's tasks for the agents connected here, and asking which
 /// jobs have work waiting for this coordinator's agents.
-async fn job_claims(store: &dyn Store, tag: &str) {
+async fn job_claims(store: &Store, tag: &str) {
     let agents = agents(store, "jobclaim", tag, 4).await;
     let (a, b, c, d) = (&agents[0], &agents[1], &agents[2], &agents[3]);
     let (fanout, fanout_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a, b, c]).await;
@@ -1843,7 +1843,7 @@ async fn job_claims(store: &dyn Store, tag: &str) {
     }
 }
 
-async fn transitions(store: &dyn Store, tag: &str) {
+async fn transitions(store: &Store, tag: &str) {
     let agents = agents(store, "transition", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let id = tasks[0].id;
@@ -1908,7 +1908,7 @@ async fn transitions(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn agent_events(store: &dyn Store, tag: &str) {
+async fn agent_events(store: &Store, tag: &str) {
     let agents = agents(store, "events", tag, 2).await;
     let (j, tasks) = submit(
         store,
@@ -2039,7 +2039,7 @@ async fn agent_events(store: &dyn Store, tag: &str) {
     assert_eq!(job(store, j.id).await.status, JobStatus::Running);
 }
 
-async fn coordinator_events_and_paging(store: &dyn Store, tag: &str) {
+async fn coordinator_events_and_paging(store: &Store, tag: &str) {
     let agents = agents(store, "paging", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let missing = store
@@ -2128,7 +2128,7 @@ async fn coordinator_events_and_paging(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn jobs_finish(store: &dyn Store, tag: &str) {
+async fn jobs_finish(store: &Store, tag: &str) {
     let agents = agents(store, "finish", tag, 2).await;
     let both = [&agents[0], &agents[1]];
 
@@ -2224,7 +2224,7 @@ async fn jobs_finish(store: &dyn Store, tag: &str) {
 /// Four agents stream events for their tasks of one job at once, each in
 /// batches that repeat part of the previous one, and finish: every task's
 /// seqs are stored once, the job's have no gap, and the job finishes once.
-async fn concurrent_agent_events(store: &dyn Store, tag: &str) {
+async fn concurrent_agent_events(store: &Store, tag: &str) {
     const EVENTS: u64 = 60;
     let agents = agents(store, "stream", tag, 4).await;
     let all: Vec<&AgentRecord> = agents.iter().collect();
@@ -2263,7 +2263,7 @@ async fn concurrent_agent_events(store: &dyn Store, tag: &str) {
     assert_eq!(job(store, j.id).await.status, JobStatus::Succeeded);
 }
 
-async fn cancellation(store: &dyn Store, tag: &str) {
+async fn cancellation(store: &Store, tag: &str) {
     let missing = store.request_cancel(Uuid::now_v7(), NOW).await;
     assert!(
         matches!(missing, Err(StoreError::JobNotFound(_))),
@@ -2386,7 +2386,7 @@ async fn cancellation(store: &dyn Store, tag: &str) {
     assert!(transitions.is_empty());
 }
 
-async fn notifications(store: &dyn Store) {
+async fn notifications(store: &Store) {
     let mut rx = store.subscribe();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let sent = vec![
@@ -2409,13 +2409,13 @@ async fn notifications(store: &dyn Store) {
     assert_eq!(received, sent);
 }
 
-async fn leadership(store: &dyn Store) {
+async fn leadership(store: &Store) {
     // Alone on its store, a coordinator leads, and keeps leading.
     assert!(store.try_lead().await.expect("try lead"));
     assert!(store.try_lead().await.expect("try lead"));
 }
 
-async fn expiry(store: &dyn Store, tag: &str) {
+async fn expiry(store: &Store, tag: &str) {
     let agents = agents(store, "expire", tag, 2).await;
     let mut new = new_job("deploy", NOW, None);
     new.deadline_ms = NOW + 10;
@@ -2475,7 +2475,7 @@ async fn expiry(store: &dyn Store, tag: &str) {
     );
 }
 
-async fn absent_agents(store: &dyn Store, tag: &str) {
+async fn absent_agents(store: &Store, tag: &str) {
     let agents = agents(store, "absent", tag, 4).await;
     let (here, away, never, idle) = (&agents[0], &agents[1], &agents[2], &agents[3]);
     store
@@ -2533,7 +2533,7 @@ async fn absent_agents(store: &dyn Store, tag: &str) {
 
 /// An agent away long enough to have its task marked lost comes back and
 /// reports: its report wins, and the job finishes again by it.
-async fn lost_then_reported(store: &dyn Store, tag: &str) {
+async fn lost_then_reported(store: &Store, tag: &str) {
     let agents = agents(store, "comeback", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let id = tasks[0].id;

@@ -8,8 +8,9 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
-use super::StoreError;
+use super::db::query;
 use super::rows::{Columns, parsed, uuid};
+use super::{Store, StoreError};
 
 /// Where a rollout is. Only `Running` holds the (app, env) lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,7 +108,7 @@ pub struct RolloutUpdate {
     pub lease_expires_at_ms: i64,
 }
 
-pub(crate) fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
+fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
     const TABLE: &str = "rollouts";
     let opt_uuid = |column: &'static str| -> Result<Option<Uuid>, StoreError> {
         row.opt_text(column)?
@@ -140,155 +141,159 @@ pub(crate) fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
 }
 
 /// The list limit: 0 means 20, and never more than 1000.
-pub(crate) fn list_limit(limit: u32) -> i64 {
+fn list_limit(limit: u32) -> i64 {
     match limit {
         0 => 20,
         n => i64::from(n.min(1000)),
     }
 }
 
-/// Whether an insert failed on a unique index (the deploy lock).
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+/// Whether an insert failed on a unique index (the deploy lock). Both
+/// engines report it; sqlx tells which.
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
 }
 
-/// The rollout methods of `Store` as inherent `sql_*` methods of a backend,
-/// the same SQL on both (`$N` parameters are positional on PostgreSQL and,
-/// numbered in order of first use, on SQLite). Expanded in each backend's
-/// inherent impl, where `self.pool` is its pool; the `Store` methods call
-/// them (async_trait impls cannot hold macro-made methods).
-macro_rules! rollout_methods {
-    () => {
-        async fn sql_create_rollout(
-            &self,
-            r: &$crate::store::RolloutRecord,
-        ) -> Result<(), $crate::store::StoreError> {
-            let inserted = sqlx::query(
-                "INSERT INTO rollouts (id, app, env, version, kind, status, protected, spec_json, plan_json, previous_id, previous_version, rollback_of, steps_json, message, created_by, created_at_ms, updated_at_ms, finished_at_ms, owner, lease_expires_at_ms, traceparent) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-            )
-            .bind(r.id.to_string())
-            .bind(&r.app)
-            .bind(&r.env)
-            .bind(&r.version)
-            .bind(&r.kind)
-            .bind(r.status.as_str())
-            .bind(r.protected)
-            .bind(&r.spec_json)
-            .bind(&r.plan_json)
-            .bind(r.previous_id.map(|id| id.to_string()))
-            .bind(r.previous_version.as_deref())
-            .bind(r.rollback_of.map(|id| id.to_string()))
-            .bind(&r.steps_json)
-            .bind(&r.message)
-            .bind(&r.created_by)
-            .bind(r.created_at_ms)
-            .bind(r.updated_at_ms)
-            .bind(r.finished_at_ms)
-            .bind(r.owner.as_deref())
-            .bind(r.lease_expires_at_ms)
-            .bind(&r.traceparent)
-            .execute(&self.pool)
-            .await;
-            match inserted {
-                Ok(_) => Ok(()),
-                Err(e) if $crate::store::rollouts::is_unique_violation(&e) => {
-                    let running = sqlx::query(
-                        "SELECT * FROM rollouts WHERE app = $1 AND env = $2 AND status = 'running'",
-                    )
-                    .bind(&r.app)
-                    .bind(&r.env)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                    match running {
-                        Some(row) => Err($crate::store::StoreError::RolloutInProgress {
-                            running: Box::new($crate::store::rollouts::rollout(&row)?),
-                        }),
-                        // Not the lock (the id was reused?), or it just ended.
-                        None => Err(e.into()),
-                    }
+impl Store {
+    /// Inserts a `running` rollout owned by `rollout.owner`.
+    /// `RolloutInProgress` (with the running one) if (app, env) already has
+    /// a running rollout; nothing is written then.
+    pub async fn create_rollout(&self, r: &RolloutRecord) -> Result<(), StoreError> {
+        let inserted = query(
+            "INSERT INTO rollouts (id, app, env, version, kind, status, protected, spec_json, \
+             plan_json, previous_id, previous_version, rollback_of, steps_json, message, created_by, \
+             created_at_ms, updated_at_ms, finished_at_ms, owner, lease_expires_at_ms, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20, $21)",
+        )
+        .bind(r.id)
+        .bind(&r.app)
+        .bind(&r.env)
+        .bind(&r.version)
+        .bind(&r.kind)
+        .bind(r.status.as_str())
+        .bind(r.protected)
+        .bind(&r.spec_json)
+        .bind(&r.plan_json)
+        .bind(r.previous_id)
+        .bind(r.previous_version.as_deref())
+        .bind(r.rollback_of)
+        .bind(&r.steps_json)
+        .bind(&r.message)
+        .bind(&r.created_by)
+        .bind(r.created_at_ms)
+        .bind(r.updated_at_ms)
+        .bind(r.finished_at_ms)
+        .bind(r.owner.as_deref())
+        .bind(r.lease_expires_at_ms)
+        .bind(&r.traceparent)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                let running =
+                    query("SELECT * FROM rollouts WHERE app = $1 AND env = $2 AND status = $3")
+                        .bind(&r.app)
+                        .bind(&r.env)
+                        .bind(RolloutStatus::Running.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match running {
+                    Some(row) => Err(StoreError::RolloutInProgress {
+                        running: Box::new(rollout(&row)?),
+                    }),
+                    // Not the lock (the id was reused?), or it just ended.
+                    None => Err(e),
                 }
-                Err(e) => Err(e.into()),
             }
+            Err(e) => Err(e),
         }
+    }
 
-        async fn sql_get_rollout(
-            &self,
-            id: ::uuid::Uuid,
-        ) -> Result<Option<$crate::store::RolloutRecord>, $crate::store::StoreError> {
-            sqlx::query("SELECT * FROM rollouts WHERE id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|row| $crate::store::rollouts::rollout(&row))
-                .transpose()
-        }
-
-        async fn sql_list_rollouts(
-            &self,
-            app: &str,
-            env: Option<&str>,
-            limit: u32,
-        ) -> Result<Vec<$crate::store::RolloutRecord>, $crate::store::StoreError> {
-            sqlx::query(
-                "SELECT * FROM rollouts WHERE app = $1 AND (CAST($2 AS TEXT) IS NULL OR env = $2) \
-                 ORDER BY created_at_ms DESC, id DESC LIMIT $3",
-            )
-            .bind(app)
-            .bind(env)
-            .bind($crate::store::rollouts::list_limit(limit))
-            .fetch_all(&self.pool)
+    pub async fn get_rollout(&self, id: Uuid) -> Result<Option<RolloutRecord>, StoreError> {
+        query("SELECT * FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
             .await?
-            .iter()
-            .map($crate::store::rollouts::rollout)
-            .collect()
-        }
+            .map(|row| rollout(&row))
+            .transpose()
+    }
 
-        async fn sql_update_rollout(
-            &self,
-            id: ::uuid::Uuid,
-            owner: &str,
-            update: &$crate::store::RolloutUpdate,
-            now_ms: i64,
-        ) -> Result<bool, $crate::store::StoreError> {
-            let finished = update.status.is_final().then_some(now_ms);
-            let done = sqlx::query(
-                "UPDATE rollouts SET steps_json = $1, message = $2, status = $3, \
-                 finished_at_ms = $4, updated_at_ms = $5, lease_expires_at_ms = $6 \
-                 WHERE id = $7 AND owner = $8 AND status = 'running'",
-            )
-            .bind(&update.steps_json)
-            .bind(&update.message)
-            .bind(update.status.as_str())
-            .bind(finished)
-            .bind(now_ms)
-            .bind(update.lease_expires_at_ms)
-            .bind(id.to_string())
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        }
+    /// The rollouts of `app` (of one env, if given), newest first, at most
+    /// `limit` (0 means 20).
+    pub async fn list_rollouts(
+        &self,
+        app: &str,
+        env: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        query(
+            "SELECT * FROM rollouts WHERE app = $1 AND (CAST($2 AS TEXT) IS NULL OR env = $2) \
+             ORDER BY created_at_ms DESC, id DESC LIMIT $3",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(list_limit(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rollout)
+        .collect()
+    }
 
-        async fn sql_claim_abandoned_rollouts(
-            &self,
-            owner: &str,
-            now_ms: i64,
-            lease_expires_at_ms: i64,
-        ) -> Result<Vec<$crate::store::RolloutRecord>, $crate::store::StoreError> {
-            sqlx::query(
-                "UPDATE rollouts SET owner = $1, lease_expires_at_ms = $2, updated_at_ms = $3 \
-                 WHERE status = 'running' AND lease_expires_at_ms < $3 RETURNING *",
-            )
-            .bind(owner)
-            .bind(lease_expires_at_ms)
-            .bind(now_ms)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map($crate::store::rollouts::rollout)
-            .collect()
-        }
-    };
+    /// Writes progress, renews the lease and, with a final status, ends the
+    /// rollout (`finished_at_ms = now_ms`), which releases the lock. Only
+    /// while it is `running` and owned by `owner`; returns whether it was
+    /// (false: another coordinator took it over, stop driving it).
+    pub async fn update_rollout(
+        &self,
+        id: Uuid,
+        owner: &str,
+        update: &RolloutUpdate,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let finished = update.status.is_final().then_some(now_ms);
+        let done = query(
+            "UPDATE rollouts SET steps_json = $1, message = $2, status = $3, \
+             finished_at_ms = $4, updated_at_ms = $5, lease_expires_at_ms = $6 \
+             WHERE id = $7 AND owner = $8 AND status = $9",
+        )
+        .bind(&update.steps_json)
+        .bind(&update.message)
+        .bind(update.status.as_str())
+        .bind(finished)
+        .bind(now_ms)
+        .bind(update.lease_expires_at_ms)
+        .bind(id)
+        .bind(owner)
+        .bind(RolloutStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done == 1)
+    }
+
+    /// Takes over every `running` rollout whose lease expired before
+    /// `now_ms` (its coordinator died): `owner` and the lease become the
+    /// caller's. Returns those taken.
+    pub async fn claim_abandoned_rollouts(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_expires_at_ms: i64,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        query(
+            "UPDATE rollouts SET owner = $1, lease_expires_at_ms = $2, updated_at_ms = $3 \
+             WHERE status = $4 AND lease_expires_at_ms < $3 RETURNING *",
+        )
+        .bind(owner)
+        .bind(lease_expires_at_ms)
+        .bind(now_ms)
+        .bind(RolloutStatus::Running.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rollout)
+        .collect()
+    }
 }
-pub(crate) use rollout_methods;

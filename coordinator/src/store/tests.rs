@@ -18,8 +18,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, Connection};
 use uuid::Uuid;
 
-use super::postgres::PgStore;
-use super::sqlite::SqliteStore;
 use super::{
     Backend, IncomingEvent, JobFilter, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
     Store, StoreError, conformance, open, postgres, sqlite,
@@ -35,7 +33,7 @@ const CORRUPT_ROWS: &str = "
     VALUES ('corrupt', '[\"not\", \"a\", \"map\"]', 'x', 1, 2);
 ";
 
-async fn assert_corrupt_rows_reported(store: &dyn Store) {
+async fn assert_corrupt_rows_reported(store: &Store) {
     let agents = store.list_agents().await;
     assert!(
         matches!(
@@ -87,10 +85,10 @@ async fn sqlite_conformance() {
 async fn sqlite_reopen_keeps_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ferry.db");
-    let store = SqliteStore::open(&path).await.expect("open");
+    let store = Store::open_sqlite(&path).await.expect("open");
     assert!(store.bootstrap_admin("root", 1).await.expect("bootstrap"));
     drop(store);
-    let store = SqliteStore::open(&path).await.expect("reopen");
+    let store = Store::open_sqlite(&path).await.expect("reopen");
     assert!(!store.bootstrap_admin("root", 2).await.expect("bootstrap"));
     assert_eq!(store.list_operators().await.expect("list").len(), 1);
 }
@@ -99,7 +97,7 @@ async fn sqlite_reopen_keeps_state() {
 async fn sqlite_reports_corrupt_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ferry.db");
-    let store = SqliteStore::open(&path).await.expect("open");
+    let store = Store::open_sqlite(&path).await.expect("open");
     let mut raw = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
         .await
         .expect("raw connection");
@@ -252,7 +250,7 @@ async fn postgres_conformance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_coordinators_start_at_once() {
     with_fresh_database(|url| async move {
-        let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+        let (a, b) = tokio::join!(Store::connect_postgres(&url), Store::connect_postgres(&url));
         let (a, b) = (
             a.expect("first coordinator"),
             b.expect("second coordinator"),
@@ -305,14 +303,14 @@ async fn postgres_failed_migration_releases_its_lock() {
             .execute(&mut raw)
             .await
             .expect("squat");
-        let failed = PgStore::connect(&url).await.err();
+        let failed = Store::connect_postgres(&url).await.err();
         assert!(matches!(failed, Some(StoreError::Migrate(_))), "{failed:?}");
 
         sqlx::raw_sql("DROP TABLE agents")
             .execute(&mut raw)
             .await
             .expect("unsquat");
-        let store = tokio::time::timeout(Duration::from_secs(30), PgStore::connect(&url))
+        let store = tokio::time::timeout(Duration::from_secs(30), Store::connect_postgres(&url))
             .await
             .expect("the failed migration still holds its advisory lock")
             .expect("connect after the failure");
@@ -324,7 +322,7 @@ async fn postgres_failed_migration_releases_its_lock() {
 #[tokio::test]
 async fn postgres_reports_corrupt_rows() {
     with_fresh_database(|url| async move {
-        let store = PgStore::connect(&url).await.expect("connect");
+        let store = Store::connect_postgres(&url).await.expect("connect");
         let mut raw = PgConnection::connect(&url).await.expect("raw connection");
         sqlx::raw_sql(CORRUPT_ROWS)
             .execute(&mut raw)
@@ -342,8 +340,8 @@ async fn postgres_schema_matches_sqlite() {
     with_fresh_database(|url| async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ferry.db");
-        SqliteStore::open(&path).await.expect("open sqlite");
-        PgStore::connect(&url).await.expect("connect postgres");
+        Store::open_sqlite(&path).await.expect("open sqlite");
+        Store::connect_postgres(&url).await.expect("connect postgres");
 
         let mut lite = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
             .await
@@ -394,7 +392,7 @@ async fn postgres_schema_matches_sqlite() {
 
 /// Enrolls `n` agents through `store` and submits `jobs` jobs with a task
 /// on each; returns the agents' ids and the tasks' ids.
-async fn agents_with_work(store: &dyn Store, n: usize, jobs: usize) -> (Vec<Uuid>, Vec<Uuid>) {
+async fn agents_with_work(store: &Store, n: usize, jobs: usize) -> (Vec<Uuid>, Vec<Uuid>) {
     // Unique per call, so a test may ask for work more than once.
     let round = &Uuid::now_v7().simple().to_string()[24..];
     let mut agents = Vec::new();
@@ -456,7 +454,7 @@ async fn agents_with_work(store: &dyn Store, n: usize, jobs: usize) -> (Vec<Uuid
 
 /// Claims a few tasks at a time until none is left; returns each claimed
 /// task with its `assigned_by`.
-async fn drain(store: &PgStore, agents: &[Uuid], name: &str) -> Vec<(Uuid, Option<String>)> {
+async fn drain(store: &Store, agents: &[Uuid], name: &str) -> Vec<(Uuid, Option<String>)> {
     let mut claimed = Vec::new();
     loop {
         let batch = store
@@ -476,8 +474,12 @@ async fn drain(store: &PgStore, agents: &[Uuid], name: &str) -> Vec<(Uuid, Optio
 async fn postgres_two_coordinators_never_claim_a_task_twice() {
     with_fresh_database(|url| async move {
         let (a, b) = (
-            PgStore::connect(&url).await.expect("first coordinator"),
-            PgStore::connect(&url).await.expect("second coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("first coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("second coordinator"),
         );
         // The claims only race if both coordinators get some of the work;
         // now and then one drains everything before the other starts, so
@@ -513,7 +515,7 @@ async fn postgres_two_coordinators_never_claim_a_task_twice() {
 
 /// Claims a job's tasks for every agent, a few at a time, in one pass;
 /// returns each claimed task with its `assigned_by`.
-async fn drain_job(store: &PgStore, job: Uuid, name: &str) -> Vec<(Uuid, Option<String>)> {
+async fn drain_job(store: &Store, job: Uuid, name: &str) -> Vec<(Uuid, Option<String>)> {
     let mut claimed = Vec::new();
     let mut after = None;
     loop {
@@ -541,8 +543,12 @@ async fn drain_job(store: &PgStore, job: Uuid, name: &str) -> Vec<(Uuid, Option<
 async fn postgres_two_coordinators_never_claim_a_job_task_twice() {
     with_fresh_database(|url| async move {
         let (a, b) = (
-            PgStore::connect(&url).await.expect("first coordinator"),
-            PgStore::connect(&url).await.expect("second coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("first coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("second coordinator"),
         );
         let (_, tasks) = agents_with_work(&a, 120, 1).await;
         let job = a
@@ -577,8 +583,12 @@ async fn postgres_two_coordinators_never_claim_a_job_task_twice() {
 async fn postgres_concurrent_writers_do_not_deadlock() {
     with_fresh_database(|url| async move {
         let (a, b) = (
-            PgStore::connect(&url).await.expect("first coordinator"),
-            PgStore::connect(&url).await.expect("second coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("first coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("second coordinator"),
         );
         let (agents, _) = agents_with_work(&a, 5, 12).await;
         let jobs: Vec<Uuid> = a
@@ -666,8 +676,12 @@ async fn receive(rx: &mut tokio::sync::broadcast::Receiver<Notification>) -> Opt
 async fn postgres_notifications_reach_other_coordinators() {
     with_fresh_database(|url| async move {
         let (a, b) = (
-            PgStore::connect(&url).await.expect("first coordinator"),
-            PgStore::connect(&url).await.expect("second coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("first coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("second coordinator"),
         );
         let (mut on_a, mut on_b) = (a.subscribe(), b.subscribe());
         let job = Uuid::now_v7();
@@ -727,7 +741,7 @@ async fn postgres_notifications_reach_other_coordinators() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_dropped_store_stops_listening() {
     with_fresh_database(|url| async move {
-        let store = PgStore::connect(&url).await.expect("connect");
+        let store = Store::connect_postgres(&url).await.expect("connect");
         let mut rx = store.subscribe();
         drop(store);
         let closed = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -770,8 +784,12 @@ async fn postgres_dropped_store_stops_listening() {
 async fn postgres_one_leader_at_a_time() {
     with_fresh_database(|url| async move {
         let (a, b) = (
-            PgStore::connect(&url).await.expect("first coordinator"),
-            PgStore::connect(&url).await.expect("second coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("first coordinator"),
+            Store::connect_postgres(&url)
+                .await
+                .expect("second coordinator"),
         );
         let (x, y) = tokio::join!(a.try_lead(), b.try_lead());
         let (x, y) = (x.expect("a tries"), y.expect("b tries"));
@@ -817,7 +835,7 @@ async fn postgres_one_leader_at_a_time() {
 #[tokio::test]
 async fn sqlite_always_leads() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("ferry.db"))
+    let store = Store::open_sqlite(&dir.path().join("ferry.db"))
         .await
         .expect("open");
     assert!(store.try_lead().await.expect("try lead"));

@@ -1,0 +1,152 @@
+//! Join tokens and enrollment: a one-time token an admin creates, which an
+//! agent spends to get its identity (the certificate serial and expiry it
+//! was issued, renewed by [`Store::agent_cert_renewed`]).
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::db::{query, row_lock};
+use super::{AgentRecord, Store, StoreError, rows};
+
+/// The index that allows one live agent per name (see the migrations).
+const ACTIVE_NAME_INDEX: &str = "agents_active_name";
+
+/// A one-time join token; only the SHA-256 hash of the secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub token_hash: String,
+    /// The name the enrolling agent gets, if the admin chose one.
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_by: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub used_at_ms: Option<i64>,
+    pub used_by: Option<Uuid>,
+}
+
+/// What enrollment inserts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAgent {
+    pub id: Uuid,
+    pub name: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    pub cert_serial: String,
+    pub cert_not_after_ms: i64,
+}
+
+impl Store {
+    pub async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        query(
+            "INSERT INTO join_tokens (token_hash, name, labels_json, created_by, created_at_ms, \
+             expires_at_ms, used_at_ms, used_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&token.token_hash)
+        .bind(&token.name)
+        .bind(rows::labels_json(&token.labels))
+        .bind(&token.created_by)
+        .bind(token.created_at_ms)
+        .bind(token.expires_at_ms)
+        .bind(token.used_at_ms)
+        .bind(token.used_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        query("SELECT * FROM join_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::join_token(&row))
+            .transpose()
+    }
+
+    /// Atomically: checks the token is known, unused and unexpired at
+    /// `now_ms` (else `TokenUnknown` / `TokenUsed` / `TokenExpired`), checks
+    /// no unrevoked agent has `agent.name` (else `AgentNameTaken`, and the
+    /// token stays usable), inserts the agent and marks the token used.
+    ///
+    /// On PostgreSQL, several coordinators may enroll at once: the token row
+    /// is locked (`FOR UPDATE`) for the length of the transaction, and the
+    /// partial unique index on live agent names settles two enrollments of
+    /// one name through different tokens. SQLite's write transaction is
+    /// alone.
+    pub async fn enroll_agent(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+        agent: &NewAgent,
+    ) -> Result<AgentRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let lock = row_lock(tx.backend(), " FOR UPDATE");
+        let token = query(format!(
+            "SELECT * FROM join_tokens WHERE token_hash = $1{lock}"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&mut tx)
+        .await?
+        .map(|row| rows::join_token(&row))
+        .transpose()?
+        .ok_or(StoreError::TokenUnknown)?;
+        rows::check_token_usable(&token, now_ms)?;
+        let taken = query("SELECT 1 FROM agents WHERE name = $1 AND revoked_at_ms IS NULL")
+            .bind(&agent.name)
+            .fetch_optional(&mut tx)
+            .await?
+            .is_some();
+        if taken {
+            return Err(StoreError::AgentNameTaken {
+                name: agent.name.clone(),
+            });
+        }
+        let record = rows::enrolled(agent, now_ms);
+        query(
+            "INSERT INTO agents (id, name, hostname, labels_json, version, enrolled_at_ms, \
+             cert_serial, cert_not_after_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(record.id)
+        .bind(&record.name)
+        .bind(&record.hostname)
+        .bind(rows::labels_json(&record.labels))
+        .bind(&record.version)
+        .bind(record.enrolled_at_ms)
+        .bind(&record.cert_serial)
+        .bind(record.cert_not_after_ms)
+        .execute(&mut tx)
+        .await
+        .map_err(|e| name_taken_or(e, &record.name))?;
+        query("UPDATE join_tokens SET used_at_ms = $1, used_by = $2 WHERE token_hash = $3")
+            .bind(now_ms)
+            .bind(record.id)
+            .bind(token_hash)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+}
+
+/// A unique violation of the live-name index means another coordinator
+/// enrolled an agent of that name after this transaction checked for one
+/// (PostgreSQL; SQLite names no constraint, and its one writer cannot race).
+fn name_taken_or(err: StoreError, name: &str) -> StoreError {
+    let name_taken = match &err {
+        StoreError::Database(e) => e.as_database_error().is_some_and(|db| {
+            db.is_unique_violation() && db.constraint() == Some(ACTIVE_NAME_INDEX)
+        }),
+        _ => false,
+    };
+    if name_taken {
+        StoreError::AgentNameTaken { name: name.into() }
+    } else {
+        err
+    }
+}
