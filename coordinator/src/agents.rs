@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::error::CoordinatorError;
-use crate::store::{AgentRecord, NewAgent, StoreError};
+use crate::store::{AgentHello, AgentRecord, NewAgent, StoreError};
 
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,13 +214,14 @@ impl Core {
         }
         if let Err(e) = self
             .store
-            .agent_connected(
-                agent.id,
-                &self.coordinator_id,
-                &hello.version,
-                &hello.hostname,
-                now_ms(),
-            )
+            .agent_connected(&AgentHello {
+                id: agent.id,
+                coordinator_id: &self.coordinator_id,
+                version: &hello.version,
+                hostname: &hello.hostname,
+                capabilities: &hello.capabilities,
+                now_ms: now_ms(),
+            })
             .await
         {
             let _ = ready.send(Err(e.into()));

@@ -29,7 +29,7 @@ use crate::error::CoordinatorError;
 use crate::job::JobStatus;
 use crate::scheduler::Submission;
 use crate::store::{
-    AgentRecord, Notification, RolloutRecord, RolloutStatus, RolloutUpdate, StoreError,
+    AgentRecord, Notification, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate, StoreError,
 };
 
 /// How long a driver's claim on a rollout holds without renewal; another
@@ -79,7 +79,7 @@ struct Resolved {
     spec: DeploySpec,
     plan: Plan,
     protected: bool,
-    kind: &'static str,
+    kind: RolloutKind,
     previous: Option<RolloutRecord>,
     rollback_of: Option<Uuid>,
 }
@@ -121,7 +121,7 @@ impl Core {
             spec,
             plan,
             protected: environment.is_protected(env),
-            kind: "deploy",
+            kind: RolloutKind::Deploy,
             previous,
             rollback_of: None,
         };
@@ -184,7 +184,7 @@ impl Core {
             spec,
             plan,
             protected: target.protected,
-            kind: "rollback",
+            kind: RolloutKind::Rollback,
             previous: Some((*current).clone()),
             rollback_of: Some(target.id),
         };
@@ -277,7 +277,7 @@ impl Core {
                 .await?;
         }
         let id = Uuid::now_v7();
-        let span = tracing::info_span!(parent: None, "rollout", rollout.id = %id, app = %r.spec.app, env = %r.spec.env, version = %r.spec.release, kind = r.kind);
+        let span = tracing::info_span!(parent: None, "rollout", rollout.id = %id, app = %r.spec.app, env = %r.spec.env, version = %r.spec.release, kind = r.kind.as_str());
         let traceparent = Some(ferry_common::telemetry::traceparent_of(&span))
             .filter(|t| !t.is_empty())
             .unwrap_or_else(crate::scheduler::new_traceparent);
@@ -286,7 +286,7 @@ impl Core {
             app: r.spec.app.clone(),
             env: r.spec.env.clone(),
             version: r.spec.release.clone(),
-            kind: r.kind.into(),
+            kind: r.kind,
             status: RolloutStatus::Running,
             protected: r.protected,
             spec_json: serde_json::to_string(&r.spec).map_err(internal)?,
@@ -403,7 +403,7 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
         app: r.app.clone(),
         env: r.env.clone(),
         version: r.version.clone(),
-        kind: r.kind.clone(),
+        kind: r.kind.as_str().into(),
         status: r.status.as_str().into(),
         protected: r.protected,
         previous_version: r.previous_version.clone().unwrap_or_default(),

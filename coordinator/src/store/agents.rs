@@ -28,6 +28,21 @@ pub struct AgentRecord {
     /// Last reported host health (JSON of `ferry_proto::v1::HostHealth`'s
     /// serde mirror, opaque to the store).
     pub health_json: Option<String>,
+    /// What the agent said it can do in its last `Hello`; empty until it
+    /// first connects.
+    pub capabilities: Vec<String>,
+}
+
+/// What an agent's `Hello` tells the store when its session opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHello<'a> {
+    pub id: Uuid,
+    /// The coordinator the session is on.
+    pub coordinator_id: &'a str,
+    pub version: &'a str,
+    pub hostname: &'a str,
+    pub capabilities: &'a [String],
+    pub now_ms: i64,
 }
 
 /// One agent's latest heartbeat, as flushed to the store.
@@ -86,27 +101,23 @@ impl Store {
             .collect()
     }
 
-    /// A session opened on `coordinator_id`.
-    pub async fn agent_connected(
-        &self,
-        id: Uuid,
-        coordinator_id: &str,
-        version: &str,
-        hostname: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// A session opened on `hello.coordinator_id`: records it, and the
+    /// version, hostname and capabilities the agent sent (replacing those
+    /// of its last session). `AgentNotFound` if the agent is unknown.
+    pub async fn agent_connected(&self, hello: &AgentHello<'_>) -> Result<(), StoreError> {
         let updated = query(
-            "UPDATE agents SET connected_to = $1, version = $2, hostname = $3, last_seen_ms = $4 \
-             WHERE id = $5",
+            "UPDATE agents SET connected_to = $1, version = $2, hostname = $3, \
+             capabilities_json = $4, last_seen_ms = $5 WHERE id = $6",
         )
-        .bind(coordinator_id)
-        .bind(version)
-        .bind(hostname)
-        .bind(now_ms)
-        .bind(id)
+        .bind(hello.coordinator_id)
+        .bind(hello.version)
+        .bind(hello.hostname)
+        .bind(rows::strings_json(hello.capabilities))
+        .bind(hello.now_ms)
+        .bind(hello.id)
         .execute(&self.pool)
         .await?;
-        rows::agent_found(updated, id)
+        rows::agent_found(updated, hello.id)
     }
 
     /// Records a batch of heartbeats in one transaction: `last_seen_ms`

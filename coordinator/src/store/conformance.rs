@@ -2,11 +2,12 @@
 //! coordinator cannot tell SQLite from PostgreSQL. Failures panic, as in
 //! any test.
 //!
-//! [`run`] expects a freshly created store (it checks that the first
-//! `bootstrap_admin` adds the admin); everything else it creates carries a
-//! per-run suffix, so the steps do not depend on each other's data. The
-//! steps that act on the whole store (expiry, absent agents) run last and
-//! look only at their own jobs.
+//! Each public `async fn` is one behaviour, run by `store::tests` as a test
+//! of its own on each backend (`conformance!`), on a freshly created store
+//! (`bootstrap_admin_once` checks that the first bootstrap adds the admin).
+//! What a behaviour creates carries a per-call suffix, so behaviours would
+//! not depend on each other's data even on a shared store; those that act
+//! on the whole store (expiry, absent agents) look only at their own jobs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,10 +19,10 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim, JobEventRecord,
-    JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewJob, NewTask, Notification,
-    OperatorRecord, RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store,
-    StoreError, TaskRecord,
+    AgentHello, AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim,
+    JobEventRecord, JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewJob, NewTask,
+    Notification, OperatorRecord, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate,
+    SecretMeta, SecretRecord, Store, StoreError, TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -29,48 +30,13 @@ use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 const NOW: i64 = 1_700_000_000_000;
 const HOUR: i64 = 3_600_000;
 
-/// Runs every step of the suite against `store`.
-pub async fn run(store: &Store) {
-    let tag = unique_tag();
-    basics(store).await;
-    bootstrap_admin_once(store, &tag).await;
-    join_tokens(store, &tag).await;
-    enrollment_refusals(store, &tag).await;
-    names_and_revocation(store, &tag).await;
-    agent_sessions(store, &tag).await;
-    operators(store, &tag).await;
-    audit_log(store).await;
-    concurrent_enrollment(store, &tag).await;
-    secrets(store, &tag).await;
-    concurrent_secret_writes(store, &tag).await;
-    create_jobs(store, &tag).await;
-    start_jobs(store, &tag).await;
-    list_job_filters(store, &tag).await;
-    claims(store, &tag).await;
-    job_claims(store, &tag).await;
-    transitions(store, &tag).await;
-    agent_events(store, &tag).await;
-    coordinator_events_and_paging(store, &tag).await;
-    jobs_finish(store, &tag).await;
-    concurrent_agent_events(store, &tag).await;
-    cancellation(store, &tag).await;
-    notifications(store).await;
-    leadership(store).await;
-    rollouts(store, &tag).await;
-    // These act on every job of the store; their own jobs are the only
-    // ones that qualify, or the only ones they look at.
-    expiry(store, &tag).await;
-    absent_agents(store, &tag).await;
-    lost_then_reported(store, &tag).await;
-}
-
 fn rollout_record(app: &str, env: &str, version: &str, created_at_ms: i64) -> RolloutRecord {
     RolloutRecord {
         id: Uuid::now_v7(),
         app: app.into(),
         env: env.into(),
         version: version.into(),
-        kind: "deploy".into(),
+        kind: RolloutKind::Deploy,
         status: RolloutStatus::Running,
         protected: env == "production",
         spec_json: format!("{{\"release\":\"{version}\"}}"),
@@ -101,7 +67,8 @@ fn rollout_update(status: RolloutStatus, message: &str, lease_expires_at_ms: i64
 
 /// Rollouts: the (app, env) lock, its lease, history, and takeover of a
 /// rollout whose coordinator died.
-async fn rollouts(store: &Store, tag: &str) {
+pub async fn rollouts(store: &Store) {
+    let tag = &unique_tag();
     let app = format!("shop-{tag}");
     let first = rollout_record(&app, "staging", "1.0", NOW);
     store.create_rollout(&first).await.unwrap();
@@ -121,8 +88,14 @@ async fn rollouts(store: &Store, tag: &str) {
     }
     assert!(store.get_rollout(second.id).await.unwrap().is_none());
     // Another environment of the app is another lock.
-    let prod = rollout_record(&app, "production", "1.0", NOW + 5);
+    // A rollback keeps its kind.
+    let mut prod = rollout_record(&app, "production", "1.0", NOW + 5);
+    prod.kind = RolloutKind::Rollback;
     store.create_rollout(&prod).await.unwrap();
+    assert_eq!(
+        store.get_rollout(prod.id).await.unwrap().map(|r| r.kind),
+        Some(RolloutKind::Rollback)
+    );
 
     // Only the owner writes progress; writing renews the lease.
     let renew = rollout_update(RolloutStatus::Running, "batch 1/2", NOW + 60_000);
@@ -282,6 +255,24 @@ fn new_agent(name: &str) -> NewAgent {
     }
 }
 
+/// A `Hello` of no particular capabilities.
+fn hello<'a>(
+    id: Uuid,
+    coordinator_id: &'a str,
+    version: &'a str,
+    hostname: &'a str,
+    now_ms: i64,
+) -> AgentHello<'a> {
+    AgentHello {
+        id,
+        coordinator_id,
+        version,
+        hostname,
+        capabilities: &[],
+        now_ms,
+    }
+}
+
 /// Inserts a fresh token and enrolls `name` with it at `at_ms`.
 async fn enroll(store: &Store, name: &str, at_ms: i64) -> AgentRecord {
     let hash = format!("hash-{}", Uuid::now_v7().simple());
@@ -303,7 +294,7 @@ async fn agent(store: &Store, id: Uuid) -> AgentRecord {
         .expect("agent exists")
 }
 
-async fn basics(store: &Store) {
+pub async fn basics(store: &Store) {
     store.ping().await.expect("ping");
     assert!(matches!(
         store.backend(),
@@ -311,7 +302,8 @@ async fn basics(store: &Store) {
     ));
 }
 
-async fn bootstrap_admin_once(store: &Store, tag: &str) {
+pub async fn bootstrap_admin_once(store: &Store) {
+    let tag = &unique_tag();
     let admin = format!("root-{tag}");
     assert!(
         store.bootstrap_admin(&admin, NOW).await.expect("bootstrap"),
@@ -363,7 +355,8 @@ async fn bootstrap_admin_once(store: &Store, tag: &str) {
     assert_eq!(after.revoked_at_ms, Some(NOW + 3));
 }
 
-async fn join_tokens(store: &Store, tag: &str) {
+pub async fn join_tokens(store: &Store) {
+    let tag = &unique_tag();
     let hash = format!("hash-{tag}-tokens");
     let mut record = token(hash.clone(), NOW + HOUR);
     record.name = Some(format!("named-{tag}"));
@@ -398,6 +391,7 @@ async fn join_tokens(store: &Store, tag: &str) {
         cert_serial: agent.cert_serial.clone(),
         cert_not_after_ms: agent.cert_not_after_ms,
         health_json: None,
+        capabilities: Vec::new(),
     };
     assert_eq!(enrolled, expected);
     assert_eq!(
@@ -423,7 +417,8 @@ async fn join_tokens(store: &Store, tag: &str) {
     );
 }
 
-async fn enrollment_refusals(store: &Store, tag: &str) {
+pub async fn enrollment_refusals(store: &Store) {
+    let tag = &unique_tag();
     let unknown = store
         .enroll_agent("no-such-hash", NOW, &new_agent(&format!("unknown-{tag}")))
         .await;
@@ -491,7 +486,8 @@ async fn enrollment_refusals(store: &Store, tag: &str) {
         .expect("the token still works under a free name");
 }
 
-async fn names_and_revocation(store: &Store, tag: &str) {
+pub async fn names_and_revocation(store: &Store) {
+    let tag = &unique_tag();
     let name = format!("web-{tag}");
     let first = enroll(store, &name, NOW).await;
 
@@ -594,12 +590,19 @@ async fn names_and_revocation(store: &Store, tag: &str) {
     );
 }
 
-async fn agent_sessions(store: &Store, tag: &str) {
+pub async fn agent_sessions(store: &Store) {
+    let tag = &unique_tag();
     let enrolled = enroll(store, &format!("db-{tag}"), NOW).await;
     let id = enrolled.id;
 
     store
-        .agent_connected(id, "coord-a", "0.2.0", "db-renamed.example.net", NOW + 100)
+        .agent_connected(&hello(
+            id,
+            "coord-a",
+            "0.2.0",
+            "db-renamed.example.net",
+            NOW + 100,
+        ))
         .await
         .expect("connected");
     let connected = agent(store, id).await;
@@ -607,6 +610,30 @@ async fn agent_sessions(store: &Store, tag: &str) {
     assert_eq!(connected.version, "0.2.0");
     assert_eq!(connected.hostname, "db-renamed.example.net");
     assert_eq!(connected.last_seen_ms, NOW + 100);
+    assert!(enrolled.capabilities.is_empty());
+    assert!(connected.capabilities.is_empty());
+
+    // Capabilities round-trip, and the next connect replaces them.
+    let first_caps = vec!["docker".to_string(), "compose-v2".to_string()];
+    store
+        .agent_connected(&AgentHello {
+            capabilities: &first_caps,
+            ..hello(id, "coord-a", "0.2.0", "db-renamed.example.net", NOW + 100)
+        })
+        .await
+        .expect("connected with capabilities");
+    assert_eq!(agent(store, id).await.capabilities, first_caps);
+    let second_caps = vec!["podman".to_string()];
+    store
+        .agent_connected(&AgentHello {
+            capabilities: &second_caps,
+            ..hello(id, "coord-a", "0.2.1", "db-renamed.example.net", NOW + 100)
+        })
+        .await
+        .expect("reconnected with other capabilities");
+    let reconnected = agent(store, id).await;
+    assert_eq!(reconnected.capabilities, second_caps);
+    assert_eq!(reconnected.version, "0.2.1");
 
     let health = r#"{"docker_ok":true,"disk_free_bytes":1234567890}"#;
     let beat = |seen_ms, health_json: Option<&str>| Heartbeat {
@@ -686,7 +713,7 @@ async fn agent_sessions(store: &Store, tag: &str) {
     let nobody = Uuid::now_v7();
     let results = [
         store
-            .agent_connected(nobody, "coord-a", "0.2.0", "h", NOW)
+            .agent_connected(&hello(nobody, "coord-a", "0.2.0", "h", NOW))
             .await,
         store.agent_cert_renewed(nobody, "s", NOW).await,
     ];
@@ -702,7 +729,8 @@ async fn agent_sessions(store: &Store, tag: &str) {
         .expect("closing an unknown session is not an error");
 }
 
-async fn operators(store: &Store, tag: &str) {
+pub async fn operators(store: &Store) {
+    let tag = &unique_tag();
     let op = |name: &str, role: Role| OperatorRecord {
         name: format!("{name}-{tag}"),
         role,
@@ -779,7 +807,7 @@ async fn operators(store: &Store, tag: &str) {
     );
 }
 
-async fn audit_log(store: &Store) {
+pub async fn audit_log(store: &Store) {
     // Far in the future, so these are the newest entries whatever else the
     // store holds.
     const LATER: i64 = 4_000_000_000_000;
@@ -814,7 +842,8 @@ async fn audit_log(store: &Store) {
 /// Eight enrollments racing for one token: exactly one wins. Then eight
 /// tokens racing for one name: exactly one wins and the others' tokens stay
 /// usable. Each attempt runs on its own connection, so the race is real.
-async fn concurrent_enrollment(store: &Store, tag: &str) {
+pub async fn concurrent_enrollment(store: &Store) {
+    let tag = &unique_tag();
     let hash = format!("hash-{tag}-race");
     store
         .insert_join_token(&token(hash.clone(), NOW + HOUR))
@@ -910,7 +939,8 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|n| n.to_string()).collect()
 }
 
-async fn secrets(store: &Store, tag: &str) {
+pub async fn secrets(store: &Store) {
+    let tag = &unique_tag();
     let app = format!("shop-{tag}");
     let other_app = format!("shop-{tag}-other");
     let prod_api = secret(&app, "production", "API_KEY", 1, NOW);
@@ -1050,7 +1080,8 @@ async fn secrets(store: &Store, tag: &str) {
 
 /// Eight writers setting one secret at once: every write succeeds (the last
 /// one wins) and one row remains.
-async fn concurrent_secret_writes(store: &Store, tag: &str) {
+pub async fn concurrent_secret_writes(store: &Store) {
+    let tag = &unique_tag();
     let app = format!("race-{tag}");
     let writes: Vec<SecretRecord> = (0..8u8)
         .map(|i| secret(&app, "production", "TOKEN", i, NOW + i64::from(i)))
@@ -1263,7 +1294,8 @@ fn note(task: &NewTask) -> (Uuid, Vec<u8>) {
 
 /// `start_job`: the job, its tasks, the notes, the claims of the agents
 /// connected here and the audit entry, all or nothing, in one call.
-async fn start_jobs(store: &Store, tag: &str) {
+pub async fn start_jobs(store: &Store) {
+    let tag = &unique_tag();
     // Newer than every entry of `audit_log`, so it lists first.
     const AUDIT_AT: i64 = 4_500_000_000_000;
     let agents = agents(store, "start", tag, 3).await;
@@ -1398,7 +1430,8 @@ async fn start_jobs(store: &Store, tag: &str) {
     assert_eq!(job(store, quiet.id).await.status, JobStatus::Running);
 }
 
-async fn create_jobs(store: &Store, tag: &str) {
+pub async fn create_jobs(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "create", tag, 3).await;
     // Listed by agent name whatever the order they were given in.
     let given = [&agents[2], &agents[0], &agents[1]];
@@ -1478,7 +1511,8 @@ async fn create_jobs(store: &Store, tag: &str) {
     }
 }
 
-async fn list_job_filters(store: &Store, tag: &str) {
+pub async fn list_job_filters(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "list", tag, 2).await;
     let (deploy, backup) = (format!("deploy-{tag}"), format!("backup-{tag}"));
     // Far in the future, so they are the newest jobs whatever the store holds.
@@ -1575,7 +1609,8 @@ async fn list_job_filters(store: &Store, tag: &str) {
     );
 }
 
-async fn claims(store: &Store, tag: &str) {
+pub async fn claims(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "claim", tag, 3).await;
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
     let (older, older_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a]).await;
@@ -1686,7 +1721,8 @@ async fn claims(store: &Store, tag: &str) {
 
 /// Claiming a job's tasks for the agents connected here, and asking which
 /// jobs have work waiting for this coordinator's agents.
-async fn job_claims(store: &Store, tag: &str) {
+pub async fn job_claims(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "jobclaim", tag, 4).await;
     let (a, b, c, d) = (&agents[0], &agents[1], &agents[2], &agents[3]);
     let (fanout, fanout_tasks) = submit(store, new_job("deploy", NOW - 2, None), &[a, b, c]).await;
@@ -1787,7 +1823,7 @@ async fn job_claims(store: &Store, tag: &str) {
             &here_coord
         };
         store
-            .agent_connected(agent.id, on, "0.1.0", "h", NOW)
+            .agent_connected(&hello(agent.id, on, "0.1.0", "h", NOW))
             .await
             .expect("connected");
     }
@@ -1843,7 +1879,8 @@ async fn job_claims(store: &Store, tag: &str) {
     }
 }
 
-async fn transitions(store: &Store, tag: &str) {
+pub async fn transitions(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "transition", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let id = tasks[0].id;
@@ -1908,7 +1945,8 @@ async fn transitions(store: &Store, tag: &str) {
     );
 }
 
-async fn agent_events(store: &Store, tag: &str) {
+pub async fn agent_events(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "events", tag, 2).await;
     let (j, tasks) = submit(
         store,
@@ -2039,7 +2077,8 @@ async fn agent_events(store: &Store, tag: &str) {
     assert_eq!(job(store, j.id).await.status, JobStatus::Running);
 }
 
-async fn coordinator_events_and_paging(store: &Store, tag: &str) {
+pub async fn coordinator_events_and_paging(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "paging", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let missing = store
@@ -2128,7 +2167,8 @@ async fn coordinator_events_and_paging(store: &Store, tag: &str) {
     );
 }
 
-async fn jobs_finish(store: &Store, tag: &str) {
+pub async fn jobs_finish(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "finish", tag, 2).await;
     let both = [&agents[0], &agents[1]];
 
@@ -2224,7 +2264,8 @@ async fn jobs_finish(store: &Store, tag: &str) {
 /// Four agents stream events for their tasks of one job at once, each in
 /// batches that repeat part of the previous one, and finish: every task's
 /// seqs are stored once, the job's have no gap, and the job finishes once.
-async fn concurrent_agent_events(store: &Store, tag: &str) {
+pub async fn concurrent_agent_events(store: &Store) {
+    let tag = &unique_tag();
     const EVENTS: u64 = 60;
     let agents = agents(store, "stream", tag, 4).await;
     let all: Vec<&AgentRecord> = agents.iter().collect();
@@ -2263,7 +2304,8 @@ async fn concurrent_agent_events(store: &Store, tag: &str) {
     assert_eq!(job(store, j.id).await.status, JobStatus::Succeeded);
 }
 
-async fn cancellation(store: &Store, tag: &str) {
+pub async fn cancellation(store: &Store) {
+    let tag = &unique_tag();
     let missing = store.request_cancel(Uuid::now_v7(), NOW).await;
     assert!(
         matches!(missing, Err(StoreError::JobNotFound(_))),
@@ -2386,7 +2428,7 @@ async fn cancellation(store: &Store, tag: &str) {
     assert!(transitions.is_empty());
 }
 
-async fn notifications(store: &Store) {
+pub async fn notifications(store: &Store) {
     let mut rx = store.subscribe();
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let sent = vec![
@@ -2409,13 +2451,14 @@ async fn notifications(store: &Store) {
     assert_eq!(received, sent);
 }
 
-async fn leadership(store: &Store) {
+pub async fn leadership(store: &Store) {
     // Alone on its store, a coordinator leads, and keeps leading.
     assert!(store.try_lead().await.expect("try lead"));
     assert!(store.try_lead().await.expect("try lead"));
 }
 
-async fn expiry(store: &Store, tag: &str) {
+pub async fn expiry(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "expire", tag, 2).await;
     let mut new = new_job("deploy", NOW, None);
     new.deadline_ms = NOW + 10;
@@ -2475,15 +2518,16 @@ async fn expiry(store: &Store, tag: &str) {
     );
 }
 
-async fn absent_agents(store: &Store, tag: &str) {
+pub async fn absent_agents(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "absent", tag, 4).await;
     let (here, away, never, idle) = (&agents[0], &agents[1], &agents[2], &agents[3]);
     store
-        .agent_connected(here.id, "coord-a", "0.1.0", "h", NOW + HOUR)
+        .agent_connected(&hello(here.id, "coord-a", "0.1.0", "h", NOW + HOUR))
         .await
         .expect("connected");
     store
-        .agent_connected(away.id, "coord-a", "0.1.0", "h", NOW - HOUR)
+        .agent_connected(&hello(away.id, "coord-a", "0.1.0", "h", NOW - HOUR))
         .await
         .expect("connected");
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[here, away, never]).await;
@@ -2533,7 +2577,8 @@ async fn absent_agents(store: &Store, tag: &str) {
 
 /// An agent away long enough to have its task marked lost comes back and
 /// reports: its report wins, and the job finishes again by it.
-async fn lost_then_reported(store: &Store, tag: &str) {
+pub async fn lost_then_reported(store: &Store) {
+    let tag = &unique_tag();
     let agents = agents(store, "comeback", tag, 1).await;
     let (j, tasks) = submit(store, new_job("deploy", NOW, None), &[&agents[0]]).await;
     let id = tasks[0].id;

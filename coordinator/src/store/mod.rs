@@ -40,14 +40,14 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-pub use agents::{AgentRecord, Heartbeat};
+pub use agents::{AgentHello, AgentRecord, Heartbeat};
 pub use audit::AuditEntry;
 pub use jobs::{
     AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
     NewTask, Notification, StartedJob, TaskRecord, Transition,
 };
 pub use operators::OperatorRecord;
-pub use rollouts::{RolloutRecord, RolloutStatus, RolloutUpdate};
+pub use rollouts::{RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate};
 pub use secrets::{SecretMeta, SecretRecord};
 pub use tokens::{JoinTokenRecord, NewAgent};
 

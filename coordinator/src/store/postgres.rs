@@ -43,6 +43,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "rollouts",
         include_str!("../../../migrations/postgres/0004_rollouts.sql"),
     ),
+    (
+        5,
+        "agent_capabilities",
+        include_str!("../../../migrations/postgres/0005_agent_capabilities.sql"),
+    ),
 ];
 
 /// The session advisory lock whose holder is the leader ("ferry-ld").

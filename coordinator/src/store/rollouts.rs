@@ -67,6 +67,42 @@ impl FromStr for RolloutStatus {
     }
 }
 
+/// What a rollout does: roll a release out, or go back to an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutKind {
+    /// A release from an app file (`ferry deploy`).
+    Deploy,
+    /// An earlier release again (`ferry rollback`).
+    Rollback,
+}
+
+impl RolloutKind {
+    pub const ALL: [RolloutKind; 2] = [RolloutKind::Deploy, RolloutKind::Rollback];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutKind::Deploy => "deploy",
+            RolloutKind::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for RolloutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RolloutKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RolloutKind::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown rollout kind {s:?}"))
+    }
+}
+
 /// One rollout as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutRecord {
@@ -74,8 +110,7 @@ pub struct RolloutRecord {
     pub app: String,
     pub env: String,
     pub version: String,
-    /// "deploy" or "rollback".
-    pub kind: String,
+    pub kind: RolloutKind,
     pub status: RolloutStatus,
     pub protected: bool,
     /// The `DeploySpec` every host gets, JSON.
@@ -120,7 +155,7 @@ fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
         app: row.text("app")?,
         env: row.text("env")?,
         version: row.text("version")?,
-        kind: row.text("kind")?,
+        kind: parsed::<RolloutKind>(TABLE, "kind", &row.text("kind")?)?,
         status: parsed::<RolloutStatus>(TABLE, "status", &row.text("status")?)?,
         protected: row.flag("protected")?,
         spec_json: row.text("spec_json")?,
@@ -170,7 +205,7 @@ impl Store {
         .bind(&r.app)
         .bind(&r.env)
         .bind(&r.version)
-        .bind(&r.kind)
+        .bind(r.kind.as_str())
         .bind(r.status.as_str())
         .bind(r.protected)
         .bind(&r.spec_json)

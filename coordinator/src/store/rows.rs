@@ -99,6 +99,22 @@ pub(crate) fn labels_json(labels: &BTreeMap<String, String>) -> String {
     .to_string()
 }
 
+/// A list of strings as one JSON array.
+pub(crate) fn strings_json(values: &[String]) -> String {
+    serde_json::Value::from(values.to_vec()).to_string()
+}
+
+fn strings(
+    table: &'static str,
+    column: &'static str,
+    json: &str,
+) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        table,
+        reason: format!("{column} {json:?}: {e}"),
+    })
+}
+
 fn labels(table: &'static str, json: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
         table,
@@ -132,6 +148,7 @@ pub(crate) fn agent(row: &impl Columns) -> Result<AgentRecord, StoreError> {
         cert_serial: row.text("cert_serial")?,
         cert_not_after_ms: row.int("cert_not_after_ms")?,
         health_json: row.opt_text("health_json")?,
+        capabilities: strings(TABLE, "capabilities_json", &row.text("capabilities_json")?)?,
     })
 }
 
@@ -234,6 +251,7 @@ pub(crate) fn enrolled(agent: &NewAgent, now_ms: i64) -> AgentRecord {
         cert_serial: agent.cert_serial.clone(),
         cert_not_after_ms: agent.cert_not_after_ms,
         health_json: None,
+        capabilities: Vec::new(),
     }
 }
 

@@ -37,6 +37,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "rollouts",
         include_str!("../../../migrations/sqlite/0004_rollouts.sql"),
     ),
+    (
+        5,
+        "agent_capabilities",
+        include_str!("../../../migrations/sqlite/0005_agent_capabilities.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

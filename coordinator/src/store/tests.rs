@@ -73,14 +73,6 @@ fn sqlite_location(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("ferry.db").display())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_conformance() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&sqlite_location(dir.path())).await.expect("open");
-    assert_eq!(store.backend(), Backend::Sqlite);
-    conformance::run(store.as_ref()).await;
-}
-
 #[tokio::test]
 async fn sqlite_reopen_keeps_state() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,15 +229,66 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_conformance() {
-    with_fresh_database(|url| async move {
-        let store = open(&url).await.expect("open");
-        assert_eq!(store.backend(), Backend::Postgres);
-        conformance::run(store.as_ref()).await;
-    })
-    .await;
+/// One test per behaviour of the conformance suite and backend, so a
+/// failure names both: `conformance!(join_tokens)` makes
+/// `join_tokens::sqlite` and `join_tokens::postgres`, each on a store of
+/// its own (PostgreSQL: a fresh database, see [`with_fresh_database`]).
+macro_rules! conformance {
+    ($($behaviour:ident),* $(,)?) => {$(
+        mod $behaviour {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = super::open(&super::sqlite_location(dir.path()))
+                    .await
+                    .expect("open");
+                assert_eq!(store.backend(), super::Backend::Sqlite);
+                super::conformance::$behaviour(&store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::with_fresh_database(|url| async move {
+                    let store = super::open(&url).await.expect("open");
+                    assert_eq!(store.backend(), super::Backend::Postgres);
+                    super::conformance::$behaviour(&store).await;
+                })
+                .await;
+            }
+        }
+    )*};
 }
+
+conformance!(
+    basics,
+    bootstrap_admin_once,
+    join_tokens,
+    enrollment_refusals,
+    names_and_revocation,
+    agent_sessions,
+    operators,
+    audit_log,
+    concurrent_enrollment,
+    secrets,
+    concurrent_secret_writes,
+    create_jobs,
+    start_jobs,
+    list_job_filters,
+    claims,
+    job_claims,
+    transitions,
+    agent_events,
+    coordinator_events_and_paging,
+    jobs_finish,
+    concurrent_agent_events,
+    cancellation,
+    notifications,
+    leadership,
+    rollouts,
+    expiry,
+    absent_agents,
+    lost_then_reported,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_coordinators_start_at_once() {
