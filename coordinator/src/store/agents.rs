@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::db::{Arg, Ty, query};
-use super::{Store, StoreError, rows};
+use super::rows::{self, Columns, labels, strings, uuid};
+use super::{Store, StoreError};
 
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +60,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| rows::agent(&row))
+            .map(|row| agent(&row))
             .transpose()
     }
 
@@ -76,7 +77,7 @@ impl Store {
         .bind(name_or_id)
         .fetch_optional(&self.pool)
         .await?
-        .map(|row| rows::agent(&row))
+        .map(|row| agent(&row))
         .transpose()
     }
 
@@ -86,7 +87,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rows::agent)
+            .map(agent)
             .collect()
     }
 
@@ -97,7 +98,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rows::agent_id)
+            .map(agent_id)
             .collect()
     }
 
@@ -117,7 +118,7 @@ impl Store {
         .bind(hello.id)
         .execute(&self.pool)
         .await?;
-        rows::agent_found(updated, hello.id)
+        agent_found(updated, hello.id)
     }
 
     /// Records a batch of heartbeats in one transaction: `last_seen_ms`
@@ -194,7 +195,7 @@ impl Store {
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
-        rows::agent_found(updated, id)
+        agent_found(updated, id)
     }
 
     /// Marks the agent revoked (`AgentNotFound`, `AgentAlreadyRevoked`).
@@ -207,8 +208,51 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match revoked {
-            Some(row) => rows::agent(&row),
-            None => Err(rows::revoke_refusal(id, self.get_agent(id).await?)),
+            Some(row) => agent(&row),
+            None => Err(revoke_refusal(id, self.get_agent(id).await?)),
         }
     }
+}
+
+// --- decoding -----------------------------------------------------------
+
+pub(crate) fn agent(row: &impl Columns) -> Result<AgentRecord, StoreError> {
+    const TABLE: &str = "agents";
+    Ok(AgentRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        name: row.text("name")?,
+        hostname: row.text("hostname")?,
+        labels: labels(TABLE, &row.text("labels_json")?)?,
+        version: row.text("version")?,
+        enrolled_at_ms: row.int("enrolled_at_ms")?,
+        last_seen_ms: row.int("last_seen_ms")?,
+        connected_to: row.opt_text("connected_to")?,
+        revoked_at_ms: row.opt_int("revoked_at_ms")?,
+        cert_serial: row.text("cert_serial")?,
+        cert_not_after_ms: row.int("cert_not_after_ms")?,
+        health_json: row.opt_text("health_json")?,
+        capabilities: strings(TABLE, "capabilities_json", &row.text("capabilities_json")?)?,
+    })
+}
+
+/// Why `revoke_agent` changed nothing, given what the row holds now.
+pub(crate) fn revoke_refusal(id: Uuid, existing: Option<AgentRecord>) -> StoreError {
+    match existing {
+        Some(agent) => StoreError::AgentAlreadyRevoked { name: agent.name },
+        None => StoreError::AgentNotFound(id.to_string()),
+    }
+}
+
+/// An update of one agent by id touched no row: there is no such agent.
+pub(crate) fn agent_found(rows_affected: u64, id: Uuid) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        Err(StoreError::AgentNotFound(id.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A task's `job_id`.
+pub(crate) fn agent_id(row: &impl Columns) -> Result<Uuid, StoreError> {
+    uuid("agents", "id", &row.text("id")?)
 }

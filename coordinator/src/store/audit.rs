@@ -1,7 +1,8 @@
 //! The audit log: who did what, newest first.
 
 use super::db::{On, query};
-use super::{Store, StoreError, rows};
+use super::rows::Columns;
+use super::{Store, StoreError};
 
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rows::audit_entry)
+            .map(audit_entry)
             .collect()
     }
+}
+
+// --- decoding -----------------------------------------------------------
+
+pub(crate) fn audit_entry(row: &impl Columns) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        at_ms: row.int("at_ms")?,
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        target: row.text("target")?,
+        detail: row.text("detail")?,
+    })
 }

@@ -90,7 +90,8 @@ impl Tx {
     }
 
     /// Runs `WITH name (columns) AS (rows) statement` for `rows` (each as
-    /// many args as `columns`, of their types); nothing if `rows` is empty.
+    /// many args as `columns`, of their types: a mismatch is a bug in the
+    /// caller's code and panics); nothing if `rows` is empty.
     /// The engines differ in how a statement carries many rows: PostgreSQL
     /// takes one array per column (`UNNEST`), a single statement however
     /// many rows; SQLite has no arrays, so it gets `VALUES` lists, several
@@ -157,22 +158,41 @@ impl Tx {
                         by_column[i].push(arg);
                     }
                 }
-                for ((_, ty), args) in columns.iter().zip(by_column) {
+                for ((column, ty), args) in columns.iter().zip(by_column) {
+                    let wrong =
+                        |arg: &Arg| -> ! { panic!("bulk column {column} is {ty:?}, got {arg:?}") };
                     q = match ty {
-                        Ty::Text => {
-                            q.bind(args.into_iter().map(Arg::into_text).collect::<Vec<_>>())
-                        }
-                        Ty::Int => q.bind(args.into_iter().map(Arg::into_int).collect::<Vec<_>>()),
+                        Ty::Text => q.bind(
+                            args.into_iter()
+                                .map(|a| match a {
+                                    Arg::Text(t) => Some(t),
+                                    Arg::OptText(t) => t,
+                                    other => wrong(&other),
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                        Ty::Int => q.bind(
+                            args.into_iter()
+                                .map(|a| match a {
+                                    Arg::Int(i) => Some(i),
+                                    Arg::OptInt(i) => i,
+                                    other => wrong(&other),
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
                         Ty::Bool => q.bind(
                             args.into_iter()
-                                .map(|a| matches!(a, Arg::Bool(true)))
+                                .map(|a| match a {
+                                    Arg::Bool(b) => b,
+                                    other => wrong(&other),
+                                })
                                 .collect::<Vec<_>>(),
                         ),
                         Ty::Bytes => q.bind(
                             args.into_iter()
                                 .map(|a| match a {
                                     Arg::Bytes(b) => b,
-                                    _ => Vec::new(),
+                                    other => wrong(&other),
                                 })
                                 .collect::<Vec<_>>(),
                         ),
@@ -216,24 +236,6 @@ pub(crate) enum Arg {
     Bytes(Vec<u8>),
     /// Strings matched with [`in_list`].
     List(Vec<String>),
-}
-
-impl Arg {
-    fn into_text(self) -> Option<String> {
-        match self {
-            Arg::Text(t) => Some(t),
-            Arg::OptText(t) => t,
-            _ => None,
-        }
-    }
-
-    fn into_int(self) -> Option<i64> {
-        match self {
-            Arg::Int(i) => Some(i),
-            Arg::OptInt(i) => i,
-            _ => None,
-        }
-    }
 }
 
 impl From<&str> for Arg {

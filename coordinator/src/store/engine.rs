@@ -1,8 +1,9 @@
-//! The job methods of [`Store`](super::Store), written once for both
-//! backends. A backend selects and locks the task rows a method is about,
-//! then hands them to a function here, which locks their jobs, runs the
-//! state machines of [`crate::job`], allocates job event seqs and writes the
-//! result back through [`JobTx`]: only the SQL differs between backends.
+//! The job logic of [`Store`](super::Store), written once: a job method in
+//! [`super::jobs`] selects (and on PostgreSQL locks) the task rows it is
+//! about, then hands them to a function here, which locks their jobs, runs
+//! the state machines of [`crate::job`], allocates job event seqs and writes
+//! the result back through [`JobTx`] (implemented once, over
+//! [`super::db::Tx`]).
 //!
 //! Ordering rules:
 //!
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     AppendOutcome, AuditEntry, IncomingEvent, JobRecord, JobStart, NewTask, Notification,
-    StartedJob, StoreError, TaskRecord, Transition, rows,
+    StartedJob, StoreError, TaskRecord, Transition,
 };
 use crate::job::{
     self, JobEffect, JobEvent, JobStatus, TaskEffect, TaskEvent, TaskState, apply_job, apply_task,
@@ -53,8 +54,8 @@ pub(crate) struct NewEvent {
     pub body: Vec<u8>,
 }
 
-/// The statements a backend provides for the functions of this module,
-/// run inside the caller's transaction.
+/// The statements the functions of this module need, run inside the
+/// caller's transaction.
 #[async_trait]
 pub(crate) trait JobTx: Send {
     /// The tasks with these ids (unknown ones left out), locked until the
@@ -473,7 +474,7 @@ pub(crate) async fn append_coordinator_events<T: JobTx + ?Sized>(
     Ok(seq)
 }
 
-/// `claim_pending_tasks`, given the `pending` tasks the backend selected
+/// `claim_pending_tasks`, given the `pending` tasks the caller selected
 /// and locked: each becomes `assigned` by `coordinator_id`, attempt + 1.
 pub(crate) async fn claim<T: JobTx + ?Sized>(
     tx: &mut T,
@@ -538,7 +539,7 @@ pub(crate) async fn start_job<T: JobTx + ?Sized>(
     tx: &mut T,
     start: &JobStart<'_>,
 ) -> Result<StartedJob, StoreError> {
-    let record = rows::created_job(start.job);
+    let record = super::jobs::created_job(start.job);
     if let Some(existing) = tx.insert_job(&record, start.tasks).await? {
         return Ok(StartedJob {
             job: existing,
@@ -550,7 +551,7 @@ pub(crate) async fn start_job<T: JobTx + ?Sized>(
     let tasks = start
         .tasks
         .iter()
-        .map(|t| rows::created_task(&record, t))
+        .map(|t| super::jobs::created_task(&record, t))
         .collect();
     let mut work = Work::fresh(record, tasks, start.now_ms);
     for (task_id, body) in start.notes {

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::db::{Arg, Tx, Ty, in_list, query, row_lock};
 use super::engine::{self, JobTx, NewEvent};
-use super::rows::{self, sql_int};
+use super::rows::{Columns, opt_uuid, parsed, sql_int, unsigned, uuid};
 use super::{AuditEntry, Backend, Store, StoreError, audit};
 use crate::job::{JobStatus, TaskEffect, TaskEvent, TaskState};
 
@@ -281,7 +281,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| rows::job(&row))
+            .map(|row| job(&row))
             .transpose()
     }
 
@@ -299,11 +299,11 @@ impl Store {
         .bind(filter.kind.as_deref())
         .bind(filter.since_ms)
         .bind(filter.agent_name.as_deref())
-        .bind(rows::job_list_limit(filter.limit))
+        .bind(job_list_limit(filter.limit))
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::job)
+        .map(job)
         .collect()
     }
 
@@ -313,7 +313,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rows::task)
+            .map(task)
             .collect()
     }
 
@@ -422,7 +422,7 @@ impl Store {
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(rows::task)
+        .map(task)
         .collect::<Result<Vec<_>, _>>()?;
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -484,7 +484,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::task_and_agent)
+        .map(task_and_agent)
         .collect::<Result<Vec<_>, _>>()?;
         let (ids, next) = engine::tasks_here(&candidates, here, limit);
         if ids.is_empty() {
@@ -512,7 +512,7 @@ impl Store {
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(rows::task)
+        .map(task)
         .collect::<Result<Vec<_>, _>>()?;
         if tasks.is_empty() {
             return Ok(JobClaim {
@@ -549,7 +549,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::task_job_id)
+        .map(task_job_id)
         .collect()
     }
 
@@ -610,7 +610,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::job_event)
+        .map(job_event)
         .collect()
     }
 
@@ -640,7 +640,7 @@ impl Store {
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(rows::task)
+        .map(task)
         .collect::<Result<Vec<_>, _>>()?;
         let cancelled = engine::request_cancel(&mut tx, job_id, tasks, now_ms).await?;
         tx.commit().await?;
@@ -677,7 +677,7 @@ impl Store {
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(rows::task)
+        .map(task)
         .collect::<Result<Vec<_>, _>>()?;
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -720,7 +720,7 @@ impl Store {
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(rows::task_with_last_seen)
+        .map(task_with_last_seen)
         .collect::<Result<Vec<_>, _>>()?;
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -745,7 +745,7 @@ impl JobTx for Tx {
         .fetch_all(self)
         .await?
         .iter()
-        .map(rows::task)
+        .map(task)
         .collect()
     }
 
@@ -760,7 +760,7 @@ impl JobTx for Tx {
         .fetch_all(self)
         .await?
         .iter()
-        .map(rows::job)
+        .map(job)
         .collect()
     }
 
@@ -773,7 +773,7 @@ impl JobTx for Tx {
             .fetch_all(self)
             .await?
             .iter()
-            .map(rows::state_count)
+            .map(state_count)
             .collect()
     }
 
@@ -912,7 +912,7 @@ impl JobTx for Tx {
                 .bind(&record.idempotency_key)
                 .fetch_one(&mut *self)
                 .await?;
-            return Ok(Some(rows::job(&existing)?));
+            return Ok(Some(job(&existing)?));
         }
         let rows = tasks
             .iter()
@@ -948,4 +948,133 @@ impl JobTx for Tx {
     async fn insert_audit(&mut self, entry: &AuditEntry) -> Result<(), StoreError> {
         audit::insert(self, entry).await
     }
+}
+
+// --- decoding -----------------------------------------------------------
+
+pub(crate) fn job(row: &impl Columns) -> Result<JobRecord, StoreError> {
+    const TABLE: &str = "jobs";
+    Ok(JobRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        kind: row.text("kind")?,
+        spec_json: row.text("spec_json")?,
+        target_json: row.text("target_json")?,
+        status: parsed::<JobStatus>(TABLE, "status", &row.text("status")?)?,
+        created_by: row.text("created_by")?,
+        idempotency_key: row.opt_text("idempotency_key")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+        deadline_ms: row.int("deadline_ms")?,
+        cancel_requested: row.flag("cancel_requested")?,
+        last_seq: unsigned(TABLE, "last_seq", row.int("last_seq")?)?,
+        traceparent: row.text("traceparent")?,
+    })
+}
+
+pub(crate) fn task(row: &impl Columns) -> Result<TaskRecord, StoreError> {
+    const TABLE: &str = "tasks";
+    Ok(TaskRecord {
+        id: uuid(TABLE, "id", &row.text("id")?)?,
+        job_id: uuid(TABLE, "job_id", &row.text("job_id")?)?,
+        agent_id: uuid(TABLE, "agent_id", &row.text("agent_id")?)?,
+        agent_name: row.text("agent_name")?,
+        state: parsed::<TaskState>(TABLE, "state", &row.text("state")?)?,
+        attempt: unsigned(TABLE, "attempt", row.int("attempt")?)?,
+        last_seq: unsigned(TABLE, "last_seq", row.int("last_seq")?)?,
+        assigned_by: row.opt_text("assigned_by")?,
+        started_at_ms: row.opt_int("started_at_ms")?,
+        finished_at_ms: row.opt_int("finished_at_ms")?,
+        message: row.text("message")?,
+        result_json: row.opt_text("result_json")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+    })
+}
+
+/// A task row with its agent's `last_seen_ms` as `agent_last_seen_ms`.
+pub(crate) fn task_with_last_seen(row: &impl Columns) -> Result<(TaskRecord, i64), StoreError> {
+    Ok((task(row)?, row.int("agent_last_seen_ms")?))
+}
+
+/// A `job_events` row joined with its task's `agent_name` (NULL for
+/// job-level events).
+/// A task's `id` and `agent_id`: what a claim looks at before it locks.
+pub(crate) fn task_and_agent(row: &impl Columns) -> Result<(Uuid, Uuid), StoreError> {
+    Ok((
+        uuid("tasks", "id", &row.text("id")?)?,
+        uuid("tasks", "agent_id", &row.text("agent_id")?)?,
+    ))
+}
+
+pub(crate) fn task_job_id(row: &impl Columns) -> Result<Uuid, StoreError> {
+    uuid("tasks", "job_id", &row.text("job_id")?)
+}
+
+pub(crate) fn job_event(row: &impl Columns) -> Result<JobEventRecord, StoreError> {
+    const TABLE: &str = "job_events";
+    Ok(JobEventRecord {
+        job_id: uuid(TABLE, "job_id", &row.text("job_id")?)?,
+        seq: unsigned(TABLE, "seq", row.int("seq")?)?,
+        at_ms: row.int("at_ms")?,
+        task_id: opt_uuid(TABLE, "task_id", row.opt_text("task_id")?)?,
+        agent_name: row.opt_text("agent_name")?,
+        task_seq: row
+            .opt_int("task_seq")?
+            .map(|seq| unsigned(TABLE, "task_seq", seq))
+            .transpose()?,
+        body: row.bytes("body")?,
+    })
+}
+
+/// One `(state, count)` row of a job's tasks grouped by state.
+pub(crate) fn state_count(row: &impl Columns) -> Result<(TaskState, u64), StoreError> {
+    const TABLE: &str = "tasks";
+    Ok((
+        parsed::<TaskState>(TABLE, "state", &row.text("state")?)?,
+        unsigned(TABLE, "count", row.int("n")?)?,
+    ))
+}
+
+/// The record `create_job` inserted.
+pub(crate) fn created_job(job: &NewJob) -> JobRecord {
+    JobRecord {
+        id: job.id,
+        kind: job.kind.clone(),
+        spec_json: job.spec_json.clone(),
+        target_json: job.target_json.clone(),
+        status: JobStatus::Pending,
+        created_by: job.created_by.clone(),
+        idempotency_key: job.idempotency_key.clone(),
+        created_at_ms: job.created_at_ms,
+        updated_at_ms: job.created_at_ms,
+        finished_at_ms: None,
+        deadline_ms: job.deadline_ms,
+        cancel_requested: false,
+        last_seq: 0,
+        traceparent: job.traceparent.clone(),
+    }
+}
+
+/// The record of a task as `start_job` inserts it.
+pub(crate) fn created_task(job: &JobRecord, task: &NewTask) -> TaskRecord {
+    TaskRecord {
+        id: task.id,
+        job_id: job.id,
+        agent_id: task.agent_id,
+        agent_name: task.agent_name.clone(),
+        state: TaskState::Pending,
+        attempt: 0,
+        last_seq: 0,
+        assigned_by: None,
+        started_at_ms: None,
+        finished_at_ms: None,
+        message: String::new(),
+        result_json: None,
+        updated_at_ms: job.created_at_ms,
+    }
+}
+
+/// `JobFilter::limit`, where 0 means the default.
+pub(crate) fn job_list_limit(limit: u32) -> i64 {
+    if limit == 0 { 50 } else { i64::from(limit) }
 }

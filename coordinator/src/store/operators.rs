@@ -3,7 +3,8 @@
 use ferry_common::identity::Role;
 
 use super::db::query;
-use super::{Store, StoreError, rows};
+use super::rows::Columns;
+use super::{Store, StoreError};
 
 /// An operator (a person or a CI system using the CLI).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +33,7 @@ impl Store {
         if inserted == 1 {
             Ok(())
         } else {
-            Err(rows::operator_refusal(
+            Err(operator_refusal(
                 &op.name,
                 self.get_operator(&op.name).await?,
             ))
@@ -44,7 +45,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| rows::operator(&row))
+            .map(|row| operator(&row))
             .transpose()
     }
 
@@ -53,7 +54,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(rows::operator)
+            .map(operator)
             .collect()
     }
 
@@ -71,8 +72,33 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .map(|row| rows::operator(&row))
+        .map(|row| operator(&row))
         .transpose()?
         .ok_or_else(|| StoreError::OperatorNotFound(name.into()))
+    }
+}
+
+// --- decoding -----------------------------------------------------------
+
+pub(crate) fn operator(row: &impl Columns) -> Result<OperatorRecord, StoreError> {
+    let role = row.text("role")?;
+    Ok(OperatorRecord {
+        name: row.text("name")?,
+        role: role.parse::<Role>().map_err(|e| StoreError::Corrupt {
+            table: "operators",
+            reason: format!("role {role:?}: {e}"),
+        })?,
+        created_at_ms: row.int("created_at_ms")?,
+        created_by: row.text("created_by")?,
+        revoked_at_ms: row.opt_int("revoked_at_ms")?,
+    })
+}
+
+/// Why `add_operator` inserted nothing: the name is taken, for good if its
+/// operator was revoked.
+pub(crate) fn operator_refusal(name: &str, existing: Option<OperatorRecord>) -> StoreError {
+    match existing {
+        Some(op) if op.revoked_at_ms.is_some() => StoreError::OperatorRevoked { name: name.into() },
+        _ => StoreError::OperatorExists { name: name.into() },
     }
 }

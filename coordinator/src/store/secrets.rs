@@ -2,7 +2,8 @@
 //! store never sees a plaintext, nor has a way to produce one.
 
 use super::db::{in_list, query};
-use super::{Store, StoreError, rows};
+use super::rows::Columns;
+use super::{Store, StoreError};
 
 /// One secret as stored: the value sealed by [`crate::secrets`], never the
 /// plaintext. The store neither encrypts nor decrypts, so a copy of the
@@ -82,7 +83,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::secret)
+        .map(secret)
         .collect()
     }
 
@@ -102,7 +103,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(rows::secret_meta)
+        .map(secret_meta)
         .collect()
     }
 
@@ -121,4 +122,32 @@ impl Store {
             .await?;
         Ok(deleted == 1)
     }
+}
+
+// --- decoding -----------------------------------------------------------
+
+/// A `secrets` row, sealed value included.
+pub(crate) fn secret(row: &impl Columns) -> Result<SecretRecord, StoreError> {
+    Ok(SecretRecord {
+        app: row.text("app")?,
+        env: row.text("env")?,
+        name: row.text("name")?,
+        nonce: row.bytes("nonce")?,
+        ciphertext: row.bytes("ciphertext")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        updated_by: row.text("updated_by")?,
+    })
+}
+
+/// A `secrets` row without its sealed value (listings never select it).
+pub(crate) fn secret_meta(row: &impl Columns) -> Result<SecretMeta, StoreError> {
+    Ok(SecretMeta {
+        app: row.text("app")?,
+        env: row.text("env")?,
+        name: row.text("name")?,
+        created_at_ms: row.int("created_at_ms")?,
+        updated_at_ms: row.int("updated_at_ms")?,
+        updated_by: row.text("updated_by")?,
+    })
 }

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::db::{query, row_lock};
-use super::{AgentRecord, Store, StoreError, rows};
+use ferry_common::time::rfc3339_ms;
+
+use super::rows::{self, Columns, labels, uuid};
+use super::{AgentRecord, Store, StoreError};
 
 /// The index that allows one live agent per name (see the migrations).
 const ACTIVE_NAME_INDEX: &str = "agents_active_name";
@@ -65,7 +68,7 @@ impl Store {
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?
-            .map(|row| rows::join_token(&row))
+            .map(|row| join_token(&row))
             .transpose()
     }
 
@@ -93,10 +96,10 @@ impl Store {
         .bind(token_hash)
         .fetch_optional(&mut tx)
         .await?
-        .map(|row| rows::join_token(&row))
+        .map(|row| join_token(&row))
         .transpose()?
         .ok_or(StoreError::TokenUnknown)?;
-        rows::check_token_usable(&token, now_ms)?;
+        check_token_usable(&token, now_ms)?;
         let taken = query("SELECT 1 FROM agents WHERE name = $1 AND revoked_at_ms IS NULL")
             .bind(&agent.name)
             .fetch_optional(&mut tx)
@@ -107,7 +110,7 @@ impl Store {
                 name: agent.name.clone(),
             });
         }
-        let record = rows::enrolled(agent, now_ms);
+        let record = enrolled(agent, now_ms);
         query(
             "INSERT INTO agents (id, name, hostname, labels_json, version, enrolled_at_ms, \
              cert_serial, cert_not_after_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -148,5 +151,60 @@ fn name_taken_or(err: StoreError, name: &str) -> StoreError {
         StoreError::AgentNameTaken { name: name.into() }
     } else {
         err
+    }
+}
+
+// --- decoding -----------------------------------------------------------
+
+pub(crate) fn join_token(row: &impl Columns) -> Result<JoinTokenRecord, StoreError> {
+    const TABLE: &str = "join_tokens";
+    Ok(JoinTokenRecord {
+        token_hash: row.text("token_hash")?,
+        name: row.opt_text("name")?,
+        labels: labels(TABLE, &row.text("labels_json")?)?,
+        created_by: row.text("created_by")?,
+        created_at_ms: row.int("created_at_ms")?,
+        expires_at_ms: row.int("expires_at_ms")?,
+        used_at_ms: row.opt_int("used_at_ms")?,
+        used_by: row
+            .opt_text("used_by")?
+            .map(|text| uuid(TABLE, "used_by", &text))
+            .transpose()?,
+    })
+}
+
+/// The token checks of `enroll_agent`, once the token row is locked. A token
+/// expires at `expires_at_ms` itself, not a millisecond later.
+pub(crate) fn check_token_usable(token: &JoinTokenRecord, now_ms: i64) -> Result<(), StoreError> {
+    if let Some(used_at) = token.used_at_ms {
+        return Err(StoreError::TokenUsed {
+            used_at: rfc3339_ms(used_at),
+        });
+    }
+    if now_ms >= token.expires_at_ms {
+        return Err(StoreError::TokenExpired {
+            expired_at: rfc3339_ms(token.expires_at_ms),
+        });
+    }
+    Ok(())
+}
+
+/// The record `enroll_agent` inserted: a fresh agent was never seen and
+/// holds no session yet.
+pub(crate) fn enrolled(agent: &NewAgent, now_ms: i64) -> AgentRecord {
+    AgentRecord {
+        id: agent.id,
+        name: agent.name.clone(),
+        hostname: agent.hostname.clone(),
+        labels: agent.labels.clone(),
+        version: agent.version.clone(),
+        enrolled_at_ms: now_ms,
+        last_seen_ms: 0,
+        connected_to: None,
+        revoked_at_ms: None,
+        cert_serial: agent.cert_serial.clone(),
+        cert_not_after_ms: agent.cert_not_after_ms,
+        health_json: None,
+        capabilities: Vec::new(),
     }
 }
