@@ -214,7 +214,7 @@ fn confirm(env: &CliEnv, plan: &pb::Rollout) -> Result<(), CliError> {
 
 fn print_plan(r: &pb::Rollout) {
     let hosts: usize = r.batches.iter().map(|b| b.hosts.len()).sum();
-    let verb = if r.kind == "rollback" {
+    let verb = if r.kind == crate::store::RolloutKind::Rollback.as_str() {
         "roll back"
     } else {
         "deploy"

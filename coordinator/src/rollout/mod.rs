@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::error::CoordinatorError;
-use crate::job::JobStatus;
+use crate::job::{JobStatus, TaskState};
 use crate::scheduler::Submission;
 use crate::store::{
     AgentRecord, Notification, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate, StoreError,
@@ -579,7 +579,7 @@ impl Driver {
             updated.extend(
                 ran.tasks
                     .iter()
-                    .filter(|t| t.state.as_str() == "succeeded")
+                    .filter(|t| t.state == TaskState::Succeeded)
                     .map(|t| t.agent_name.clone()),
             );
             if ran.status != JobStatus::Succeeded {
@@ -837,7 +837,7 @@ impl Ran {
 fn describe_failure(what: &str, tasks: &[crate::store::TaskRecord]) -> String {
     let failed: Vec<String> = tasks
         .iter()
-        .filter(|t| t.state.as_str() != "succeeded")
+        .filter(|t| t.state != TaskState::Succeeded)
         .map(|t| {
             if t.message.is_empty() {
                 format!("{} ({})", t.agent_name, t.state.as_str())

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::error::CoordinatorError;
-use crate::job::{Outcome, TaskEffect, TaskEvent};
+use crate::job::{Outcome, TaskEffect, TaskEvent, TaskState};
 use crate::store::{
     IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError, TaskRecord,
     Transition,
@@ -235,7 +235,7 @@ impl Core {
                         ferry_common::time::rfc3339_ms(job.deadline_ms)
                     )
                 };
-                (task.id, state_body("pending", message))
+                (task.id, state_body(TaskState::Pending.as_str(), message))
             })
             .collect();
         let audit = crate::core::audit_entry(
