@@ -1,8 +1,8 @@
 //! Jobs, their tasks and job events: the record types, the queries, and
-//! [`JobTx`] over a [`Tx`] of either backend. What the job methods do with
-//! the rows they read and lock is [`super::engine`]'s, written once.
+//! `engine::JobTx` over a `db::Tx` of either backend. What the job methods do with
+//! the rows they read and lock is `engine`'s, written once.
 //!
-//! Row locks (PostgreSQL only, see [`row_lock`]): the job methods lock the
+//! Row locks (PostgreSQL only, see `db::row_lock`): the job methods lock the
 //! task rows they change, then their jobs, each in id order, with `FOR NO
 //! KEY UPDATE`: the lock an `UPDATE` of non-key columns takes anyway, which
 //! unlike `FOR UPDATE` lets foreign-key checks of other transactions

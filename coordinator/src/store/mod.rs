@@ -2,11 +2,11 @@
 //! [`sqlite`] (the embedded default: one file, no server) and [`postgres`]
 //! (production; several coordinators may share it). Schema migrations live
 //! in `migrations/sqlite` and `migrations/postgres` at the workspace root
-//! and run when a store is opened. [`conformance`] is the one test suite
+//! and run when a store is opened. `conformance` is the one test suite
 //! both backends must pass.
 //!
 //! Every query is written once, in SQL both engines accept, and runs on
-//! whichever backend the store was opened on through [`db`]'s runtime
+//! whichever backend the store was opened on through `db`'s runtime
 //! dispatch (`$N` placeholders, typed args, rows read through
 //! `rows::Columns`). `Store` is a concrete struct rather than a trait with
 //! two implementations: with the SQL shared there is nothing left to

@@ -1,6 +1,6 @@
 //! The PostgreSQL backend, for production: several coordinators may share
 //! one database, so every check-then-write is made safe against the others
-//! (row locks, see [`super::db::row_lock`] and [`super::jobs`]).
+//! (row locks, see `db::row_lock` and [`super::jobs`]).
 //!
 //! What only this backend has is here: connecting and migrating, and the
 //! coordination of coordinators. They wake each other with `NOTIFY

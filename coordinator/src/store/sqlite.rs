@@ -1,7 +1,7 @@
 //! The SQLite backend: the embedded default, one file and no server.
 //!
 //! SQLite lets one writer in at a time: write transactions start with
-//! `BEGIN IMMEDIATE` ([`super::db::Pool::begin`]) and lock nothing row by
+//! `BEGIN IMMEDIATE` (`db::Pool::begin`) and lock nothing row by
 //! row. Notifications only reach this process's subscribers (an SQLite
 //! store has one coordinator), and this process is always the leader. What
 //! only this backend has is here: opening the file and migrating it.
