@@ -343,7 +343,7 @@ impl Core {
             }
             Some(pb::agent_message::Msg::TaskEvent(event)) => self
                 .ingest
-                .send(crate::scheduler::Inbound {
+                .send(crate::sessions::Inbound {
                     agent: agent.id,
                     event,
                 })

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
-use crate::scheduler::Inbound;
-use crate::secrets::SecretsKey;
+use crate::secrets_key::SecretsKey;
+use crate::sessions::Inbound;
 use crate::sessions::SessionRegistry;
 use crate::store::{AuditEntry, Store};
 

@@ -10,7 +10,7 @@ use ferry_common::tls::TlsError;
 use tonic::Status;
 
 use crate::config::ConfigError;
-use crate::secrets::SecretsError;
+use crate::secrets_key::SecretsError;
 use crate::store::StoreError;
 
 /// Metadata key telling clients why a request was refused, for machines

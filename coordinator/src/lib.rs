@@ -10,8 +10,9 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
-//! - [`secrets`]: secrets per (app, env): the key, encryption at rest, and
-//!   setting, listing, deleting and resolving them.
+//! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
+//! - [`secrets`]: secrets per (app, env): setting, listing, deleting and
+//!   resolving them, and the start-time key check.
 //! - [`scheduler`]: submit, dispatch, event ingestion and acks, cancel,
 //!   leader duties, watch.
 //! - [`sessions`]: live agent sessions on this process.
@@ -37,6 +38,7 @@ pub mod operators;
 pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
+pub mod secrets_key;
 pub mod server;
 pub mod sessions;
 pub mod store;

@@ -22,7 +22,8 @@ use crate::error::CoordinatorError;
 use crate::grpc::agent::AgentApi;
 use crate::grpc::operator::OperatorApi;
 use crate::metrics::Metrics;
-use crate::secrets::{self, SecretsKey};
+use crate::secrets;
+use crate::secrets_key::{self, SecretsKey};
 use crate::sessions::SessionRegistry;
 use crate::store::{self, Store};
 
@@ -216,7 +217,7 @@ fn secrets_key(
     let (key, created) = SecretsKey::load_or_create(data_dir)?;
     if created {
         tracing::info!(
-            path = %data_dir.join(secrets::KEY_FILE).display(),
+            path = %data_dir.join(secrets_key::KEY_FILE).display(),
             "created the secrets key; coordinators sharing this store need a copy of it"
         );
     }

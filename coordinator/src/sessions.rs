@@ -1,6 +1,7 @@
 //! The live agent sessions on this coordinator: who is connected, the
-//! channel to each, and a way to end a session from elsewhere (revocation,
-//! or the same agent connecting again).
+//! channel to each, a way to end a session from elsewhere (revocation,
+//! or the same agent connecting again), and what a session hands on for
+//! storing ([`Inbound`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +10,13 @@ use ferry_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
+
+/// An event from an agent's session, waiting to be stored (the
+/// scheduler's ingest loop drains these).
+pub struct Inbound {
+    pub agent: Uuid,
+    pub event: pb::TaskEvent,
+}
 
 /// Messages to one agent's stream.
 pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;

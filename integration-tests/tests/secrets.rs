@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_coordinator::core::Core;
-use ferry_coordinator::secrets::{self, SecretsKey};
+use ferry_coordinator::secrets;
+use ferry_coordinator::secrets_key::{self, SecretsKey};
 use ferry_coordinator::server::{Listeners, serve};
 use ferry_integration_tests::{TestCoordinator, bin};
 use ferry_proto::v1 as pb;
@@ -75,11 +76,11 @@ fn env_key() -> SecretsKey {
         uuid::Uuid::now_v7().simple(),
         uuid::Uuid::now_v7().simple()
     );
-    SecretsKey::parse(&hex, secrets::KeyOrigin::Env).unwrap()
+    SecretsKey::parse(&hex, secrets_key::KeyOrigin::Env).unwrap()
 }
 
 fn data_dir_key(c: &TestCoordinator) -> SecretsKey {
-    SecretsKey::load(&c.data_dir.join(secrets::KEY_FILE)).expect("the data dir's secrets key")
+    SecretsKey::load(&c.data_dir.join(secrets_key::KEY_FILE)).expect("the data dir's secrets key")
 }
 
 fn assert_no_value(what: &str, bytes: &[u8]) {
@@ -424,8 +425,8 @@ async fn a_coordinator_with_another_secrets_key_refuses_to_start() {
 
     // The same key from the environment is as good as the file.
     c.stop().await.unwrap();
-    let same = std::fs::read_to_string(c.data_dir.join(secrets::KEY_FILE)).unwrap();
-    c.config.secrets_key = Some(SecretsKey::parse(&same, secrets::KeyOrigin::Env).unwrap());
+    let same = std::fs::read_to_string(c.data_dir.join(secrets_key::KEY_FILE)).unwrap();
+    c.config.secrets_key = Some(SecretsKey::parse(&same, secrets_key::KeyOrigin::Env).unwrap());
     c.restart().await.unwrap();
     let listed = c
         .operator()
@@ -446,7 +447,7 @@ async fn serve_creates_the_key_of_a_data_dir_from_before_secrets() {
     use std::os::unix::fs::PermissionsExt;
     let mut c = TestCoordinator::start().await.unwrap();
     c.stop().await.unwrap();
-    let key_path = c.data_dir.join(secrets::KEY_FILE);
+    let key_path = c.data_dir.join(secrets_key::KEY_FILE);
     let before = std::fs::read(&key_path).unwrap();
     std::fs::remove_file(&key_path).unwrap();
     let mut raw =

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::job::{Outcome, TaskEffect, TaskEvent};
+use crate::sessions::Inbound;
 use crate::store::{
     IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError, TaskRecord,
     Transition,
@@ -43,12 +44,6 @@ const JOB_CLAIM_BATCH: u32 = 2048;
 /// How often pending work is looked for even without a notification,
 /// heartbeats are written, and the leader's duties run.
 const TICK: Duration = Duration::from_millis(500);
-
-/// An event from an agent's session, waiting to be stored.
-pub struct Inbound {
-    pub agent: Uuid,
-    pub event: pb::TaskEvent,
-}
 
 /// A new job as the operator asked for it.
 #[derive(Debug, Clone)]
