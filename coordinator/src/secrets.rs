@@ -309,7 +309,6 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     fn key() -> SecretsKey {
         SecretsKey::generate().unwrap()

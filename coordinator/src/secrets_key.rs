@@ -335,6 +335,8 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::MAX_VALUE_BYTES;
+    use std::collections::HashSet;
 
     fn key() -> SecretsKey {
         SecretsKey::generate().unwrap()
