@@ -11,6 +11,7 @@ use std::time::Duration;
 use ferry_common::time::serde_duration;
 use serde::{Deserialize, Serialize};
 
+use crate::net::ConnectionLimits;
 use crate::secrets_key::{self, KeyOrigin, SecretsError, SecretsKey};
 
 /// File name of the configuration inside the data dir.
@@ -70,6 +71,8 @@ pub struct CoordinatorConfig {
     /// is refused as an unknown field.
     #[serde(skip)]
     pub secrets_key: Option<SecretsKey>,
+    /// Deadlines and connection caps of the gRPC port (see [`crate::net`]).
+    pub limits: ConnectionLimits,
 }
 
 impl Default for CoordinatorConfig {
@@ -91,6 +94,7 @@ impl Default for CoordinatorConfig {
             job_deadline: Duration::from_secs(3600),
             lost_after: Duration::from_secs(120),
             secrets_key: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }

@@ -133,6 +133,8 @@ pub async fn serve(
         ingest,
         spans: Default::default(),
         heartbeats: Default::default(),
+        enroll_failures: crate::core::enroll_failure_limiter(),
+        enroll_failure_log: crate::core::enroll_failure_log(),
         coordinator_id: format!(
             "{}-{}",
             ferry_common::host::hostname(),
@@ -178,8 +180,16 @@ pub async fn serve(
     // without a shutdown; it is awaited below so that the port is closed
     // when `serve` returns (a restart on the same port must be able to bind).
     let stop_accepting = shutdown.child_token();
-    let (incoming, accept_loop) =
-        crate::net::incoming(listeners.grpc, tls_config, stop_accepting.clone());
+    let (incoming, accept_loop) = crate::net::incoming(
+        listeners.grpc,
+        crate::net::Incoming {
+            config: tls_config,
+            verifier: verifier.clone(),
+            limits: core.config.limits.clone(),
+            metrics: Arc::clone(&metrics),
+        },
+        stop_accepting.clone(),
+    );
     let auth = AuthLayer::new(verifier, &core.config.trust_domain, metrics);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -66,6 +66,8 @@ async fn core_with_key(c: &TestCoordinator, key: SecretsKey) -> Core {
         ingest,
         spans: Default::default(),
         heartbeats: Default::default(),
+        enroll_failures: ferry_coordinator::core::enroll_failure_limiter(),
+        enroll_failure_log: ferry_coordinator::core::enroll_failure_log(),
     }
 }
 

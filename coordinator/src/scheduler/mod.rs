@@ -565,7 +565,16 @@ impl Core {
     /// not come back before the deadline, and mark tasks of agents away
     /// longer than the grace period as lost.
     async fn leader_duties(&self) -> Result<(), StoreError> {
-        if !self.store.try_lead().await? {
+        let leading = self.store.try_lead().await;
+        let is_leader = matches!(leading, Ok(true));
+        if self.metrics.set_leader(is_leader) {
+            if is_leader {
+                tracing::info!(coordinator = %self.coordinator_id, "gained the leadership: running deadlines and lost-agent checks");
+            } else {
+                tracing::warn!(coordinator = %self.coordinator_id, "lost the leadership: another coordinator runs deadlines and lost-agent checks");
+            }
+        }
+        if !leading? {
             return Ok(());
         }
         let now = now_ms();
