@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{FailureLimiter, LogLimiter};
 use crate::secrets_key::SecretsKey;
 use crate::sessions::Inbound;
-use crate::sessions::SessionRegistry;
+use crate::sessions::{OperatorStreams, SessionRegistry};
 use crate::store::{AuditEntry, Store};
 
 pub struct Core {
@@ -23,6 +23,8 @@ pub struct Core {
     /// store at start.
     pub secrets_key: SecretsKey,
     pub sessions: SessionRegistry,
+    /// Operators' open watch streams, ended when the operator is revoked.
+    pub operator_streams: OperatorStreams,
     pub metrics: Arc<Metrics>,
     /// Identifies this process among coordinators sharing a store.
     pub coordinator_id: String,

@@ -142,6 +142,7 @@ pub async fn serve(
         ),
         started_at_ms: ferry_common::time::now_ms(),
         sessions: SessionRegistry::default(),
+        operator_streams: Default::default(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         store,

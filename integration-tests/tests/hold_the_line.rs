@@ -353,3 +353,86 @@ async fn guessed_tokens_are_rate_limited_per_address_and_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_operators_watch_ends_within_a_second() {
+    let c = TestCoordinator::start().await.unwrap();
+    // A job that stays open: its agent is enrolled but never started.
+    let _offline = c.enroll("offline-1", &[]).await.unwrap();
+    let job = c.submit("probe", "", &["offline-1"], 600).await.unwrap();
+    let vera = c.add_operator("vera", pb::Role::Viewer).await.unwrap();
+    let mut watch = c
+        .operator_as(&vera)
+        .await
+        .unwrap()
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("vera may watch")
+        .into_inner();
+    // Events so far arrive; the stream stays open.
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("a first event")
+        .expect("no error");
+    assert!(first.is_some());
+
+    c.operator()
+        .await
+        .unwrap()
+        .revoke_operator(pb::RevokeOperatorRequest {
+            name: "vera".into(),
+        })
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends");
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    let status = end.expect("it ends with a refusal, not quietly");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("vera has been revoked"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn join_token_lifetimes_outside_the_limits_are_refused() {
+    let c = TestCoordinator::start().await.unwrap();
+    let mut op = c.operator().await.unwrap();
+    for ttl_seconds in [1, 59, 31 * 86_400] {
+        let err = op
+            .create_join_token(pb::CreateJoinTokenRequest {
+                name: String::new(),
+                labels: Default::default(),
+                ttl_seconds,
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("from 1m to 30d"),
+            "{ttl_seconds}: {}",
+            err.message()
+        );
+    }
+    op.create_join_token(pb::CreateJoinTokenRequest {
+        name: String::new(),
+        labels: Default::default(),
+        ttl_seconds: 60,
+    })
+    .await
+    .expect("one minute is allowed");
+}

@@ -59,6 +59,7 @@ async fn core_with_key(c: &TestCoordinator, key: SecretsKey) -> Core {
         ca: c.ca().expect("CA"),
         secrets_key: key,
         sessions: Default::default(),
+        operator_streams: Default::default(),
         metrics: Default::default(),
         coordinator_id: "test-resolver".into(),
         started_at_ms: 0,
