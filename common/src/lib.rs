@@ -4,6 +4,7 @@
 //!   rollout, smoke checks): types, parsing and validation with line numbers.
 //! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
 //! - [`job`]: job kinds, typed specs, target selectors, probe results.
+//! - [`status`]: job statuses, task states, rollout statuses: one spelling each.
 //! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
 //! - [`tls`]: rustls configurations for server and clients, the per-RPC peer
 //!   verifier, and tonic channels over our own TLS connector.
@@ -29,6 +30,7 @@ pub mod labels;
 pub mod pki;
 pub mod redact;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

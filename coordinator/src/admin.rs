@@ -20,10 +20,21 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core)
 }
 
+/// How long `/readyz` waits for the store: a probe must get an answer,
+/// and a store that takes longer than this is not ready for work either.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
-    match core.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    match tokio::time::timeout(READY_TIMEOUT, core.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store did not answer within {}s\n",
+                READY_TIMEOUT.as_secs()
+            ),
+        ),
     }
 }
 

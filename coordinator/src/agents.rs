@@ -1,6 +1,7 @@
 //! Agents: enrollment, certificate renewal, the live session, listing and
 //! revocation.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::error::CoordinatorError;
+use crate::ratelimit::LogDecision;
 use crate::store::{AgentHello, AgentRecord, NewAgent, StoreError};
+use crate::wire;
 
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,19 +49,58 @@ pub fn hash_token(token: &str) -> String {
 }
 
 impl Core {
+    /// `AgentService.Enroll` from `remote`: refused at once while that
+    /// address has used up its failed attempts; a failure is logged at WARN
+    /// with the address (never the token) and counted in `/metrics`.
+    pub async fn enroll_from(
+        &self,
+        remote: Option<IpAddr>,
+        req: pb::EnrollRequest,
+    ) -> Result<pb::EnrollResponse, CoordinatorError> {
+        if let Some(addr) = remote
+            && let Err(retry_after) = self.enroll_failures.check(addr)
+        {
+            self.metrics.enroll_failed();
+            return Err(CoordinatorError::RateLimited {
+                what: "failed enrollments",
+                addr: addr.to_string(),
+                retry_after,
+            });
+        }
+        let result = self.enroll(req).await;
+        if let Err(e) = &result {
+            self.metrics.enroll_failed();
+            if let Some(addr) = remote {
+                self.enroll_failures.failed(addr);
+            }
+            if let LogDecision::Log { suppressed } = self.enroll_failure_log.check() {
+                tracing::warn!(
+                    remote = ?remote,
+                    error = %e,
+                    suppressed,
+                    "enrollment refused (`suppressed` similar refusals were not logged)"
+                );
+            }
+        }
+        result
+    }
+
     /// `AgentService.Enroll`: a join token and a CSR become an agent and its
     /// certificate.
     pub async fn enroll(
         &self,
         req: pb::EnrollRequest,
     ) -> Result<pb::EnrollResponse, CoordinatorError> {
+        let hostname = wire::text("hostname", &req.hostname, wire::MAX_HOSTNAME)?;
+        let version = wire::text("version", &req.version, wire::MAX_VERSION)?;
+        let requested = wire::text("agent name", &req.name, wire::MAX_HOSTNAME)?;
         let token_hash = hash_token(&req.token);
         let token = self
             .store
             .get_join_token(&token_hash)
             .await?
             .ok_or(StoreError::TokenUnknown)?;
-        let requested = req.name.trim();
+        let requested = requested.as_str();
         let name = match (&token.name, requested) {
             (Some(t), r) if !r.is_empty() && r != t => {
                 return Err(CoordinatorError::invalid(
@@ -70,7 +112,7 @@ impl Core {
             }
             (Some(t), _) => t.clone(),
             (None, r) if !r.is_empty() => r.to_string(),
-            (None, _) => req.hostname.trim().to_lowercase(),
+            (None, _) => hostname.to_lowercase(),
         };
         validate_name(&name).map_err(|reason| {
             CoordinatorError::invalid(
@@ -91,9 +133,9 @@ impl Core {
                 &NewAgent {
                     id,
                     name: name.clone(),
-                    hostname: req.hostname.clone(),
+                    hostname: hostname.clone(),
                     labels: token.labels.clone(),
-                    version: req.version.clone(),
+                    version,
                     cert_serial: issued.serial_hex.clone(),
                     cert_not_after_ms: to_ms(issued.not_after),
                 },
@@ -103,7 +145,7 @@ impl Core {
             &uri,
             "agent.enroll",
             &name,
-            format!("hostname={} token_by={}", req.hostname, token.created_by),
+            format!("hostname={hostname} token_by={}", token.created_by),
         )
         .await;
         Ok(pb::EnrollResponse {
@@ -158,7 +200,7 @@ impl Core {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
             .map_err(|_| CoordinatorError::invalid("session", "no Hello within 10s"))?;
-        let hello = match first {
+        let mut hello = match first {
             Some(Ok(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Hello(h)),
             })) => h,
@@ -178,6 +220,10 @@ impl Core {
                 ),
             ));
         }
+        // What the store keeps and `ferry agents` shows: bounded, printable.
+        hello.version = wire::text("hello.version", &hello.version, wire::MAX_VERSION)?;
+        hello.hostname = wire::text("hello.hostname", &hello.hostname, wire::MAX_HOSTNAME)?;
+        hello.capabilities = wire::capabilities(&hello.capabilities)?;
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
         let core = Arc::clone(self);
@@ -344,7 +390,7 @@ impl Core {
             }
             Some(pb::agent_message::Msg::TaskEvent(event)) => self
                 .ingest
-                .send(crate::scheduler::Inbound {
+                .send(crate::sessions::Inbound {
                     agent: agent.id,
                     event,
                 })

@@ -21,6 +21,7 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 use crate::net::PeerInfo;
+use crate::ratelimit::{LogDecision, LogLimiter};
 use crate::store::{AgentRecord, OperatorRecord};
 
 /// The one RPC that needs no client certificate.
@@ -38,6 +39,7 @@ pub struct AuthLayer {
     verifier: PeerVerifier,
     trust_domain: Arc<str>,
     metrics: Arc<Metrics>,
+    refusal_log: Arc<LogLimiter>,
 }
 
 impl AuthLayer {
@@ -46,6 +48,7 @@ impl AuthLayer {
             verifier,
             trust_domain: trust_domain.into(),
             metrics,
+            refusal_log: Arc::new(LogLimiter::new(std::time::Duration::from_secs(10), 5)),
         }
     }
 
@@ -101,21 +104,37 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = req.uri().path().to_string();
-        self.layer.metrics.count_rpc(&path);
+        let path = path.as_str();
+        if let Some(info) = req.extensions().get::<PeerInfo>() {
+            info.state.request_seen();
+        }
         if path != ENROLL_PATH {
             match self.layer.authenticate(req.extensions().get::<PeerInfo>()) {
                 Ok(peer) => {
                     req.extensions_mut().insert(peer);
                 }
                 Err(reason) => {
+                    // Counted by reason only, and logged at most a few
+                    // times per interval: a flood must grow neither the
+                    // metrics nor the log.
                     self.layer.metrics.count_refusal("unauthenticated");
-                    let remote = req.extensions().get::<PeerInfo>().and_then(|i| i.remote);
-                    tracing::info!(?remote, %path, %reason, "refused unauthenticated request");
+                    if let LogDecision::Log { suppressed } = self.layer.refusal_log.check() {
+                        let remote = req.extensions().get::<PeerInfo>().and_then(|i| i.remote);
+                        let known = self.layer.metrics.is_known_method(path);
+                        tracing::info!(
+                            ?remote,
+                            method = if known { path } else { crate::metrics::OTHER_METHOD },
+                            %reason,
+                            suppressed,
+                            "refused unauthenticated request (`suppressed` similar refusals were not logged)"
+                        );
+                    }
                     let status = tonic::Status::from(CoordinatorError::Unauthenticated(reason));
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
         }
+        self.layer.metrics.count_rpc(path);
         Box::pin(inner.call(req))
     }
 }

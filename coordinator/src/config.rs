@@ -11,7 +11,8 @@ use std::time::Duration;
 use ferry_common::time::serde_duration;
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::{self, KeyOrigin, SecretsError, SecretsKey};
+use crate::net::ConnectionLimits;
+use crate::secrets_key::{self, KeyOrigin, SecretsError, SecretsKey};
 
 /// File name of the configuration inside the data dir.
 pub const CONFIG_FILE: &str = "coordinator.toml";
@@ -70,6 +71,8 @@ pub struct CoordinatorConfig {
     /// is refused as an unknown field.
     #[serde(skip)]
     pub secrets_key: Option<SecretsKey>,
+    /// Deadlines and connection caps of the gRPC port (see [`crate::net`]).
+    pub limits: ConnectionLimits,
 }
 
 impl Default for CoordinatorConfig {
@@ -91,6 +94,7 @@ impl Default for CoordinatorConfig {
             job_deadline: Duration::from_secs(3600),
             lost_after: Duration::from_secs(120),
             secrets_key: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -165,9 +169,9 @@ impl CoordinatorConfig {
         if let Some(v) = env.get("FERRY_ADVERTISE").filter(|v| !v.is_empty()) {
             self.advertise = v.clone();
         }
-        if let Some(v) = env.get(secrets::KEY_ENV) {
+        if let Some(v) = env.get(secrets_key::KEY_ENV) {
             let key = SecretsKey::parse(v, KeyOrigin::Env).map_err(|e| ConfigError::SecretEnv {
-                var: secrets::KEY_ENV,
+                var: secrets_key::KEY_ENV,
                 reason: match e {
                     SecretsError::BadKey { reason, .. } => reason,
                     other => other.to_string(),

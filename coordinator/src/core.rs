@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::CoordinatorConfig;
 use crate::metrics::Metrics;
-use crate::scheduler::Inbound;
-use crate::secrets::SecretsKey;
-use crate::sessions::SessionRegistry;
+use crate::ratelimit::{FailureLimiter, LogLimiter};
+use crate::secrets_key::SecretsKey;
+use crate::sessions::Inbound;
+use crate::sessions::{OperatorStreams, SessionRegistry};
 use crate::store::{AuditEntry, Store};
 
 pub struct Core {
@@ -22,6 +23,8 @@ pub struct Core {
     /// store at start.
     pub secrets_key: SecretsKey,
     pub sessions: SessionRegistry,
+    /// Operators' open watch streams, ended when the operator is revoked.
+    pub operator_streams: OperatorStreams,
     pub metrics: Arc<Metrics>,
     /// Identifies this process among coordinators sharing a store.
     pub coordinator_id: String,
@@ -37,6 +40,26 @@ pub struct Core {
     /// to the store in one batch per tick (see `scheduler::start`).
     pub heartbeats:
         std::sync::Mutex<std::collections::HashMap<uuid::Uuid, crate::store::Heartbeat>>,
+    /// Failed enrollments per source address (token guessing).
+    pub enroll_failures: FailureLimiter,
+    /// Bounds the WARN lines failed enrollments write.
+    pub enroll_failure_log: LogLimiter,
+}
+
+/// Failed enrollments one address may make in [`ENROLL_FAILURE_WINDOW`]
+/// before it is refused until the oldest leaves the window.
+pub const ENROLL_FAILURES_ALLOWED: usize = 10;
+pub const ENROLL_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The limiter of failed enrollments, as [`Core::enroll_failures`] holds it.
+pub fn enroll_failure_limiter() -> FailureLimiter {
+    FailureLimiter::new(ENROLL_FAILURE_WINDOW, ENROLL_FAILURES_ALLOWED)
+}
+
+/// At most this many enrollment-failure lines per 10 s are logged; the
+/// next line says how many were held back.
+pub fn enroll_failure_log() -> LogLimiter {
+    LogLimiter::new(std::time::Duration::from_secs(10), 10)
 }
 
 impl Core {

@@ -10,7 +10,7 @@ use ferry_common::tls::TlsError;
 use tonic::Status;
 
 use crate::config::ConfigError;
-use crate::secrets::SecretsError;
+use crate::secrets_key::SecretsError;
 use crate::store::StoreError;
 
 /// Metadata key telling clients why a request was refused, for machines
@@ -53,6 +53,12 @@ pub enum CoordinatorError {
         /// Machine-readable cause, sent as [`REFUSAL_KEY`].
         refusal: &'static str,
     },
+    #[error("too many {what} from {addr}; try again in {}s", retry_after.as_secs().max(1))]
+    RateLimited {
+        what: &'static str,
+        addr: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,6 +91,9 @@ impl From<CoordinatorError> for Status {
             }
             CoordinatorError::InvalidArgument { .. }
             | CoordinatorError::Pki(PkiError::BadCsr(_)) => Status::invalid_argument(message),
+            CoordinatorError::RateLimited { .. } => {
+                with_refusal(Status::resource_exhausted(message), "rate_limited")
+            }
             CoordinatorError::Store(e) => store_status(e, message),
             CoordinatorError::Secrets(e) => secrets_status(e, message),
             CoordinatorError::AlreadyInitialized { .. }

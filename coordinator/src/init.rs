@@ -11,7 +11,7 @@ use ferry_common::pki::{self, CertificateAuthority};
 
 use crate::config::{self, CoordinatorConfig};
 use crate::error::CoordinatorError;
-use crate::secrets::{self, SecretsKey};
+use crate::secrets_key::{self, SecretsKey};
 
 /// What `init` needs; unset fields keep the defaults.
 #[derive(Debug, Clone, Default)]
@@ -116,7 +116,7 @@ pub fn init(opts: &InitOptions) -> Result<InitOutcome, CoordinatorError> {
     .save(&credentials_path, false)?;
     // A key already there was put there on purpose (copied from a
     // coordinator whose store this one will share): keep it.
-    let secrets_key_path = dir.join(secrets::KEY_FILE);
+    let secrets_key_path = dir.join(secrets_key::KEY_FILE);
     if !secrets_key_path.exists() {
         SecretsKey::create_file(&secrets_key_path)?;
     }
@@ -212,7 +212,7 @@ mod tests {
     fn a_secrets_key_put_there_beforehand_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("coord");
-        let shared = SecretsKey::create_file(&dir.join(secrets::KEY_FILE)).unwrap();
+        let shared = SecretsKey::create_file(&dir.join(secrets_key::KEY_FILE)).unwrap();
         let out = init(&InitOptions {
             data_dir: dir,
             ..Default::default()

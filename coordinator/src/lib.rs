@@ -5,13 +5,16 @@
 //!   (start a coordinator on given listeners and store, as tests do).
 //! - [`init`]: `ferry-coordinator init` (CA, server certificate, config, admin credentials).
 //! - [`config`]: layered configuration (defaults, file, environment, flags).
-//! - [`net`]: the TLS listener that carries peer certificates to the RPC layer.
+//! - [`net`]: the TLS listener: deadlines and connection limits, and peer
+//!   certificates carried to the RPC layer.
+//! - [`ratelimit`]: rate limits for log lines and failed attempts per address.
 //! - [`auth`]: authentication layer and per-RPC authorization.
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
-//! - [`secrets`]: secrets per (app, env): the key, encryption at rest, and
-//!   setting, listing, deleting and resolving them.
+//! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
+//! - [`secrets`]: secrets per (app, env): setting, listing, deleting and
+//!   resolving them, and the start-time key check.
 //! - [`scheduler`]: submit, dispatch, event ingestion and acks, cancel,
 //!   leader duties, watch.
 //! - [`sessions`]: live agent sessions on this process.
@@ -19,6 +22,7 @@
 //! - [`store`]: the persistent state on SQLite or PostgreSQL.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`cli`]: the `ferry` operator CLI.
+//! - [`wire`]: bounds and character checks of free text that arrives over the network.
 //! - [`error`]: the error type and its mapping to gRPC statuses.
 
 pub mod admin;
@@ -34,9 +38,12 @@ pub mod job;
 pub mod metrics;
 pub mod net;
 pub mod operators;
+pub mod ratelimit;
 pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
+pub mod secrets_key;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod wire;

@@ -1,97 +1,218 @@
-//! Prometheus counters, rendered as text on the admin port's `/metrics`.
-//! A handful of series; a mutex-guarded map is plenty.
+//! Prometheus metrics, rendered on the admin port's `/metrics` by the
+//! `prometheus-client` crate (which keeps the text format and the escaping
+//! of label values right).
+//!
+//! Every label has a bounded set of values, so nobody can grow the
+//! exposition by sending requests: RPCs are labelled with their method only
+//! when it is one this server serves (read from the services' descriptors),
+//! anything else is `other`; refusals and dropped connections are labelled
+//! with a reason from a fixed list; and nothing is counted for a request
+//! before it has been authenticated except as a refusal by reason.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicI64;
 
-#[derive(Debug, Default)]
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+
+/// The label value for a request path this server does not serve.
+pub const OTHER_METHOD: &str = "other";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    rpcs: Mutex<BTreeMap<String, u64>>,
-    refusals: Mutex<BTreeMap<&'static str, u64>>,
-    sessions_opened: AtomicU64,
-    heartbeats: AtomicU64,
+    registry: Registry,
+    /// `/package.Service/Method` of every RPC served here.
+    known_methods: BTreeSet<String>,
+    agents_online: Gauge<i64, AtomicI64>,
+    agents_enrolled: Gauge<i64, AtomicI64>,
+    leader: Gauge<i64, AtomicI64>,
+    rpcs: Family<MethodLabel, Counter>,
+    refusals: Family<ReasonLabel, Counter>,
+    connections_refused: Family<ReasonLabel, Counter>,
+    connections_closed: Family<ReasonLabel, Counter>,
+    enroll_failures: Counter,
+    sessions_opened: Counter,
+    heartbeats: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The RPC paths of every service in these encoded descriptor sets.
+fn methods_of(descriptor_sets: &[&[u8]]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for set in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    out.insert(format!(
+                        "/{package}.{service_name}/{}",
+                        method.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            known_methods: methods_of(&[
+                ferry_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            ]),
+            agents_online: Gauge::default(),
+            agents_enrolled: Gauge::default(),
+            leader: Gauge::default(),
+            rpcs: Family::default(),
+            refusals: Family::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            enroll_failures: Counter::default(),
+            sessions_opened: Counter::default(),
+            heartbeats: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ferry_agents_online",
+            "Agents with a live session on this coordinator",
+            m.agents_online.clone(),
+        );
+        registry.register(
+            "ferry_agents_enrolled",
+            "Agents enrolled and not revoked",
+            m.agents_enrolled.clone(),
+        );
+        registry.register(
+            "ferry_leader",
+            "1 while this coordinator runs the time-based duties (deadlines, lost agents), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "ferry_rpc_requests",
+            "Authenticated gRPC requests (and enrollments), by method; unknown paths are counted as other",
+            m.rpcs.clone(),
+        );
+        registry.register(
+            "ferry_rpc_refused",
+            "Requests refused by authentication or authorization, by reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "ferry_connections_refused",
+            "TCP connections closed at once because a connection limit was reached, by limit",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "ferry_connections_timed_out",
+            "Connections closed because a stage took longer than its deadline, by stage",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "ferry_enroll_failures",
+            "Enrollments refused (unknown, used or expired token, bad request)",
+            m.enroll_failures.clone(),
+        );
+        registry.register(
+            "ferry_agent_sessions_opened",
+            "Agent sessions accepted",
+            m.sessions_opened.clone(),
+        );
+        registry.register(
+            "ferry_agent_heartbeats",
+            "Heartbeats received",
+            m.heartbeats.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an authenticated request (or an enrollment) to `path`.
     pub fn count_rpc(&self, path: &str) {
-        if let Ok(mut m) = self.rpcs.lock() {
-            *m.entry(path.to_string()).or_default() += 1;
-        }
+        let method = if self.known_methods.contains(path) {
+            path.to_string()
+        } else {
+            OTHER_METHOD.to_string()
+        };
+        self.rpcs.get_or_create(&MethodLabel { method }).inc();
+    }
+
+    /// Whether `path` is an RPC this server serves.
+    pub fn is_known_method(&self, path: &str) -> bool {
+        self.known_methods.contains(path)
     }
 
     pub fn count_refusal(&self, reason: &'static str) {
-        if let Ok(mut m) = self.refusals.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A connection dropped at accept because `limit` was reached.
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason: limit })
+            .inc();
+    }
+
+    /// A connection closed because `stage` passed its deadline.
+    pub fn connection_timed_out(&self, stage: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabel { reason: stage })
+            .inc();
+    }
+
+    pub fn enroll_failed(&self) {
+        self.enroll_failures.inc();
     }
 
     pub fn session_opened(&self) {
-        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        self.sessions_opened.inc();
     }
 
     pub fn heartbeat(&self) {
-        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+        self.heartbeats.inc();
     }
 
-    /// Prometheus text exposition format.
+    /// Records whether this coordinator leads; returns whether that changed.
+    pub fn set_leader(&self, leading: bool) -> bool {
+        self.leader.set(i64::from(leading)) != i64::from(leading)
+    }
+
+    /// The exposition (OpenMetrics text, which Prometheus reads), with the
+    /// gauges that are computed at scrape time set first.
     pub fn render(&self, agents_online: usize, agents_enrolled: Option<usize>) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP ferry_agents_online Agents with a live session on this coordinator."
-        );
-        let _ = writeln!(out, "# TYPE ferry_agents_online gauge");
-        let _ = writeln!(out, "ferry_agents_online {agents_online}");
+        self.agents_online.set(agents_online as i64);
         if let Some(n) = agents_enrolled {
-            let _ = writeln!(
-                out,
-                "# HELP ferry_agents_enrolled Agents enrolled and not revoked."
-            );
-            let _ = writeln!(out, "# TYPE ferry_agents_enrolled gauge");
-            let _ = writeln!(out, "ferry_agents_enrolled {n}");
+            self.agents_enrolled.set(n as i64);
         }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_rpc_requests_total gRPC requests received, by method."
-        );
-        let _ = writeln!(out, "# TYPE ferry_rpc_requests_total counter");
-        if let Ok(m) = self.rpcs.lock() {
-            for (path, n) in m.iter() {
-                let _ = writeln!(out, "ferry_rpc_requests_total{{method=\"{path}\"}} {n}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_rpc_refused_total Requests refused by authentication or authorization, by reason."
-        );
-        let _ = writeln!(out, "# TYPE ferry_rpc_refused_total counter");
-        if let Ok(m) = self.refusals.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(out, "ferry_rpc_refused_total{{reason=\"{reason}\"}} {n}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_agent_sessions_opened_total Agent sessions accepted."
-        );
-        let _ = writeln!(out, "# TYPE ferry_agent_sessions_opened_total counter");
-        let _ = writeln!(
-            out,
-            "ferry_agent_sessions_opened_total {}",
-            self.sessions_opened.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ferry_agent_heartbeats_total Heartbeats received."
-        );
-        let _ = writeln!(out, "# TYPE ferry_agent_heartbeats_total counter");
-        let _ = writeln!(
-            out,
-            "ferry_agent_heartbeats_total {}",
-            self.heartbeats.load(Ordering::Relaxed)
-        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -101,17 +222,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters() {
-        let m = Metrics::default();
+    fn renders_counters_with_known_methods_only() {
+        let m = Metrics::new();
         m.count_rpc("/ferry.v1.OperatorService/GetStatus");
         m.count_rpc("/ferry.v1.OperatorService/GetStatus");
+        m.count_rpc("/x\"}_bad_\n");
+        m.count_rpc("/grpc.health.v1.Health/Check");
         m.count_refusal("role");
+        assert!(m.set_leader(true));
+        assert!(!m.set_leader(true));
         let text = m.render(3, Some(4));
-        assert!(text.contains("ferry_agents_online 3"));
-        assert!(text.contains("ferry_agents_enrolled 4"));
-        assert!(text.contains(
-            "ferry_rpc_requests_total{method=\"/ferry.v1.OperatorService/GetStatus\"} 2"
-        ));
-        assert!(text.contains("ferry_rpc_refused_total{reason=\"role\"} 1"));
+        assert!(text.contains("ferry_agents_online 3"), "{text}");
+        assert!(text.contains("ferry_agents_enrolled 4"), "{text}");
+        assert!(text.contains("ferry_leader 1"), "{text}");
+        assert!(
+            text.contains(
+                "ferry_rpc_requests_total{method=\"/ferry.v1.OperatorService/GetStatus\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_rpc_requests_total{method=\"/grpc.health.v1.Health/Check\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_rpc_requests_total{method=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("_bad_"), "{text}");
+        assert!(
+            text.contains("ferry_rpc_refused_total{reason=\"role\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn knows_every_service_method() {
+        let m = Metrics::new();
+        for path in [
+            "/ferry.v1.AgentService/Enroll",
+            "/ferry.v1.AgentService/Session",
+            "/ferry.v1.OperatorService/GetStatus",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(m.is_known_method(path), "{path}");
+        }
+        assert!(!m.is_known_method("/ferry.v1.AgentService/Nope"));
+    }
+
+    #[test]
+    fn many_unknown_paths_do_not_grow_the_exposition() {
+        let m = Metrics::new();
+        m.count_rpc("/a");
+        let before = m.render(0, None).len();
+        for i in 0..1000 {
+            m.count_rpc(&format!("/unknown/{i}"));
+        }
+        let after = m.render(0, None).len();
+        // Only the count's digits change.
+        assert!(after <= before + 4, "{before} -> {after}");
     }
 }

@@ -15,7 +15,10 @@ use crate::error::CoordinatorError;
 use crate::store::{JoinTokenRecord, OperatorRecord, StoreError};
 
 /// Longest join token lifetime an admin may ask for.
-const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest: below a minute a token expires before anyone can paste the
+/// enroll command (and a sub-second TTL was silently rounded to the default).
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// A join token as handed to the admin (the secret is shown only here).
 #[derive(Debug, Clone)]
@@ -46,12 +49,14 @@ impl Core {
             validate_key(k).map_err(|r| CoordinatorError::invalid("--labels", r))?;
         }
         let ttl = ttl.unwrap_or(self.config.join_token_ttl);
-        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&ttl) {
             return Err(CoordinatorError::invalid(
                 "--ttl",
                 format!(
-                    "{} is out of range; use between 1s and 30d",
-                    ferry_common::time::format_duration(ttl)
+                    "{} is out of range; a join token lives from {} to {}",
+                    ferry_common::time::format_duration(ttl),
+                    ferry_common::time::format_duration(MIN_TOKEN_TTL),
+                    ferry_common::time::format_duration(MAX_TOKEN_TTL),
                 ),
             ));
         }
@@ -136,8 +141,16 @@ impl Core {
             ));
         }
         let record = self.store.revoke_operator(name, now_ms()).await?;
-        self.audit(actor, "operator.revoke", name, String::new())
-            .await;
+        // Streams open here end now; those on other coordinators within a
+        // second (each watch re-checks its operator).
+        let cut = self.operator_streams.revoke(name);
+        self.audit(
+            actor,
+            "operator.revoke",
+            name,
+            format!("open_streams={cut}"),
+        )
+        .await;
         Ok(record)
     }
 }

@@ -22,7 +22,8 @@ use crate::error::CoordinatorError;
 use crate::grpc::agent::AgentApi;
 use crate::grpc::operator::OperatorApi;
 use crate::metrics::Metrics;
-use crate::secrets::{self, SecretsKey};
+use crate::secrets;
+use crate::secrets_key::{self, SecretsKey};
 use crate::sessions::SessionRegistry;
 use crate::store::{self, Store};
 
@@ -132,6 +133,8 @@ pub async fn serve(
         ingest,
         spans: Default::default(),
         heartbeats: Default::default(),
+        enroll_failures: crate::core::enroll_failure_limiter(),
+        enroll_failure_log: crate::core::enroll_failure_log(),
         coordinator_id: format!(
             "{}-{}",
             ferry_common::host::hostname(),
@@ -139,6 +142,7 @@ pub async fn serve(
         ),
         started_at_ms: ferry_common::time::now_ms(),
         sessions: SessionRegistry::default(),
+        operator_streams: Default::default(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
         store,
@@ -177,8 +181,16 @@ pub async fn serve(
     // without a shutdown; it is awaited below so that the port is closed
     // when `serve` returns (a restart on the same port must be able to bind).
     let stop_accepting = shutdown.child_token();
-    let (incoming, accept_loop) =
-        crate::net::incoming(listeners.grpc, tls_config, stop_accepting.clone());
+    let (incoming, accept_loop) = crate::net::incoming(
+        listeners.grpc,
+        crate::net::Incoming {
+            config: tls_config,
+            verifier: verifier.clone(),
+            limits: core.config.limits.clone(),
+            metrics: Arc::clone(&metrics),
+        },
+        stop_accepting.clone(),
+    );
     let auth = AuthLayer::new(verifier, &core.config.trust_domain, metrics);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -216,7 +228,7 @@ fn secrets_key(
     let (key, created) = SecretsKey::load_or_create(data_dir)?;
     if created {
         tracing::info!(
-            path = %data_dir.join(secrets::KEY_FILE).display(),
+            path = %data_dir.join(secrets_key::KEY_FILE).display(),
             "created the secrets key; coordinators sharing this store need a copy of it"
         );
     }

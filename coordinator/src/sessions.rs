@@ -1,6 +1,7 @@
 //! The live agent sessions on this coordinator: who is connected, the
-//! channel to each, and a way to end a session from elsewhere (revocation,
-//! or the same agent connecting again).
+//! channel to each, a way to end a session from elsewhere (revocation,
+//! or the same agent connecting again), and what a session hands on for
+//! storing ([`Inbound`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,6 +10,47 @@ use ferry_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
+
+/// An event from an agent's session, waiting to be stored (the
+/// scheduler's ingest loop drains these).
+pub struct Inbound {
+    pub agent: Uuid,
+    pub event: pb::TaskEvent,
+}
+
+/// The open streams (watches) of each operator on this coordinator, so that
+/// revoking an operator ends them at once.
+#[derive(Debug, Default)]
+pub struct OperatorStreams {
+    inner: Mutex<HashMap<String, Vec<tokio_util::sync::CancellationToken>>>,
+}
+
+impl OperatorStreams {
+    /// A token cancelled when `operator` is revoked here.
+    pub fn open(&self, operator: &str) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(operator.to_string()).or_default();
+        list.retain(|t| !t.is_cancelled());
+        list.push(token.clone());
+        token
+    }
+
+    /// Ends every open stream of `operator`; returns how many there were.
+    pub fn revoke(&self, operator: &str) -> usize {
+        let list = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(operator)
+            .unwrap_or_default();
+        let n = list.iter().filter(|t| !t.is_cancelled()).count();
+        for t in list {
+            t.cancel();
+        }
+        n
+    }
+}
 
 /// Messages to one agent's stream.
 pub type Outbound = mpsc::Sender<Result<pb::CoordinatorMessage, Status>>;

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ferry_coordinator::core::Core;
-use ferry_coordinator::secrets::{self, SecretsKey};
+use ferry_coordinator::secrets;
+use ferry_coordinator::secrets_key::{self, SecretsKey};
 use ferry_coordinator::server::{Listeners, serve};
 use ferry_integration_tests::{TestCoordinator, bin};
 use ferry_proto::v1 as pb;
@@ -58,6 +59,7 @@ async fn core_with_key(c: &TestCoordinator, key: SecretsKey) -> Core {
         ca: c.ca().expect("CA"),
         secrets_key: key,
         sessions: Default::default(),
+        operator_streams: Default::default(),
         metrics: Default::default(),
         coordinator_id: "test-resolver".into(),
         started_at_ms: 0,
@@ -65,6 +67,8 @@ async fn core_with_key(c: &TestCoordinator, key: SecretsKey) -> Core {
         ingest,
         spans: Default::default(),
         heartbeats: Default::default(),
+        enroll_failures: ferry_coordinator::core::enroll_failure_limiter(),
+        enroll_failure_log: ferry_coordinator::core::enroll_failure_log(),
     }
 }
 
@@ -75,11 +79,11 @@ fn env_key() -> SecretsKey {
         uuid::Uuid::now_v7().simple(),
         uuid::Uuid::now_v7().simple()
     );
-    SecretsKey::parse(&hex, secrets::KeyOrigin::Env).unwrap()
+    SecretsKey::parse(&hex, secrets_key::KeyOrigin::Env).unwrap()
 }
 
 fn data_dir_key(c: &TestCoordinator) -> SecretsKey {
-    SecretsKey::load(&c.data_dir.join(secrets::KEY_FILE)).expect("the data dir's secrets key")
+    SecretsKey::load(&c.data_dir.join(secrets_key::KEY_FILE)).expect("the data dir's secrets key")
 }
 
 fn assert_no_value(what: &str, bytes: &[u8]) {
@@ -424,8 +428,8 @@ async fn a_coordinator_with_another_secrets_key_refuses_to_start() {
 
     // The same key from the environment is as good as the file.
     c.stop().await.unwrap();
-    let same = std::fs::read_to_string(c.data_dir.join(secrets::KEY_FILE)).unwrap();
-    c.config.secrets_key = Some(SecretsKey::parse(&same, secrets::KeyOrigin::Env).unwrap());
+    let same = std::fs::read_to_string(c.data_dir.join(secrets_key::KEY_FILE)).unwrap();
+    c.config.secrets_key = Some(SecretsKey::parse(&same, secrets_key::KeyOrigin::Env).unwrap());
     c.restart().await.unwrap();
     let listed = c
         .operator()
@@ -446,7 +450,7 @@ async fn serve_creates_the_key_of_a_data_dir_from_before_secrets() {
     use std::os::unix::fs::PermissionsExt;
     let mut c = TestCoordinator::start().await.unwrap();
     c.stop().await.unwrap();
-    let key_path = c.data_dir.join(secrets::KEY_FILE);
+    let key_path = c.data_dir.join(secrets_key::KEY_FILE);
     let before = std::fs::read(&key_path).unwrap();
     std::fs::remove_file(&key_path).unwrap();
     let mut raw =

@@ -19,7 +19,14 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        Ok(Response::new(self.core.enroll(req.into_inner()).await?))
+        let remote = req
+            .extensions()
+            .get::<crate::net::PeerInfo>()
+            .and_then(|i| i.remote)
+            .map(|a| a.ip());
+        Ok(Response::new(
+            self.core.enroll_from(remote, req.into_inner()).await?,
+        ))
     }
 
     type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;

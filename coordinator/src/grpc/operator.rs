@@ -331,12 +331,15 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.core
+        let op = self
+            .core
             .require_operator(&req, Role::Viewer, "watch jobs")
             .await?;
         let id = parse_job_id(&req.get_ref().job_id)?;
         Ok(Response::new(
-            self.core.watch_job(id, req.get_ref().after_seq).await?,
+            self.core
+                .watch_job(id, req.get_ref().after_seq, &op.name)
+                .await?,
         ))
     }
 

@@ -10,37 +10,7 @@
 //! marked `lost` because its agent was away goes back to `running`, or to
 //! the outcome the agent reports, when the agent returns.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// A job as operators see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobStatus {
-    /// No task has started yet (agents offline, or not yet assigned).
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-/// One job's work on one agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskState {
-    /// Waiting for its agent to be online and the task to be sent.
-    Pending,
-    /// Sent to the agent; nothing heard back yet.
-    Assigned,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Its agent was away longer than the grace period, or restarted
-    /// mid-task; the agent's own report, if it comes, replaces this.
-    Lost,
-    /// Its agent did not come online before the job's deadline.
-    Expired,
-}
+pub use ferry_common::status::{JobStatus, TaskState};
 
 /// How an agent says a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,28 +77,10 @@ pub struct InvalidTransition {
     pub what: String,
 }
 
-fn invalid<S: fmt::Display, E: fmt::Debug>(state: S, event: E) -> InvalidTransition {
+fn invalid<S: std::fmt::Display, E: std::fmt::Debug>(state: S, event: E) -> InvalidTransition {
     InvalidTransition {
         state: state.to_string(),
         what: format!("{event:?}"),
-    }
-}
-
-impl TaskState {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded
-                | TaskState::Failed
-                | TaskState::Cancelled
-                | TaskState::Lost
-                | TaskState::Expired
-        )
-    }
-
-    /// States in which the agent may be working on the task.
-    pub fn is_with_agent(self) -> bool {
-        matches!(self, TaskState::Assigned | TaskState::Running)
     }
 }
 
@@ -227,62 +179,6 @@ pub fn final_status(cancel_requested: bool, all_succeeded: bool) -> JobStatus {
         (true, _) => JobStatus::Cancelled,
         (false, true) => JobStatus::Succeeded,
         (false, false) => JobStatus::Failed,
-    }
-}
-
-macro_rules! string_enum {
-    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($ty::$variant),)+
-                    other => Err(format!(
-                        "unknown {} {other:?}; expected one of {}",
-                        stringify!($ty),
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-    };
-}
-
-string_enum!(JobStatus {
-    Pending => "pending",
-    Running => "running",
-    Succeeded => "succeeded",
-    Failed => "failed",
-    Cancelled => "cancelled",
-});
-
-string_enum!(TaskState {
-    Pending => "pending",
-    Assigned => "assigned",
-    Running => "running",
-    Succeeded => "succeeded",
-    Failed => "failed",
-    Cancelled => "cancelled",
-    Lost => "lost",
-    Expired => "expired",
-});
-
-impl JobStatus {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
-        )
     }
 }
 

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::job::{Outcome, TaskEffect, TaskEvent, TaskState};
+use crate::sessions::Inbound;
 use crate::store::{
     IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError, TaskRecord,
     Transition,
@@ -43,12 +44,6 @@ const JOB_CLAIM_BATCH: u32 = 2048;
 /// How often pending work is looked for even without a notification,
 /// heartbeats are written, and the leader's duties run.
 const TICK: Duration = Duration::from_millis(500);
-
-/// An event from an agent's session, waiting to be stored.
-pub struct Inbound {
-    pub agent: Uuid,
-    pub event: pb::TaskEvent,
-}
 
 /// A new job as the operator asked for it.
 #[derive(Debug, Clone)]
@@ -570,7 +565,16 @@ impl Core {
     /// not come back before the deadline, and mark tasks of agents away
     /// longer than the grace period as lost.
     async fn leader_duties(&self) -> Result<(), StoreError> {
-        if !self.store.try_lead().await? {
+        let leading = self.store.try_lead().await;
+        let is_leader = matches!(leading, Ok(true));
+        if self.metrics.set_leader(is_leader) {
+            if is_leader {
+                tracing::info!(coordinator = %self.coordinator_id, "gained the leadership: running deadlines and lost-agent checks");
+            } else {
+                tracing::warn!(coordinator = %self.coordinator_id, "lost the leadership: another coordinator runs deadlines and lost-agent checks");
+            }
+        }
+        if !leading? {
             return Ok(());
         }
         let now = now_ms();

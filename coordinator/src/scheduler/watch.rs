@@ -1,4 +1,6 @@
-//! `WatchJob`: every event after a seq, then live ones until the job ends.
+//! `WatchJob`: every event after a seq, then live ones until the job ends,
+//! or until its operator is revoked (at once on this coordinator, within a
+//! second on the others).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +21,12 @@ const PAGE: u32 = 500;
 const POLL: Duration = Duration::from_secs(1);
 
 impl Core {
+    /// Streams job `job_id`'s events after `after_seq` to `operator`.
     pub async fn watch_job(
         self: &Arc<Self>,
         job_id: Uuid,
         after_seq: u64,
+        operator: &str,
     ) -> Result<ReceiverStream<Result<pb::JobEvent, Status>>, CoordinatorError> {
         self.store
             .get_job(job_id)
@@ -30,8 +34,14 @@ impl Core {
             .ok_or(StoreError::JobNotFound(job_id))?;
         let (tx, rx) = mpsc::channel(256);
         let core = Arc::clone(self);
+        let revoked = self.operator_streams.open(operator);
+        let operator = operator.to_string();
         tokio::spawn(async move {
-            if let Err(status) = core.stream_job(job_id, after_seq, &tx).await {
+            let result = tokio::select! {
+                r = core.stream_job(job_id, after_seq, &operator, &tx) => r,
+                _ = revoked.cancelled() => Err(revoked_status(&operator)),
+            };
+            if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -42,12 +52,24 @@ impl Core {
         &self,
         job_id: Uuid,
         mut seq: u64,
+        operator: &str,
         tx: &mpsc::Sender<Result<pb::JobEvent, Status>>,
     ) -> Result<(), Status> {
         let store_err = |e: StoreError| Status::from(CoordinatorError::from(e));
         // Subscribe before reading, so nothing lands between read and wait.
         let mut notes = self.store.subscribe();
         loop {
+            // Revoked through another coordinator: this one learns it here,
+            // at least once per POLL.
+            let still_allowed = self
+                .store
+                .get_operator(operator)
+                .await
+                .map_err(store_err)?
+                .is_some_and(|op| op.revoked_at_ms.is_none());
+            if !still_allowed {
+                return Err(revoked_status(operator));
+            }
             let events = self
                 .store
                 .job_events_after(job_id, seq, PAGE)
@@ -101,4 +123,12 @@ impl Core {
             }
         }
     }
+}
+
+/// What a revoked operator's open stream ends with.
+fn revoked_status(operator: &str) -> Status {
+    Status::from(CoordinatorError::PermissionDenied {
+        reason: format!("operator {operator} has been revoked"),
+        refusal: "revoked",
+    })
 }
