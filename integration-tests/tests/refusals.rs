@@ -279,19 +279,31 @@ async fn join_token_is_single_use() {
 #[tokio::test]
 async fn expired_join_token_is_refused() {
     let c = TestCoordinator::start().await.unwrap();
-    let token = c
-        .operator()
+    // No admin can make a token that expires in under a minute, so this one
+    // is written into the store as if it had been made two hours ago.
+    let secret = "ferry_expired-for-the-test";
+    let store = ferry_coordinator::store::open(c.store_location())
         .await
-        .unwrap()
-        .create_join_token(pb::CreateJoinTokenRequest {
-            name: "late".into(),
+        .unwrap();
+    let now = ferry_common::time::now_ms();
+    store
+        .insert_join_token(&ferry_coordinator::store::JoinTokenRecord {
+            token_hash: ferry_coordinator::agents::hash_token(secret),
+            name: Some("late".into()),
             labels: Default::default(),
-            ttl_seconds: 1,
+            created_by: "test".into(),
+            created_at_ms: now - 7_200_000,
+            expires_at_ms: now - 3_600_000,
+            used_at_ms: None,
+            used_by: None,
         })
         .await
-        .unwrap()
-        .into_inner();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+        .unwrap();
+    let issued = c.join_token(None, &[]).await.unwrap();
+    let token = pb::CreateJoinTokenResponse {
+        token: secret.into(),
+        ..issued
+    };
     let dir = tempfile::tempdir().unwrap();
     let err = ferry_agent::enroll::enroll(&EnrollOptions {
         coordinator: token.coordinator,

@@ -19,11 +19,14 @@
 //! - [`operators`]: operators and their roles;
 //! - [`audit`]: the audit log;
 //! - [`secrets`]: sealed secrets;
-//! - [`jobs`]: jobs, tasks and job events, with `engine` holding the job
-//!   logic once (state machines, locking order, seqs) over `JobTx`;
+//! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
+//!   holding the job logic once (state machines, locking order, seqs) over
+//!   `JobTx`;
 //! - [`rollouts`]: rollouts and releases, the (app, env) deploy lock;
 //! - `meta`: backend, ping, the one-time admin bootstrap, notifications
 //!   and leadership;
+//! - `notify`: what coordinators tell each other, and its wire form on
+//!   PostgreSQL's `NOTIFY` channel;
 //! - `db`: the dispatch layer, and the few places the engines really
 //!   differ (write transactions, row locks, id lists, multi-row
 //!   statements), each commented with why;
@@ -54,9 +57,9 @@ pub use tokens::{JoinTokenRecord, NewAgent};
 pub mod agents;
 pub mod audit;
 mod db;
-mod engine;
 pub mod jobs;
 mod meta;
+mod notify;
 pub mod operators;
 pub mod postgres;
 pub mod rollouts;

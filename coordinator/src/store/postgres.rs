@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::db::{Pool, query};
-use super::engine::{self, NOTIFY_CHANNEL};
+use super::notify::{self, NOTIFY_CHANNEL};
 use super::rows::{self, EmbeddedMigration};
 use super::{Notification, Store, StoreError};
 
@@ -116,7 +116,7 @@ impl Coordination {
     ) -> Result<(), StoreError> {
         query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
-            .bind(engine::notification_payload(notification))
+            .bind(notify::notification_payload(notification))
             .execute(pool)
             .await?;
         Ok(())
@@ -186,7 +186,7 @@ async fn forward_notifications(
         match received {
             Ok(Some(notification)) => {
                 retry = LISTEN_RETRY_MIN;
-                match engine::parse_notification(notification.payload()) {
+                match notify::parse_notification(notification.payload()) {
                     // No subscriber is not an error: nobody needed to hear it.
                     Some(notification) => drop(to.send(notification)),
                     None => tracing::warn!(

@@ -10,14 +10,17 @@
 //! task is claimed twice. On SQLite every job method but the look-ups runs
 //! in a `BEGIN IMMEDIATE` transaction, alone.
 
+mod engine;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::db::{Arg, Tx, Ty, in_list, query, row_lock};
-use super::engine::{self, JobTx, NewEvent};
+pub use super::notify::Notification;
 use super::rows::{Columns, opt_uuid, parsed, sql_int, unsigned, uuid};
 use super::{AuditEntry, Backend, Store, StoreError, audit};
 use crate::job::{JobStatus, TaskEffect, TaskEvent, TaskState};
+use engine::{JobTx, NewEvent};
 
 /// What `create_job` inserts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,19 +198,6 @@ pub struct JobFilter {
     pub agent_name: Option<String>,
     pub since_ms: Option<i64>,
     pub limit: u32,
-}
-
-/// Something other coordinators sharing the store may need to act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notification {
-    /// New pending tasks exist for this job: whoever holds their agents' sessions assigns them.
-    JobSubmitted(Uuid),
-    /// New events for this job: wake its watchers.
-    JobEvents(Uuid),
-    /// Tell `agent` (on whichever coordinator holds its session) to stop `task`.
-    CancelTask { task: Uuid, agent: Uuid },
-    /// Cut this agent's session wherever it is.
-    AgentRevoked(Uuid),
 }
 
 /// `'a', 'b'`: states as SQL literals, for `IN (…)` (literals rather than

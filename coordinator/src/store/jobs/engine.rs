@@ -1,9 +1,9 @@
-//! The job logic of [`Store`](super::Store), written once: a job method in
-//! [`super::jobs`] selects (and on PostgreSQL locks) the task rows it is
+//! The job logic of [`Store`](crate::store::Store), written once: a job method in
+//! [`super`] (the jobs module) selects (and on PostgreSQL locks) the task rows it is
 //! about, then hands them to a function here, which locks their jobs, runs
 //! the state machines of [`crate::job`], allocates job event seqs and writes
 //! the result back through [`JobTx`] (implemented once, over
-//! [`super::db::Tx`]).
+//! `db::Tx`).
 //!
 //! Ordering rules:
 //!
@@ -32,15 +32,12 @@ use prost::Message;
 use uuid::Uuid;
 
 use super::{
-    AppendOutcome, AuditEntry, IncomingEvent, JobRecord, JobStart, NewTask, Notification,
-    StartedJob, StoreError, TaskRecord, Transition,
+    AppendOutcome, IncomingEvent, JobRecord, JobStart, NewTask, StartedJob, TaskRecord, Transition,
 };
 use crate::job::{
     self, JobEffect, JobEvent, JobStatus, TaskEffect, TaskEvent, TaskState, apply_job, apply_task,
 };
-
-/// The `NOTIFY` channel coordinators sharing a PostgreSQL store talk on.
-pub(crate) const NOTIFY_CHANNEL: &str = "ferry_events";
+use crate::store::{AuditEntry, StoreError};
 
 /// A job event about to be inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,37 +102,6 @@ pub(crate) fn job_finished_body(status: JobStatus, message: &str) -> Vec<u8> {
         })),
     }
     .encode_to_vec()
-}
-
-/// The text sent with `NOTIFY`: `submitted:<job>`, `events:<job>`,
-/// `cancel:<task>:<agent>` or `revoked:<agent>`.
-pub(crate) fn notification_payload(notification: &Notification) -> String {
-    match notification {
-        Notification::JobSubmitted(job) => format!("submitted:{job}"),
-        Notification::JobEvents(job) => format!("events:{job}"),
-        Notification::CancelTask { task, agent } => format!("cancel:{task}:{agent}"),
-        Notification::AgentRevoked(agent) => format!("revoked:{agent}"),
-    }
-}
-
-/// The notification a payload of [`notification_payload`] stands for;
-/// `None` for anything else on the channel.
-pub(crate) fn parse_notification(payload: &str) -> Option<Notification> {
-    let (kind, rest) = payload.split_once(':')?;
-    let id = |text: &str| Uuid::parse_str(text).ok();
-    match kind {
-        "submitted" => id(rest).map(Notification::JobSubmitted),
-        "events" => id(rest).map(Notification::JobEvents),
-        "cancel" => {
-            let (task, agent) = rest.split_once(':')?;
-            Some(Notification::CancelTask {
-                task: id(task)?,
-                agent: id(agent)?,
-            })
-        }
-        "revoked" => id(rest).map(Notification::AgentRevoked),
-        _ => None,
-    }
 }
 
 /// "2 succeeded, 1 failed": the final states of a finished job's tasks.
@@ -539,7 +505,7 @@ pub(crate) async fn start_job<T: JobTx + ?Sized>(
     tx: &mut T,
     start: &JobStart<'_>,
 ) -> Result<StartedJob, StoreError> {
-    let record = super::jobs::created_job(start.job);
+    let record = super::created_job(start.job);
     if let Some(existing) = tx.insert_job(&record, start.tasks).await? {
         return Ok(StartedJob {
             job: existing,
@@ -551,7 +517,7 @@ pub(crate) async fn start_job<T: JobTx + ?Sized>(
     let tasks = start
         .tasks
         .iter()
-        .map(|t| super::jobs::created_task(&record, t))
+        .map(|t| super::created_task(&record, t))
         .collect();
     let mut work = Work::fresh(record, tasks, start.now_ms);
     for (task_id, body) in start.notes {
@@ -833,22 +799,6 @@ pub(crate) async fn mark_lost<T: JobTx + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notification_payloads_round_trip() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        for n in [
-            Notification::JobSubmitted(a),
-            Notification::JobEvents(a),
-            Notification::CancelTask { task: a, agent: b },
-            Notification::AgentRevoked(b),
-        ] {
-            assert_eq!(parse_notification(&notification_payload(&n)), Some(n));
-        }
-        for junk in ["", "submitted", "submitted:nope", "cancel:x", "other:1"] {
-            assert_eq!(parse_notification(junk), None, "{junk:?}");
-        }
-    }
 
     #[test]
     fn bodies_decode() {
