@@ -216,7 +216,8 @@ pub struct ServiceDeploy {
     pub strategy: Strategy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// When to pull a service's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     Always,
@@ -253,7 +254,8 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Docker's restart policy for a service's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     No,
@@ -262,13 +264,64 @@ pub enum RestartPolicy {
     OnFailure,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a new release replaces the old one on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
-    /// Stop the old container, start the new one (what compose does).
+    /// Stop the old container, then start the new one (what compose does):
+    /// a short outage, but never two containers at once (fixed host ports,
+    /// databases).
     Recreate,
-    /// Start the new one beside the old, gate on health, switch nginx, stop the old.
+    /// Start the new container beside the old one, gate on health, switch
+    /// nginx to it, then stop the old one: no outage.
     BlueGreen,
+}
+
+// The app file spells these as the spec's JSON does (`if-missing`,
+// `blue-green`); `FromStr` refuses anything else, naming what is accepted.
+macro_rules! keyword_enum {
+    ($ty:ident, $what:literal, $($variant:ident => $text:literal),+) => {
+        impl $ty {
+            pub const ALL: &[$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $ty::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let known: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("{s:?} is not {}; expected {}", $what, one_of(&known))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum!(PullPolicy, "a pull policy",
+    Always => "always", IfMissing => "if-missing", Never => "never");
+keyword_enum!(RestartPolicy, "a restart policy",
+    No => "no", Always => "always", UnlessStopped => "unless-stopped", OnFailure => "on-failure");
+keyword_enum!(Strategy, "a strategy", Recreate => "recreate", BlueGreen => "blue-green");
+
+/// "a, b or c".
+pub(crate) fn one_of(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
 }
 
 /// When a new container counts as healthy.
@@ -477,6 +530,28 @@ mod tests {
             JobSpec::parse("shell", "{}")
                 .unwrap_err()
                 .contains("expected one of probe")
+        );
+    }
+
+    #[test]
+    fn keywords_read_as_they_serialize() {
+        fn check<
+            T: Serialize + std::str::FromStr<Err = String> + PartialEq + std::fmt::Debug + Copy,
+        >(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+        ) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), as_str(*v));
+                assert_eq!(as_str(*v).parse::<T>().unwrap(), *v);
+            }
+        }
+        check(PullPolicy::ALL, PullPolicy::as_str);
+        check(RestartPolicy::ALL, RestartPolicy::as_str);
+        check(Strategy::ALL, Strategy::as_str);
+        assert_eq!(
+            "sometimes".parse::<PullPolicy>().unwrap_err(),
+            "\"sometimes\" is not a pull policy; expected always, if-missing or never"
         );
     }
 
