@@ -72,7 +72,7 @@ impl Agent {
             Arc::clone(&probe),
             host,
             config.max_concurrent_tasks.unwrap_or(DEFAULT_TASK_LIMIT),
-            executor::enabled(None),
+            executor::enabled(config.capabilities.as_deref()),
         );
         Ok(Agent {
             config,
