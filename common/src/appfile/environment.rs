@@ -1,6 +1,7 @@
 //! `[environments.NAME]`: which hosts an environment runs on, its
 //! protection, its parallelism and its variables.
 
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
@@ -55,7 +56,7 @@ impl Check {
         &mut self,
         path: &FieldPath,
         name: &str,
-        raw: raw::Environment,
+        raw: RawEnvironment,
     ) -> Environment {
         self.ok(
             path,
@@ -109,6 +110,17 @@ impl Check {
             variables,
         }
     }
+}
+
+/// `[environments.NAME]` as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Environment")]
+pub(super) struct RawEnvironment {
+    pub(super) agents: Option<Vec<String>>,
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) protected: Option<bool>,
+    pub(super) max_parallel: Option<i64>,
+    pub(super) variables: Option<BTreeMap<String, raw::Scalar>>,
 }
 
 #[cfg(test)]

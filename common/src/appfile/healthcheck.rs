@@ -1,12 +1,13 @@
 //! `[services.NAME.healthcheck]`: when a new container counts as healthy.
 
+use serde::Deserialize;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::check::{Check, at_least_one};
 use super::ports::PortSpec;
-use super::raw::{self, FieldPath};
+use super::raw::FieldPath;
 
 /// Defaults of a `[services.X.healthcheck]`: a check every 2 s, each
 /// attempt cut after 2 s, unhealthy after 30 failures (about a minute),
@@ -45,7 +46,7 @@ impl Check {
     pub(super) fn healthcheck(
         &mut self,
         path: &FieldPath,
-        raw: raw::Healthcheck,
+        raw: RawHealthcheck,
         ports: &[PortSpec],
     ) -> Option<Healthcheck> {
         let docker = raw.docker == Some(true);
@@ -111,6 +112,18 @@ impl Check {
             retries: retries.unwrap_or(DEFAULT_HEALTH_RETRIES),
         })
     }
+}
+
+/// `[services.NAME.healthcheck]` as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Healthcheck")]
+pub(super) struct RawHealthcheck {
+    pub(super) http: Option<String>,
+    pub(super) docker: Option<bool>,
+    pub(super) running_for: Option<String>,
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) retries: Option<i64>,
 }
 
 #[cfg(test)]

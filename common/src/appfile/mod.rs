@@ -31,11 +31,13 @@
 //! - `release`: a release of the file as a deploy job's spec
 //!   ([`AppFile::deploy_spec`], [`validate_version`]).
 //! - `errors`: [`Problem`], [`AppFileError`], their formatting, "did you mean".
-//! - `raw`: the serde layer, field paths, and the index of lines.
+//! - `raw`: the top of the serde layer, field paths, and the index of lines.
 //! - `check`: the checking pass and the field rules sections share.
 //!
-//! A new section is a new module with its typed value, its raw table (in
-//! `raw`), its `Check` method and its tests, and one field in [`AppFile`].
+//! A new section (say `database`) is a new module with its typed value, its
+//! raw serde table, its `Check` method, its defaults and its tests; then one
+//! field in [`AppFile`] and one in `raw::AppFile`, and one line in
+//! `Check::app_file` that calls the section's method.
 //! Pull and restart policies and strategies are the deploy spec's own
 //! types ([`crate::job`]), so the file and the job cannot disagree on them.
 
@@ -71,7 +73,6 @@ pub use service::{MIN_MEMORY_BYTES, PLACEHOLDERS, Service, parse_memory};
 pub use volumes::VolumeMount;
 
 use check::{Check, at_least_one, dns_name};
-use ports::host_ports_clash;
 use raw::{FieldPath, Index};
 
 // Docker names and labels are `crate::job::naming`'s: the deploy executor
@@ -208,7 +209,8 @@ impl Check {
         }
         // The file's order is the deploy order; serde hands the table over
         // sorted, the spans remember.
-        let mut raw_services: Vec<(String, raw::Service)> = raw.services.into_iter().collect();
+        let mut raw_services: Vec<(String, service::RawService)> =
+            raw.services.into_iter().collect();
         raw_services.sort_by_key(|(name, _)| index.offset_of(&services_path.key(name)));
         let services: Vec<Service> = raw_services
             .into_iter()
@@ -232,31 +234,20 @@ impl Check {
         }
     }
 
-    /// Rules that span services and environments.
+    /// Rules that span sections: each section's own, then Docker names.
     fn across(&mut self, environments: &BTreeMap<String, Environment>, services: &[Service]) {
-        let services_path = FieldPath::default().key("services");
-        // Every service runs on every host of its environment, so two of
-        // them cannot publish one host port.
-        let mut published: Vec<(&str, usize, &PortSpec)> = Vec::new();
-        for s in services {
-            for (i, port) in s.ports.iter().enumerate() {
-                let clash = published
-                    .iter()
-                    .find(|(other, _, p)| *other != s.name && host_ports_clash(p, port));
-                if let Some((other, j, _)) = clash {
-                    self.err(
-                        &services_path.key(&s.name).key("ports").index(i),
-                        format!(
-                            "host port {} is already published by services.{other}.ports[{j}]; services of an environment run on the same hosts",
-                            port.host_port.unwrap_or_default()
-                        ),
-                    );
-                }
-                published.push((&s.name, i, port));
-            }
-        }
-        // Names join with '-', so ("a-b", "c") and ("a", "b-c") would give
-        // two services, or two environments' volumes, one Docker name.
+        self.host_ports_across(services);
+        self.docker_names_across(environments, services);
+        self.secrets_across(environments, services);
+    }
+
+    /// Names join with '-', so ("a-b", "c") and ("a", "b-c") would give
+    /// two services, or two environments' volumes, one Docker name.
+    fn docker_names_across(
+        &mut self,
+        environments: &BTreeMap<String, Environment>,
+        services: &[Service],
+    ) {
         let envs_path = FieldPath::default().key("environments");
         let mut containers: BTreeMap<String, (&str, &str)> = BTreeMap::new();
         let mut volumes: BTreeMap<String, (&str, &str)> = BTreeMap::new();
@@ -292,21 +283,6 @@ impl Check {
                 }
             }
         }
-        // A secret is injected under its own name: a variable of the same
-        // name could not also be.
-        for (env_name, env) in environments {
-            for s in services {
-                for secret in s.secrets.iter().filter(|n| env.variables.contains_key(*n)) {
-                    self.err(
-                        &envs_path.key(env_name).key("variables").key(secret),
-                        format!(
-                            "{secret:?} is also a secret of services.{}; a secret is injected as the environment variable of the same name, so it cannot also be a variable",
-                            s.name
-                        ),
-                    );
-                }
-            }
-        }
     }
 }
 
@@ -315,6 +291,7 @@ impl Check {
 pub(crate) mod testing {
     use super::{AppFile, Problem, parse};
 
+    /// A valid file whose `[services.web]` table ends with `extra`; lines:
     /// 1 app, 2-3 the environment, 4 the service header, 5 image, 6+ extra.
     pub(crate) fn service(extra: &str) -> String {
         format!(

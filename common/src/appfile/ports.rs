@@ -96,6 +96,30 @@ impl Serialize for PortSpec {
 }
 
 impl Check {
+    /// Every service runs on every host of its environment, so two of
+    /// them cannot publish one host port.
+    pub(super) fn host_ports_across(&mut self, services: &[super::Service]) {
+        let services_path = FieldPath::default().key("services");
+        let mut published: Vec<(&str, usize, &PortSpec)> = Vec::new();
+        for s in services {
+            for (i, port) in s.ports.iter().enumerate() {
+                let clash = published
+                    .iter()
+                    .find(|(other, _, p)| *other != s.name && host_ports_clash(p, port));
+                if let Some((other, j, _)) = clash {
+                    self.err(
+                        &services_path.key(&s.name).key("ports").index(i),
+                        format!(
+                            "host port {} is already published by services.{other}.ports[{j}]; services of an environment run on the same hosts",
+                            port.host_port.unwrap_or_default()
+                        ),
+                    );
+                }
+                published.push((&s.name, i, port));
+            }
+        }
+    }
+
     pub(super) fn ports(&mut self, path: &FieldPath, raw: Vec<raw::Scalar>) -> Vec<PortSpec> {
         let mut out: Vec<PortSpec> = Vec::new();
         for (i, item) in raw.into_iter().enumerate() {
@@ -139,7 +163,7 @@ impl Check {
 }
 
 /// Whether two ports publish the same host port on overlapping addresses.
-pub(super) fn host_ports_clash(a: &PortSpec, b: &PortSpec) -> bool {
+fn host_ports_clash(a: &PortSpec, b: &PortSpec) -> bool {
     match (a.host_port, b.host_port) {
         (Some(x), Some(y)) if x == y => match (a.host_ip, b.host_ip) {
             (Some(i), Some(j)) => i == j,

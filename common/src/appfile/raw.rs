@@ -1,18 +1,23 @@
 //! The serde layer: every table with `deny_unknown_fields`, every value as
 //! loose as TOML allows, so that the checking pass sees (and reports) as
-//! much as possible. And where everything is: field paths and the index of
-//! lines they are found at.
+//! much as possible. The top-level table and the values several sections
+//! use ([`Scalar`]) are here; each section's own table is in its module
+//! (`RawService` in `service`, ...). And where everything is: field paths
+//! and the index of lines they are found at.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use super::environment::RawEnvironment;
 use super::errors::Problem;
+use super::service::RawService;
+use super::smoke::RawSmoke;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,81 +25,17 @@ pub struct AppFile {
     pub app: Option<String>,
     pub rollout: Option<Rollout>,
     #[serde(default)]
-    pub environments: BTreeMap<String, Environment>,
+    pub environments: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, RawService>,
     #[serde(default)]
-    pub smoke: Vec<Smoke>,
+    pub smoke: Vec<RawSmoke>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     pub max_parallel: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Environment {
-    pub agents: Option<Vec<String>>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub protected: Option<bool>,
-    pub max_parallel: Option<i64>,
-    pub variables: Option<BTreeMap<String, Scalar>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    pub image: Option<String>,
-    pub pull: Option<String>,
-    pub registry_auth: Option<RegistryAuth>,
-    pub command: Option<Command>,
-    #[serde(default)]
-    pub env: BTreeMap<String, Scalar>,
-    #[serde(default)]
-    pub secrets: Vec<String>,
-    #[serde(default)]
-    pub ports: Vec<Scalar>,
-    #[serde(default)]
-    pub volumes: Vec<String>,
-    pub user: Option<String>,
-    pub memory: Option<Scalar>,
-    pub cpus: Option<f64>,
-    pub restart: Option<String>,
-    pub strategy: Option<String>,
-    pub healthcheck: Option<Healthcheck>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryAuth {
-    pub username_secret: Option<String>,
-    pub password_secret: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Healthcheck {
-    pub http: Option<String>,
-    pub docker: Option<bool>,
-    pub running_for: Option<String>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
-    pub retries: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Smoke {
-    pub name: Option<String>,
-    pub url: Option<String>,
-    pub expect_status: Option<i64>,
-    pub body_contains: Option<String>,
-    pub timeout: Option<String>,
-    pub retry_for: Option<String>,
-    pub interval: Option<String>,
-    pub max_latency: Option<String>,
 }
 
 /// A string, an integer or a boolean: environment values (`PORT = 3000`
@@ -140,37 +81,6 @@ impl<'de> Deserialize<'de> for Scalar {
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
                 Ok(Scalar::Bool(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `command`: an array of arguments, or a command line (refused by the
-/// checking pass with the array to write instead).
-#[derive(Debug)]
-pub enum Command {
-    Line(String),
-    Args(Vec<String>),
-}
-
-impl<'de> Deserialize<'de> for Command {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Command;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of strings")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Command, E> {
-                Ok(Command::Line(v.to_string()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
-                let mut args = Vec::new();
-                while let Some(a) = seq.next_element::<String>()? {
-                    args.push(a);
-                }
-                Ok(Command::Args(args))
             }
         }
         d.deserialize_any(V)

@@ -1,12 +1,13 @@
 //! Secret names (a service's `secrets`, its `registry_auth`): only names
 //! are in the file; the coordinator's secret store holds the values.
 
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use super::check::{Check, env_var_name};
-use super::raw::{self, FieldPath};
+use super::raw::FieldPath;
 
 /// Where registry credentials come from: the names of two secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,6 +33,29 @@ pub(super) fn secret_name(name: &str) -> Result<(), String> {
 }
 
 impl Check {
+    /// A secret is injected under its own name: an environment's variable
+    /// of the same name could not also be.
+    pub(super) fn secrets_across(
+        &mut self,
+        environments: &BTreeMap<String, super::Environment>,
+        services: &[super::Service],
+    ) {
+        let envs_path = FieldPath::default().key("environments");
+        for (env_name, env) in environments {
+            for s in services {
+                for secret in s.secrets.iter().filter(|n| env.variables.contains_key(*n)) {
+                    self.err(
+                        &envs_path.key(env_name).key("variables").key(secret),
+                        format!(
+                            "{secret:?} is also a secret of services.{}; a secret is injected as the environment variable of the same name, so it cannot also be a variable",
+                            s.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// A service's `secrets`: well-formed, listed once, and not also in its
     /// `env` (a secret is injected as the variable of its own name).
     pub(super) fn service_secrets(
@@ -62,7 +86,7 @@ impl Check {
     pub(super) fn registry_auth(
         &mut self,
         path: &FieldPath,
-        raw: raw::RegistryAuth,
+        raw: RawRegistryAuth,
     ) -> Option<RegistryAuth> {
         let mut name = |field: &str, value: Option<String>| match value {
             Some(v) => self.ok(&path.key(field), secret_name(&v)).map(|()| v),
@@ -84,6 +108,14 @@ impl Check {
             password_secret: password_secret?,
         })
     }
+}
+
+/// `registry_auth` as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "RegistryAuth")]
+pub(super) struct RawRegistryAuth {
+    pub(super) username_secret: Option<String>,
+    pub(super) password_secret: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
 //! `[services.NAME]`: one container per host, its image and how it runs.
 //! Ports and volumes have their own modules.
 
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::check::{Check, dns_name};
 use super::environment::Environment;
-use super::healthcheck::Healthcheck;
+use super::healthcheck::{Healthcheck, RawHealthcheck};
 use super::ports::PortSpec;
 use super::raw::{self, FieldPath};
-use super::secrets::RegistryAuth;
+use super::secrets::{RawRegistryAuth, RegistryAuth};
 use super::volumes::VolumeMount;
 use crate::job::{PullPolicy, RestartPolicy, Strategy, naming, one_of};
 
@@ -135,7 +139,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 }
 
 impl Check {
-    pub(super) fn service(&mut self, path: &FieldPath, name: String, raw: raw::Service) -> Service {
+    pub(super) fn service(&mut self, path: &FieldPath, name: String, raw: RawService) -> Service {
         self.ok(
             path,
             dns_name(&name).map_err(|e| format!("service name {e}")),
@@ -228,9 +232,9 @@ impl Check {
         service
     }
 
-    pub(super) fn command(&mut self, path: &FieldPath, raw: raw::Command) -> Option<Vec<String>> {
+    pub(super) fn command(&mut self, path: &FieldPath, raw: RawCommand) -> Option<Vec<String>> {
         match raw {
-            raw::Command::Line(line) => {
+            RawCommand::Line(line) => {
                 self.err(
                     path,
                     format!(
@@ -239,11 +243,11 @@ impl Check {
                 );
                 None
             }
-            raw::Command::Args(args) if args.first().is_none_or(|a| a.is_empty()) => {
+            RawCommand::Args(args) if args.first().is_none_or(|a| a.is_empty()) => {
                 self.err(path, "must name a program: the first argument is empty");
                 None
             }
-            raw::Command::Args(args) => Some(args),
+            RawCommand::Args(args) => Some(args),
         }
     }
 }
@@ -327,6 +331,61 @@ fn check_image(image: &str) -> Result<(), String> {
         return Err(format!("{image:?} names no repository"));
     }
     Ok(())
+}
+
+/// `[services.NAME]` as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Service")]
+pub(super) struct RawService {
+    pub(super) image: Option<String>,
+    pub(super) pull: Option<String>,
+    pub(super) registry_auth: Option<RawRegistryAuth>,
+    pub(super) command: Option<RawCommand>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, raw::Scalar>,
+    #[serde(default)]
+    pub(super) secrets: Vec<String>,
+    #[serde(default)]
+    pub(super) ports: Vec<raw::Scalar>,
+    #[serde(default)]
+    pub(super) volumes: Vec<String>,
+    pub(super) user: Option<String>,
+    pub(super) memory: Option<raw::Scalar>,
+    pub(super) cpus: Option<f64>,
+    pub(super) restart: Option<String>,
+    pub(super) strategy: Option<String>,
+    pub(super) healthcheck: Option<RawHealthcheck>,
+}
+
+/// `command`: an array of arguments, or a command line (refused by the
+/// checking pass with the array to write instead).
+#[derive(Debug)]
+pub(super) enum RawCommand {
+    Line(String),
+    Args(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommand, E> {
+                Ok(RawCommand::Line(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
+                let mut args = Vec::new();
+                while let Some(a) = seq.next_element::<String>()? {
+                    args.push(a);
+                }
+                Ok(RawCommand::Args(args))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! smoke job's own [`HttpCheck`]s.
 
 use super::check::Check;
-use super::raw::{self, FieldPath};
+use super::raw::FieldPath;
 use crate::job::HttpCheck;
+use serde::Deserialize;
 
 impl Check {
-    pub(super) fn smoke(&mut self, path: &FieldPath, raw: raw::Smoke) -> HttpCheck {
+    pub(super) fn smoke(&mut self, path: &FieldPath, raw: RawSmoke) -> HttpCheck {
         let url = match raw.url {
             Some(url) => {
                 self.ok(&path.key("url"), check_smoke_url(&url));
@@ -79,6 +80,20 @@ fn check_smoke_url(url: &str) -> Result<(), String> {
             "{url:?} must be an absolute URL like http://127.0.0.1:8080/health"
         )),
     }
+}
+
+/// `[[smoke]]` as serde reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Smoke")]
+pub(super) struct RawSmoke {
+    pub(super) name: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) expect_status: Option<i64>,
+    pub(super) body_contains: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) retry_for: Option<String>,
+    pub(super) interval: Option<String>,
+    pub(super) max_latency: Option<String>,
 }
 
 #[cfg(test)]
