@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ferry_common::fsutil::{self, Mode};
+use ferry_common::job::JobKind;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
@@ -38,6 +39,11 @@ pub struct AgentConfig {
     /// Tasks run at once (default 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_tasks: Option<usize>,
+    /// The job kinds this agent runs and advertises (default: every kind
+    /// it has an executor for). For tests and staged upgrades; a task of
+    /// another kind fails, naming the kinds it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<JobKind>>,
     /// Blue-green deploys: where the per-service nginx upstream include
     /// files live, and how to reload nginx. Host configuration, not part of
     /// the app file: operators who deploy must not choose host commands.
@@ -89,6 +95,14 @@ impl AgentConfig {
             return Err(AgentError::Config {
                 path,
                 reason: "coordinators: at least one https://HOST:PORT is required".into(),
+            });
+        }
+        if config.capabilities.as_ref().is_some_and(Vec::is_empty) {
+            return Err(AgentError::Config {
+                path,
+                reason:
+                    "capabilities: name at least one job kind, or leave it out to run every kind"
+                        .into(),
             });
         }
         Ok(config)
@@ -210,6 +224,7 @@ mod tests {
             docker_socket: default_docker_socket(),
             disk_paths: vec![],
             max_concurrent_tasks: None,
+            capabilities: None,
             nginx: NginxConfig::default(),
         }
     }
@@ -242,6 +257,35 @@ mod tests {
             err.contains("agent.toml") && err.contains("colour"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn capabilities_are_job_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = sample();
+        c.capabilities = Some(vec![JobKind::Probe, JobKind::Smoke]);
+        c.save(dir.path(), false).unwrap();
+        assert_eq!(AgentConfig::load(dir.path()).unwrap(), c);
+
+        let base = "agent_id = \"x\"\nname = \"a\"\ntrust_domain = \"t\"\ncoordinators = [\"https://c:1\"]\n";
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            format!("{base}capabilities = [\"probe\", \"shell\"]\n"),
+        )
+        .unwrap();
+        let err = AgentConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.toml")
+                && err.contains("unknown job kind \"shell\"; expected one of probe, smoke, deploy"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            format!("{base}capabilities = []\n"),
+        )
+        .unwrap();
+        let err = AgentConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("capabilities: name at least one"), "{err}");
     }
 
     #[test]

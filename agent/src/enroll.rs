@@ -98,6 +98,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         docker_socket: "/var/run/docker.sock".into(),
         disk_paths: Vec::new(),
         max_concurrent_tasks: None,
+        capabilities: None,
         nginx: Default::default(),
     }
     // Written last: its presence means enrollment completed.

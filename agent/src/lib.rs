@@ -8,9 +8,15 @@
 //! - [`health`]: Docker, PostgreSQL and disk probes.
 //! - [`config`]: `agent.toml` and the identity files in the state dir.
 //! - [`error`]: the error type and its exit codes.
-//! - [`runner`]: runs assigned tasks concurrently, each cancellable, never twice.
+//! - [`runner`]: runs assigned tasks concurrently, each cancellable, never
+//!   twice; enforces each kind's timeout and host lock, and refuses kinds
+//!   this agent does not run.
 //! - [`spool`]: every task event on disk until the coordinator acknowledges it.
-//! - [`executor`]: the typed job kinds (`probe`).
+//! - [`executor`]: one `Executor` per job kind (`probe`, `smoke`, `deploy`),
+//!   listed once in `executors()`, which the runner dispatches to and the
+//!   session advertises; `context` is what an executor gets besides its
+//!   spec (`TaskContext`, `HostEnv`), `http` its HTTP client. Executors do
+//!   not depend on the runner.
 
 pub mod config;
 pub mod enroll;

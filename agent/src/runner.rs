@@ -1,124 +1,59 @@
 //! Runs assigned tasks: at most `limit` at once, each with its own
 //! cancellation, keyed by task id so an `Assign` seen twice (after a
 //! reconnect, or from a second coordinator) never runs the task twice.
+//!
+//! Per task, from its kind's registry entry ([`JobSpec`]): only kinds this
+//! agent has an executor for (and is configured to run) are run; tasks
+//! with the same [`JobSpec::host_lock`] run one at a time, in the order
+//! they were assigned; and a task running longer than its
+//! [`JobSpec::timeout`] fails, its cancellation fired so the executor
+//! stops. Waiting for a lock or a slot does not count against the timeout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
+use ferry_common::job::{JobKind, JobSpec};
 use ferry_proto::v1 as pb;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::NginxConfig;
-use crate::executor::{self, TaskFailure};
+use crate::executor::{Done, Executor, HostEnv, TaskContext, TaskFailure};
 use crate::health::HealthProbe;
-
-/// What executors need from the host besides the task itself.
-pub struct HostEnv {
-    pub docker: Result<bollard::Docker, String>,
-    pub nginx: NginxConfig,
-}
-
-impl HostEnv {
-    /// The Docker engine, or why it cannot be used.
-    pub fn docker(&self) -> Result<&bollard::Docker, TaskFailure> {
-        self.docker
-            .as_ref()
-            .map_err(|e| TaskFailure::Failed(format!("the Docker engine is unreachable: {e}")))
-    }
-}
 use crate::spool::{Spool, TaskMeta};
 
-/// What an executor uses to report and to notice cancellation.
-#[derive(Clone)]
-pub struct TaskContext {
-    pub task_id: Uuid,
-    pub job_id: Uuid,
-    pub attempt: u32,
-    pub cancel: CancellationToken,
-    pub probe: Arc<HealthProbe>,
-    pub host: Arc<HostEnv>,
-    /// Secret values sent with the task; memory only.
-    pub secrets: Arc<std::collections::BTreeMap<String, String>>,
-    /// Agent clock minus coordinator clock, from the latest Welcome.
-    pub clock_offset_ms: i64,
-    spool: Arc<Spool>,
-    /// The task's trace span, and its open step spans by step name.
-    span: tracing::Span,
-    steps: Arc<Mutex<HashMap<String, tracing::Span>>>,
+/// How long an executor whose task timed out gets to notice its fired
+/// cancellation and clean up before it is dropped.
+pub const TIMEOUT_CLEANUP_GRACE: Duration = Duration::from_secs(10);
+
+/// A task's timeout and host lock, from its spec.
+type Limits = fn(&JobSpec) -> (Duration, Option<String>);
+
+fn spec_limits(spec: &JobSpec) -> (Duration, Option<String>) {
+    (spec.timeout(), spec.host_lock())
 }
 
-impl TaskContext {
-    fn emit(&self, body: pb::event_body::Body) {
-        if let Err(e) = self.spool.append(self.task_id, body) {
-            tracing::error!(task_id = %self.task_id, error = %e, "cannot write to the spool");
+/// One async mutex per host-lock key, dropped when no task holds or waits
+/// for it. Tokio's mutex is fair: waiters get it in the order they came.
+#[derive(Default)]
+struct HostLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl HostLocks {
+    fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(key.to_string()).or_default())
+    }
+
+    /// Forgets `key`'s mutex if `mine` was the last task that used it.
+    fn release(&self, key: &str, mine: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and `mine`: nobody else holds or waits.
+        if Arc::strong_count(&mine) == 2 {
+            map.remove(key);
         }
-    }
-
-    pub fn step_started(&self, step: &str, message: &str) {
-        let span = tracing::info_span!(parent: &self.span, "step", step = %step, ok = tracing::field::Empty);
-        self.steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(step.to_string(), span);
-        self.emit(pb::event_body::Body::StepStarted(pb::StepStarted {
-            step: step.into(),
-            message: message.into(),
-        }));
-    }
-
-    pub fn step_finished(&self, step: &str, ok: bool, message: &str, started: Instant) {
-        if let Some(span) = self
-            .steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(step)
-        {
-            span.record("ok", ok);
-        }
-        self.emit(pb::event_body::Body::StepFinished(pb::StepFinished {
-            step: step.into(),
-            ok,
-            message: message.into(),
-            duration_ms: started.elapsed().as_millis() as i64,
-        }));
-    }
-
-    pub fn log(&self, step: &str, stream: &str, line: &str) {
-        self.emit(pb::event_body::Body::Log(pb::LogLine {
-            step: step.into(),
-            stream: stream.into(),
-            line: line.into(),
-        }));
-    }
-
-    /// Progress in bytes (e.g. an image pull); the percentage follows.
-    pub fn progress_bytes(&self, step: &str, done: u64, total: u64, message: &str) {
-        let percent = if total > 0 {
-            done as f64 * 100.0 / total as f64
-        } else {
-            -1.0
-        };
-        self.emit(pb::event_body::Body::Progress(pb::Progress {
-            step: step.into(),
-            percent,
-            bytes_done: done,
-            bytes_total: total,
-            message: message.into(),
-        }));
-    }
-
-    pub fn progress(&self, step: &str, percent: f64, message: &str) {
-        self.emit(pb::event_body::Body::Progress(pb::Progress {
-            step: step.into(),
-            percent,
-            message: message.into(),
-            ..Default::default()
-        }));
     }
 }
 
@@ -134,6 +69,10 @@ pub struct Runner {
     slots: Arc<Semaphore>,
     running: Mutex<HashMap<Uuid, Running>>,
     clock_offset_ms: AtomicI64,
+    /// What this agent runs and advertises.
+    executors: Vec<&'static dyn Executor>,
+    locks: HostLocks,
+    limits: Limits,
 }
 
 impl Runner {
@@ -142,6 +81,18 @@ impl Runner {
         probe: Arc<HealthProbe>,
         host: Arc<HostEnv>,
         limit: usize,
+        executors: Vec<&'static dyn Executor>,
+    ) -> Arc<Self> {
+        Self::build(spool, probe, host, limit, executors, spec_limits)
+    }
+
+    fn build(
+        spool: Arc<Spool>,
+        probe: Arc<HealthProbe>,
+        host: Arc<HostEnv>,
+        limit: usize,
+        executors: Vec<&'static dyn Executor>,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Runner {
             spool,
@@ -150,7 +101,15 @@ impl Runner {
             slots: Arc::new(Semaphore::new(limit.max(1))),
             running: Mutex::new(HashMap::new()),
             clock_offset_ms: AtomicI64::new(0),
+            executors,
+            locks: HostLocks::default(),
+            limits,
         })
+    }
+
+    /// The job kinds this agent runs: what `Hello.capabilities` says.
+    pub fn capabilities(&self) -> Vec<JobKind> {
+        self.executors.iter().map(|e| e.kind()).collect()
     }
 
     pub fn spool(&self) -> &Arc<Spool> {
@@ -263,15 +222,53 @@ impl Runner {
         kind: &str,
         spec_json: &str,
         ctx: &TaskContext,
-    ) -> Result<executor::Done, TaskFailure> {
-        let _slot = tokio::select! {
-            _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
-            permit = Arc::clone(&self.slots).acquire_owned() => permit.map_err(|_| TaskFailure::Failed("agent shutting down".into()))?,
+    ) -> Result<Done, TaskFailure> {
+        let spec = JobSpec::parse(kind, spec_json).map_err(TaskFailure::Failed)?;
+        let kind = spec.kind();
+        let Some(executor) = self.executors.iter().find(|e| e.kind() == kind) else {
+            let runs: Vec<&str> = self.executors.iter().map(|e| e.kind().as_str()).collect();
+            return Err(TaskFailure::Failed(format!(
+                "this agent does not run {kind} tasks: it runs {} (agent.toml capabilities)",
+                runs.join(", ")
+            )));
         };
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => Err(TaskFailure::Cancelled),
-            r = executor::run(kind, spec_json, ctx) => r,
+        let (timeout, host_lock) = (self.limits)(&spec);
+        let lock = host_lock.map(|key| {
+            let mutex = self.locks.get(&key);
+            (key, mutex)
+        });
+        let result = async {
+            let _held = match &lock {
+                None => None,
+                Some((_, mutex)) => tokio::select! {
+                    _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+                    guard = Arc::clone(mutex).lock_owned() => Some(guard),
+                },
+            };
+            let _slot = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+                permit = Arc::clone(&self.slots).acquire_owned() => permit.map_err(|_| TaskFailure::Failed("agent shutting down".into()))?,
+            };
+            let mut run = std::pin::pin!(executor.run(spec, ctx));
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+                r = &mut run => return r,
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            // Timed out: fire the task's cancellation and give the executor
+            // a moment to act on it (stop containers, undo a switch).
+            ctx.cancel.cancel();
+            let _ = tokio::time::timeout(TIMEOUT_CLEANUP_GRACE, run).await;
+            Err(TaskFailure::Failed(format!(
+                "{kind} task timed out after {}",
+                ferry_common::time::format_duration(timeout)
+            )))
         }
+        .await;
+        if let Some((key, mutex)) = lock {
+            self.locks.release(&key, mutex);
+        }
+        result
     }
 
     /// Handles `Cancel`: the task's executor is dropped at its next await.
@@ -287,5 +284,188 @@ impl Runner {
 
     pub fn running_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use ferry_common::job::ProbeSpec;
+
+    use super::*;
+    use crate::executor::KindExecutor;
+
+    /// A probe executor that sleeps, counting how many run at once, or (if
+    /// `hang`) waits for its cancellation and records that it saw it.
+    #[derive(Default)]
+    struct Fake {
+        hang: bool,
+        now: AtomicUsize,
+        most: AtomicUsize,
+        cleaned_up: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl KindExecutor for Fake {
+        type Spec = ProbeSpec;
+        async fn run(&self, _spec: ProbeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
+            if self.hang {
+                ctx.cancel.cancelled().await;
+                self.cleaned_up.store(true, Ordering::SeqCst);
+                return Err(TaskFailure::Cancelled);
+            }
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(Done::default())
+        }
+    }
+
+    fn start(
+        dir: &std::path::Path,
+        executors: Vec<&'static dyn Executor>,
+        limits: Limits,
+    ) -> (
+        Arc<Runner>,
+        tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>,
+    ) {
+        let spool = Arc::new(Spool::open(dir).unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        spool.attach(tx);
+        let probe = Arc::new(HealthProbe::new("/nonexistent.sock", None, vec![]));
+        let host = Arc::new(HostEnv {
+            docker: Err("no Docker in unit tests".into()),
+            nginx: Default::default(),
+        });
+        (Runner::build(spool, probe, host, 4, executors, limits), rx)
+    }
+
+    fn assign(runner: &Arc<Runner>, kind: &str) {
+        runner.assign(pb::Assign {
+            task: Some(pb::Task {
+                task_id: Uuid::now_v7().to_string(),
+                job_id: Uuid::now_v7().to_string(),
+                kind: kind.into(),
+                spec_json: String::new(),
+                secrets: Default::default(),
+            }),
+            attempt: 1,
+            traceparent: String::new(),
+        });
+    }
+
+    /// The outcomes and messages of the next `n` tasks to finish.
+    async fn finished(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::AgentMessage>,
+        n: usize,
+    ) -> Vec<(pb::TaskOutcome, String)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let msg = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("tasks finish")
+                .expect("spool open");
+            if let Some(pb::agent_message::Msg::TaskEvent(ev)) = msg.msg
+                && let Some(pb::event_body::Body::TaskFinished(f)) = ev.body.and_then(|b| b.body)
+            {
+                out.push((f.outcome(), f.message));
+            }
+        }
+        out
+    }
+
+    fn leak(fake: Fake) -> &'static Fake {
+        Box::leak(Box::new(fake))
+    }
+
+    #[tokio::test]
+    async fn a_task_past_its_timeout_fails_and_its_cancellation_fires() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = leak(Fake {
+            hang: true,
+            ..Fake::default()
+        });
+        let (runner, mut rx) = start(dir.path(), vec![fake], |_| {
+            (Duration::from_millis(50), None)
+        });
+        assign(&runner, "probe");
+        let got = finished(&mut rx, 1).await;
+        assert_eq!(
+            got,
+            [(
+                pb::TaskOutcome::Failed,
+                "probe task timed out after 50ms".to_string()
+            )]
+        );
+        assert!(fake.cleaned_up.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn tasks_with_one_host_lock_run_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = leak(Fake::default());
+        let (runner, mut rx) = start(dir.path(), vec![fake], |_| {
+            (Duration::from_secs(60), Some("deploy:shop/prod".into()))
+        });
+        for _ in 0..3 {
+            assign(&runner, "probe");
+        }
+        let got = finished(&mut rx, 3).await;
+        assert!(
+            got.iter().all(|(o, _)| *o == pb::TaskOutcome::Succeeded),
+            "{got:?}"
+        );
+        assert_eq!(fake.most.load(Ordering::SeqCst), 1);
+        assert!(runner.locks.0.lock().unwrap().is_empty());
+
+        // Without a lock they run side by side, up to the task limit.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = leak(Fake::default());
+        let (runner, mut rx) = start(dir.path(), vec![fake], |_| (Duration::from_secs(60), None));
+        for _ in 0..3 {
+            assign(&runner, "probe");
+        }
+        finished(&mut rx, 3).await;
+        assert_eq!(fake.most.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn kinds_the_agent_does_not_run_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, mut rx) = start(
+            dir.path(),
+            crate::executor::enabled(Some(&[JobKind::Probe])),
+            spec_limits,
+        );
+        assert_eq!(runner.capabilities(), [JobKind::Probe]);
+        assign(&runner, "smoke");
+        assert_eq!(
+            finished(&mut rx, 1).await,
+            [(
+                pb::TaskOutcome::Failed,
+                "smoke spec: missing field `checks` at line 1 column 2".to_string()
+            )]
+        );
+        runner.assign(pb::Assign {
+            task: Some(pb::Task {
+                task_id: Uuid::now_v7().to_string(),
+                job_id: Uuid::now_v7().to_string(),
+                kind: "smoke".into(),
+                spec_json: r#"{"checks":[{"url":"http://127.0.0.1:1/"}]}"#.into(),
+                secrets: Default::default(),
+            }),
+            attempt: 1,
+            traceparent: String::new(),
+        });
+        assert_eq!(
+            finished(&mut rx, 1).await,
+            [(
+                pb::TaskOutcome::Failed,
+                "this agent does not run smoke tasks: it runs probe (agent.toml capabilities)"
+                    .to_string()
+            )]
+        );
     }
 }

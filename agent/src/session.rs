@@ -26,8 +26,9 @@ use tonic::transport::Channel;
 
 use crate::config::{AgentConfig, Identity};
 use crate::error::AgentError;
+use crate::executor::{self, HostEnv};
 use crate::health::HealthProbe;
-use crate::runner::{HostEnv, Runner};
+use crate::runner::Runner;
 use crate::spool::Spool;
 
 /// Tasks an agent runs at once unless `max_concurrent_tasks` says otherwise.
@@ -71,6 +72,7 @@ impl Agent {
             Arc::clone(&probe),
             host,
             config.max_concurrent_tasks.unwrap_or(DEFAULT_TASK_LIMIT),
+            executor::enabled(config.capabilities.as_deref()),
         );
         Ok(Agent {
             config,
@@ -176,7 +178,9 @@ async fn session_once(
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_id: agent.config.agent_id.clone(),
             version: ferry_common::VERSION.into(),
-            capabilities: ferry_common::job::JobKind::ALL
+            capabilities: agent
+                .runner
+                .capabilities()
                 .iter()
                 .map(|k| k.as_str().to_string())
                 .collect(),

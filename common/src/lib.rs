@@ -1,9 +1,17 @@
 //! `ferry-common`: what the coordinator, the agent and the CLI share.
 //!
-//! - [`appfile`]: the app file `ferry.toml` (services, environments,
-//!   rollout, smoke checks): types, parsing and validation with line numbers.
+//! - [`appfile`]: the app file `ferry.toml`: one module per section
+//!   (`environment`, `service` with `ports` and `volumes`, `healthcheck`,
+//!   `secrets`, `smoke`), each with its types, checks, defaults and tests;
+//!   `raw` (the serde layer and the line index), `check` (the checking
+//!   pass), `errors` (problems with file, line and field path) and
+//!   `release` (a release as a deploy spec).
 //! - [`identity`]: SPIFFE identities of agents and operators, roles, names.
-//! - [`job`]: job kinds, typed specs, target selectors, probe results.
+//! - [`job`]: target selectors, probe results, and the job kind registry:
+//!   one module per kind (`probe`, `smoke`, `deploy`) with its spec type and
+//!   its `KindSpec` impl (name, CLI commands, doc, validation, secrets,
+//!   timeout, host lock); `JobKind` and `JobSpec` are generated from the
+//!   registry's one line per kind. `docs/job-kinds.md` describes each kind.
 //! - [`status`]: job statuses, task states, rollout statuses: one spelling each.
 //! - [`pki`]: the certificate authority, CSRs, pins, certificate details.
 //! - [`tls`]: rustls configurations for server and clients, the per-RPC peer

@@ -39,8 +39,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::http::HttpClient;
-use super::{Done, TaskFailure};
-use crate::runner::TaskContext;
+use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
 /// Log lines of a failed container included in the failure.
 const FAILURE_LOG_LINES: usize = 50;
@@ -77,6 +76,17 @@ struct Existing {
     release: String,
     running: bool,
     host_port: Option<u16>,
+}
+
+/// Runs `deploy` tasks.
+pub struct Deploy;
+
+#[async_trait::async_trait]
+impl KindExecutor for Deploy {
+    type Spec = DeploySpec;
+    async fn run(&self, spec: DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
+        run(&spec, ctx).await
+    }
 }
 
 pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {

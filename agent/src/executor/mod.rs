@@ -1,15 +1,24 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
-//! module per kind: [`probe`] (host facts), [`smoke`] (HTTP checks),
-//! [`deploy`] (containers on the Docker engine); [`http`] is their HTTP client.
+//! module per kind, each with one [`Executor`]: [`probe`] (host facts),
+//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine).
+//! [`executors`] lists them: it is what the runner dispatches to and what
+//! the agent advertises. [`context`] is what an executor is handed besides
+//! its spec; [`http`] is the executors' HTTP client.
+//!
+//! A new kind: its module here with a [`KindExecutor`] impl, and one line
+//! in [`executors`]. A test fails for a kind of [`JobKind::ALL`] with no
+//! executor, or with two.
 
-use ferry_common::job::JobSpec;
+use async_trait::async_trait;
+use ferry_common::job::{JobKind, JobSpec, Registered};
 
-use crate::runner::TaskContext;
-
+pub mod context;
 pub mod deploy;
 pub mod http;
 pub mod probe;
 pub mod smoke;
+
+pub use context::{HostEnv, TaskContext};
 
 /// A task that succeeded.
 #[derive(Debug, Clone, Default)]
@@ -25,11 +34,74 @@ pub enum TaskFailure {
     Failed(String),
 }
 
-/// Runs one task of `kind` with its JSON spec.
-pub async fn run(kind: &str, spec_json: &str, ctx: &TaskContext) -> Result<Done, TaskFailure> {
-    match JobSpec::parse(kind, spec_json).map_err(TaskFailure::Failed)? {
-        JobSpec::Probe(_) => probe::run(ctx).await,
-        JobSpec::Smoke(spec) => smoke::run(&spec, ctx).await,
-        JobSpec::Deploy(spec) => deploy::run(&spec, ctx).await,
+/// Runs the tasks of one job kind. Implement [`KindExecutor`] instead: it
+/// hands the executor its own spec type, and this follows.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    fn kind(&self) -> JobKind;
+    async fn run(&self, spec: JobSpec, ctx: &TaskContext) -> Result<Done, TaskFailure>;
+}
+
+/// An executor of the kind whose spec is `Spec`.
+#[async_trait]
+pub trait KindExecutor: Send + Sync + 'static {
+    type Spec: Registered;
+    async fn run(&self, spec: Self::Spec, ctx: &TaskContext) -> Result<Done, TaskFailure>;
+}
+
+#[async_trait]
+impl<E: KindExecutor> Executor for E {
+    fn kind(&self) -> JobKind {
+        <E::Spec as Registered>::KIND
+    }
+
+    async fn run(&self, spec: JobSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
+        match E::Spec::try_from(spec) {
+            Ok(spec) => KindExecutor::run(self, spec, ctx).await,
+            Err(other) => Err(TaskFailure::Failed(format!(
+                "the {} executor was handed a {} spec",
+                self.kind(),
+                other.kind()
+            ))),
+        }
+    }
+}
+
+/// Every executor this agent has, one per job kind.
+pub fn executors() -> &'static [&'static dyn Executor] {
+    &[&probe::Probe, &smoke::Smoke, &deploy::Deploy]
+}
+
+/// The executors of `kinds` (every one if `None`), in registry order.
+pub fn enabled(kinds: Option<&[JobKind]>) -> Vec<&'static dyn Executor> {
+    executors()
+        .iter()
+        .copied()
+        .filter(|e| kinds.is_none_or(|k| k.contains(&e.kind())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_exactly_one_executor() {
+        for kind in JobKind::ALL {
+            let n = executors().iter().filter(|e| e.kind() == *kind).count();
+            assert_eq!(n, 1, "job kind {kind} has {n} executors; it needs one");
+        }
+        assert_eq!(executors().len(), JobKind::ALL.len());
+    }
+
+    #[test]
+    fn capabilities_narrow_the_executors() {
+        let kinds: Vec<JobKind> = enabled(None).iter().map(|e| e.kind()).collect();
+        assert_eq!(kinds, JobKind::ALL);
+        let kinds: Vec<JobKind> = enabled(Some(&[JobKind::Deploy, JobKind::Probe]))
+            .iter()
+            .map(|e| e.kind())
+            .collect();
+        assert_eq!(kinds, [JobKind::Probe, JobKind::Deploy]);
     }
 }

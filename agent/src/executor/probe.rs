@@ -3,10 +3,20 @@
 
 use std::time::Instant;
 
-use ferry_common::job::HostFacts;
+use ferry_common::job::{HostFacts, ProbeSpec};
 
-use super::{Done, TaskFailure};
-use crate::runner::TaskContext;
+use super::{Done, KindExecutor, TaskContext, TaskFailure};
+
+/// Runs `probe` tasks.
+pub struct Probe;
+
+#[async_trait::async_trait]
+impl KindExecutor for Probe {
+    type Spec = ProbeSpec;
+    async fn run(&self, _spec: ProbeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
+        run(ctx).await
+    }
+}
 
 pub async fn run(ctx: &TaskContext) -> Result<Done, TaskFailure> {
     let mut facts = HostFacts {

@@ -7,8 +7,18 @@ use std::time::{Duration, Instant};
 use ferry_common::job::{HttpCheck, SmokeSpec};
 
 use super::http::HttpClient;
-use super::{Done, TaskFailure};
-use crate::runner::TaskContext;
+use super::{Done, KindExecutor, TaskContext, TaskFailure};
+
+/// Runs `smoke` tasks.
+pub struct Smoke;
+
+#[async_trait::async_trait]
+impl KindExecutor for Smoke {
+    type Spec = SmokeSpec;
+    async fn run(&self, spec: SmokeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
+        run(&spec, ctx).await
+    }
+}
 
 pub async fn run(spec: &SmokeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     let client = HttpClient::default();

@@ -447,20 +447,27 @@ impl Core {
         Ok(())
     }
 
-    /// The secret values a task needs, decrypted just before they are sent
-    /// (deploy: each service's secrets and its registry credentials).
+    /// The secret values a task needs, as its kind says
+    /// ([`JobSpec::secret_names`], e.g. a deploy's services' secrets and
+    /// registry credentials), decrypted just before they are sent.
     async fn task_secrets(
         &self,
         job: &JobRecord,
     ) -> Result<BTreeMap<String, String>, CoordinatorError> {
-        let Ok(JobSpec::Deploy(spec)) = JobSpec::parse(&job.kind, &job.spec_json) else {
+        let Ok(spec) = JobSpec::parse(&job.kind, &job.spec_json) else {
             return Ok(BTreeMap::new());
         };
         let names = spec.secret_names();
         if names.is_empty() {
             return Ok(BTreeMap::new());
         }
-        self.resolve_secrets(&spec.app, &spec.env, &names).await
+        let Some((app, env)) = spec.secret_scope() else {
+            return Err(CoordinatorError::Internal(format!(
+                "{} tasks name secrets but no app and environment to read them from",
+                spec.kind()
+            )));
+        };
+        self.resolve_secrets(app, env, &names).await
     }
 
     /// After `Hello`: acknowledges what the agent holds that is already

@@ -1,0 +1,344 @@
+//! `deploy`: one release of an app's services on one host, and the Docker
+//! names of what it creates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::KindSpec;
+
+/// `deploy`'s spec: one release of an app's services on one host, as the
+/// coordinator resolved it from the app file. Secret values are not in
+/// it: they travel only in `Assign.task.secrets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub app: String,
+    pub env: String,
+    /// The release (version) being deployed, e.g. "1.4.2".
+    pub release: String,
+    pub services: Vec<ServiceDeploy>,
+}
+
+/// One service of a [`DeploySpec`], fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDeploy {
+    pub name: String,
+    pub image: String,
+    pub pull: PullPolicy,
+    /// Names of the secrets holding registry credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secrets injected as environment variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    pub restart: RestartPolicy,
+    pub health: HealthGate,
+    pub strategy: Strategy,
+}
+
+/// When to pull a service's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    Always,
+    IfMissing,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username_secret: String,
+    pub password_secret: String,
+}
+
+/// A container port; `host` publishes it on a fixed host port (recreate only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub container: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<u16>,
+    /// The host address `host` is published on; every address if none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
+}
+
+/// A named volume (`<app>-<env>-<name>` on the host) mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub name: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Docker's restart policy for a service's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure,
+}
+
+/// How a new release replaces the old one on a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop the old container, then start the new one (what compose does):
+    /// a short outage, but never two containers at once (fixed host ports,
+    /// databases).
+    Recreate,
+    /// Start the new container beside the old one, gate on health, switch
+    /// nginx to it, then stop the old one: no outage.
+    BlueGreen,
+}
+
+// The app file spells these as the spec's JSON does (`if-missing`,
+// `blue-green`); `FromStr` refuses anything else, naming what is accepted.
+macro_rules! keyword_enum {
+    ($ty:ident, $what:literal, $($variant:ident => $text:literal),+) => {
+        impl $ty {
+            pub const ALL: &[$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $ty::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let known: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("{s:?} is not {}; expected {}", $what, super::one_of(&known))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum!(PullPolicy, "a pull policy",
+    Always => "always", IfMissing => "if-missing", Never => "never");
+keyword_enum!(RestartPolicy, "a restart policy",
+    No => "no", Always => "always", UnlessStopped => "unless-stopped", OnFailure => "on-failure");
+keyword_enum!(Strategy, "a strategy", Recreate => "recreate", BlueGreen => "blue-green");
+
+/// When a new container counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthGate {
+    pub check: HealthCheck,
+    #[serde(with = "crate::time::serde_duration")]
+    pub interval: std::time::Duration,
+    #[serde(with = "crate::time::serde_duration")]
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheck {
+    /// `GET path` on the first container port answers 2xx.
+    Http { path: String },
+    /// The image's own Docker HEALTHCHECK reports healthy.
+    Docker,
+    /// Still running, without restarts, after this long (workers).
+    RunningFor(#[serde(with = "crate::time::serde_duration")] std::time::Duration),
+}
+
+/// What a deploy may take besides its health gates: image pulls, container
+/// starts and stops, nginx reloads and drains.
+pub const DEPLOY_TIMEOUT_BASE: Duration = Duration::from_secs(30 * 60);
+
+impl KindSpec for DeploySpec {
+    const NAME: &'static str = "deploy";
+    const CLI: &'static [&'static str] = &["deploy", "rollback"];
+    const DOC: &'static str =
+        "Start a release of an app's services on the host's Docker engine, gated on health.";
+
+    fn validate(&self) -> Result<(), String> {
+        if self.services.is_empty() {
+            return Err("deploy spec: services: at least one service is required".into());
+        }
+        Ok(())
+    }
+
+    fn secret_names(&self) -> Vec<String> {
+        DeploySpec::secret_names(self)
+    }
+
+    fn secret_scope(&self) -> Option<(&str, &str)> {
+        Some((&self.app, &self.env))
+    }
+
+    /// [`DEPLOY_TIMEOUT_BASE`] and, per service, the longest its health
+    /// gate can take.
+    fn timeout(&self) -> Duration {
+        DEPLOY_TIMEOUT_BASE
+            + self
+                .services
+                .iter()
+                .map(|s| s.health.longest())
+                .sum::<Duration>()
+    }
+
+    /// Two deploys of one app's environment on one host would race for
+    /// its containers, network and nginx upstreams.
+    fn host_lock(&self) -> Option<String> {
+        Some(format!("deploy:{}/{}", self.app, self.env))
+    }
+}
+
+impl HealthGate {
+    /// The longest this gate waits before it gives up.
+    pub fn longest(&self) -> Duration {
+        match self.check {
+            HealthCheck::RunningFor(d) => d + self.interval,
+            HealthCheck::Http { .. } | HealthCheck::Docker => {
+                (self.interval + self.timeout) * self.retries.max(1)
+            }
+        }
+    }
+}
+
+impl DeploySpec {
+    /// Every secret the release needs (each service's, and its registry
+    /// credentials), sorted, without repeats.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for svc in &self.services {
+            names.extend(svc.secrets.iter().cloned());
+            if let Some(auth) = &svc.registry_auth {
+                names.push(auth.username_secret.clone());
+                names.push(auth.password_secret.clone());
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl ServiceDeploy {
+    /// The port health checks and blue-green switching use.
+    pub fn http_port(&self) -> Option<u16> {
+        self.ports.first().map(|p| p.container)
+    }
+}
+
+/// Docker names and labels of an app's objects on a host. Every name
+/// carries app and env, so environments of one app share a host safely.
+pub mod naming {
+    pub const LABEL_APP: &str = "ferry.app";
+    pub const LABEL_ENV: &str = "ferry.env";
+    pub const LABEL_SERVICE: &str = "ferry.service";
+    pub const LABEL_RELEASE: &str = "ferry.release";
+
+    pub fn container(app: &str, env: &str, service: &str, release: &str) -> String {
+        // Docker names allow [a-zA-Z0-9_.-]; versions may carry '+'.
+        let release: String = release
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{app}-{env}-{service}-{release}")
+    }
+
+    pub fn network(app: &str, env: &str) -> String {
+        format!("{app}-{env}")
+    }
+
+    pub fn volume(app: &str, env: &str, name: &str) -> String {
+        format!("{app}-{env}-{name}")
+    }
+
+    /// The registry host an image reference names, if any
+    /// (`127.0.0.1:5000/app:1`, `registry.example.com/team/app`).
+    pub fn registry_host(image: &str) -> Option<String> {
+        let (first, _) = image.split_once('/')?;
+        (first.contains('.') || first.contains(':') || first == "localhost")
+            .then(|| first.to_string())
+    }
+
+    /// The nginx upstream include file of a blue-green service.
+    pub fn upstream_file(app: &str, env: &str, service: &str) -> String {
+        format!("{app}-{env}-{service}.conf")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_read_as_they_serialize() {
+        fn check<
+            T: Serialize + std::str::FromStr<Err = String> + PartialEq + std::fmt::Debug + Copy,
+        >(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+        ) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), as_str(*v));
+                assert_eq!(as_str(*v).parse::<T>().unwrap(), *v);
+            }
+        }
+        check(PullPolicy::ALL, PullPolicy::as_str);
+        check(RestartPolicy::ALL, RestartPolicy::as_str);
+        check(Strategy::ALL, Strategy::as_str);
+        assert_eq!(
+            "sometimes".parse::<PullPolicy>().unwrap_err(),
+            "\"sometimes\" is not a pull policy; expected always, if-missing or never"
+        );
+    }
+
+    #[test]
+    fn registry_hosts() {
+        use naming::registry_host;
+        assert_eq!(
+            registry_host("127.0.0.1:5000/app:1"),
+            Some("127.0.0.1:5000".into())
+        );
+        assert_eq!(
+            registry_host("registry.example.com/team/app:1"),
+            Some("registry.example.com".into())
+        );
+        assert_eq!(registry_host("localhost/app"), Some("localhost".into()));
+        assert_eq!(registry_host("library/nginx:1"), None);
+        assert_eq!(registry_host("app:1"), None);
+    }
+}
