@@ -36,7 +36,7 @@
 //!
 //! A new section (say `database`) is a new module with its typed value, its
 //! raw serde table, its `Check` method, its defaults and its tests; then one
-//! field in [`AppFile`] and one in `raw::AppFile`, and one line in
+//! field in [`AppFile`] and one in `RawAppFile`, and one line in
 //! `Check::app_file` that calls the section's method.
 //! Pull and restart policies and strategies are the deploy spec's own
 //! types ([`crate::job`]), so the file and the job cannot disagree on them.
@@ -73,7 +73,11 @@ pub use service::{MIN_MEMORY_BYTES, PLACEHOLDERS, Service, parse_memory};
 pub use volumes::VolumeMount;
 
 use check::{Check, at_least_one, dns_name};
+use environment::RawEnvironment;
 use raw::{FieldPath, Index};
+use serde::Deserialize;
+use service::RawService;
+use smoke::RawSmoke;
 
 // Docker names and labels are `crate::job::naming`'s: the deploy executor
 // and this file must agree on them.
@@ -126,6 +130,26 @@ pub fn load(path: &Path) -> Result<AppFile, AppFileError> {
     parse(&file, &text)
 }
 
+/// The top-level table as serde reads it (each section's own in its module).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAppFile {
+    app: Option<String>,
+    rollout: Option<RawRollout>,
+    #[serde(default)]
+    environments: BTreeMap<String, RawEnvironment>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    smoke: Vec<RawSmoke>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    max_parallel: Option<i64>,
+}
+
 /// Parses and validates an app file. `path_for_messages` names the file in
 /// errors. Reports every problem found, not just the first.
 pub fn parse(path_for_messages: &str, text: &str) -> Result<AppFile, AppFileError> {
@@ -140,7 +164,7 @@ pub fn parse(path_for_messages: &str, text: &str) -> Result<AppFile, AppFileErro
             syntax.iter().map(|e| index.serde_problem(e)).collect(),
         ));
     }
-    let raw: raw::AppFile = serde::Deserialize::deserialize(toml::de::Deserializer::from(doc))
+    let raw: RawAppFile = serde::Deserialize::deserialize(toml::de::Deserializer::from(doc))
         .map_err(|e| invalid(vec![index.serde_problem(&e)]))?;
     let mut check = Check::default();
     let app = check.app_file(raw, &index);
@@ -163,7 +187,7 @@ pub fn parse(path_for_messages: &str, text: &str) -> Result<AppFile, AppFileErro
 }
 
 impl Check {
-    fn app_file(&mut self, raw: raw::AppFile, index: &Index) -> AppFile {
+    fn app_file(&mut self, raw: RawAppFile, index: &Index) -> AppFile {
         let root = FieldPath::default();
         let app_path = root.key("app");
         let app = match raw.app {

@@ -1,9 +1,10 @@
 //! The serde layer: every table with `deny_unknown_fields`, every value as
 //! loose as TOML allows, so that the checking pass sees (and reports) as
-//! much as possible. The top-level table and the values several sections
-//! use ([`Scalar`]) are here; each section's own table is in its module
-//! (`RawService` in `service`, ...). And where everything is: field paths
-//! and the index of lines they are found at.
+//! much as possible. The values several sections use ([`Scalar`]) are
+//! here; each section's own table is in its module (`RawService` in
+//! `service`, ...) and the top-level table in the parent, so this module
+//! depends on no section. And where everything is: field paths and the
+//! index of lines they are found at.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,29 +15,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::environment::RawEnvironment;
 use super::errors::Problem;
-use super::service::RawService;
-use super::smoke::RawSmoke;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppFile {
-    pub app: Option<String>,
-    pub rollout: Option<Rollout>,
-    #[serde(default)]
-    pub environments: BTreeMap<String, RawEnvironment>,
-    #[serde(default)]
-    pub services: BTreeMap<String, RawService>,
-    #[serde(default)]
-    pub smoke: Vec<RawSmoke>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rollout {
-    pub max_parallel: Option<i64>,
-}
 
 /// A string, an integer or a boolean: environment values (`PORT = 3000`
 /// is as natural in TOML as `PORT = "3000"`), ports, sizes.
