@@ -14,6 +14,7 @@
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes; [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`redact`]: replacing secret values in log lines with `[redacted:NAME]`.
+//! - [`secret`]: the rules for secrets' names and values.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
 pub mod appfile;
@@ -28,6 +29,7 @@ pub mod job;
 pub mod labels;
 pub mod pki;
 pub mod redact;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
