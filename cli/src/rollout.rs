@@ -384,6 +384,38 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_names_hosts_batches_and_what_a_failure_returns_to() {
+        let mut r = rollout();
+        r.max_parallel = 1;
+        r.smoke_checks = 2;
+        r.services = vec![pb::RolloutService {
+            name: "web".into(),
+            image: "shop:1.2".into(),
+            strategy: "blue-green".into(),
+        }];
+        r.batches = vec![pb::RolloutBatch {
+            hosts: vec![pb::RolloutHost {
+                agent: "web-1".into(),
+                online: true,
+                ..Default::default()
+            }],
+        }];
+        let text = text_of(&Plan(r));
+        assert_eq!(
+            text,
+            "Plan: deploy shop 1.2 to staging — 1 host(s) in 1 batch(es) of up to 1\n\
+             \x20 service web          shop:1.2  (blue-green)\n\
+             \x20 batch 1: web-1\n\
+             \x20 smoke: 2 check(s) after each batch\n\
+             \x20 previous release: 1.1 (restored on failure)\n"
+        );
+        let plan = Plan(rollout());
+        let shown = crate::render::TextOnly(&plan);
+        assert_eq!(shown.json_style(), crate::render::Json::None);
+        assert_eq!(json_of(&plan)["id"], "r1");
+    }
+
+    #[test]
     fn releases_table() {
         let text = text_of(&Releases {
             app: "shop".into(),
