@@ -12,7 +12,7 @@
 use std::io::{self, Write};
 
 use clap::ValueEnum;
-use comfy_table::{ContentArrangement, Row, Table, presets};
+use comfy_table::{ColumnConstraint, ContentArrangement, Row, Table, Width, presets};
 use ferry_common::exit;
 use ferry_common::time::rfc3339_ms;
 use serde::Serialize;
@@ -177,7 +177,11 @@ where
     }
     let last = header.len().saturating_sub(1);
     for (i, column) in t.column_iter_mut().enumerate() {
-        column.set_padding((0, if i == last { 0 } else { 2 }));
+        let gap = if i == last { 0 } else { 2 };
+        column.set_padding((0, gap));
+        // Headers stay whole (the width counts the padding); cells give way.
+        let width = header.get(i).map_or(0, |h| h.chars().count()) as u16 + gap;
+        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
     }
     t.lines().map(|l| l.trim_end().to_string()).collect()
 }
