@@ -268,6 +268,44 @@ mod tests {
         assert!(json[1]["last_seen"].is_null());
     }
 
+    /// The exact document scripts parse: field names, their order (sorted,
+    /// as always) and how absent times and health show.
+    #[test]
+    fn agents_json_is_the_documented_contract() {
+        let list = List {
+            agents: vec![agent()],
+            now_ms: 0,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        crate::render::Printer::new(crate::Output::Json, false)
+            .write(&list, &mut out, &mut err)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"[
+  {
+    "capabilities": [
+      "docker",
+      "nginx"
+    ],
+    "enrolled_at": null,
+    "health": null,
+    "hostname": "",
+    "id": "a1",
+    "labels": {
+      "env": "staging"
+    },
+    "last_seen": "2023-11-14T22:13:20Z",
+    "name": "web-1",
+    "revoked_at": null,
+    "state": "online",
+    "version": "0.1.0"
+  }
+]
+"#
+        );
+    }
+
     #[test]
     fn revocation() {
         let v = View::Revoked(Box::new(Revoked {
