@@ -23,6 +23,7 @@
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes; [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`redact`]: replacing secret values in log lines with `[redacted:NAME]`.
+//! - [`secret`]: the rules for secrets' names and values.
 //! - [`telemetry`]: logging, OpenTelemetry export (OTLP) and W3C trace context.
 
 pub mod appfile;
@@ -37,6 +38,7 @@ pub mod job;
 pub mod labels;
 pub mod pki;
 pub mod redact;
+pub mod secret;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -21,14 +21,12 @@
 //! - [`job`]: the pure job and task state machines.
 //! - [`store`]: the persistent state on SQLite or PostgreSQL.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`cli`]: the `ferry` operator CLI.
 //! - [`wire`]: bounds and character checks of free text that arrives over the network.
 //! - [`error`]: the error type and its mapping to gRPC statuses.
 
 pub mod admin;
 pub mod agents;
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -38,6 +38,19 @@ fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// A pipe whose reading end is already closed: the first write to it fails
+/// with a broken pipe.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let (writer, reader) = tokio::net::unix::pipe::pipe().unwrap();
+    drop(reader);
+    writer.into_blocking_fd().unwrap()
+}
+
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -164,6 +177,20 @@ fn operator_workflow_with_the_real_binaries() {
     }
     let text = ferry(&admin, &["agents"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("web-1"));
+    // A listing whose reader went away (`ferry agents | head -0`) ends
+    // quietly with 0, not with a panic about a broken pipe.
+    for args in [&["agents"][..], &["operator", "ls", "--output", "json"]] {
+        let out = Command::new(bin::path("ferry"))
+            .arg("--credentials")
+            .arg(&admin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
 
     // A viewer reads but cannot create tokens: exit 4 and a reason.
     let viewer = tmp.path().join("vera.credentials");

@@ -31,6 +31,7 @@ pub fn agent(a: AgentRecord, state: AgentState) -> pb::Agent {
         enrolled_at_ms: a.enrolled_at_ms,
         health,
         revoked_at_ms: a.revoked_at_ms.unwrap_or(0),
+        capabilities: a.capabilities,
     }
 }
 

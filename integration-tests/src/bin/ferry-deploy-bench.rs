@@ -254,7 +254,7 @@ retries = 600
 }
 
 /// `ferry deploy`'s pause between looks at a rollout: from 2 ms, doubling
-/// to 200 ms (coordinator/src/cli/rollout.rs).
+/// to 200 ms (cli/src/rollout.rs).
 const ROLLOUT_POLL_FIRST: Duration = Duration::from_millis(2);
 const ROLLOUT_POLL_MAX: Duration = Duration::from_millis(200);
 

@@ -1,7 +1,7 @@
 //! `ferry`: the operator CLI.
 
 use clap::Parser;
-use ferry_coordinator::cli::{self, Cli, CliEnv};
+use ferry_cli::{Cli, CliEnv};
 use std::io::IsTerminal;
 
 #[tokio::main]
@@ -15,7 +15,7 @@ async fn main() {
         stdout_is_terminal: std::io::stdout().is_terminal(),
         stdin_is_terminal: std::io::stdin().is_terminal(),
     };
-    let code = cli::run(cli, env).await;
+    let code = ferry_cli::run(cli, env).await;
     telemetry.shutdown();
     std::process::exit(code);
 }

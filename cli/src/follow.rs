@@ -1,7 +1,9 @@
-//! `ferry watch`: a job's events as they happen. On a terminal, one line per
-//! agent with a spinner (or a bar when the step reports a percentage) and
-//! its current step, redrawn in place, with log lines printed above; plain
-//! lines otherwise; one JSON object per line with `--output json`. A lost
+//! Following a job (`ferry watch`, `ferry probe`, each step of a rollout):
+//! its events as they happen. On a terminal, one line per agent with a
+//! spinner (or a bar when the step reports a percentage) and its current
+//! step, redrawn in place (on stderr), with log lines printed above; plain
+//! lines otherwise; one JSON object per line with `--output json`. Each
+//! event is an [`Event`] view, printed by the one printer. A lost
 //! connection is resumed from the last event shown, without gaps or repeats.
 
 use std::collections::HashMap;
@@ -12,9 +14,11 @@ use ferry_common::exit;
 use ferry_common::time::rfc3339_ms;
 use ferry_proto::v1 as pb;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Cli, CliEnv, CliError, Output, connect};
+use crate::render::{Json, Note, Render, Text};
+use crate::{CliError, Ctx};
 
 /// How long a watch keeps trying to reconnect before giving up.
 const RECONNECT_FOR: Duration = Duration::from_secs(300);
@@ -117,6 +121,28 @@ fn suffix(m: &str) -> String {
         String::new()
     } else {
         format!(" — {m}")
+    }
+}
+
+/// One event of a followed job: a line of text, or one JSON object per line.
+#[derive(Debug)]
+pub struct Event<'a>(pub &'a pb::JobEvent);
+
+impl Serialize for Event<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        event_json(self.0).serialize(s)
+    }
+}
+
+impl Render for Event<'_> {
+    fn text(&self, t: &mut Text<'_>) -> std::io::Result<()> {
+        match event_line(self.0) {
+            Some(line) => writeln!(t.out, "{line}"),
+            None => Ok(()),
+        }
+    }
+    fn json_style(&self) -> Json {
+        Json::Line
     }
 }
 
@@ -238,13 +264,8 @@ fn done_style() -> ProgressStyle {
 
 /// Follows a job until it ends; returns the exit code for its status.
 /// `quiet` shows nothing (used by `ferry probe --output json`).
-pub async fn follow(
-    cli: &Cli,
-    env: &CliEnv,
-    job_id: &str,
-    quiet: bool,
-) -> Result<(pb::Job, i32), CliError> {
-    let mut session = connect(cli, env).await?;
+pub async fn follow(ctx: &Ctx, job_id: &str, quiet: bool) -> Result<(pb::Job, i32), CliError> {
+    let mut session = ctx.connect().await?;
     let job = session
         .client
         .get_job(pb::GetJobRequest {
@@ -254,15 +275,15 @@ pub async fn follow(
         .into_inner()
         .job
         .unwrap_or_default();
-    let json = cli.output == Output::Json;
-    let bars = (!quiet && !json && env.stdout_is_terminal).then(|| Bars::new(&job));
-    if !quiet && !json && bars.is_none() {
-        println!(
+    let json = ctx.json();
+    let bars = (!quiet && !json && ctx.env.stdout_is_terminal).then(|| Bars::new(&job));
+    if !quiet && bars.is_none() {
+        ctx.print(&Note(format!(
             "job {} ({}) on {} agent(s)",
             job.id,
             job.kind,
             job.tasks.len()
-        );
+        )))?;
     }
     let mut last_seq = 0u64;
     let mut backoff = FullJitter::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -279,7 +300,7 @@ pub async fn follow(
             Ok(s) => s.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 reconnect_wait(&mut lost_since, &mut backoff, &status).await?;
-                session = match connect(cli, env).await {
+                session = match ctx.connect().await {
                     Ok(s) => s,
                     Err(_) => continue,
                 };
@@ -300,12 +321,9 @@ pub async fn follow(
                     if quiet {
                         continue;
                     }
-                    if json {
-                        println!("{}", event_json(&e));
-                    } else if let Some(b) = &bars {
-                        b.show(&e);
-                    } else if let Some(line) = event_line(&e) {
-                        println!("{line}");
+                    match &bars {
+                        Some(b) => b.show(&e),
+                        None => ctx.print(&Event(&e))?,
                     }
                 }
                 Ok(None) => break true,
@@ -319,7 +337,7 @@ pub async fn follow(
                     ) =>
                 {
                     reconnect_wait(&mut lost_since, &mut backoff, &status).await?;
-                    if let Ok(s) = connect(cli, env).await {
+                    if let Ok(s) = ctx.connect().await {
                         session = s;
                     }
                     break false;
@@ -353,14 +371,11 @@ async fn reconnect_wait(
 ) -> Result<(), CliError> {
     let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
     if since.elapsed() > RECONNECT_FOR {
-        return Err(CliError {
-            code: exit::UNAVAILABLE,
-            message: format!(
-                "lost the coordinator for more than {}s: {}",
-                RECONNECT_FOR.as_secs(),
-                ferry_common::tls::error_chain(status)
-            ),
-        });
+        return Err(CliError::unavailable(format!(
+            "lost the coordinator for more than {}s: {}",
+            RECONNECT_FOR.as_secs(),
+            ferry_common::tls::error_chain(status)
+        )));
     }
     tracing::info!("watch connection lost; resuming");
     tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;

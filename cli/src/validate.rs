@@ -1,36 +1,66 @@
 //! `ferry validate`: checks an app file locally, with no credentials and no
 //! coordinator, so it can run in CI and in editors before any deploy.
 
-use std::path::Path;
+use std::io;
+use std::path::PathBuf;
 
 use ferry_common::appfile::{self, AppFile, AppFileError};
 use ferry_common::exit;
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{CliError, Output};
+use crate::render::{Render, Text};
+use crate::{CliError, Ctx};
 
-/// Prints what is wrong with `file` (every problem, one per line, to
-/// stderr) or a one-line summary (stdout); JSON goes to stdout either way,
-/// so scripts read one document. Exits 2 on any problem.
-pub fn validate(output: Output, file: &Path) -> Result<i32, CliError> {
-    let name = file.display().to_string();
-    let result = appfile::load(file);
-    if output == Output::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report(&name, &result)).unwrap_or_default()
-        );
-    } else {
-        match &result {
-            Ok(app) => println!("{name}: ok ({})", summary(app)),
-            Err(e) => eprintln!("{e}"),
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check an app file (ferry.toml) without contacting the coordinator;
+    /// every problem is printed with its line, exit 2 if there is any.
+    Validate {
+        /// The app file.
+        #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
+        file: PathBuf,
+    },
+}
+
+pub async fn run(command: Command, _: &Ctx) -> Result<View, CliError> {
+    let Command::Validate { file } = command;
+    Ok(View {
+        file: file.display().to_string(),
+        result: appfile::load(&file),
+    })
+}
+
+/// What is wrong with a file (every problem, one per line, to stderr) or a
+/// one-line summary (stdout); JSON goes to stdout either way, so scripts
+/// read one document. Exits 2 on any problem.
+#[derive(Debug)]
+pub struct View {
+    pub file: String,
+    pub result: Result<AppFile, AppFileError>,
+}
+
+impl Serialize for View {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        report(&self.file, &self.result).serialize(s)
+    }
+}
+
+impl Render for View {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        match &self.result {
+            Ok(app) => writeln!(t.out, "{}: ok ({})", self.file, summary(app)),
+            Err(e) => writeln!(t.err, "{e}"),
         }
     }
-    Ok(if result.is_ok() {
-        exit::OK
-    } else {
-        exit::USAGE
-    })
+
+    fn exit_code(&self) -> i32 {
+        if self.result.is_ok() {
+            exit::OK
+        } else {
+            exit::USAGE
+        }
+    }
 }
 
 /// "app tecket, 2 environments, 1 service".

@@ -1,0 +1,127 @@
+//! The one place failures become exit codes and messages: a gRPC status
+//! maps to a code here ([`From<tonic::Status>`]), and [`report`] prints a
+//! failed command's error.
+
+use std::io::Write;
+
+use ferry_common::exit;
+use ferry_common::tls;
+
+use crate::render::Output;
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::FAILED,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        CliError {
+            code: exit::UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+
+    /// Whoever read standard output stopped (`ferry jobs | head`): not a
+    /// failure, and nothing more to say; the command ends quietly with 0.
+    pub fn stdout_closed() -> Self {
+        CliError {
+            code: exit::OK,
+            message: String::new(),
+        }
+    }
+
+    /// A failed write to standard output: a closed pipe ends quietly, any
+    /// other error fails.
+    pub fn from_write(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CliError::stdout_closed()
+        } else {
+            CliError::failed(format!("cannot write to standard output: {e}"))
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The one place a gRPC status becomes an exit code and a message.
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        let code = match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => exit::REFUSED,
+            Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+            Code::InvalidArgument => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        let message = if status.code() == Code::Unavailable {
+            format!("coordinator unavailable: {}", tls::error_chain(&status))
+        } else {
+            status.message().to_string()
+        };
+        CliError { code, message }
+    }
+}
+
+/// Prints a failed command's error on stderr (`error: …`, or
+/// `{"error", "exit_code"}` with `--output json`) and returns its exit code.
+pub fn report(e: &CliError, output: Output) -> i32 {
+    if e.code == exit::OK {
+        // Standard output was closed: nothing to report.
+        return exit::OK;
+    }
+    let mut stderr = std::io::stderr().lock();
+    // Nowhere left to complain to if stderr is closed too.
+    let _ = if output == Output::Json {
+        let body = serde_json::json!({ "error": e.message, "exit_code": e.code });
+        writeln!(stderr, "{body}")
+    } else {
+        writeln!(stderr, "error: {}", e.message)
+    };
+    e.code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        let code = |c| CliError::from(tonic::Status::new(c, "x")).code;
+        assert_eq!(code(tonic::Code::PermissionDenied), exit::REFUSED);
+        assert_eq!(code(tonic::Code::Unauthenticated), exit::REFUSED);
+        assert_eq!(code(tonic::Code::Unavailable), exit::UNAVAILABLE);
+        assert_eq!(code(tonic::Code::InvalidArgument), exit::USAGE);
+        assert_eq!(code(tonic::Code::NotFound), exit::FAILED);
+    }
+
+    #[test]
+    fn a_closed_pipe_is_quiet_and_other_write_errors_fail() {
+        let closed = CliError::from_write(std::io::ErrorKind::BrokenPipe.into());
+        assert_eq!(closed.code, exit::OK);
+        assert_eq!(report(&closed, Output::Text), exit::OK);
+        let full = CliError::from_write(std::io::Error::other("disk full"));
+        assert_eq!(full.code, exit::FAILED);
+        assert!(full.message.contains("disk full"));
+    }
+}

@@ -1,0 +1,114 @@
+//! `ferry`, the operator CLI. Every command but `validate` and
+//! `completions` talks to the coordinator over mutually authenticated gRPC
+//! with the operator's credentials file, prints text for people or JSON
+//! (`--output json`) for scripts, and exits with the codes in
+//! [`ferry_common::exit`].
+//!
+//! One module per capability, each owning its clap arguments, a `run` that
+//! does the RPCs and returns a view, and that view's rendering:
+//!
+//! - [`status`], [`agents`], [`tokens`], [`operators`]: the coordinator,
+//!   its agents, join tokens and operators.
+//! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
+//!   streams a job's events (shared with rollouts).
+//! - [`deploy`]: `deploy`, `rollback`; [`rollout`]: `releases`, `rollout`.
+//! - [`secrets`], [`validate`], [`completions`].
+//!
+//! Around them: [`context`] (flags, environment, connecting), [`render`]
+//! (the [`render::Render`] trait, the one printer, tables) and [`error`]
+//! (the one map from failures to exit codes).
+//!
+//! A new command is a new module and one line in [`Command`] (and its arm
+//! in [`run`]).
+
+use clap::{Parser, Subcommand};
+
+pub mod agents;
+pub mod completions;
+pub mod context;
+pub mod deploy;
+pub mod error;
+pub mod follow;
+pub mod jobs;
+pub mod operators;
+pub mod render;
+pub mod rollout;
+pub mod secrets;
+pub mod status;
+pub mod tokens;
+pub mod validate;
+
+pub use context::{CliEnv, Ctx};
+pub use error::CliError;
+pub use render::{Output, Render};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Operate a Ferry coordinator: deploys, releases, agents, join tokens, operators, jobs, secrets"
+)]
+pub struct Cli {
+    /// Credentials file (default: $FERRY_CREDENTIALS, then ~/.config/ferry/credentials).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<std::path::PathBuf>,
+    /// Output format: text for people, json for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every capability, one line each; the subcommands are the modules'.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Status(status::Command),
+    #[command(flatten)]
+    Agents(agents::Command),
+    #[command(flatten)]
+    Tokens(tokens::Command),
+    #[command(flatten)]
+    Operators(operators::Command),
+    #[command(flatten)]
+    Jobs(jobs::Command),
+    #[command(flatten)]
+    Secrets(secrets::Command),
+    #[command(flatten)]
+    Deploy(deploy::Command),
+    #[command(flatten)]
+    Rollout(rollout::Command),
+    #[command(flatten)]
+    Validate(validate::Command),
+    #[command(flatten)]
+    Completions(completions::Command),
+}
+
+/// Runs one CLI invocation and returns its exit code; output goes to
+/// stdout, errors to stderr.
+pub async fn run(cli: Cli, env: CliEnv) -> i32 {
+    let ctx = Ctx::new(cli.output, cli.credentials, env);
+    let result = match cli.command {
+        Command::Status(c) => show(&ctx, status::run(c, &ctx).await),
+        Command::Agents(c) => show(&ctx, agents::run(c, &ctx).await),
+        Command::Tokens(c) => show(&ctx, tokens::run(c, &ctx).await),
+        Command::Operators(c) => show(&ctx, operators::run(c, &ctx).await),
+        Command::Jobs(c) => show(&ctx, jobs::run(c, &ctx).await),
+        Command::Secrets(c) => show(&ctx, secrets::run(c, &ctx).await),
+        Command::Deploy(c) => show(&ctx, deploy::run(c, &ctx).await),
+        Command::Rollout(c) => show(&ctx, rollout::run(c, &ctx).await),
+        Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
+        Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => error::report(&e, ctx.output),
+    }
+}
+
+/// Prints a command's view; its exit code is the view's.
+fn show<V: Render>(ctx: &Ctx, view: Result<V, CliError>) -> Result<i32, CliError> {
+    let view = view?;
+    ctx.print(&view)?;
+    Ok(view.exit_code())
+}

@@ -1,0 +1,263 @@
+//! Rendering apart from work. A command's `run` returns a view; a view is
+//! text for people ([`Render::text`]) and JSON for scripts (its
+//! [`serde::Serialize`]), and [`Printer::print`] is the one function that
+//! writes either to stdout. Streaming commands (`watch`, `deploy`) print
+//! each event as a view of its own through the same printer, then return a
+//! final view.
+//!
+//! Writes go through `writeln!`, never `println!`: when whoever reads
+//! stdout goes away (`ferry jobs | head`), the command ends quietly with
+//! exit 0 ([`CliError::stdout_closed`]) instead of panicking.
+
+use std::io::{self, Write};
+
+use clap::ValueEnum;
+use comfy_table::{ColumnConstraint, ContentArrangement, Row, Table, Width, presets};
+use ferry_common::exit;
+use ferry_common::time::rfc3339_ms;
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// How a view appears with `--output json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Json {
+    /// An indented document (a command's result).
+    Pretty,
+    /// One compact object on one line (an event of a stream; `probe --detach`).
+    Line,
+    /// Nothing: text for people only (a plan shown before a deploy runs, a
+    /// stream's closing line; scripts get the result or the events instead).
+    None,
+}
+
+/// Something a command shows.
+pub trait Render: Serialize {
+    /// Text for people.
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()>;
+
+    /// How it appears in JSON; by default an indented document.
+    fn json_style(&self) -> Json {
+        Json::Pretty
+    }
+
+    /// The exit code once it is shown.
+    fn exit_code(&self) -> i32 {
+        exit::OK
+    }
+}
+
+impl<T: Render + ?Sized> Render for &T {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        (**self).text(t)
+    }
+    fn json_style(&self) -> Json {
+        (**self).json_style()
+    }
+    fn exit_code(&self) -> i32 {
+        (**self).exit_code()
+    }
+}
+
+/// Where text goes: stdout, stderr (for diagnostics such as `validate`'s
+/// problems), and whether stdout is a terminal (tables fit its width).
+pub struct Text<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub terminal: bool,
+}
+
+impl Text<'_> {
+    /// A table with a header; see [`table`].
+    pub fn table<R>(&mut self, header: &[&str], rows: R) -> io::Result<()>
+    where
+        R: IntoIterator<Item = Vec<String>>,
+    {
+        for line in table(header, rows, self.terminal) {
+            writeln!(self.out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The one printer: a view in the chosen format, on stdout.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    output: Output,
+    terminal: bool,
+}
+
+impl Printer {
+    pub fn new(output: Output, stdout_is_terminal: bool) -> Self {
+        Printer {
+            output,
+            terminal: stdout_is_terminal,
+        }
+    }
+
+    /// Prints `view`: its text, or its JSON in its [`Json`] style. A closed
+    /// stdout is [`CliError::stdout_closed`].
+    pub fn print<V: Render + ?Sized>(&self, view: &V) -> Result<(), CliError> {
+        let stdout = io::stdout();
+        let mut out = stdout.lock();
+        let mut err = io::stderr();
+        self.write(view, &mut out, &mut err)
+            .and_then(|()| out.flush())
+            .map_err(CliError::from_write)
+    }
+
+    /// [`Printer::print`] to any writers (tests).
+    pub fn write<V: Render + ?Sized>(
+        &self,
+        view: &V,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> io::Result<()> {
+        match self.output {
+            Output::Text => view.text(&mut Text {
+                out,
+                err,
+                terminal: self.terminal,
+            }),
+            Output::Json => {
+                let text = match view.json_style() {
+                    Json::None => return Ok(()),
+                    Json::Line => serde_json::to_string(view),
+                    Json::Pretty => serde_json::to_string_pretty(view),
+                };
+                writeln!(out, "{}", text.map_err(io::Error::other)?)
+            }
+        }
+    }
+}
+
+/// A view's text, as people would see it off a terminal (tests).
+pub fn text_of<V: Render + ?Sized>(view: &V) -> String {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    Printer::new(Output::Text, false)
+        .write(view, &mut out, &mut err)
+        .expect("writing to memory");
+    out.extend(err);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A view's JSON as scripts read it (tests).
+pub fn json_of<V: Render + ?Sized>(view: &V) -> serde_json::Value {
+    serde_json::to_value(view).expect("a view serializes")
+}
+
+/// The lines of a table: a header and rows, columns two spaces apart, no
+/// borders and no styling (so no escape codes, whatever stdout is). On a
+/// terminal the table fits its width, truncating cells (`...`) that do not;
+/// elsewhere every cell is shown in full.
+pub fn table<R>(header: &[&str], rows: R, terminal: bool) -> Vec<String>
+where
+    R: IntoIterator<Item = Vec<String>>,
+{
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    if terminal {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    } else {
+        t.force_no_tty()
+            .set_content_arrangement(ContentArrangement::Disabled);
+    }
+    t.set_header(header.iter().copied());
+    for cells in rows {
+        let mut row = Row::from(cells);
+        row.max_height(1);
+        t.add_row(row);
+    }
+    let last = header.len().saturating_sub(1);
+    for (i, column) in t.column_iter_mut().enumerate() {
+        let gap = if i == last { 0 } else { 2 };
+        column.set_padding((0, gap));
+        // Headers stay whole (the width counts the padding); cells give way.
+        let width = header.get(i).map_or(0, |h| h.chars().count()) as u16 + gap;
+        column.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(width)));
+    }
+    t.lines().map(|l| l.trim_end().to_string()).collect()
+}
+
+/// A line for people only (`rollout … started`, `==> step`); scripts get
+/// the result instead.
+#[derive(Debug, Serialize)]
+pub struct Note(pub String);
+
+impl Render for Note {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        writeln!(t.out, "{}", self.0)
+    }
+    fn json_style(&self) -> Json {
+        Json::None
+    }
+}
+
+/// A view shown to people only, e.g. a plan before the deploy it plans.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct TextOnly<V>(pub V);
+
+impl<V: Render> Render for TextOnly<V> {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        self.0.text(t)
+    }
+    fn json_style(&self) -> Json {
+        Json::None
+    }
+}
+
+/// A time in milliseconds as RFC 3339, or `null` for 0 (never).
+pub fn opt_time(ms: i64) -> Option<String> {
+    (ms != 0).then(|| rfc3339_ms(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_line_up_without_borders_or_escapes() {
+        let lines = table(
+            &["NAME", "STATE"],
+            vec![
+                vec!["web-1".into(), "online".into()],
+                vec!["database-primary".into(), "offline".into()],
+            ],
+            false,
+        );
+        assert_eq!(
+            lines,
+            [
+                "NAME              STATE",
+                "web-1             online",
+                "database-primary  offline",
+            ]
+        );
+        assert!(!lines.concat().contains('\x1b'));
+    }
+
+    #[test]
+    fn off_a_terminal_no_cell_is_cut() {
+        let long = "x".repeat(500);
+        let lines = table(&["A", "B"], vec![vec![long.clone(), "b".into()]], false);
+        assert!(lines[1].starts_with(&long), "{lines:?}");
+    }
+
+    #[test]
+    fn json_styles() {
+        let note = Note("hello".into());
+        let p = Printer::new(Output::Json, false);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        p.write(&note, &mut out, &mut err).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(text_of(&note), "hello\n");
+    }
+}

@@ -1,0 +1,437 @@
+//! `ferry releases`, `ferry rollout ID`, and what every rollout command
+//! shows: the plan, a rollout followed step by step, how it ended.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use ferry_common::exit;
+use ferry_common::time::{ago, now_ms, rfc3339_ms};
+use ferry_proto::v1 as pb;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::context::Session;
+use crate::follow::follow;
+use crate::render::{Note, Render, Text};
+use crate::{CliError, Ctx};
+
+/// How often the rollout is looked at between its steps: a cheap read, and
+/// the next step's job or the end usually follows within milliseconds, so
+/// the first look comes soon and the pause doubles from there.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(200);
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Release history of an app: version, image, who, when, outcome.
+    Releases(ReleasesArgs),
+    /// Follow a rollout by id until it ends (exit 0 succeeded, 1 otherwise).
+    Rollout {
+        /// Rollout id (see `ferry releases`).
+        id: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleasesArgs {
+    /// App name, e.g. shop.
+    #[arg(long)]
+    pub app: String,
+    /// Only this environment (default: every one).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// At most this many releases, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+}
+
+pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
+    let mut s = ctx.connect().await?;
+    match command {
+        Command::Releases(args) => {
+            let releases = s
+                .client
+                .list_releases(pb::ListReleasesRequest {
+                    app: args.app.clone(),
+                    env: args.env.unwrap_or_default(),
+                    limit: args.limit,
+                })
+                .await?
+                .into_inner()
+                .releases;
+            Ok(View::Releases(Releases {
+                app: args.app,
+                releases,
+            }))
+        }
+        Command::Rollout { id } => Ok(View::Finished(Box::new(Finished(
+            follow_rollout(ctx, &mut s, &id).await?,
+        )))),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum View {
+    Releases(Releases),
+    Finished(Box<Finished>),
+}
+
+impl Render for View {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        match self {
+            View::Releases(v) => v.text(t),
+            View::Finished(v) => v.text(t),
+        }
+    }
+    fn exit_code(&self) -> i32 {
+        match self {
+            View::Releases(v) => v.exit_code(),
+            View::Finished(v) => v.exit_code(),
+        }
+    }
+}
+
+/// Follows every step of a rollout until it ends: each step's job as
+/// `ferry watch` shows it (nothing with `--output json`).
+pub async fn follow_rollout(ctx: &Ctx, s: &mut Session, id: &str) -> Result<pb::Rollout, CliError> {
+    let mut followed = 0usize;
+    let mut pause = POLL_FIRST;
+    loop {
+        let r = s
+            .client
+            .get_rollout(pb::GetRolloutRequest {
+                rollout_id: id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .rollout
+            .unwrap_or_default();
+        if followed < r.steps.len() {
+            let step = &r.steps[followed];
+            ctx.print(&Note(format!("==> {}", step.name)))?;
+            follow(ctx, &step.job_id, ctx.json()).await?;
+            followed += 1;
+            pause = POLL_FIRST;
+            continue;
+        }
+        if r.status != "running" {
+            return Ok(r);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// 0 when the release is out, 1 otherwise (failed, reverted, revert failed).
+pub fn exit_code(status: &str) -> i32 {
+    match status {
+        "succeeded" | "planned" => exit::OK,
+        _ => exit::FAILED,
+    }
+}
+
+/// A rollout as JSON, the shape every rollout command prints.
+pub fn rollout_json(r: &pb::Rollout) -> Value {
+    let ms = |v: i64| (v > 0).then(|| rfc3339_ms(v));
+    json!({
+        "id": r.id,
+        "app": r.app,
+        "env": r.env,
+        "version": r.version,
+        "kind": r.kind,
+        "status": r.status,
+        "protected": r.protected,
+        "previous_version": Some(&r.previous_version).filter(|v| !v.is_empty()),
+        "services": r.services.iter().map(|s| json!({
+            "name": s.name, "image": s.image, "strategy": s.strategy,
+        })).collect::<Vec<_>>(),
+        "batches": r.batches.iter().map(|b| b.hosts.iter().map(|h| json!({
+            "agent": h.agent, "online": h.online,
+        })).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "max_parallel": r.max_parallel,
+        "smoke_checks": r.smoke_checks,
+        "steps": r.steps.iter().map(|s| json!({
+            "name": s.name, "kind": s.kind, "job_id": s.job_id,
+            "agents": s.agents, "status": s.status,
+        })).collect::<Vec<_>>(),
+        "message": r.message,
+        "created_by": r.created_by,
+        "created_at": ms(r.created_at_ms),
+        "finished_at": ms(r.finished_at_ms),
+        "trace_id": Some(&r.trace_id).filter(|v| !v.is_empty()),
+        "rollback_of": Some(&r.rollback_of).filter(|v| !v.is_empty()),
+    })
+}
+
+/// Serializes as [`rollout_json`].
+macro_rules! rollout_view_json {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                rollout_json(&self.0).serialize(s)
+            }
+        }
+    };
+}
+rollout_view_json!(Plan);
+rollout_view_json!(Detached);
+rollout_view_json!(Finished);
+
+/// A rollout's plan: hosts in batches, services, smoke checks, what a
+/// failure returns to.
+#[derive(Debug)]
+pub struct Plan(pub pb::Rollout);
+
+impl Render for Plan {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        let r = &self.0;
+        let out = &mut t.out;
+        let hosts: usize = r.batches.iter().map(|b| b.hosts.len()).sum();
+        let verb = if r.kind == "rollback" {
+            "roll back"
+        } else {
+            "deploy"
+        };
+        writeln!(
+            out,
+            "Plan: {verb} {} {} to {} — {hosts} host(s) in {} batch(es) of up to {}",
+            r.app,
+            r.version,
+            r.env,
+            r.batches.len(),
+            r.max_parallel
+        )?;
+        for s in &r.services {
+            writeln!(
+                out,
+                "  service {:<12} {}  ({})",
+                s.name, s.image, s.strategy
+            )?;
+        }
+        let now = now_ms();
+        for (i, b) in r.batches.iter().enumerate() {
+            let hosts: Vec<String> = b
+                .hosts
+                .iter()
+                .map(|h| {
+                    if h.online {
+                        h.agent.clone()
+                    } else {
+                        format!(
+                            "{} (OFFLINE, last seen {})",
+                            h.agent,
+                            ago(h.last_seen_ms, now)
+                        )
+                    }
+                })
+                .collect();
+            writeln!(out, "  batch {}: {}", i + 1, hosts.join(", "))?;
+        }
+        if r.smoke_checks > 0 {
+            writeln!(out, "  smoke: {} check(s) after each batch", r.smoke_checks)?;
+        }
+        if r.previous_version.is_empty() {
+            writeln!(
+                out,
+                "  previous release: none (a failure cannot be reverted)"
+            )
+        } else {
+            writeln!(
+                out,
+                "  previous release: {} (restored on failure)",
+                r.previous_version
+            )
+        }
+    }
+}
+
+/// A rollout started with `--detach`: its id.
+#[derive(Debug)]
+pub struct Detached(pub pb::Rollout);
+
+impl Render for Detached {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        writeln!(t.out, "{}", self.0.id)
+    }
+}
+
+/// A rollout that ended: its status and message; exit 0 only if the
+/// release is out.
+#[derive(Debug)]
+pub struct Finished(pub pb::Rollout);
+
+impl Render for Finished {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        writeln!(t.out)?;
+        writeln!(t.out, "{}: {}", self.0.status, self.0.message)
+    }
+    fn exit_code(&self) -> i32 {
+        exit_code(&self.0.status)
+    }
+}
+
+/// `ferry releases`.
+#[derive(Debug)]
+pub struct Releases {
+    pub app: String,
+    pub releases: Vec<pb::Rollout>,
+}
+
+impl Serialize for Releases {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.releases.iter().map(rollout_json))
+    }
+}
+
+impl Render for Releases {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        if self.releases.is_empty() {
+            return writeln!(t.out, "no releases of {}", self.app);
+        }
+        let rows = self.releases.iter().map(|r| {
+            let image = r
+                .services
+                .first()
+                .map(|s| s.image.clone())
+                .unwrap_or_default();
+            let by = r.created_by.rsplit('/').next().unwrap_or_default();
+            vec![
+                r.env.clone(),
+                r.version.clone(),
+                r.kind.clone(),
+                r.status.clone(),
+                image,
+                by.to_string(),
+                rfc3339_ms(r.created_at_ms),
+                r.id.clone(),
+            ]
+        });
+        t.table(
+            &[
+                "ENV", "VERSION", "KIND", "OUTCOME", "IMAGE", "BY", "STARTED", "ID",
+            ],
+            rows,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{json_of, text_of};
+
+    #[test]
+    fn only_a_release_that_went_out_exits_zero() {
+        assert_eq!(exit_code("succeeded"), 0);
+        for s in ["failed", "reverted", "revert_failed", "running"] {
+            assert_eq!(exit_code(s), 1, "{s}");
+        }
+        let r = |status: &str| pb::Rollout {
+            status: status.into(),
+            ..Default::default()
+        };
+        assert_eq!(Finished(r("reverted")).exit_code(), 1);
+        assert_eq!(Finished(r("succeeded")).exit_code(), 0);
+    }
+
+    fn rollout() -> pb::Rollout {
+        pb::Rollout {
+            id: "r1".into(),
+            app: "shop".into(),
+            env: "staging".into(),
+            version: "1.2".into(),
+            kind: "deploy".into(),
+            status: "reverted".into(),
+            previous_version: "1.1".into(),
+            created_by: "spiffe://ferry.test/operator/ada".into(),
+            created_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_names_every_field_scripts_use() {
+        let j = json_of(&Finished(rollout()));
+        assert_eq!(j["status"], "reverted");
+        assert_eq!(j["previous_version"], "1.1");
+        assert_eq!(j["created_at"], "2023-11-14T22:13:20Z");
+        assert!(j["finished_at"].is_null());
+        assert!(j["trace_id"].is_null());
+        for field in [
+            "id",
+            "app",
+            "env",
+            "version",
+            "kind",
+            "protected",
+            "services",
+            "batches",
+            "max_parallel",
+            "smoke_checks",
+            "steps",
+            "message",
+            "created_by",
+            "rollback_of",
+        ] {
+            assert!(j.get(field).is_some(), "{field}: {j}");
+        }
+        let list = json_of(&View::Releases(Releases {
+            app: "shop".into(),
+            releases: vec![rollout()],
+        }));
+        assert_eq!(list[0], j);
+    }
+
+    #[test]
+    fn a_plan_names_hosts_batches_and_what_a_failure_returns_to() {
+        let mut r = rollout();
+        r.max_parallel = 1;
+        r.smoke_checks = 2;
+        r.services = vec![pb::RolloutService {
+            name: "web".into(),
+            image: "shop:1.2".into(),
+            strategy: "blue-green".into(),
+        }];
+        r.batches = vec![pb::RolloutBatch {
+            hosts: vec![pb::RolloutHost {
+                agent: "web-1".into(),
+                online: true,
+                ..Default::default()
+            }],
+        }];
+        let text = text_of(&Plan(r));
+        assert_eq!(
+            text,
+            "Plan: deploy shop 1.2 to staging — 1 host(s) in 1 batch(es) of up to 1\n\
+             \x20 service web          shop:1.2  (blue-green)\n\
+             \x20 batch 1: web-1\n\
+             \x20 smoke: 2 check(s) after each batch\n\
+             \x20 previous release: 1.1 (restored on failure)\n"
+        );
+        let plan = Plan(rollout());
+        let shown = crate::render::TextOnly(&plan);
+        assert_eq!(shown.json_style(), crate::render::Json::None);
+        assert_eq!(json_of(&plan)["id"], "r1");
+    }
+
+    #[test]
+    fn releases_table() {
+        let text = text_of(&Releases {
+            app: "shop".into(),
+            releases: vec![rollout()],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("ENV      VERSION  KIND    OUTCOME"),
+            "{text}"
+        );
+        assert!(lines[1].contains("reverted"), "{text}");
+        assert!(lines[1].contains(" ada "), "{text}");
+        let none = text_of(&Releases {
+            app: "shop".into(),
+            releases: vec![],
+        });
+        assert_eq!(none, "no releases of shop\n");
+    }
+}
