@@ -112,3 +112,29 @@ fn show<V: Render>(ctx: &Ctx, view: Result<V, CliError>) -> Result<i32, CliError
     ctx.print(&view)?;
     Ok(view.exit_code())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use ferry_common::job::JobKind;
+
+    /// Every job kind names the commands that submit it (the registry in
+    /// `ferry_common::job`), and each of those is a real `ferry` command: a
+    /// kind added without its command fails here.
+    #[test]
+    fn every_job_kind_is_submitted_by_a_real_command() {
+        let cli = Cli::command();
+        let commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        for kind in JobKind::ALL {
+            assert!(!kind.cli().is_empty(), "{kind} names no command");
+            for name in kind.cli() {
+                assert!(
+                    commands.contains(name),
+                    "job kind {kind} says `ferry {name}` submits it, but there is no such command (have: {})",
+                    commands.join(", ")
+                );
+            }
+        }
+    }
+}

@@ -287,7 +287,15 @@ impl Core {
         // registry (an Assign of a concurrent dispatch) may overtake it. The
         // channel is new and empty.
         let _ = tx.try_send(Ok(welcome));
-        let kill = self.sessions.register(agent.id, session_id, tx.clone());
+        let kill = self.sessions.register(
+            agent.id,
+            session_id,
+            tx.clone(),
+            crate::sessions::AgentHello {
+                version: hello.version.clone(),
+                capabilities: hello.capabilities.clone(),
+            },
+        );
         let guard = SessionGuard {
             core: Arc::clone(&self),
             agent: agent.id,

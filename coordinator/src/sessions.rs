@@ -4,7 +4,7 @@
 //! storing ([`Inbound`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ferry_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +59,22 @@ struct Entry {
     session_id: Uuid,
     kill: Option<oneshot::Sender<Status>>,
     tx: Outbound,
+    /// What the agent said in this session's `Hello`.
+    hello: Arc<AgentHello>,
+}
+
+/// What an agent said of itself when its session opened.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentHello {
+    pub version: String,
+    /// The job kinds it runs.
+    pub capabilities: Vec<String>,
+}
+
+impl AgentHello {
+    pub fn runs(&self, kind: &str) -> bool {
+        self.capabilities.iter().any(|k| k == kind)
+    }
 }
 
 #[derive(Default)]
@@ -77,6 +93,7 @@ impl SessionRegistry {
         agent: Uuid,
         session_id: Uuid,
         tx: Outbound,
+        hello: AgentHello,
     ) -> oneshot::Receiver<Status> {
         let (kill_tx, kill_rx) = oneshot::channel();
         let old = self.lock().insert(
@@ -85,6 +102,7 @@ impl SessionRegistry {
                 session_id,
                 kill: Some(kill_tx),
                 tx,
+                hello: Arc::new(hello),
             },
         );
         if let Some(Entry {
@@ -135,6 +153,11 @@ impl SessionRegistry {
             .is_ok()
     }
 
+    /// What the agent said in its live session here, if it has one.
+    pub fn hello(&self, agent: Uuid) -> Option<Arc<AgentHello>> {
+        self.lock().get(&agent).map(|e| Arc::clone(&e.hello))
+    }
+
     pub fn is_online(&self, agent: Uuid) -> bool {
         self.lock().contains_key(&agent)
     }
@@ -159,8 +182,8 @@ mod tests {
         let a = Uuid::now_v7();
         let (tx, mut rx) = mpsc::channel(4);
         let (s1, s2) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut k1 = reg.register(a, s1, tx.clone());
-        let mut k2 = reg.register(a, s2, tx);
+        let mut k1 = reg.register(a, s1, tx.clone(), AgentHello::default());
+        let mut k2 = reg.register(a, s2, tx, AgentHello::default());
         assert_eq!(k1.try_recv().unwrap().code(), tonic::Code::Aborted);
         assert!(!reg.unregister(a, s1), "a newer session is live");
         assert!(

@@ -577,6 +577,15 @@ impl EnrolledAgent {
         Ok(())
     }
 
+    /// Narrows the job kinds the agent runs and advertises (`capabilities`
+    /// in its agent.toml), as an older agent or a staged upgrade would.
+    pub fn set_capabilities(&self, kinds: &[ferry_common::job::JobKind]) -> Result<()> {
+        let mut config = ferry_agent::config::AgentConfig::load(&self.state_dir)?;
+        config.capabilities = Some(kinds.to_vec());
+        config.save(&self.state_dir, true)?;
+        Ok(())
+    }
+
     /// The agent's identity files, for tests that talk to the coordinator as it.
     pub fn identity(&self) -> Result<ferry_agent::config::Identity> {
         Ok(ferry_agent::config::Identity::load(&self.state_dir)?)

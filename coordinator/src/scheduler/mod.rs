@@ -184,6 +184,20 @@ impl Core {
                 ),
             ));
         }
+        // Agents that said which kinds they run (every agent that has ever
+        // connected) must run this one; an agent never seen yet is given
+        // the task, which is checked again when it is sent.
+        let unable: Vec<String> = targets
+            .iter()
+            .filter(|a| {
+                !a.capabilities.is_empty()
+                    && !a.capabilities.iter().any(|k| k == spec.kind().as_str())
+            })
+            .map(|a| missing_kind(&a.name, &a.version, &a.capabilities, spec.kind().as_str()))
+            .collect();
+        if !unable.is_empty() {
+            return Err(CoordinatorError::invalid("target", unable.join("; ")));
+        }
         targets.sort_by(|a, b| a.name.cmp(&b.name));
         let now = now_ms();
         let deadline = sub.deadline.unwrap_or(self.config.job_deadline);
@@ -403,6 +417,30 @@ impl Core {
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| job.traceparent.clone());
         self.keep_span(task.id, span);
+        // An agent is sent only kinds it said it runs; one that does not
+        // (an older agent, or one whose agent.toml narrows them) gets the
+        // task failed here, naming why, instead of a refusal later.
+        if let Some(hello) = self.sessions.hello(task.agent_id)
+            && !hello.runs(&job.kind)
+        {
+            let why = missing_kind(
+                &task.agent_name,
+                &hello.version,
+                &hello.capabilities,
+                &job.kind,
+            );
+            let t = self
+                .store
+                .transition_task(
+                    task.id,
+                    TaskEvent::Finished(Outcome::Failed),
+                    &why,
+                    now_ms(),
+                )
+                .await?;
+            self.after_transitions(t.as_slice()).await?;
+            return Ok(());
+        }
         let secrets = match secrets {
             Ok(secrets) => secrets,
             Err(e) => {
@@ -805,4 +843,18 @@ pub fn selector_from_wire(s: Option<pb::Selector>) -> Selector {
         agents: s.agents,
         labels: s.labels.into_iter().collect::<BTreeMap<_, _>>(),
     }
+}
+
+/// "agent web-1 (ferry-agent 0.1.0) does not run deploy jobs; it runs
+/// probe, smoke": why a task cannot go to an agent, and what to do.
+fn missing_kind(agent: &str, version: &str, runs: &[String], kind: &str) -> String {
+    format!(
+        "agent {agent} (ferry-agent {version}) does not run {kind} jobs; it runs {}: \
+         upgrade its ferry-agent, or allow {kind} in the `capabilities` of its agent.toml",
+        if runs.is_empty() {
+            "none".to_string()
+        } else {
+            runs.join(", ")
+        }
+    )
 }
