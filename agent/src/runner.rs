@@ -9,6 +9,7 @@
 //! [`JobSpec::timeout`] fails, its cancellation fired so the executor
 //! stops. Waiting for a lock or a slot does not count against the timeout.
 
+use ferry_common::status::Outcome;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -190,7 +191,7 @@ impl Runner {
                     Ok(done) => (pb::TaskOutcome::Succeeded, done.message, done.result_json),
                     Err(TaskFailure::Cancelled) => (
                         pb::TaskOutcome::Cancelled,
-                        "cancelled".to_string(),
+                        Outcome::Cancelled.as_str().to_string(),
                         String::new(),
                     ),
                     Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),

@@ -2,12 +2,9 @@
 //! maps to a code here ([`From<tonic::Status>`]), and [`report`] prints a
 //! failed command's error.
 
-use std::io::Write;
 
 use ferry_common::exit;
 use ferry_common::tls;
-
-use crate::render::Output;
 
 /// A failed command: what to print and the exit code.
 #[derive(Debug)]
@@ -83,24 +80,6 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-/// Prints a failed command's error on stderr (`error: …`, or
-/// `{"error", "exit_code"}` with `--output json`) and returns its exit code.
-pub fn report(e: &CliError, output: Output) -> i32 {
-    if e.code == exit::OK {
-        // Standard output was closed: nothing to report.
-        return exit::OK;
-    }
-    let mut stderr = std::io::stderr().lock();
-    // Nowhere left to complain to if stderr is closed too.
-    let _ = if output == Output::Json {
-        let body = serde_json::json!({ "error": e.message, "exit_code": e.code });
-        writeln!(stderr, "{body}")
-    } else {
-        writeln!(stderr, "error: {}", e.message)
-    };
-    e.code
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +98,10 @@ mod tests {
     fn a_closed_pipe_is_quiet_and_other_write_errors_fail() {
         let closed = CliError::from_write(std::io::ErrorKind::BrokenPipe.into());
         assert_eq!(closed.code, exit::OK);
-        assert_eq!(report(&closed, Output::Text), exit::OK);
+        assert_eq!(
+            crate::render::report(&closed, crate::render::Output::Text),
+            exit::OK
+        );
         let full = CliError::from_write(std::io::Error::other("disk full"));
         assert_eq!(full.code, exit::FAILED);
         assert!(full.message.contains("disk full"));

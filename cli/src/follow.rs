@@ -6,6 +6,7 @@
 //! event is an [`Event`] view, printed by the one printer. A lost
 //! connection is resumed from the last event shown, without gaps or repeats.
 
+use ferry_common::status::{JobStatus, Outcome, TaskState};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -75,13 +76,14 @@ pub fn event_json(e: &pb::JobEvent) -> Value {
 }
 
 pub fn outcome_name(o: i32) -> &'static str {
-    match pb::TaskOutcome::try_from(o) {
-        Ok(pb::TaskOutcome::Succeeded) => "succeeded",
-        Ok(pb::TaskOutcome::Failed) => "failed",
-        Ok(pb::TaskOutcome::Cancelled) => "cancelled",
-        Ok(pb::TaskOutcome::Lost) => "lost",
-        _ => "unknown",
-    }
+    let outcome = match pb::TaskOutcome::try_from(o) {
+        Ok(pb::TaskOutcome::Succeeded) => Outcome::Succeeded,
+        Ok(pb::TaskOutcome::Failed) => Outcome::Failed,
+        Ok(pb::TaskOutcome::Cancelled) => Outcome::Cancelled,
+        Ok(pb::TaskOutcome::Lost) => Outcome::Lost,
+        _ => return "unknown",
+    };
+    outcome.as_str()
 }
 
 /// One line of plain text for an event.
@@ -102,7 +104,11 @@ pub fn event_line(e: &pb::JobEvent) -> Option<String> {
         Body::StepFinished(s) => format!(
             "{}: {}{}",
             s.step,
-            if s.ok { "done" } else { "failed" },
+            if s.ok {
+                "done"
+            } else {
+                Outcome::Failed.as_str()
+            },
             suffix(&s.message)
         ),
         Body::TaskFinished(f) => format!(
@@ -148,9 +154,9 @@ impl Render for Event<'_> {
 
 /// The exit code for a finished job's status.
 pub fn exit_code(status: &str) -> i32 {
-    match status {
-        "succeeded" => exit::OK,
-        "cancelled" => exit::CANCELLED,
+    match status.parse() {
+        Ok(JobStatus::Succeeded) => exit::OK,
+        Ok(JobStatus::Cancelled) => exit::CANCELLED,
         _ => exit::FAILED,
     }
 }
@@ -228,7 +234,7 @@ impl Bars {
                 if !bar.is_finished() {
                     bar.set_message(format!("{}{}", s.state, suffix(&s.message)));
                 }
-                if matches!(s.state.as_str(), "lost" | "expired" | "cancelled") {
+                if s.state.parse().is_ok_and(TaskState::is_unfinished) {
                     bar.set_style(done_style());
                     bar.finish_with_message(format!("✘ {}{}", s.state, suffix(&s.message)));
                 }

@@ -1,6 +1,7 @@
 //! Job commands: `ferry probe`, `ferry jobs`, `ferry job show|cancel`,
 //! `ferry watch`.
 
+use ferry_common::status::{JobStatus, TaskState};
 use std::io::{self, Write};
 
 use ferry_common::exit;
@@ -226,7 +227,7 @@ impl Render for View {
             }
             View::List(jobs) => list_text(jobs, t),
             View::Shown(job) => job_text(job, t),
-            View::Cancelled(job) if job.status == "cancelled" => {
+            View::Cancelled(job) if job.status == JobStatus::Cancelled.as_str() => {
                 writeln!(t.out, "cancelled job {}", job.id)
             }
             View::Cancelled(job) => writeln!(
@@ -292,7 +293,7 @@ fn job_text(j: &pb::Job, t: &mut Text<'_>) -> io::Result<()> {
         t.out,
         "status   {}{}",
         j.status,
-        if j.cancel_requested && j.status != "cancelled" {
+        if j.cancel_requested && j.status != JobStatus::Cancelled.as_str() {
             " (cancelling)"
         } else {
             ""
@@ -329,7 +330,11 @@ fn list_text(jobs: &[pb::Job], t: &mut Text<'_>) -> io::Result<()> {
             agents: target.agents,
             labels: target.labels.into_iter().collect(),
         };
-        let done = j.tasks.iter().filter(|t| t.state == "succeeded").count();
+        let done = j
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Succeeded.as_str())
+            .count();
         vec![
             j.id.clone(),
             j.kind.clone(),

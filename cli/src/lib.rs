@@ -102,7 +102,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(e) => error::report(&e, ctx.output),
+        Err(e) => render::report(&e, ctx.output),
     }
 }
 

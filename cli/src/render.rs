@@ -219,6 +219,24 @@ pub fn opt_time(ms: i64) -> Option<String> {
     (ms != 0).then(|| rfc3339_ms(ms))
 }
 
+/// Prints a failed command's error on stderr (`error: …`, or
+/// `{"error", "exit_code"}` with `--output json`) and returns its exit code.
+pub fn report(e: &CliError, output: Output) -> i32 {
+    if e.code == exit::OK {
+        // Standard output was closed: nothing to report.
+        return exit::OK;
+    }
+    let mut stderr = std::io::stderr().lock();
+    // Nowhere left to complain to if stderr is closed too.
+    let _ = if output == Output::Json {
+        let body = serde_json::json!({ "error": e.message, "exit_code": e.code });
+        writeln!(stderr, "{body}")
+    } else {
+        writeln!(stderr, "error: {}", e.message)
+    };
+    e.code
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! `ferry releases`, `ferry rollout ID`, and what every rollout command
 //! shows: the plan, a rollout followed step by step, how it ended.
 
+use ferry_common::status::{RolloutKind, RolloutStatus};
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ pub async fn follow_rollout(ctx: &Ctx, s: &mut Session, id: &str) -> Result<pb::
             pause = POLL_FIRST;
             continue;
         }
-        if r.status != "running" {
+        if r.status != RolloutStatus::Running.as_str() {
             return Ok(r);
         }
         tokio::time::sleep(pause).await;
@@ -125,8 +126,8 @@ pub async fn follow_rollout(ctx: &Ctx, s: &mut Session, id: &str) -> Result<pb::
 
 /// 0 when the release is out, 1 otherwise (failed, reverted, revert failed).
 pub fn exit_code(status: &str) -> i32 {
-    match status {
-        "succeeded" | "planned" => exit::OK,
+    match status.parse::<RolloutStatus>() {
+        Ok(s) if s.is_success() => exit::OK,
         _ => exit::FAILED,
     }
 }
@@ -188,7 +189,7 @@ impl Render for Plan {
         let r = &self.0;
         let out = &mut t.out;
         let hosts: usize = r.batches.iter().map(|b| b.hosts.len()).sum();
-        let verb = if r.kind == "rollback" {
+        let verb = if r.kind == RolloutKind::Rollback.as_str() {
             "roll back"
         } else {
             "deploy"

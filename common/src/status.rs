@@ -127,6 +127,85 @@ impl TaskState {
     }
 }
 
+/// Where a rollout is. Only `Running` holds the (app, env) lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutStatus {
+    /// Only a plan (`ferry deploy --dry-run`): shown, never stored or run.
+    Planned,
+    Running,
+    /// Every host runs the release and passed its smoke checks.
+    Succeeded,
+    /// A host failed and there was nothing to revert to (a first deploy),
+    /// or nothing had been updated yet.
+    Failed,
+    /// A host failed; every updated host is back on the previous release.
+    Reverted,
+    /// A host failed and the revert failed too: hosts need a look.
+    RevertFailed,
+}
+
+string_enum!(RolloutStatus "rollout status" {
+    Planned => "planned",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Reverted => "reverted",
+    RevertFailed => "revert_failed",
+});
+
+impl RolloutStatus {
+    /// Ended (or never started): not the (app, env) lock.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RolloutStatus::Running)
+    }
+
+    /// The release is out as asked (or, for a plan, nothing went wrong).
+    pub fn is_success(self) -> bool {
+        matches!(self, RolloutStatus::Succeeded | RolloutStatus::Planned)
+    }
+}
+
+/// What a rollout rolls out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutKind {
+    /// A release from an app file (`ferry deploy`).
+    Deploy,
+    /// An earlier release again (`ferry rollback`).
+    Rollback,
+}
+
+string_enum!(RolloutKind "rollout kind" {
+    Deploy => "deploy",
+    Rollback => "rollback",
+});
+
+/// How an agent says a task ended (the wire's `TaskOutcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Lost,
+}
+
+string_enum!(Outcome "task outcome" {
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+    Lost => "lost",
+});
+
+impl From<Outcome> for TaskState {
+    fn from(o: Outcome) -> TaskState {
+        match o {
+            Outcome::Succeeded => TaskState::Succeeded,
+            Outcome::Failed => TaskState::Failed,
+            Outcome::Cancelled => TaskState::Cancelled,
+            Outcome::Lost => TaskState::Lost,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +217,15 @@ mod tests {
         }
         for s in TaskState::ALL {
             assert_eq!(s.as_str().parse::<TaskState>().unwrap(), *s);
+        }
+        for s in RolloutStatus::ALL {
+            assert_eq!(s.as_str().parse::<RolloutStatus>().unwrap(), *s);
+        }
+        for s in RolloutKind::ALL {
+            assert_eq!(s.as_str().parse::<RolloutKind>().unwrap(), *s);
+        }
+        for s in Outcome::ALL {
+            assert_eq!(s.as_str().parse::<Outcome>().unwrap(), *s);
         }
         let err = "done".parse::<JobStatus>().unwrap_err();
         assert_eq!(

@@ -15,6 +15,7 @@
 //! host is never left half on one release. The previous release's container
 //! is kept, stopped, for a fast rollback; older ones are removed.
 
+use ferry_common::status::Outcome;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -374,7 +375,8 @@ impl Deployer<'_> {
         let mut layers: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         let mut last_report = Instant::now();
         while let Some(item) = stream.next().await {
-            self.cancelled().map_err(|_| "cancelled".to_string())?;
+            self.cancelled()
+                .map_err(|_| Outcome::Cancelled.as_str().to_string())?;
             let info = item.map_err(|e| e.to_string())?;
             if let Some(detail) = info.error_detail {
                 return Err(detail.message.unwrap_or_else(|| "pull failed".into()));
@@ -578,7 +580,7 @@ impl Deployer<'_> {
         let gate = &svc.health;
         if let HealthCheck::RunningFor(d) = &gate.check {
             tokio::select! {
-                _ = self.ctx.cancel.cancelled() => return Err("cancelled".into()),
+                _ = self.ctx.cancel.cancelled() => return Err(Outcome::Cancelled.as_str().into()),
                 _ = tokio::time::sleep(*d) => {}
             }
             let state = self.container_state(id).await?;
@@ -636,7 +638,7 @@ impl Deployer<'_> {
                 }
             }
             tokio::select! {
-                _ = self.ctx.cancel.cancelled() => return Err("cancelled".into()),
+                _ = self.ctx.cancel.cancelled() => return Err(Outcome::Cancelled.as_str().into()),
                 _ = tokio::time::sleep(gate.interval) => {}
             }
         }

@@ -10,16 +10,7 @@
 //! marked `lost` because its agent was away goes back to `running`, or to
 //! the outcome the agent reports, when the agent returns.
 
-pub use ferry_common::status::{JobStatus, TaskState};
-
-/// How an agent says a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-    Lost,
-}
+pub use ferry_common::status::{JobStatus, Outcome, TaskState};
 
 /// What happens to a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,17 +72,6 @@ fn invalid<S: std::fmt::Display, E: std::fmt::Debug>(state: S, event: E) -> Inva
     InvalidTransition {
         state: state.to_string(),
         what: format!("{event:?}"),
-    }
-}
-
-impl From<Outcome> for TaskState {
-    fn from(o: Outcome) -> TaskState {
-        match o {
-            Outcome::Succeeded => TaskState::Succeeded,
-            Outcome::Failed => TaskState::Failed,
-            Outcome::Cancelled => TaskState::Cancelled,
-            Outcome::Lost => TaskState::Lost,
-        }
     }
 }
 

@@ -307,7 +307,7 @@ impl Core {
         if dry_run {
             let mut wire = to_wire(&record)?;
             wire.id.clear();
-            wire.status = "planned".into();
+            wire.status = RolloutStatus::Planned.as_str().into();
             wire.trace_id.clear();
             return Ok(wire);
         }

@@ -3,105 +3,13 @@
 //! `migrations/*/0004_rollouts.sql`). What a rollout does is
 //! `crate::rollout`'s; the store only keeps it and arbitrates who drives it.
 
-use std::fmt;
-use std::str::FromStr;
-
 use uuid::Uuid;
 
 use super::db::query;
 use super::rows::{Columns, parsed, uuid};
 use super::{Store, StoreError};
 
-/// Where a rollout is. Only `Running` holds the (app, env) lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RolloutStatus {
-    Running,
-    /// Every host runs the release and passed its smoke checks.
-    Succeeded,
-    /// A host failed and there was nothing to revert to (a first deploy),
-    /// or nothing had been updated yet.
-    Failed,
-    /// A host failed; every updated host is back on the previous release.
-    Reverted,
-    /// A host failed and the revert failed too: hosts need a look.
-    RevertFailed,
-}
-
-impl RolloutStatus {
-    pub const ALL: [RolloutStatus; 5] = [
-        RolloutStatus::Running,
-        RolloutStatus::Succeeded,
-        RolloutStatus::Failed,
-        RolloutStatus::Reverted,
-        RolloutStatus::RevertFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutStatus::Running => "running",
-            RolloutStatus::Succeeded => "succeeded",
-            RolloutStatus::Failed => "failed",
-            RolloutStatus::Reverted => "reverted",
-            RolloutStatus::RevertFailed => "revert_failed",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        self != RolloutStatus::Running
-    }
-}
-
-impl fmt::Display for RolloutStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RolloutStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        RolloutStatus::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown rollout status {s:?}"))
-    }
-}
-
-/// What a rollout does: roll a release out, or go back to an earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RolloutKind {
-    /// A release from an app file (`ferry deploy`).
-    Deploy,
-    /// An earlier release again (`ferry rollback`).
-    Rollback,
-}
-
-impl RolloutKind {
-    pub const ALL: [RolloutKind; 2] = [RolloutKind::Deploy, RolloutKind::Rollback];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutKind::Deploy => "deploy",
-            RolloutKind::Rollback => "rollback",
-        }
-    }
-}
-
-impl fmt::Display for RolloutKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RolloutKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        RolloutKind::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown rollout kind {s:?}"))
-    }
-}
+pub use ferry_common::status::{RolloutKind, RolloutStatus};
 
 /// One rollout as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
