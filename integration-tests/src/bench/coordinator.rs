@@ -100,6 +100,26 @@ impl ChildCoordinator {
                 log_path.display()
             );
         }
+        // Every simulated agent connects from 127.0.0.1, where real ones
+        // come from an address each: lift the per-address share of the
+        // pool of not-yet-identified connections, or the bench would
+        // measure the eviction of its own reconnecting agents.
+        let config_path = data_dir.join("coordinator.toml");
+        let config: String = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?
+            .lines()
+            .map(|line| match line.split_once(" = ") {
+                Some(("max_untrusted" | "max_untrusted_per_address", _)) => {
+                    format!("{} = 20000\n", line.split(' ').next().unwrap_or_default())
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        if !config.contains("max_untrusted_per_address = 20000") {
+            bail!("{} has no [limits] to lift", config_path.display());
+        }
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
         let admin = Credentials::load(&data_dir.join("admin.credentials"))
             .context("init wrote no admin credentials")?;
         Ok(ChildCoordinator {
