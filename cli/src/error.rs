@@ -1,7 +1,6 @@
 //! The one place failures become exit codes and messages: a gRPC status
-//! maps to a code here ([`From<tonic::Status>`]), and [`report`] prints a
-//! failed command's error.
-
+//! maps to a code here ([`From<tonic::Status>`]);
+//! [`crate::render::report`] prints a failed command's error.
 
 use ferry_common::exit;
 use ferry_common::tls;
