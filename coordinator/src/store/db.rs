@@ -117,28 +117,13 @@ impl Tx {
                 while rows.peek().is_some() {
                     let chunk: Vec<Vec<Arg>> =
                         rows.by_ref().take(SQLITE_ROWS_PER_STATEMENT).collect();
-                    let mut n = 0;
-                    let values = chunk
-                        .iter()
-                        .map(|row| {
-                            let params = row
-                                .iter()
-                                .map(|_| {
-                                    n += 1;
-                                    format!("${n}")
-                                })
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            format!("({params})")
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    // Plain `?` placeholders, in order (see `Query::sqlite`).
+                    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+                    let values = vec![row.as_str(); chunk.len()].join(", ");
                     let sql = format!("WITH {name} ({names}) AS (VALUES {values}) {statement}");
-                    let q = Query {
-                        sql: sql.into(),
-                        args: chunk.into_iter().flatten().collect(),
-                    };
-                    tx.execute(q.sqlite()).await?;
+                    let args = chunk.into_iter().flatten();
+                    tx.execute(bind_sqlite(sqlx::query(AssertSqlSafe(sql)), args))
+                        .await?;
                 }
             }
             Tx::Postgres(tx) => {
@@ -364,11 +349,33 @@ pub(crate) struct Query {
     args: Vec<Arg>,
 }
 
+/// Binds `args`, in order, to SQLite's positional `?` placeholders.
+fn bind_sqlite(
+    mut q: sqlx::query::Query<'static, Sqlite, SqliteArguments>,
+    args: impl IntoIterator<Item = Arg>,
+) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    for arg in args {
+        q = match arg {
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::OptInt(v) => q.bind(v),
+            Arg::Bool(v) => q.bind(v),
+            Arg::Bytes(v) => q.bind(v),
+            Arg::List(v) => q.bind(serde_json::Value::from(v).to_string()),
+        };
+    }
+    q
+}
+
 /// `sql` with every `$N` outside quotes replaced by `?`, and the arguments
-/// those placeholders name, in the order they occur.
+/// those placeholders name, in the order they occur (moved on first use,
+/// copied only where a placeholder repeats).
 fn positional(sql: &str, args: Vec<Arg>) -> (String, Vec<Arg>) {
     let mut out = String::with_capacity(sql.len());
-    let mut ordered = Vec::with_capacity(args.len());
+    let mut ordered: Vec<Arg> = Vec::with_capacity(args.len());
+    // Each argument, until it is first used; then where it went.
+    let mut args: Vec<Result<Arg, usize>> = args.into_iter().map(Ok).collect();
     let mut chars = sql.char_indices().peekable();
     let mut quote: Option<char> = None;
     while let Some((i, c)) = chars.next() {
@@ -394,11 +401,18 @@ fn positional(sql: &str, args: Vec<Arg>) -> (String, Vec<Arg>) {
                     chars.next();
                 }
                 let n: usize = sql[start..end].parse().unwrap_or(0);
-                let arg = n
-                    .checked_sub(1)
-                    .and_then(|k| args.get(k))
-                    .unwrap_or_else(|| panic!("placeholder ${n} has no argument in {sql:?}"));
-                ordered.push(arg.clone());
+                let Some(slot) = n.checked_sub(1).and_then(|k| args.get_mut(k)) else {
+                    panic!("placeholder ${n} has no argument in {sql:?}");
+                };
+                let at = ordered.len();
+                let arg = match std::mem::replace(slot, Err(at)) {
+                    Ok(arg) => arg,
+                    Err(first) => {
+                        *slot = Err(first);
+                        ordered[first].clone()
+                    }
+                };
+                ordered.push(arg);
                 out.push('?');
             }
             None => out.push(c),
@@ -427,19 +441,7 @@ impl Query {
     /// statement of 6,000 parameters spent most of its time there.
     fn sqlite(self) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
         let (sql, args) = positional(&self.sql, self.args);
-        let mut q = sqlx::query::<Sqlite>(AssertSqlSafe(sql));
-        for arg in args {
-            q = match arg {
-                Arg::Text(v) => q.bind(v),
-                Arg::OptText(v) => q.bind(v),
-                Arg::Int(v) => q.bind(v),
-                Arg::OptInt(v) => q.bind(v),
-                Arg::Bool(v) => q.bind(v),
-                Arg::Bytes(v) => q.bind(v),
-                Arg::List(v) => q.bind(serde_json::Value::from(v).to_string()),
-            };
-        }
-        q
+        bind_sqlite(sqlx::query::<Sqlite>(AssertSqlSafe(sql)), args)
     }
 
     fn postgres(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
