@@ -2,7 +2,6 @@
 //! maps to a code here ([`From<tonic::Status>`]), and [`report`] prints a
 //! failed command's error.
 
-
 use ferry_common::exit;
 use ferry_common::tls;
 

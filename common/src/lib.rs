@@ -18,6 +18,7 @@
 //!   verifier, and tonic channels over our own TLS connector.
 //! - [`credentials`]: the operator credentials file and where to find it.
 //! - [`labels`], [`time`]: small shared parsers and formatters.
+//! - [`limits`]: limits the coordinator enforces and the CLI checks first.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`fsutil`]: atomic, private file writes.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
@@ -36,6 +37,7 @@ pub mod host;
 pub mod identity;
 pub mod job;
 pub mod labels;
+pub mod limits;
 pub mod pki;
 pub mod redact;
 pub mod secret;
