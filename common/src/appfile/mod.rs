@@ -72,7 +72,8 @@ pub use secrets::{MAX_SECRET_NAME_LEN, RegistryAuth};
 pub use service::{MIN_MEMORY_BYTES, PLACEHOLDERS, Service, parse_memory};
 pub use volumes::VolumeMount;
 
-use check::{Check, at_least_one, dns_name};
+use crate::rules::dns_name;
+use check::{Check, at_least_one};
 use environment::RawEnvironment;
 use raw::{FieldPath, Index};
 use serde::Deserialize;
