@@ -102,8 +102,8 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
             // The file is checked here first, so its problems show with
             // lines even when the coordinator is down.
             let file_name = a.file.display().to_string();
-            let app_file = std::fs::read_to_string(&a.file)
-                .map_err(|e| CliError::usage(format!("{file_name}: cannot read: {e}")))?;
+            let app_file =
+                ferry_common::appfile::read(&a.file).map_err(|e| CliError::usage(e.to_string()))?;
             ferry_common::appfile::parse(&file_name, &app_file)
                 .map_err(|e| CliError::usage(e.to_string()))?;
             let what = Start::Deploy {

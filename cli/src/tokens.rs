@@ -48,9 +48,14 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
     let labels =
         parse_labels(&args.labels).map_err(|e| CliError::usage(format!("--labels: {e}")))?;
     let ttl_seconds = match &args.ttl {
-        Some(t) => parse_duration(t)
-            .map_err(|e| CliError::usage(format!("--ttl: {e}")))?
-            .as_secs(),
+        Some(t) => {
+            let ttl = parse_duration(t).map_err(|e| CliError::usage(format!("--ttl: {e}")))?;
+            // Checked here, where 500ms would otherwise round to 0 seconds,
+            // which the wire reads as "the default".
+            ferry_common::limits::check_token_ttl(ttl)
+                .map_err(|e| CliError::usage(format!("--ttl: {e}")))?;
+            ttl.as_secs()
+        }
         None => 0,
     };
     let mut s = ctx.connect().await?;

@@ -65,3 +65,21 @@ fn completions_print_a_script_for_each_shell() {
     let bad = ferry().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// A join token lifetime the coordinator would refuse is refused before
+/// anything is sent: `0s` and `500ms` once became a 1-hour token.
+#[test]
+fn a_token_lifetime_out_of_range_is_refused_before_connecting() {
+    for ttl in ["0s", "500ms", "59s", "31d"] {
+        let out = ferry()
+            .args(["token", "create", "--ttl", ttl])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {stderr}");
+        assert!(
+            stderr.contains("--ttl:") && stderr.contains("a join token lives from 1m to 30d"),
+            "{ttl}: {stderr}"
+        );
+    }
+}

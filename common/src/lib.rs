@@ -18,6 +18,10 @@
 //!   verifier, and tonic channels over our own TLS connector.
 //! - [`credentials`]: the operator credentials file and where to find it.
 //! - [`labels`], [`time`]: small shared parsers and formatters.
+//! - [`limits`]: limits the coordinator enforces and the CLI checks first.
+//! - [`rules`]: the rules for names and values that reach Docker (app,
+//!   env and service names, images, users, variables, versions), used by
+//!   the app file and by the deploy spec's own validation.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`fsutil`]: atomic, private file writes.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
@@ -36,8 +40,10 @@ pub mod host;
 pub mod identity;
 pub mod job;
 pub mod labels;
+pub mod limits;
 pub mod pki;
 pub mod redact;
+pub mod rules;
 pub mod secret;
 pub mod shutdown;
 pub mod status;

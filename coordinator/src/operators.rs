@@ -14,12 +14,6 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::store::{JoinTokenRecord, OperatorRecord, StoreError};
 
-/// Longest join token lifetime an admin may ask for.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Shortest: below a minute a token expires before anyone can paste the
-/// enroll command (and a sub-second TTL was silently rounded to the default).
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
-
 /// A join token as handed to the admin (the secret is shown only here).
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -49,17 +43,8 @@ impl Core {
             validate_key(k).map_err(|r| CoordinatorError::invalid("--labels", r))?;
         }
         let ttl = ttl.unwrap_or(self.config.join_token_ttl);
-        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&ttl) {
-            return Err(CoordinatorError::invalid(
-                "--ttl",
-                format!(
-                    "{} is out of range; a join token lives from {} to {}",
-                    ferry_common::time::format_duration(ttl),
-                    ferry_common::time::format_duration(MIN_TOKEN_TTL),
-                    ferry_common::time::format_duration(MAX_TOKEN_TTL),
-                ),
-            ));
-        }
+        ferry_common::limits::check_token_ttl(ttl)
+            .map_err(|reason| CoordinatorError::invalid("--ttl", reason))?;
         let secret: [u8; 32] = rand::random();
         let token = format!(
             "ferry_{}",

@@ -62,6 +62,14 @@ pub async fn run(
         config.admin_listen = l;
     }
     if let Some(url) = overrides.database_url {
+        if url_has_password(&url) {
+            // Command lines are world-readable (`ps`, /proc/*/cmdline).
+            tracing::warn!(
+                "--database-url carries a password, which every user of this host can read \
+                 with `ps`; set FERRY_DATABASE_URL (e.g. from a systemd EnvironmentFile of \
+                 mode 0600) instead"
+            );
+        }
         config.database_url = Some(url);
     }
     let grpc = bind(config.listen).await?;
@@ -256,4 +264,28 @@ fn server_identity(
     fsutil::write_atomic(&key_path, fresh.key_pem.as_bytes(), Mode::Private, true)?;
     fsutil::write_atomic(&cert_path, chain.as_bytes(), Mode::Public, true)?;
     Ok((chain, fresh.key_pem))
+}
+
+/// Whether a `postgres://user:password@host/db` URL holds a password.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_has_password;
+
+    #[test]
+    fn passwords_in_database_urls_are_noticed() {
+        assert!(url_has_password("postgres://ferry:s3cret@db/ferry"));
+        assert!(!url_has_password("postgres://ferry@db/ferry"));
+        assert!(!url_has_password("postgres://db/ferry?user=x"));
+        assert!(!url_has_password("/var/lib/ferry/ferry.db"));
+    }
 }

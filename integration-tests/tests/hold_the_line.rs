@@ -436,3 +436,85 @@ async fn join_token_lifetimes_outside_the_limits_are_refused() {
     .await
     .expect("one minute is allowed");
 }
+
+/// The example app's deploy spec, as `ferry deploy` would make it.
+fn example_deploy_spec() -> ferry_common::job::DeploySpec {
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example/ferry.toml");
+    ferry_common::appfile::load(&file)
+        .unwrap()
+        .deploy_spec("staging", "1.0.0")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_raw_deploy_is_admin_only_and_held_to_the_app_files_rules() {
+    let c = TestCoordinator::start().await.unwrap();
+    let _web = c.enroll("web-1", &[]).await.unwrap();
+    let submit = |spec: ferry_common::job::DeploySpec| pb::SubmitJobRequest {
+        kind: "deploy".into(),
+        spec_json: serde_json::to_string(&spec).unwrap(),
+        target: Some(pb::Selector {
+            agents: vec!["web-1".into()],
+            labels: Default::default(),
+        }),
+        idempotency_key: String::new(),
+        deadline_seconds: 60,
+    };
+    // A traversal in a name never reaches Docker: refused at submit.
+    let mut evil = example_deploy_spec();
+    evil.app = "../../../../tmp/ferrypwn-x".into();
+    let err = c
+        .operator()
+        .await
+        .unwrap()
+        .submit_job(submit(evil))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("deploy spec: app:"),
+        "{}",
+        err.message()
+    );
+    let mut spaced = example_deploy_spec();
+    spaced.services[0].name = "web x".into();
+    let err = c
+        .operator()
+        .await
+        .unwrap()
+        .submit_job(submit(spaced))
+        .await
+        .expect_err("refused");
+    assert!(
+        err.message().contains("deploy spec: services[0].name:"),
+        "{}",
+        err.message()
+    );
+
+    // A deployer deploys through `ferry deploy`, not a raw job.
+    let dee = c.add_operator("dee", pb::Role::Deployer).await.unwrap();
+    let err = c
+        .operator_as(&dee)
+        .await
+        .unwrap()
+        .submit_job(submit(example_deploy_spec()))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("use `ferry deploy`"),
+        "{}",
+        err.message()
+    );
+
+    let jobs = c
+        .operator()
+        .await
+        .unwrap()
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.jobs.is_empty(), "no job was created: {:?}", jobs.jobs);
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::raw::{self, FieldPath};
+use crate::rules::env_var_name;
 use crate::time::parse_duration;
 
 /// The checking pass: raw values in, typed values out, every broken rule
@@ -48,38 +49,6 @@ impl Check {
                 (k, v.into_text())
             })
             .collect()
-    }
-}
-
-/// App, environment and service names end up joined by `-` in Docker
-/// names: lowercase letters, digits and `-`, starting and ending with a
-/// letter or digit.
-pub(super) fn dns_name(name: &str) -> Result<(), String> {
-    crate::identity::validate_name(name)?;
-    if let Some(bad) = name.chars().find(|c| matches!(c, '_' | '.')) {
-        return Err(format!(
-            "{name:?} contains {bad:?}; use lowercase letters, digits and '-' (it becomes part of container, network and volume names)"
-        ));
-    }
-    if name.ends_with('-') {
-        return Err(format!("{name:?} must not end with '-'"));
-    }
-    Ok(())
-}
-
-/// Environment variable names as shells accept them.
-pub(super) fn env_var_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not an environment variable name; use letters, digits and '_', not starting with a digit"
-        ))
     }
 }
 

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::AppFile;
-use super::check::{Check, at_least_one, dns_name};
+use super::check::{Check, at_least_one};
 use super::raw::{self, FieldPath};
 use crate::job::Selector;
+use crate::rules::dns_name;
 
 /// An environment with this name always asks for confirmation before a
 /// deploy, whatever its `protected` says: the one mistake worth a prompt.

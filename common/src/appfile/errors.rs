@@ -24,6 +24,10 @@ pub enum AppFileError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{file}: {size} bytes; an app file may be at most {limit} bytes (a real one is a few KiB: is this the right file?)"
+    )]
+    TooLarge { file: String, size: u64, limit: u64 },
     /// Every problem found, in file order.
     #[error("{}", format_problems(file, problems))]
     Invalid {

@@ -72,7 +72,8 @@ pub use secrets::{MAX_SECRET_NAME_LEN, RegistryAuth};
 pub use service::{MIN_MEMORY_BYTES, PLACEHOLDERS, Service, parse_memory};
 pub use volumes::VolumeMount;
 
-use check::{Check, at_least_one, dns_name};
+use crate::rules::dns_name;
+use check::{Check, at_least_one};
 use environment::RawEnvironment;
 use raw::{FieldPath, Index};
 use serde::Deserialize;
@@ -122,12 +123,28 @@ impl AppFile {
 
 /// Reads and parses the app file at `path`.
 pub fn load(path: &Path) -> Result<AppFile, AppFileError> {
+    let text = read(path)?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// The text of the app file at `path`, refused before it is read whole if
+/// it is larger than [`crate::limits::MAX_APP_FILE_BYTES`].
+pub fn read(path: &Path) -> Result<String, AppFileError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| AppFileError::Read {
+    let io = |source| AppFileError::Read {
         file: file.clone(),
         source,
-    })?;
-    parse(&file, &text)
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    let limit = crate::limits::MAX_APP_FILE_BYTES;
+    if size > limit {
+        return Err(AppFileError::TooLarge {
+            file: file.clone(),
+            size,
+            limit,
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
 }
 
 /// The top-level table as serde reads it (each section's own in its module).
@@ -651,6 +668,16 @@ url = "/health"
         let err = load(&path).unwrap_err().to_string();
         assert!(
             err.starts_with(&format!("{}:1: app: invalid type", path.display())),
+            "{err}"
+        );
+        // A 60 MB "app file" is refused by its size, before it is read.
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(60 << 20).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, AppFileError::TooLarge { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("62914560 bytes; an app file may be at most 1048576 bytes"),
             "{err}"
         );
     }

@@ -1,30 +1,12 @@
 //! A release of the app file: what every host of an environment runs for
 //! one version, as the deploy job's spec.
 
+pub use crate::rules::version as validate_version;
 use std::time::Duration;
 
 use super::healthcheck::{DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, HealthCheckKind};
 use super::{AppFile, AppFileError};
 use crate::job::DeploySpec;
-
-/// Checks a release version: it names containers and usually an image tag,
-/// so it follows Docker's tag rule (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`).
-pub fn validate_version(version: &str) -> Result<(), String> {
-    let mut chars = version.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !first_ok
-        || version.len() > 128
-        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err(format!(
-            "version {version:?}: expected 1 to 128 letters, digits, '_', '.' or '-', \
-             not starting with '.' or '-' (it becomes a Docker tag and container name), e.g. \"1.4.2\""
-        ));
-    }
-    Ok(())
-}
 
 impl AppFile {
     /// What every host of environment `env` runs for release `version`:

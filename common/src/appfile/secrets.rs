@@ -6,30 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::check::{Check, env_var_name};
+use super::check::Check;
 use super::raw::FieldPath;
+pub use crate::rules::MAX_SECRET_NAME_LEN;
+use crate::rules::secret_name;
 
 /// Where registry credentials come from: the names of two secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RegistryAuth {
     pub username_secret: String,
     pub password_secret: String,
-}
-
-/// The longest secret name the coordinator's secret store accepts; a
-/// longer one here could never be set.
-pub const MAX_SECRET_NAME_LEN: usize = 128;
-
-/// Secret names are environment variable names (they are injected as
-/// one), within the secret store's length limit.
-pub(super) fn secret_name(name: &str) -> Result<(), String> {
-    env_var_name(name)?;
-    if name.len() > MAX_SECRET_NAME_LEN {
-        return Err(format!(
-            "{name:?} is longer than {MAX_SECRET_NAME_LEN} characters, the longest secret name"
-        ));
-    }
-    Ok(())
 }
 
 impl Check {

@@ -9,17 +9,17 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::check::{Check, dns_name};
+use super::check::Check;
 use super::environment::Environment;
 use super::healthcheck::{Healthcheck, RawHealthcheck};
 use super::ports::PortSpec;
 use super::raw::{self, FieldPath};
 use super::secrets::{RawRegistryAuth, RegistryAuth};
 use super::volumes::VolumeMount;
-use crate::job::{PullPolicy, RestartPolicy, Strategy, naming, one_of};
+use crate::job::{PullPolicy, RestartPolicy, Strategy};
+use crate::rules::{self, dns_name};
 
-/// The placeholders an image may use.
-pub const PLACEHOLDERS: [&str; 3] = ["{version}", "{app}", "{env}"];
+pub use crate::rules::PLACEHOLDERS;
 
 /// Docker refuses memory limits below 6 MiB; saying so here beats a failed
 /// container start on every host.
@@ -91,7 +91,7 @@ impl Service {
     /// Docker Hub image that Ferry should not re-download every release).
     pub fn pull_policy(&self, image: &str) -> PullPolicy {
         self.pull
-            .unwrap_or(if naming::registry_host(image).is_some() {
+            .unwrap_or(if rules::registry_host(image).is_some() {
                 PullPolicy::Always
             } else {
                 PullPolicy::IfMissing
@@ -146,7 +146,7 @@ impl Check {
         );
         let image = match raw.image {
             Some(image) => {
-                self.ok(&path.key("image"), check_image(&image));
+                self.ok(&path.key("image"), rules::image(&image));
                 image
             }
             None => {
@@ -171,7 +171,7 @@ impl Check {
         let ports = self.ports(&path.key("ports"), raw.ports);
         let volumes = self.volumes(&path.key("volumes"), raw.volumes);
         let user = raw.user.inspect(|u| {
-            self.ok(&path.key("user"), check_user(u));
+            self.ok(&path.key("user"), rules::user(u));
         });
         let memory = raw
             .memory
@@ -271,66 +271,6 @@ fn memory_value(raw: raw::Scalar) -> Result<u64, String> {
         ));
     }
     Ok(bytes)
-}
-
-fn check_user(user: &str) -> Result<(), String> {
-    let parts: Vec<&str> = user.split(':').collect();
-    let part_ok = |p: &&str| !p.is_empty() && !p.chars().any(char::is_whitespace);
-    if parts.len() <= 2 && parts.iter().all(part_ok) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{user:?} is not a user; expected \"name\", \"uid\", \"name:group\" or \"uid:gid\""
-        ))
-    }
-}
-
-/// Non-empty, no whitespace, braces only around [`PLACEHOLDERS`], and a
-/// lowercase repository as Docker requires.
-fn check_image(image: &str) -> Result<(), String> {
-    if image.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    if image.chars().any(char::is_whitespace) {
-        return Err(format!("{image:?} must not contain whitespace"));
-    }
-    let mut rest = image;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest[open..].starts_with('}') {
-            return Err(format!("{image:?} has a '}}' without its '{{'"));
-        }
-        let Some(close) = rest[open..].find('}') else {
-            return Err(format!("{image:?} has a '{{' without its '}}'"));
-        };
-        let placeholder = &rest[open..open + close + 1];
-        if !PLACEHOLDERS.contains(&placeholder) {
-            return Err(format!(
-                "unknown placeholder {placeholder:?} in {image:?}; use {}",
-                one_of(&PLACEHOLDERS)
-            ));
-        }
-        rest = &rest[open + close + 1..];
-    }
-    // The repository is what precedes the tag or digest; a registry host
-    // (first component) may have a port, and {app}/{env} are lowercase.
-    let name = image.split('@').next().unwrap_or(image);
-    let (host, path) = match name.split_once('/') {
-        Some((first, rest)) if naming::registry_host(name).is_some() => (Some(first), rest),
-        _ => (None, name),
-    };
-    let repository = match path.rfind(':') {
-        Some(i) if !path[i..].contains('/') => &path[..i],
-        _ => path,
-    };
-    if repository.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "repository {repository:?} must be lowercase (Docker refuses uppercase image names)"
-        ));
-    }
-    if repository.is_empty() || host.is_some_and(str::is_empty) {
-        return Err(format!("{image:?} names no repository"));
-    }
-    Ok(())
 }
 
 /// `[services.NAME]` as serde reads it.

@@ -185,9 +185,55 @@ impl KindSpec for DeploySpec {
     const DOC: &'static str =
         "Start a release of an app's services on the host's Docker engine, gated on health.";
 
+    /// Every name and value by the rules the app file applies
+    /// ([`crate::rules`]), so a spec that did not come from an app file
+    /// (a raw `SubmitJob`) cannot reach Docker with a name the app file
+    /// would refuse (`../../tmp/x`, spaces, uppercase repositories).
     fn validate(&self) -> Result<(), String> {
+        use crate::rules;
+        let at = |field: String, r: Result<(), String>| {
+            r.map_err(|e| format!("deploy spec: {field}: {e}"))
+        };
+        at("app".into(), rules::dns_name(&self.app))?;
+        at("env".into(), rules::dns_name(&self.env))?;
+        at("release".into(), rules::version(&self.release))?;
         if self.services.is_empty() {
             return Err("deploy spec: services: at least one service is required".into());
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            let field = |name: &str| format!("services[{i}].{name}");
+            at(field("name"), rules::dns_name(&svc.name))?;
+            at(field("image"), rules::image(&svc.image))?;
+            if svc.image.contains('{') {
+                return Err(format!(
+                    "deploy spec: {}: {:?} still holds a placeholder; a spec names resolved images",
+                    field("image"),
+                    svc.image
+                ));
+            }
+            for k in svc.env.keys() {
+                at(field(&format!("env.{k}")), rules::env_var_name(k))?;
+            }
+            let auth = svc
+                .registry_auth
+                .iter()
+                .flat_map(|a| [&a.username_secret, &a.password_secret]);
+            for secret in svc.secrets.iter().chain(auth) {
+                at(field("secrets"), rules::secret_name(secret))?;
+            }
+            for v in &svc.volumes {
+                at(field("volumes"), rules::dns_name(&v.name))?;
+                if !v.target.starts_with('/') {
+                    return Err(format!(
+                        "deploy spec: {}: the path in the container must be absolute, got {:?}",
+                        field("volumes"),
+                        v.target
+                    ));
+                }
+            }
+            if let Some(user) = &svc.user {
+                at(field("user"), rules::user(user))?;
+            }
         }
         Ok(())
     }
@@ -286,13 +332,8 @@ pub mod naming {
         format!("{app}-{env}-{name}")
     }
 
-    /// The registry host an image reference names, if any
-    /// (`127.0.0.1:5000/app:1`, `registry.example.com/team/app`).
-    pub fn registry_host(image: &str) -> Option<String> {
-        let (first, _) = image.split_once('/')?;
-        (first.contains('.') || first.contains(':') || first == "localhost")
-            .then(|| first.to_string())
-    }
+    /// The registry host an image reference names, if any.
+    pub use crate::rules::registry_host;
 
     /// The nginx upstream include file of a blue-green service.
     pub fn upstream_file(app: &str, env: &str, service: &str) -> String {
@@ -303,6 +344,64 @@ pub mod naming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec as the example app file makes it, for the validation tests.
+    fn example_spec() -> DeploySpec {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example/ferry.toml");
+        crate::appfile::load(&file)
+            .unwrap()
+            .deploy_spec("staging", "1.0.0")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_spec_is_held_to_the_app_files_rules() {
+        use crate::job::KindSpec;
+        let good = example_spec();
+        assert_eq!(KindSpec::validate(&good), Ok(()));
+        type Spoil = fn(&mut DeploySpec);
+        let cases: Vec<(Spoil, &str)> = vec![
+            (
+                |s| s.app = "../../../../tmp/ferrypwn".into(),
+                "deploy spec: app:",
+            ),
+            (|s| s.env = "prod env".into(), "deploy spec: env:"),
+            (|s| s.release = "1.0 beta".into(), "deploy spec: release:"),
+            (
+                |s| s.services[0].name = "Web".into(),
+                "deploy spec: services[0].name:",
+            ),
+            (
+                |s| s.services[0].image = "Shop/Web:1".into(),
+                "deploy spec: services[0].image:",
+            ),
+            (
+                |s| s.services[0].image = "shop:{version}".into(),
+                "still holds a placeholder",
+            ),
+            (
+                |s| {
+                    s.services[0].env.insert("BAD-NAME".into(), "x".into());
+                },
+                "deploy spec: services[0].env.BAD-NAME:",
+            ),
+            (
+                |s| s.services[0].secrets = vec!["A B".into()],
+                "deploy spec: services[0].secrets:",
+            ),
+            (
+                |s| s.services[0].user = Some("a b c".into()),
+                "deploy spec: services[0].user:",
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let mut spec = good.clone();
+            spoil(&mut spec);
+            let err = KindSpec::validate(&spec).unwrap_err();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
 
     #[test]
     fn keywords_read_as_they_serialize() {

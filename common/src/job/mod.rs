@@ -16,6 +16,7 @@
 //! it does not describe. The agent's executor registry has a test of its
 //! own that fails for a kind with no executor.
 
+pub(crate) use crate::rules::one_of;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -317,15 +318,6 @@ pub struct HostFacts {
     pub postgres_error: Option<String>,
     /// Agent clock minus coordinator clock, from the session's time exchange.
     pub clock_offset_ms: i64,
-}
-
-/// "a, b or c".
-pub(crate) fn one_of(items: &[&str]) -> String {
-    match items {
-        [] => String::new(),
-        [one] => one.to_string(),
-        [init @ .., last] => format!("{} or {last}", init.join(", ")),
-    }
 }
 
 #[cfg(test)]

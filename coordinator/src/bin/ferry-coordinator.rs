@@ -46,6 +46,7 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<SocketAddr>,
         /// postgres://… to use PostgreSQL instead of the SQLite file in the data dir.
+        /// A password here shows in `ps`: prefer FERRY_DATABASE_URL.
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
     },

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::identity::{Identity, Role};
+use ferry_common::job::JobKind;
 use ferry_common::time::now_ms;
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::operator_service_server::OperatorService;
@@ -204,10 +205,24 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let op = self
-            .core
-            .require_operator(&req, Role::Deployer, "run jobs")
-            .await?;
+        // A raw deploy bypasses what `ferry deploy` goes through (the
+        // (app, env) lock, the release record, the confirmation of a
+        // protected environment): only an admin may send one.
+        let raw_deploy = req.get_ref().kind == JobKind::Deploy.as_str();
+        let op = if raw_deploy {
+            self.core
+                .require_operator(
+                    &req,
+                    Role::Admin,
+                    "submit a raw deploy job (it bypasses the rollout lock, releases and \
+                     confirmation: use `ferry deploy`)",
+                )
+                .await?
+        } else {
+            self.core
+                .require_operator(&req, Role::Deployer, "run jobs")
+                .await?
+        };
         let actor = caller_uri(&op, &self.core);
         let r = req.into_inner();
         let submission = Submission {
