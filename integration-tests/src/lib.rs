@@ -18,6 +18,7 @@ pub mod docker;
 pub mod http;
 pub mod otlp;
 pub mod proxy;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

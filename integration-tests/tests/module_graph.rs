@@ -14,6 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use ferry_integration_tests::source::{code, workspace};
+
 /// Module path (e.g. `["store", "engine"]`) of each source file under `src`.
 fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
     let mut out = BTreeMap::new();
@@ -48,19 +50,6 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, PathBuf> {
         }
     }
     out
-}
-
-/// The text of a file without its `#[cfg(test)]` modules and comments.
-fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = match text.find("#[cfg(test)]\nmod ") {
-        Some(i) => &text[..i],
-        None => &text[..],
-    };
-    text.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The module paths `crate::…` and `super::…` paths in `text` lead to.
@@ -173,13 +162,6 @@ fn cycles(src: &Path) -> Vec<String> {
         unique.entry(key).or_insert(c);
     }
     unique.into_values().collect()
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 /// The crates whose module trees are checked.

@@ -3,7 +3,7 @@
 //! non-test Rust source spells one as a string literal (SQL text quotes
 //! them with single quotes, as the schema does, and is not affected).
 
-use std::path::{Path, PathBuf};
+use ferry_integration_tests::source::{code, rust_files, workspace};
 
 const WORDS: &[&str] = &[
     "pending",
@@ -19,37 +19,13 @@ const WORDS: &[&str] = &[
     "revert_failed",
 ];
 
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The text of a file before its `#[cfg(test)]` module, without comments.
-fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = match text.find("#[cfg(test)]") {
-        Some(i) => &text[..i],
-        None => &text[..],
-    };
-    text.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn no_status_word_is_spelt_outside_its_enum() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut files = Vec::new();
-    for krate in ["common", "coordinator", "agent", "cli"] {
-        sources(&root.join(krate).join("src"), &mut files);
-    }
+    let root = &workspace();
+    let files: Vec<_> = ["common", "coordinator", "agent", "cli"]
+        .iter()
+        .flat_map(|krate| rust_files(&root.join(krate).join("src")))
+        .collect();
     // The enums' home, and the store's test suites (whole files of tests,
     // which pin the stored words on purpose).
     let skip = [

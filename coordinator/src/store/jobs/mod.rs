@@ -15,7 +15,7 @@ mod engine;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::db::{Arg, Tx, Ty, in_list, query, row_lock};
+use super::db::{Arg, Row, Tx, Ty, in_list, query, row_lock};
 pub use super::notify::Notification;
 use super::rows::{Columns, opt_uuid, parsed, sql_int, unsigned, uuid};
 use super::{AuditEntry, Backend, Store, StoreError, audit};
@@ -645,33 +645,9 @@ impl Store {
              WHERE t.state = {} AND j.deadline_ms <= $1",
             pending()
         );
-        // Run on every tick and almost always finds nothing. SQLite: look
-        // first without the write lock, which submits and claims would wait
-        // for. PostgreSQL locks rows, not the store: straight to it.
-        if self.backend() == Backend::Sqlite
-            && !self
-                .exists(
-                    format!("SELECT EXISTS (SELECT 1 {matching}) AS found"),
-                    |q| q.bind(now_ms),
-                )
-                .await?
-        {
+        let Some((mut tx, tasks)) = self.lock_swept(&matching, "t.*", now_ms, task).await? else {
             return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin_jobs().await?;
-        let tasks = query(format!(
-            "SELECT t.* {matching} ORDER BY t.id{}",
-            row_lock(tx.backend(), " FOR NO KEY UPDATE OF t")
-        ))
-        .bind(now_ms)
-        .fetch_all(&mut tx)
-        .await?
-        .iter()
-        .map(task)
-        .collect::<Result<Vec<_>, _>>()?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
+        };
         let transitions = engine::expire(&mut tx, tasks, now_ms).await?;
         tx.commit().await?;
         Ok(transitions)
@@ -690,34 +666,54 @@ impl Store {
              WHERE t.state IN ({}) AND a.last_seen_ms < $1",
             active_states()
         );
-        // As for expiry: on SQLite, look first, without the write lock.
+        let columns = "t.*, a.last_seen_ms AS agent_last_seen_ms";
+        let swept = self
+            .lock_swept(&matching, columns, seen_before_ms, task_with_last_seen)
+            .await?;
+        let Some((mut tx, tasks)) = swept else {
+            return Ok(Vec::new());
+        };
+        let transitions = engine::mark_lost(&mut tx, tasks, now_ms).await?;
+        tx.commit().await?;
+        Ok(transitions)
+    }
+
+    /// For the leader's sweeps: the rows (`columns`) of the tasks that
+    /// `matching` (a `FROM … WHERE …` with `$1` = `bound`) selects, locked
+    /// in a job transaction, in id order; `None` when there are none.
+    /// Sweeps run on every tick and almost always find nothing, so on
+    /// SQLite they look first without the write lock, which submits and
+    /// claims would wait for; PostgreSQL locks rows, not the store: there
+    /// it goes straight to the locking read.
+    async fn lock_swept<T>(
+        &self,
+        matching: &str,
+        columns: &str,
+        bound: i64,
+        decode: impl Fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<(Tx, Vec<T>)>, StoreError> {
         if self.backend() == Backend::Sqlite
             && !self
                 .exists(
                     format!("SELECT EXISTS (SELECT 1 {matching}) AS found"),
-                    |q| q.bind(seen_before_ms),
+                    |q| q.bind(bound),
                 )
                 .await?
         {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut tx = self.pool.begin_jobs().await?;
         let tasks = query(format!(
-            "SELECT t.*, a.last_seen_ms AS agent_last_seen_ms {matching} ORDER BY t.id{}",
+            "SELECT {columns} {matching} ORDER BY t.id{}",
             row_lock(tx.backend(), " FOR NO KEY UPDATE OF t")
         ))
-        .bind(seen_before_ms)
+        .bind(bound)
         .fetch_all(&mut tx)
         .await?
         .iter()
-        .map(task_with_last_seen)
+        .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let transitions = engine::mark_lost(&mut tx, tasks, now_ms).await?;
-        tx.commit().await?;
-        Ok(transitions)
+        Ok((!tasks.is_empty()).then_some((tx, tasks)))
     }
 }
 
