@@ -244,6 +244,7 @@ async fn session_once(
         channel,
         session_done.clone(),
     ));
+    tokio::spawn(resend_stale(Arc::clone(&spool), session_done.clone()));
 
     loop {
         tokio::select! {
@@ -314,6 +315,27 @@ async fn heartbeats(
         };
         if tx.send(msg).is_err() {
             return;
+        }
+    }
+}
+
+/// Events unacknowledged this long are sent again on the live session.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// Every second, sends again what the coordinator has left unacknowledged
+/// for [`RESEND_AFTER`] (see [`Spool::resend_stale`]), until `done`.
+async fn resend_stale(spool: Arc<Spool>, done: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let sent = spool.resend_stale(RESEND_AFTER);
+        if sent > 0 {
+            tracing::warn!(
+                events = sent,
+                "the coordinator acknowledged nothing for a while; sent its unacknowledged events again"
+            );
         }
     }
 }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ferry_common::fsutil::{self, FileError, Mode};
 use ferry_proto::v1 as pb;
@@ -44,6 +45,9 @@ struct TaskSpool {
     acked: u64,
     finished: bool,
     unacked: VecDeque<pb::TaskEvent>,
+    /// When the coordinator last acknowledged something of this task (or
+    /// its events were last sent again).
+    progress_at: Instant,
 }
 
 struct Inner {
@@ -144,6 +148,7 @@ impl Spool {
                 acked: 0,
                 finished: false,
                 unacked: VecDeque::new(),
+                progress_at: Instant::now(),
             },
         );
         Ok(true)
@@ -219,6 +224,7 @@ impl Spool {
             return Ok(());
         }
         task.acked = seq.min(task.last_seq);
+        task.progress_at = Instant::now();
         while task.unacked.front().is_some_and(|e| e.seq <= task.acked) {
             task.unacked.pop_front();
         }
@@ -262,6 +268,32 @@ impl Spool {
             }
         }
         inner.outbox = Some(outbox);
+    }
+
+    /// Sends again, on the live session, the unacknowledged events of every
+    /// task the coordinator has acknowledged nothing of for `after`: a
+    /// coordinator that failed to store a batch may otherwise wait for
+    /// them until the next session. It stores each (task, seq) once, so a
+    /// copy it already has is dropped there. Returns how many were sent.
+    pub fn resend_stale(&self, after: Duration) -> usize {
+        let mut inner = self.lock();
+        let Inner { tasks, outbox } = &mut *inner;
+        let Some(outbox) = outbox else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut sent = 0;
+        for task in tasks.values_mut() {
+            if task.unacked.is_empty() || now.duration_since(task.progress_at) < after {
+                continue;
+            }
+            for ev in &task.unacked {
+                let _ = outbox.send(event_message(ev.clone()));
+                sent += 1;
+            }
+            task.progress_at = now;
+        }
+        sent
     }
 
     pub fn detach(&self) {
@@ -319,6 +351,7 @@ fn load_task(dir: &Path) -> Result<Option<TaskSpool>, FileError> {
         acked,
         finished,
         unacked,
+        progress_at: Instant::now(),
     }))
 }
 

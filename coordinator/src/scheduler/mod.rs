@@ -34,6 +34,10 @@ pub mod watch;
 
 /// Most events written in one store transaction.
 const INGEST_BATCH: usize = 4096;
+/// How long a batch of agent events the store refused waits before it is
+/// tried again, doubling up to [`INGEST_RETRY_MAX`].
+const INGEST_RETRY_FIRST: Duration = Duration::from_millis(100);
+const INGEST_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Most tasks of one agent claimed for assignment at once.
 const CLAIM_BATCH: u32 = 512;
 /// Most tasks of one job claimed in one transaction when it fans out: a
@@ -719,10 +723,37 @@ pub fn start(core: &Arc<Core>, mut ingest_rx: mpsc::Receiver<Inbound>) {
             if n == 0 {
                 return;
             }
-            // A failed batch is not acknowledged; agents send it again.
-            if let Err(e) = c.ingest(&buf).await {
-                tracing::error!(error = %e, events = n, "could not store agent events");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // A batch is retried until it is stored: dropping it would
+            // leave the agent's later events behind a gap, its task running
+            // and its rollout holding the lock. Storing is idempotent per
+            // (task, seq), so a retry after a half-seen failure is safe;
+            // meanwhile sessions wait on the full channel (backpressure).
+            let mut wait = INGEST_RETRY_FIRST;
+            let mut failures = 0u32;
+            loop {
+                match c.ingest(&buf).await {
+                    Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!(
+                                events = n,
+                                failures,
+                                "stored agent events after the store came back"
+                            );
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::error!(error = %e, events = n, failures, "could not store agent events; retrying until stored");
+                        }
+                        tokio::select! {
+                            _ = c.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        wait = (wait * 2).min(INGEST_RETRY_MAX);
+                    }
+                }
             }
         }
     });

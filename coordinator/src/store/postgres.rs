@@ -69,6 +69,10 @@ pub(super) struct Coordination {
     _listener: DropGuard,
 }
 
+/// How long a caller waits for a pooled connection before the store
+/// reports the database unreachable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The connection holding (or trying for) the leader lock.
 #[derive(Default)]
 struct Leadership {
@@ -84,7 +88,14 @@ impl Store {
             url: without_credentials(url),
         })?;
         migrate(&options).await?;
-        let pool = PgPoolOptions::new().connect_with(options.clone()).await?;
+        // sqlx waits 30 s for a connection by default: during an outage
+        // every caller (an RPC, `/readyz`, the ingest loop) would hang that
+        // long before it could report or retry. Fail fast instead; the
+        // callers retry or answer "unavailable".
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
         // Listening before returning: a notification sent once `connect`
         // is done reaches this store's subscribers.
         let listener = listen(&options).await?;
