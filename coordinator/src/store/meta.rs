@@ -76,12 +76,12 @@ impl Store {
     }
 
     /// Whether this process is the leader that runs time-based duties.
-    /// SQLite: always (one coordinator per store). PostgreSQL: holds a
-    /// session advisory lock on a dedicated connection; if that connection
-    /// is lost, tries again.
+    /// SQLite: always (one coordinator per store). PostgreSQL: takes or
+    /// renews the leader's lease, which expires when its holder stops
+    /// renewing it (see `postgres::LEADER_LEASE`); call it every tick.
     pub async fn try_lead(&self) -> Result<bool, StoreError> {
         match &self.postgres {
-            Some(pg) => pg.try_lead().await,
+            Some(pg) => pg.try_lead(&self.pool).await,
             None => Ok(true),
         }
     }

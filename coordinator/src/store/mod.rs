@@ -94,7 +94,7 @@ pub struct Store {
     pool: db::Pool,
     /// Local subscribers; on PostgreSQL fed by the listener.
     notifications: broadcast::Sender<Notification>,
-    /// PostgreSQL only: the listener and the leader lock.
+    /// PostgreSQL only: the listener and this process's leader lease.
     postgres: Option<postgres::Coordination>,
 }
 

@@ -7,14 +7,14 @@
 //! ferry_events`: a task started by [`Store::connect_postgres`] listens on
 //! a connection of its own and forwards what it hears to
 //! [`Store::subscribe`]rs until the store is dropped. The leader is
-//! whoever holds a session advisory lock on a dedicated connection.
+//! whoever holds the unexpired lease in `leader_lease`.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::db::{Pool, query};
@@ -48,10 +48,18 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_capabilities",
         include_str!("../../../migrations/postgres/0005_agent_capabilities.sql"),
     ),
+    (
+        6,
+        "leader_lease",
+        include_str!("../../../migrations/postgres/0006_leader_lease.sql"),
+    ),
 ];
 
-/// The session advisory lock whose holder is the leader ("ferry-ld").
-pub(super) const LEADER_LOCK_KEY: i64 = 0x6665_7272_792d_6c64;
+/// How long a leader's lease lasts without renewal. The scheduler renews
+/// it every tick (500 ms); a leader that stops (killed, frozen by SIGSTOP
+/// or a VM pause, cut off by a partition) loses it this long after its
+/// last renewal, and another coordinator takes the duties over.
+pub(super) const LEADER_LEASE: Duration = Duration::from_secs(5);
 
 /// Notifications a slow subscriber may lag behind before it misses some.
 const NOTIFICATION_BUFFER: usize = 1024;
@@ -61,10 +69,10 @@ const LISTEN_RETRY_MIN: Duration = Duration::from_millis(100);
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// What a PostgreSQL store has beyond its pool: the notification listener
-/// and the leader lock's connection.
+/// and this process's name as a leader.
 pub(super) struct Coordination {
-    options: PgConnectOptions,
-    leadership: Mutex<Leadership>,
+    /// Who holds the lease when this store does: unique per process.
+    holder: String,
     /// Ends the notification listener when the store is dropped.
     _listener: DropGuard,
 }
@@ -72,13 +80,6 @@ pub(super) struct Coordination {
 /// How long a caller waits for a pooled connection before the store
 /// reports the database unreachable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The connection holding (or trying for) the leader lock.
-#[derive(Default)]
-struct Leadership {
-    conn: Option<PgConnection>,
-    held: bool,
-}
 
 impl Store {
     /// Connects to the PostgreSQL database at `url` and applies pending
@@ -110,8 +111,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             notifications,
             postgres: Some(Coordination {
-                options,
-                leadership: Mutex::new(Leadership::default()),
+                holder: uuid::Uuid::now_v7().to_string(),
                 _listener: stop.drop_guard(),
             }),
         })
@@ -133,35 +133,25 @@ impl Coordination {
         Ok(())
     }
 
-    pub(super) async fn try_lead(&self) -> Result<bool, StoreError> {
-        let mut guard = self.leadership.lock().await;
-        let lead = &mut *guard;
-        if let Some(conn) = lead.conn.as_mut() {
-            // A session lock lasts as long as its connection: while that
-            // is alive, this process still holds what it took.
-            let outcome = if lead.held {
-                conn.ping().await.map(|()| true)
-            } else {
-                try_advisory_lock(conn).await
-            };
-            match outcome {
-                Ok(held) => {
-                    lead.held = held;
-                    return Ok(held);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "lost the leader lock's connection; reconnecting");
-                    *lead = Leadership::default();
-                }
-            }
-        }
-        let mut conn = PgConnection::connect_with(&self.options).await?;
-        let held = try_advisory_lock(&mut conn).await?;
-        *lead = Leadership {
-            conn: Some(conn),
-            held,
-        };
-        Ok(held)
+    /// Takes or renews the leader's lease: it is this store's if it
+    /// already was, or if the last holder let it expire. Times are the
+    /// database server's (`clock_timestamp()`), so coordinators' clocks
+    /// need not agree. A leader that stops renewing is no longer one
+    /// [`LEADER_LEASE`] later, even if its connections stay open (a frozen
+    /// process keeps its sockets, which is why a session advisory lock
+    /// was not enough).
+    pub(super) async fn try_lead(&self, pool: &Pool) -> Result<bool, StoreError> {
+        let renewed = query(
+            "UPDATE leader_lease SET holder = $1, \
+             expires_at_ms = CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) + $2 \
+             WHERE id = 1 AND (holder = $1 \
+               OR expires_at_ms < CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT))",
+        )
+        .bind(self.holder.as_str())
+        .bind(LEADER_LEASE.as_millis() as i64)
+        .execute(pool)
+        .await?;
+        Ok(renewed == 1)
     }
 }
 
@@ -219,13 +209,6 @@ async fn forward_notifications(
             }
         }
     }
-}
-
-async fn try_advisory_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK_KEY)
-        .fetch_one(conn)
-        .await
 }
 
 /// sqlx's migrator takes a session-level advisory lock and keeps it when a

@@ -42,6 +42,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_capabilities",
         include_str!("../../../migrations/sqlite/0005_agent_capabilities.sql"),
     ),
+    (
+        6,
+        "leader_lease",
+        include_str!("../../../migrations/sqlite/0006_leader_lease.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or
