@@ -239,16 +239,23 @@ async fn session_once(
         interval,
         session_done.clone(),
     ));
+    // A renewed certificate replaces the old one at the coordinator, which
+    // then accepts the old one only briefly: reconnect with the new one.
+    let renewed = CancellationToken::new();
     tokio::spawn(renewals(
         agent.state_dir.clone(),
         channel,
         session_done.clone(),
+        renewed.clone(),
     ));
     tokio::spawn(resend_stale(Arc::clone(&spool), session_done.clone()));
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+            _ = renewed.cancelled() => {
+                return Ok(SessionEnd::Lost { established: true, reason: "certificate renewed; reconnecting with the new one".into() });
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => handle(agent, m),
                 Ok(None) => {
@@ -348,7 +355,12 @@ pub fn renewal_due(cert_pem: &str) -> Result<time::OffsetDateTime, AgentError> {
     Ok(info.not_before + life * 2 / 3)
 }
 
-async fn renewals(state_dir: PathBuf, channel: Channel, done: CancellationToken) {
+async fn renewals(
+    state_dir: PathBuf,
+    channel: Channel,
+    done: CancellationToken,
+    renewed: CancellationToken,
+) {
     let mut client = AgentServiceClient::new(channel);
     loop {
         let wait = match Identity::load(&state_dir).and_then(|id| renewal_due(&id.cert_pem)) {
@@ -370,7 +382,11 @@ async fn renewals(state_dir: PathBuf, channel: Channel, done: CancellationToken)
             continue;
         }
         match renew_once(&state_dir, &mut client).await {
-            Ok(not_after) => tracing::info!(%not_after, "renewed certificate"),
+            Ok(not_after) => {
+                tracing::info!(%not_after, "renewed certificate");
+                renewed.cancel();
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "certificate renewal failed; retrying in 5s");
                 tokio::select! {

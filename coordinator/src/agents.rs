@@ -170,7 +170,7 @@ impl Core {
                 .sign_client_csr(csr_pem, &uri, &agent.name, self.config.agent_cert_ttl)?;
         let not_after_ms = to_ms(issued.not_after);
         self.store
-            .agent_cert_renewed(agent.id, &issued.serial_hex, not_after_ms)
+            .agent_cert_renewed(agent.id, &issued.serial_hex, not_after_ms, now_ms())
             .await?;
         tracing::info!(agent = %agent.name, serial = %issued.serial_hex, "renewed agent certificate");
         Ok(pb::RenewResponse {

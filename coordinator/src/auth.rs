@@ -32,6 +32,8 @@ pub const ENROLL_PATH: &str = "/ferry.v1.AgentService/Enroll";
 pub struct Peer {
     pub identity: Identity,
     pub uri: String,
+    /// Serial (hex) of the certificate presented.
+    pub serial: String,
 }
 
 #[derive(Clone)]
@@ -55,10 +57,22 @@ impl AuthLayer {
     fn authenticate(&self, info: Option<&PeerInfo>) -> Result<Peer, String> {
         let certs = info.and_then(|i| i.certs.clone()).unwrap_or_default();
         let uris = self.verifier.verify(&certs).map_err(|e| e.to_string())?;
+        // `verify` parsed the end entity already; it cannot fail here.
+        let serial = certs
+            .first()
+            .and_then(|c| ferry_common::pki::cert_info(c).ok())
+            .map(|info| info.serial_hex)
+            .unwrap_or_default();
         let mut last_err = String::new();
         for uri in uris {
             match Identity::parse(&uri, &self.trust_domain) {
-                Ok(identity) => return Ok(Peer { identity, uri }),
+                Ok(identity) => {
+                    return Ok(Peer {
+                        identity,
+                        uri,
+                        serial,
+                    });
+                }
                 Err(e) => last_err = e.to_string(),
             }
         }
@@ -145,6 +159,13 @@ fn peer<T>(req: &Request<T>) -> Result<&Peer, CoordinatorError> {
     })
 }
 
+/// Whether the certificate a renewal just replaced is still accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overlap {
+    Allowed,
+    Refused,
+}
+
 /// What an admin-only or deployer-only action is called in refusals.
 fn role_needed_text(needed: Role) -> &'static str {
     match needed {
@@ -161,6 +182,24 @@ impl Core {
         &self,
         req: &Request<T>,
     ) -> Result<AgentRecord, CoordinatorError> {
+        self.require_agent_with(req, Overlap::Allowed).await
+    }
+
+    /// [`Core::require_agent`] for `Renew`: only the agent's current
+    /// certificate may renew itself, never one that a renewal replaced
+    /// (else a stolen copy could renew itself forever).
+    pub async fn require_current_agent<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<AgentRecord, CoordinatorError> {
+        self.require_agent_with(req, Overlap::Refused).await
+    }
+
+    async fn require_agent_with<T>(
+        &self,
+        req: &Request<T>,
+        overlap: Overlap,
+    ) -> Result<AgentRecord, CoordinatorError> {
         let peer = peer(req)?;
         let Identity::Agent(id) = &peer.identity else {
             self.metrics.count_refusal("wrong_service");
@@ -169,7 +208,37 @@ impl Core {
                 peer.identity
             )));
         };
-        self.check_agent(*id).await
+        let agent = self.check_agent(*id).await?;
+        if peer.serial == agent.cert_serial {
+            return Ok(agent);
+        }
+        // The certificate a renewal just replaced still works for a moment,
+        // for the session the agent had open while it renewed.
+        let just_replaced = overlap == Overlap::Allowed
+            && agent.previous_cert_serial.as_deref() == Some(peer.serial.as_str())
+            && agent.cert_renewed_at_ms.is_some_and(|at| {
+                ferry_common::time::now_ms() - at < self.config.renewal_overlap.as_millis() as i64
+            });
+        if just_replaced {
+            return Ok(agent);
+        }
+        self.metrics.count_refusal("superseded_certificate");
+        // Someone holds a copy of a replaced certificate and its key.
+        tracing::error!(
+            agent = %agent.name,
+            presented = %peer.serial,
+            current = %agent.cert_serial,
+            remote = ?req.extensions().get::<PeerInfo>().and_then(|i| i.remote),
+            "an agent certificate that a renewal replaced was presented: a copy of the agent's old key exists"
+        );
+        Err(CoordinatorError::PermissionDenied {
+            reason: format!(
+                "this certificate of agent {} (serial {}) was replaced by a renewal; \
+                 only its current certificate is accepted",
+                agent.name, peer.serial
+            ),
+            refusal: "superseded",
+        })
     }
 
     /// Loads agent `id` and refuses it if unknown or revoked.

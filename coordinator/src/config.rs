@@ -73,6 +73,10 @@ pub struct CoordinatorConfig {
     pub secrets_key: Option<SecretsKey>,
     /// Deadlines and connection caps of the gRPC port (see [`crate::net`]).
     pub limits: ConnectionLimits,
+    /// How long after a renewal an agent's replaced certificate is still
+    /// accepted (for the session it had open; it reconnects at once).
+    #[serde(with = "serde_duration")]
+    pub renewal_overlap: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -95,6 +99,7 @@ impl Default for CoordinatorConfig {
             lost_after: Duration::from_secs(120),
             secrets_key: None,
             limits: ConnectionLimits::default(),
+            renewal_overlap: Duration::from_secs(600),
         }
     }
 }

@@ -518,3 +518,81 @@ async fn a_raw_deploy_is_admin_only_and_held_to_the_app_files_rules() {
         .into_inner();
     assert!(jobs.jobs.is_empty(), "no job was created: {:?}", jobs.jobs);
 }
+
+fn no_renewal_overlap(c: &mut CoordinatorConfig) {
+    fast_heartbeats(c);
+    c.renewal_overlap = Duration::ZERO;
+}
+
+async fn as_agent(
+    c: &TestCoordinator,
+    id: &ferry_agent::config::Identity,
+) -> AgentServiceClient<tonic::transport::Channel> {
+    let config = tls::client_config(&id.ca_pem, Some((&id.cert_pem, &id.key_pem))).unwrap();
+    AgentServiceClient::new(tls::channel(&c.url, config).await.unwrap())
+}
+
+/// A certificate that a renewal replaced is refused, and may never renew
+/// itself: a stolen copy cannot outlive the agent's own renewal.
+#[tokio::test]
+async fn a_renewed_agents_old_certificate_is_refused() {
+    let c = TestCoordinator::start_with(CoordinatorOptions {
+        tweak: Some(no_renewal_overlap),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let enrolled = c.enroll("renewed-1", &[]).await.unwrap();
+    let old = enrolled.identity().unwrap();
+    let (key, csr) = pki::generate_key_and_csr("ferry-agent").unwrap();
+    let reply = as_agent(&c, &old)
+        .await
+        .renew(pb::RenewRequest { csr_pem: csr })
+        .await
+        .expect("the current certificate renews")
+        .into_inner();
+
+    let (_, csr) = pki::generate_key_and_csr("ferry-agent").unwrap();
+    let err = as_agent(&c, &old)
+        .await
+        .renew(pb::RenewRequest { csr_pem: csr })
+        .await
+        .expect_err("the replaced certificate may not renew");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("was replaced by a renewal"),
+        "{}",
+        err.message()
+    );
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello::default())),
+    };
+    let err = as_agent(&c, &old)
+        .await
+        .session(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("nor open a session");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let new = ferry_agent::config::Identity {
+        ca_pem: old.ca_pem.clone(),
+        cert_pem: reply.certificate_pem,
+        key_pem: key,
+    };
+    let (_, csr) = pki::generate_key_and_csr("ferry-agent").unwrap();
+    as_agent(&c, &new)
+        .await
+        .renew(pb::RenewRequest { csr_pem: csr })
+        .await
+        .expect("the new certificate works");
+    let (_, metrics) = c.admin_get("/metrics").await.unwrap();
+    assert!(
+        sample(
+            &metrics,
+            "ferry_rpc_refused_total{reason=\"superseded_certificate\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{metrics}"
+    );
+}

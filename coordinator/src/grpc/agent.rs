@@ -45,7 +45,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::RenewResponse>, Status> {
-        let agent = self.core.require_agent(&req).await?;
+        let agent = self.core.require_current_agent(&req).await?;
         Ok(Response::new(
             self.core.renew(&agent, &req.get_ref().csr_pem).await?,
         ))

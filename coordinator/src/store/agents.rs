@@ -26,6 +26,9 @@ pub struct AgentRecord {
     pub revoked_at_ms: Option<i64>,
     pub cert_serial: String,
     pub cert_not_after_ms: i64,
+    /// The certificate the last renewal replaced, and when it did.
+    pub previous_cert_serial: Option<String>,
+    pub cert_renewed_at_ms: Option<i64>,
     /// Last reported host health (JSON of `ferry_proto::v1::HostHealth`'s
     /// serde mirror, opaque to the store).
     pub health_json: Option<String>,
@@ -182,19 +185,25 @@ impl Store {
         Ok(())
     }
 
+    /// The agent's certificate is now `serial`; the one it replaces is
+    /// kept as `previous_cert_serial`, renewed at `now_ms`.
     pub async fn agent_cert_renewed(
         &self,
         id: Uuid,
         serial: &str,
         not_after_ms: i64,
+        now_ms: i64,
     ) -> Result<(), StoreError> {
-        let updated =
-            query("UPDATE agents SET cert_serial = $1, cert_not_after_ms = $2 WHERE id = $3")
-                .bind(serial)
-                .bind(not_after_ms)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        let updated = query(
+            "UPDATE agents SET previous_cert_serial = cert_serial, cert_serial = $1, \
+             cert_not_after_ms = $2, cert_renewed_at_ms = $3 WHERE id = $4",
+        )
+        .bind(serial)
+        .bind(not_after_ms)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         agent_found(updated, id)
     }
 
@@ -230,6 +239,8 @@ pub(crate) fn agent(row: &impl Columns) -> Result<AgentRecord, StoreError> {
         revoked_at_ms: row.opt_int("revoked_at_ms")?,
         cert_serial: row.text("cert_serial")?,
         cert_not_after_ms: row.int("cert_not_after_ms")?,
+        previous_cert_serial: row.opt_text("previous_cert_serial")?,
+        cert_renewed_at_ms: row.opt_int("cert_renewed_at_ms")?,
         health_json: row.opt_text("health_json")?,
         capabilities: strings(TABLE, "capabilities_json", &row.text("capabilities_json")?)?,
     })

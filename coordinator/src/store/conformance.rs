@@ -390,6 +390,8 @@ pub async fn join_tokens(store: &Store) {
         revoked_at_ms: None,
         cert_serial: agent.cert_serial.clone(),
         cert_not_after_ms: agent.cert_not_after_ms,
+        previous_cert_serial: None,
+        cert_renewed_at_ms: None,
         health_json: None,
         capabilities: Vec::new(),
     };
@@ -695,19 +697,38 @@ pub async fn agent_sessions(store: &Store) {
     assert_eq!(gone.health_json.as_deref(), Some(health));
 
     store
-        .agent_cert_renewed(id, "serial-renewed", NOW + 48 * HOUR)
+        .agent_cert_renewed(id, "serial-renewed", NOW + 48 * HOUR, NOW + 200)
         .await
         .expect("renewed");
     let renewed = agent(store, id).await;
     assert_eq!(renewed.cert_serial, "serial-renewed");
     assert_eq!(renewed.cert_not_after_ms, NOW + 48 * HOUR);
     assert_eq!(
+        renewed.previous_cert_serial.as_deref(),
+        Some(gone.cert_serial.as_str()),
+        "the replaced certificate is remembered"
+    );
+    assert_eq!(renewed.cert_renewed_at_ms, Some(NOW + 200));
+    assert_eq!(
         AgentRecord {
             cert_serial: gone.cert_serial.clone(),
             cert_not_after_ms: gone.cert_not_after_ms,
+            previous_cert_serial: None,
+            cert_renewed_at_ms: None,
             ..renewed
         },
         gone
+    );
+    // A second renewal replaces the first renewal's certificate.
+    store
+        .agent_cert_renewed(id, "serial-third", NOW + 96 * HOUR, NOW + 300)
+        .await
+        .expect("renewed again");
+    let again = agent(store, id).await;
+    assert_eq!(again.cert_serial, "serial-third");
+    assert_eq!(
+        again.previous_cert_serial.as_deref(),
+        Some("serial-renewed")
     );
 
     let nobody = Uuid::now_v7();
@@ -715,7 +736,7 @@ pub async fn agent_sessions(store: &Store) {
         store
             .agent_connected(&hello(nobody, "coord-a", "0.2.0", "h", NOW))
             .await,
-        store.agent_cert_renewed(nobody, "s", NOW).await,
+        store.agent_cert_renewed(nobody, "s", NOW, NOW).await,
     ];
     for result in results {
         assert!(

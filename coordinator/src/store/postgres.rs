@@ -53,6 +53,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "leader_lease",
         include_str!("../../../migrations/postgres/0006_leader_lease.sql"),
     ),
+    (
+        7,
+        "agent_previous_certificate",
+        include_str!("../../../migrations/postgres/0007_agent_previous_certificate.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "leader_lease",
         include_str!("../../../migrations/sqlite/0006_leader_lease.sql"),
     ),
+    (
+        7,
+        "agent_previous_certificate",
+        include_str!("../../../migrations/sqlite/0007_agent_previous_certificate.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

@@ -204,6 +204,8 @@ pub(crate) fn enrolled(agent: &NewAgent, now_ms: i64) -> AgentRecord {
         revoked_at_ms: None,
         cert_serial: agent.cert_serial.clone(),
         cert_not_after_ms: agent.cert_not_after_ms,
+        previous_cert_serial: None,
+        cert_renewed_at_ms: None,
         health_json: None,
         capabilities: Vec::new(),
     }
