@@ -162,6 +162,11 @@ impl SessionRegistry {
         self.lock().contains_key(&agent)
     }
 
+    /// The agents with a live session here.
+    pub fn agents(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
     pub fn online_count(&self) -> usize {
         self.lock().len()
     }

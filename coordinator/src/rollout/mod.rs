@@ -774,6 +774,7 @@ impl Driver {
                     }
                     n = events.recv() => match n {
                         Ok(Notification::JobEvents(j)) if j == job_id => break,
+                        Ok(Notification::Missed) => break,
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {

@@ -703,6 +703,31 @@ impl Core {
                 Ok(())
             }
             Notification::JobEvents(_) => Ok(()),
+            // Submits and cancels announced while this process's listener
+            // was away: pending work is found by the sweep, and cancels of
+            // tasks running on agents here are sent again.
+            Notification::Missed => {
+                self.sweep_pending().await?;
+                for agent in self.sessions.agents() {
+                    for task in self.store.active_tasks_for_agent(agent).await? {
+                        let cancelled = self
+                            .store
+                            .get_job(task.job_id)
+                            .await?
+                            .is_some_and(|job| job.cancel_requested);
+                        if cancelled {
+                            self.sessions.send(
+                                agent,
+                                pb::coordinator_message::Msg::Cancel(pb::Cancel {
+                                    task_id: task.id.to_string(),
+                                    reason: "the job was cancelled".into(),
+                                }),
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -107,6 +107,7 @@ impl Core {
                 loop {
                     match notes.recv().await {
                         Ok(Notification::JobEvents(j)) if j == job_id => return,
+                        Ok(Notification::Missed) => return,
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {

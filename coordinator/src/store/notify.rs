@@ -15,6 +15,10 @@ pub enum Notification {
     CancelTask { task: Uuid, agent: Uuid },
     /// Cut this agent's session wherever it is.
     AgentRevoked(Uuid),
+    /// This process's listener lost its connection: notifications sent by
+    /// other coordinators meanwhile are lost, so whatever waits on them
+    /// must look at the store again. Raised locally, never sent.
+    Missed,
 }
 
 /// The `NOTIFY` channel coordinators sharing a PostgreSQL store talk on.
@@ -28,6 +32,8 @@ pub(crate) fn notification_payload(notification: &Notification) -> String {
         Notification::JobEvents(job) => format!("events:{job}"),
         Notification::CancelTask { task, agent } => format!("cancel:{task}:{agent}"),
         Notification::AgentRevoked(agent) => format!("revoked:{agent}"),
+        // Local only: no coordinator accepts it from the channel.
+        Notification::Missed => "missed:".to_string(),
     }
 }
 
@@ -66,6 +72,11 @@ mod tests {
         ] {
             assert_eq!(parse_notification(&notification_payload(&n)), Some(n));
         }
+        assert_eq!(
+            parse_notification(&notification_payload(&Notification::Missed)),
+            None,
+            "a peer cannot make others think they missed something"
+        );
         for junk in ["", "submitted", "submitted:nope", "cancel:x", "other:1"] {
             assert_eq!(parse_notification(junk), None, "{junk:?}");
         }

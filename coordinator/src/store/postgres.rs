@@ -201,9 +201,12 @@ async fn forward_notifications(
                     ),
                 }
             }
-            Ok(None) => tracing::warn!(
-                "the notification listener lost its connection and reconnected; notifications sent meanwhile are lost"
-            ),
+            Ok(None) => {
+                tracing::warn!(
+                    "the notification listener lost its connection and reconnects; subscribers look at the store again"
+                );
+                drop(to.send(Notification::Missed));
+            }
             Err(error) => {
                 tracing::warn!(%error, "the notification listener failed; retrying in {retry:?}");
                 tokio::select! {
@@ -211,6 +214,8 @@ async fn forward_notifications(
                     () = tokio::time::sleep(retry) => {}
                 }
                 retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                // Whatever was sent while it was down is lost.
+                drop(to.send(Notification::Missed));
             }
         }
     }

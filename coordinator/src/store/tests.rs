@@ -758,6 +758,16 @@ async fn postgres_notifications_reach_other_coordinators() {
         .await
         .expect("terminate listeners");
         assert_eq!(killed, vec![true, true]);
+        // Each store tells its subscribers that they may have missed
+        // something, so they look at the store again.
+        for rx in [&mut on_a, &mut on_b] {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                // Skipping what was heard before the kill.
+                while rx.recv().await.expect("the channel is open") != Notification::Missed {}
+            })
+            .await
+            .expect("told within 10 s");
+        }
         // Notifications sent while a listener is away are lost: send until
         // one arrives.
         let again = Uuid::now_v7();
@@ -768,6 +778,7 @@ async fn postgres_notifications_reach_other_coordinators() {
                     .expect("notify");
                 if let Ok(Ok(n)) =
                     tokio::time::timeout(Duration::from_millis(200), on_a.recv()).await
+                    && n != Notification::Missed
                 {
                     return n;
                 }
