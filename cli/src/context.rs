@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ferry_common::credentials::{self, Credentials};
 use ferry_common::tls;
@@ -80,14 +81,32 @@ impl Ctx {
             Some((&credentials.certificate, &credentials.key)),
         )
         .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-        let channel = tls::channel(&credentials.coordinator, config)
-            .await
-            .map_err(|e| {
-                CliError::unavailable(format!("{e} (coordinator address from {})", path.display()))
-            })?;
-        Ok(Session {
-            credentials,
-            client: OperatorServiceClient::new(channel),
-        })
+        // Coordinators sharing a store are tried in turn, as agents do, so
+        // the CLI fails over with them.
+        let from_env = self.env.get("FERRY_COORDINATOR");
+        let source = match from_env {
+            Some(v) if !v.trim().is_empty() => "FERRY_COORDINATOR".to_string(),
+            _ => path.display().to_string(),
+        };
+        let mut failures = Vec::new();
+        for address in credentials.coordinators(from_env) {
+            match tls::channel(address, Arc::clone(&config)).await {
+                Ok(channel) => {
+                    return Ok(Session {
+                        client: OperatorServiceClient::new(channel),
+                        credentials,
+                    });
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(CliError::unavailable(if failures.is_empty() {
+            format!("no coordinator address in {source}")
+        } else {
+            format!(
+                "{} (coordinator addresses from {source})",
+                failures.join("; ")
+            )
+        }))
     }
 }

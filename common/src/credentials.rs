@@ -13,7 +13,8 @@ use crate::fsutil::{self, FileError, Mode};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
-    /// `https://host:port` of the coordinator.
+    /// `https://host:port` of the coordinator, or of several sharing one
+    /// store, comma-separated: the CLI tries them in turn.
     pub coordinator: String,
     /// Operator name (also in the certificate).
     pub name: String,
@@ -38,6 +39,18 @@ pub enum CredentialsError {
 }
 
 impl Credentials {
+    /// The coordinators to try, in order: `FERRY_COORDINATOR` (`override_`)
+    /// if given, else the file's `coordinator`, each comma-separated.
+    pub fn coordinators<'a>(&'a self, override_: Option<&'a str>) -> Vec<&'a str> {
+        override_
+            .filter(|o| !o.trim().is_empty())
+            .unwrap_or(&self.coordinator)
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self, CredentialsError> {
         let text = fsutil::read_to_string(path)?;
         toml::from_str(&text).map_err(|e| CredentialsError::Parse {

@@ -596,3 +596,41 @@ async fn a_renewed_agents_old_certificate_is_refused() {
         "{metrics}"
     );
 }
+
+/// `ferry` tries the coordinators of its credentials in turn: with the
+/// first one gone it works through the second, as agents do.
+#[tokio::test]
+async fn the_cli_fails_over_to_the_next_coordinator() {
+    let c = TestCoordinator::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!(
+        "https://127.0.0.1:{}",
+        ferry_integration_tests::stable_port()
+    );
+    let mut creds = c.admin.clone();
+    creds.coordinator = format!("{dead}, {}", c.url);
+    let path = dir.path().join("two.credentials");
+    creds.save(&path, false).unwrap();
+    let ferry = |env: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new(ferry_integration_tests::bin::path("ferry"));
+        cmd.args(["status", "--output", "json", "--credentials"])
+            .arg(&path)
+            .env_remove("FERRY_COORDINATOR");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output()
+    };
+    let out = ferry(&[]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // FERRY_COORDINATOR overrides the file; with only dead addresses the
+    // CLI says so, naming where they came from, and exits 5.
+    let out = ferry(&[("FERRY_COORDINATOR", &dead)]).await.unwrap();
+    assert_eq!(out.status.code(), Some(ferry_common::exit::UNAVAILABLE));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FERRY_COORDINATOR"), "{stderr}");
+}
