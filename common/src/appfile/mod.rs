@@ -44,6 +44,8 @@
 mod check;
 mod environment;
 mod errors;
+#[cfg(test)]
+mod fuzz;
 mod healthcheck;
 mod ports;
 mod raw;

@@ -914,3 +914,86 @@ fn missing_kind(agent: &str, version: &str, runs: &[String], kind: &str) -> Stri
         }
     )
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Whatever bytes an agent's stream carries, decoding and turning them
+    //! into store events never panics, and what `Hello` carries passes the
+    //! wire checks or is refused with a message.
+
+    use ferry_proto::v1 as pb;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn handle(bytes: &[u8]) {
+        let Ok(msg) = pb::AgentMessage::decode(bytes) else {
+            return;
+        };
+        match msg.msg {
+            Some(pb::agent_message::Msg::TaskEvent(ev)) => {
+                let _ = super::incoming(&ev);
+            }
+            Some(pb::agent_message::Msg::Hello(h)) => {
+                for (field, value, max) in [
+                    ("version", &h.version, crate::wire::MAX_VERSION),
+                    ("hostname", &h.hostname, crate::wire::MAX_HOSTNAME),
+                ] {
+                    if let Err(e) = crate::wire::text(field, value, max) {
+                        assert!(e.to_string().contains(field));
+                    }
+                }
+                let _ = crate::wire::capabilities(&h.capabilities);
+            }
+            _ => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            handle(&bytes);
+        }
+
+        /// Well-formed events with hostile contents: ids that are not
+        /// UUIDs, huge seqs, any outcome number, any text.
+        #[test]
+        fn hostile_events_never_panic(
+            task_id in "\\PC{0,40}",
+            seq in any::<u64>(),
+            attempt in any::<u32>(),
+            outcome in any::<i32>(),
+            text in "\\PC{0,200}",
+        ) {
+            let bodies = [
+                pb::event_body::Body::TaskFinished(pb::TaskFinished {
+                    outcome,
+                    message: text.clone(),
+                    result_json: text.clone(),
+                }),
+                pb::event_body::Body::StepStarted(pb::StepStarted {
+                    step: text.clone(),
+                    message: text.clone(),
+                }),
+                pb::event_body::Body::Log(pb::LogLine {
+                    step: text.clone(),
+                    stream: text.clone(),
+                    line: text.clone(),
+                }),
+            ];
+            for body in bodies {
+                let ev = pb::TaskEvent {
+                    task_id: task_id.clone(),
+                    attempt,
+                    seq,
+                    at_ms: seq as i64,
+                    body: Some(pb::EventBody { body: Some(body) }),
+                };
+                handle(&pb::AgentMessage {
+                    msg: Some(pb::agent_message::Msg::TaskEvent(ev)),
+                }.encode_to_vec());
+            }
+        }
+    }
+}
