@@ -122,8 +122,8 @@ impl Printer {
     ) -> io::Result<()> {
         match self.output {
             Output::Text => view.text(&mut Text {
-                out,
-                err,
+                out: &mut Printable(out),
+                err: &mut Printable(err),
                 terminal: self.terminal,
             }),
             Output::Json => {
@@ -135,6 +135,38 @@ impl Printer {
                 writeln!(out, "{}", text.map_err(io::Error::other)?)
             }
         }
+    }
+}
+
+/// Text for people, with every control character but newline and tab
+/// shown as `?`: names, messages and log lines come from agents and
+/// containers, and an escape sequence among them must not reach (and
+/// rewrite) the operator's terminal. Scripts read `--output json`, where
+/// serde escapes them.
+struct Printable<'a>(&'a mut dyn Write);
+
+impl Write for Printable<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut clean = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            // C1 controls (U+0080..U+009F) are 0xC2 0x80..0x9F in UTF-8.
+            if b == 0xC2 && buf.get(i + 1).is_some_and(|n| (0x80..=0x9F).contains(n)) {
+                clean.push(b'?');
+                i += 2;
+                continue;
+            }
+            let control = (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7F;
+            clean.push(if control { b'?' } else { b });
+            i += 1;
+        }
+        self.0.write_all(&clean)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -240,6 +272,15 @@ pub fn report(e: &CliError, output: Output) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let hostile = Note("web-1\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\r\tok\nnext".into());
+        let text = text_of(&hostile);
+        assert_eq!(text, "web-1?[2J?]0;owned??31m?\tok\nnext\n");
+        let json = serde_json::to_string(&hostile).unwrap();
+        assert!(json.contains("\\u001b"), "JSON escapes them: {json}");
+    }
 
     #[test]
     fn tables_line_up_without_borders_or_escapes() {
