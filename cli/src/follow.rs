@@ -272,15 +272,7 @@ fn done_style() -> ProgressStyle {
 /// `quiet` shows nothing (used by `ferry probe --output json`).
 pub async fn follow(ctx: &Ctx, job_id: &str, quiet: bool) -> Result<(pb::Job, i32), CliError> {
     let mut session = ctx.connect().await?;
-    let job = session
-        .client
-        .get_job(pb::GetJobRequest {
-            job_id: job_id.to_string(),
-        })
-        .await?
-        .into_inner()
-        .job
-        .unwrap_or_default();
+    let job = get_job(&mut session, job_id).await?;
     let json = ctx.json();
     let bars = (!quiet && !json && ctx.env.stdout_is_terminal).then(|| Bars::new(&job));
     if !quiet && bars.is_none() {
@@ -358,7 +350,13 @@ pub async fn follow(ctx: &Ctx, job_id: &str, quiet: bool) -> Result<(pb::Job, i3
     if let Some(b) = &bars {
         b.finish();
     }
-    let job = session
+    let job = get_job(&mut session, job_id).await?;
+    Ok((job.clone(), exit_code(&job.status)))
+}
+
+/// The job as the coordinator has it now.
+async fn get_job(session: &mut crate::context::Session, job_id: &str) -> Result<pb::Job, CliError> {
+    Ok(session
         .client
         .get_job(pb::GetJobRequest {
             job_id: job_id.to_string(),
@@ -366,8 +364,7 @@ pub async fn follow(ctx: &Ctx, job_id: &str, quiet: bool) -> Result<(pb::Job, i3
         .await?
         .into_inner()
         .job
-        .unwrap_or_default();
-    Ok((job.clone(), exit_code(&job.status)))
+        .unwrap_or_default())
 }
 
 async fn reconnect_wait(
