@@ -1,14 +1,17 @@
 //! Two real `ferry-coordinator` processes on one PostgreSQL store: the
 //! leader is frozen with SIGSTOP (its process and sockets stay, as in a VM
 //! pause or a partition) and the other takes the leadership within the
-//! lease; thawed, the old leader sees it has lost it.
+//! lease and enforces the deadlines; thawed, the old leader sees it has
+//! lost it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ferry_integration_tests::{bin, postgres, stable_port};
+use ferry_integration_tests::{bin, postgres, setup, stable_port};
+use ferry_proto::v1 as pb;
+use ferry_proto::v1::operator_service_client::OperatorServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
@@ -83,6 +86,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_loses_the_leadership_within_its_lease() {
+    setup();
     let Some(url) = postgres::fresh_database().await else {
         return;
     };
@@ -124,7 +128,56 @@ async fn a_frozen_leader_loses_the_leadership_within_its_lease() {
         (&b, b_admin, a_admin)
     };
 
+    // An operator of the coordinator that stays up, and a job whose only
+    // agent never comes: its deadline is a leader's duty to enforce.
+    let mut creds = ferry_common::credentials::Credentials::load(&a_dir.join("admin.credentials"))
+        .expect("admin credentials");
+    creds.coordinator = format!("https://{}", if a_leads { b_grpc } else { a_grpc });
+    let config =
+        ferry_common::tls::client_config(&creds.ca, Some((&creds.certificate, &creds.key)))
+            .unwrap();
+    let mut op = OperatorServiceClient::new(
+        ferry_common::tls::channel(&creds.coordinator, config)
+            .await
+            .expect("connect to the coordinator that stays up"),
+    );
+    let token = op
+        .create_join_token(pb::CreateJoinTokenRequest {
+            name: "away".into(),
+            labels: Default::default(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ferry_agent::enroll::enroll(&ferry_agent::enroll::EnrollOptions {
+        // The token names the advertised address; this one is on another port.
+        coordinator: creds.coordinator.clone(),
+        token: token.token,
+        ca_pin: token.ca_pin,
+        state_dir: dir.path().join("agent"),
+        ..Default::default()
+    })
+    .await
+    .expect("enroll an agent that never runs");
+
     signal(leader, "-STOP");
+    let job = op
+        .submit_job(pb::SubmitJobRequest {
+            kind: "probe".into(),
+            spec_json: String::new(),
+            target: Some(pb::Selector {
+                agents: vec!["away".into()],
+                labels: Default::default(),
+            }),
+            idempotency_key: String::new(),
+            deadline_seconds: 2,
+        })
+        .await
+        .expect("submit to the coordinator that stays up")
+        .into_inner()
+        .job
+        .unwrap();
     let took = wait_for(
         Duration::from_secs(10),
         "the other coordinator leads",
@@ -133,6 +186,28 @@ async fn a_frozen_leader_loses_the_leadership_within_its_lease() {
     .await;
     // The lease is 5 s; the other renews every 500 ms.
     assert!(took <= Duration::from_secs(7), "took over after {took:?}");
+
+    // Its deadline passes while the old leader is still frozen: the new
+    // one expires the task.
+    wait_for(
+        Duration::from_secs(10),
+        "the job's deadline enforced",
+        || {
+            let mut op = op.clone();
+            let id = job.id.clone();
+            async move {
+                let job = op
+                    .get_job(pb::GetJobRequest { job_id: id })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .job
+                    .unwrap();
+                job.tasks.iter().all(|t| t.state == "expired")
+            }
+        },
+    )
+    .await;
 
     signal(leader, "-CONT");
     wait_for(
