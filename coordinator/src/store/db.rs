@@ -334,6 +334,13 @@ impl<'c> From<&'c Pool> for On<'c> {
     }
 }
 
+/// A PostgreSQL connection of its own (the leader's lease).
+impl<'c> From<&'c mut PgConnection> for On<'c> {
+    fn from(conn: &'c mut PgConnection) -> Self {
+        On::Postgres(conn)
+    }
+}
+
 impl<'c> From<&'c mut Tx> for On<'c> {
     fn from(tx: &'c mut Tx) -> Self {
         match tx {

@@ -81,7 +81,7 @@ impl Store {
     /// renewing it (see `postgres::LEADER_LEASE`); call it every tick.
     pub async fn try_lead(&self) -> Result<bool, StoreError> {
         match &self.postgres {
-            Some(pg) => pg.try_lead(&self.pool).await,
+            Some(pg) => pg.try_lead().await,
             None => Ok(true),
         }
     }

@@ -78,13 +78,22 @@ const LISTEN_RETRY_MAX: Duration = Duration::from_secs(10);
 pub(super) struct Coordination {
     /// Who holds the lease when this store does: unique per process.
     holder: String,
+    /// The lease is renewed on a connection of its own, so a busy pool
+    /// never costs a live leader its leadership.
+    lease_conn: tokio::sync::Mutex<Option<PgConnection>>,
+    options: PgConnectOptions,
     /// Ends the notification listener when the store is dropped.
     _listener: DropGuard,
 }
 
 /// How long a caller waits for a pooled connection before the store
-/// reports the database unreachable.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// reports the database unreachable. Not shorter: when 10,000 agents
+/// reconnect at once their sessions queue for the pool, and a 3 s wait
+/// turned one such storm into 57,000 refused sessions (ferry-bench). What
+/// must answer fast bounds its own wait (`/readyz`: 2 s), the ingest
+/// retries until stored, and the leader's lease has a connection of its
+/// own.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Store {
     /// Connects to the PostgreSQL database at `url` and applies pending
@@ -94,10 +103,6 @@ impl Store {
             url: without_credentials(url),
         })?;
         migrate(&options).await?;
-        // sqlx waits 30 s for a connection by default: during an outage
-        // every caller (an RPC, `/readyz`, the ingest loop) would hang that
-        // long before it could report or retry. Fail fast instead; the
-        // callers retry or answer "unavailable".
         let pool = PgPoolOptions::new()
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
@@ -117,6 +122,8 @@ impl Store {
             notifications,
             postgres: Some(Coordination {
                 holder: uuid::Uuid::now_v7().to_string(),
+                lease_conn: tokio::sync::Mutex::new(None),
+                options: options.clone(),
                 _listener: stop.drop_guard(),
             }),
         })
@@ -145,7 +152,14 @@ impl Coordination {
     /// [`LEADER_LEASE`] later, even if its connections stay open (a frozen
     /// process keeps its sockets, which is why a session advisory lock
     /// was not enough).
-    pub(super) async fn try_lead(&self, pool: &Pool) -> Result<bool, StoreError> {
+    pub(super) async fn try_lead(&self) -> Result<bool, StoreError> {
+        let mut conn = self.lease_conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(PgConnection::connect_with(&self.options).await?);
+        }
+        let Some(c) = conn.as_mut() else {
+            unreachable!("connected just above")
+        };
         let renewed = query(
             "UPDATE leader_lease SET holder = $1, \
              expires_at_ms = CAST(extract(epoch FROM clock_timestamp()) * 1000 AS BIGINT) + $2 \
@@ -154,9 +168,16 @@ impl Coordination {
         )
         .bind(self.holder.as_str())
         .bind(LEADER_LEASE.as_millis() as i64)
-        .execute(pool)
-        .await?;
-        Ok(renewed == 1)
+        .execute(&mut *c)
+        .await;
+        match renewed {
+            Ok(n) => Ok(n == 1),
+            Err(e) => {
+                // A broken connection is replaced on the next tick.
+                *conn = None;
+                Err(e)
+            }
+        }
     }
 }
 
