@@ -144,43 +144,26 @@ impl Tx {
                     }
                 }
                 for ((column, ty), args) in columns.iter().zip(by_column) {
-                    let wrong =
-                        |arg: &Arg| -> ! { panic!("bulk column {column} is {ty:?}, got {arg:?}") };
+                    let (c, t) = (*column, *ty);
                     q = match ty {
-                        Ty::Text => q.bind(
-                            args.into_iter()
-                                .map(|a| match a {
-                                    Arg::Text(t) => Some(t),
-                                    Arg::OptText(t) => t,
-                                    other => wrong(&other),
-                                })
-                                .collect::<Vec<_>>(),
-                        ),
-                        Ty::Int => q.bind(
-                            args.into_iter()
-                                .map(|a| match a {
-                                    Arg::Int(i) => Some(i),
-                                    Arg::OptInt(i) => i,
-                                    other => wrong(&other),
-                                })
-                                .collect::<Vec<_>>(),
-                        ),
-                        Ty::Bool => q.bind(
-                            args.into_iter()
-                                .map(|a| match a {
-                                    Arg::Bool(b) => b,
-                                    other => wrong(&other),
-                                })
-                                .collect::<Vec<_>>(),
-                        ),
-                        Ty::Bytes => q.bind(
-                            args.into_iter()
-                                .map(|a| match a {
-                                    Arg::Bytes(b) => b,
-                                    other => wrong(&other),
-                                })
-                                .collect::<Vec<_>>(),
-                        ),
+                        Ty::Text => q.bind(column_of(args, c, t, |a| match a {
+                            Arg::Text(v) => Ok(Some(v)),
+                            Arg::OptText(v) => Ok(v),
+                            other => Err(other),
+                        })),
+                        Ty::Int => q.bind(column_of(args, c, t, |a| match a {
+                            Arg::Int(v) => Ok(Some(v)),
+                            Arg::OptInt(v) => Ok(v),
+                            other => Err(other),
+                        })),
+                        Ty::Bool => q.bind(column_of(args, c, t, |a| match a {
+                            Arg::Bool(v) => Ok(v),
+                            other => Err(other),
+                        })),
+                        Ty::Bytes => q.bind(column_of(args, c, t, |a| match a {
+                            Arg::Bytes(v) => Ok(v),
+                            other => Err(other),
+                        })),
                     };
                 }
                 tx.execute(q).await?;
@@ -188,6 +171,16 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// One column of a PostgreSQL bulk statement as a typed array. An
+/// argument of another type is a bug of the caller, not of the data.
+fn column_of<T>(args: Vec<Arg>, column: &str, ty: Ty, pick: fn(Arg) -> Result<T, Arg>) -> Vec<T> {
+    args.into_iter()
+        .map(|a| {
+            pick(a).unwrap_or_else(|other| panic!("bulk column {column} is {ty:?}, got {other:?}"))
+        })
+        .collect()
 }
 
 /// The type of a column of a [`Tx::bulk`] statement.
