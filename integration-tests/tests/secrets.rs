@@ -745,3 +745,115 @@ async fn ferry_secret_reads_the_value_from_stdin_and_never_prints_it() {
         Value::Array(vec![])
     );
 }
+
+/// `[secrets.NAME]` rules refuse a rollout before anything runs: a value
+/// too short or of the wrong shape is named with its rule, never shown;
+/// a required secret that no service names must still be set. No job is
+/// created. Once the values meet the rules, the same rollout is planned.
+#[tokio::test]
+async fn secret_rules_refuse_a_rollout_before_anything_runs() {
+    let c = TestCoordinator::start().await.unwrap();
+    let _agent = c.start_agent("web-1", &[]).await.unwrap();
+    c.wait_for_agent("web-1", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let file = r#"app = "rules"
+[environments.production]
+agents = ["web-1"]
+[services.web]
+image = "rules:{version}"
+secrets = ["JWT_SECRET", "API_KEY"]
+[secrets.JWT_SECRET]
+min_length = 32
+[secrets.API_KEY]
+pattern = "^sk_live_[A-Za-z0-9_]+$"
+[secrets.MIGRATION_TOKEN]
+required = true
+"#;
+    let mut op = c.operator().await.unwrap();
+    let rollout = |dry_run: bool| pb::StartRolloutRequest {
+        app_file: file.into(),
+        file_name: "ferry.toml".into(),
+        env: "production".into(),
+        version: "1.0.0".into(),
+        dry_run,
+    };
+    let short = "only-twenty-chars-xx";
+    for (name, value) in [
+        ("JWT_SECRET", short),
+        ("API_KEY", PROD_KEY),
+        ("MIGRATION_TOKEN", "t"),
+    ] {
+        op.set_secret(set_request("rules", "production", name, value))
+            .await
+            .unwrap();
+    }
+    let err = op.start_rollout(rollout(false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(
+            "rules production: secret JWT_SECRET is shorter than 32 characters (secrets.JWT_SECRET.min_length in the app file)"
+        ),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains(short), "{}", err.message());
+
+    op.set_secret(set_request(
+        "rules",
+        "production",
+        "JWT_SECRET",
+        "a-jwt-secret-of-forty-characters-0123456",
+    ))
+    .await
+    .unwrap();
+    op.set_secret(set_request("rules", "production", "API_KEY", STAGING_KEY))
+        .await
+        .unwrap();
+    let err = op.start_rollout(rollout(false)).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("secret API_KEY does not match the pattern \"^sk_live_[A-Za-z0-9_]+$\""),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains(STAGING_KEY), "{}", err.message());
+
+    op.set_secret(set_request("rules", "production", "API_KEY", PROD_KEY))
+        .await
+        .unwrap();
+    op.delete_secret(pb::DeleteSecretRequest {
+        app: "rules".into(),
+        env: "production".into(),
+        name: "MIGRATION_TOKEN".into(),
+    })
+    .await
+    .unwrap();
+    let err = op.start_rollout(rollout(false)).await.unwrap_err();
+    assert!(
+        err.message().contains("MIGRATION_TOKEN"),
+        "{}",
+        err.message()
+    );
+
+    // Nothing ran for any of the refused rollouts.
+    let jobs = op
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "{jobs:#?}");
+
+    op.set_secret(set_request("rules", "production", "MIGRATION_TOKEN", "t"))
+        .await
+        .unwrap();
+    let planned = op
+        .start_rollout(rollout(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap();
+    assert_eq!(planned.status, "planned");
+}

@@ -26,7 +26,8 @@
 //!   memory, cpus, restart, strategy), with `ports` ([`PortSpec`]) and
 //!   `volumes` ([`VolumeMount`]).
 //! - `healthcheck`: `[services.NAME.healthcheck]` ([`Healthcheck`]).
-//! - `secrets`: secret names, `registry_auth` ([`RegistryAuth`]).
+//! - `secrets`: secret names, `registry_auth` ([`RegistryAuth`]), and
+//!   `[secrets.NAME]` rules for their values ([`SecretRule`]).
 //! - `smoke`: `[[smoke]]` checks (the smoke job's [`HttpCheck`]).
 //! - `release`: a release of the file as a deploy job's spec
 //!   ([`AppFile::deploy_spec`], [`validate_version`]).
@@ -70,7 +71,7 @@ pub use healthcheck::{
 };
 pub use ports::PortSpec;
 pub use release::validate_version;
-pub use secrets::{MAX_SECRET_NAME_LEN, RegistryAuth};
+pub use secrets::{MAX_SECRET_NAME_LEN, MAX_SECRET_RULE_LENGTH, RegistryAuth, SecretRule};
 pub use service::{MIN_MEMORY_BYTES, PLACEHOLDERS, Service, parse_memory};
 pub use volumes::VolumeMount;
 
@@ -97,6 +98,8 @@ pub struct AppFile {
     pub services: Vec<Service>,
     /// HTTP checks run from every host after its deploy.
     pub smoke: Vec<HttpCheck>,
+    /// `[secrets.NAME]`: rules for secret values, by secret name.
+    pub secrets: BTreeMap<String, SecretRule>,
 }
 
 /// `[rollout]`.
@@ -161,6 +164,8 @@ struct RawAppFile {
     services: BTreeMap<String, RawService>,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
+    #[serde(default)]
+    secrets: BTreeMap<String, secrets::RawSecretRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +272,8 @@ impl Check {
             .map(|(i, s)| self.smoke(&root.key("smoke").index(i), s))
             .collect();
 
+        let secrets = self.secret_rules(&root.key("secrets"), raw.secrets);
+
         self.across(&environments, &services);
         AppFile {
             app,
@@ -274,6 +281,7 @@ impl Check {
             environments,
             services,
             smoke,
+            secrets,
         }
     }
 

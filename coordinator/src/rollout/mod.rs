@@ -14,10 +14,11 @@
 //! after its lease ran out) finds the jobs already run instead of running
 //! them again, and carries on from the first unfinished one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_common::appfile;
+use ferry_common::appfile::{self, SecretRule};
 use ferry_common::job::{DeploySpec, HttpCheck, JobSpec, Selector, SmokeSpec};
 use ferry_common::time::now_ms;
 use ferry_proto::v1 as pb;
@@ -54,6 +55,10 @@ pub struct Plan {
     pub batches: Vec<Vec<Host>>,
     #[serde(default)]
     pub smoke: Vec<HttpCheck>,
+    /// `[secrets.NAME]` of the app file: checked before every rollout of
+    /// this plan, a rollback's included.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_rules: BTreeMap<String, SecretRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +112,7 @@ impl Core {
         let environment = app
             .environment(env)
             .map_err(|e| CoordinatorError::invalid(file_name, e.to_string()))?;
-        let plan = self
+        let mut plan = self
             .plan_hosts(
                 &app.app,
                 env,
@@ -116,6 +121,7 @@ impl Core {
                 app.smoke.clone(),
             )
             .await?;
+        plan.secret_rules = app.secrets.clone();
         let previous = self.current_release(&spec.app, env).await?;
         let resolved = Resolved {
             spec,
@@ -177,9 +183,10 @@ impl Core {
         };
         let spec = parse_spec(target)?;
         let old = parse_plan(target)?;
-        let plan = self
+        let mut plan = self
             .plan_hosts(app, env, old.selector, old.max_parallel, old.smoke)
             .await?;
+        plan.secret_rules = old.secret_rules;
         let resolved = Resolved {
             spec,
             plan,
@@ -249,6 +256,7 @@ impl Core {
                 .map(<[Host]>::to_vec)
                 .collect(),
             smoke,
+            secret_rules: BTreeMap::new(),
         })
     }
 
@@ -269,12 +277,33 @@ impl Core {
         dry_run: bool,
     ) -> Result<pb::Rollout, CoordinatorError> {
         let now = now_ms();
-        // Every secret the services name must exist (and open with this
-        // coordinator's key) before a host is touched.
-        let names = r.spec.secret_names();
+        // Every secret the services name, or the app file requires, must
+        // exist (and open with this coordinator's key) and meet its rules
+        // before a host is touched.
+        let mut names = r.spec.secret_names();
+        names.extend(
+            r.plan
+                .secret_rules
+                .iter()
+                .filter(|(_, rule)| rule.required)
+                .map(|(n, _)| n.clone()),
+        );
+        names.sort();
+        names.dedup();
         if !names.is_empty() {
-            self.resolve_secrets(&r.spec.app, &r.spec.env, &names)
+            let values = self
+                .resolve_secrets(&r.spec.app, &r.spec.env, &names)
                 .await?;
+            for (name, rule) in &r.plan.secret_rules {
+                if let Some(value) = values.get(name) {
+                    rule.check(name, value).map_err(|why| {
+                        CoordinatorError::invalid(
+                            "secrets",
+                            format!("{} {}: {why}", r.spec.app, r.spec.env),
+                        )
+                    })?;
+                }
+            }
         }
         let id = Uuid::now_v7();
         let span = tracing::info_span!(parent: None, "rollout", rollout.id = %id, app = %r.spec.app, env = %r.spec.env, version = %r.spec.release, kind = r.kind.as_str());
