@@ -1,5 +1,5 @@
 //! `[environments.NAME]`: which hosts an environment runs on, its
-//! protection, its parallelism and its variables.
+//! protection, its parallelism, its variables and its own smoke checks.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::AppFile;
 use super::check::{Check, at_least_one};
 use super::raw::{self, FieldPath};
-use crate::job::Selector;
+use super::smoke::RawSmoke;
+use crate::job::{HttpCheck, Selector};
 use crate::rules::dns_name;
 
 /// An environment with this name always asks for confirmation before a
@@ -29,6 +30,9 @@ pub struct Environment {
     pub max_parallel: Option<u32>,
     /// Environment variables added to every service.
     pub variables: BTreeMap<String, String>,
+    /// `[[environments.NAME.smoke]]`: run after the top-level `[[smoke]]`
+    /// checks, in this environment only.
+    pub smoke: Vec<HttpCheck>,
 }
 
 impl Environment {
@@ -103,12 +107,20 @@ impl Check {
             .max_parallel
             .and_then(|n| self.ok(&path.key("max_parallel"), at_least_one(n)));
         let variables = self.env_map(&path.key("variables"), raw.variables.unwrap_or_default());
+        let smoke = raw
+            .smoke
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| self.smoke(&path.key("smoke").index(i), s))
+            .collect();
         Environment {
             agents,
             labels,
             protected: raw.protected.unwrap_or(false),
             max_parallel,
             variables,
+            smoke,
         }
     }
 }
@@ -122,6 +134,7 @@ pub(super) struct RawEnvironment {
     pub(super) protected: Option<bool>,
     pub(super) max_parallel: Option<i64>,
     pub(super) variables: Option<BTreeMap<String, raw::Scalar>>,
+    pub(super) smoke: Option<Vec<RawSmoke>>,
 }
 
 #[cfg(test)]

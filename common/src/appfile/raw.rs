@@ -257,7 +257,7 @@ mod tests {
     fn serde_errors_carry_line_and_path() {
         assert_eq!(
             problem("app = \"x\"\n[environments.prod]\nlables = { env = \"p\" }\n"),
-            "3: environments.prod: unknown field `lables`, expected one of `agents`, `labels`, `protected`, `max_parallel`, `variables`"
+            "3: environments.prod: unknown field `lables`, expected one of `agents`, `labels`, `protected`, `max_parallel`, `variables`, `smoke`"
         );
         assert_eq!(
             problem(&service("ports = 3000")),

@@ -1,6 +1,10 @@
-//! `[[smoke]]`: HTTP checks run from every host after its deploy, as the
-//! smoke job's own [`HttpCheck`]s.
+//! `[[smoke]]` (and `[[environments.NAME.smoke]]`): HTTP checks run from
+//! every host after its deploy, as the smoke job's own [`HttpCheck`]s.
+//! `{env}` in a check's URL, name or expected body is the environment's
+//! name ([`AppFile::smoke_checks`]), so one check can serve every
+//! environment.
 
+use super::AppFile;
 use super::check::Check;
 use super::raw::FieldPath;
 use crate::job::HttpCheck;
@@ -10,7 +14,11 @@ impl Check {
     pub(super) fn smoke(&mut self, path: &FieldPath, raw: RawSmoke) -> HttpCheck {
         let url = match raw.url {
             Some(url) => {
-                self.ok(&path.key("url"), check_smoke_url(&url));
+                // Any environment name is a DNS label: one stands for all.
+                self.ok(
+                    &path.key("url"),
+                    check_smoke_url(&url.replace(ENV_PLACEHOLDER, "env")),
+                );
                 url
             }
             None => {
@@ -55,6 +63,30 @@ impl Check {
             interval,
             max_latency,
         }
+    }
+}
+
+/// Replaced by the environment's name in a smoke check.
+pub const ENV_PLACEHOLDER: &str = "{env}";
+
+impl AppFile {
+    /// The smoke checks of a rollout to `env`: the top-level `[[smoke]]`
+    /// checks, then the environment's own, with `{env}` replaced by its name.
+    pub fn smoke_checks(&self, env: &str) -> Vec<HttpCheck> {
+        let own = self.environments.get(env).map(|e| e.smoke.as_slice());
+        self.smoke
+            .iter()
+            .chain(own.unwrap_or_default())
+            .map(|c| {
+                let fill = |s: &str| s.replace(ENV_PLACEHOLDER, env);
+                HttpCheck {
+                    name: c.name.as_deref().map(fill),
+                    url: fill(&c.url),
+                    body_contains: c.body_contains.as_deref().map(fill),
+                    ..c.clone()
+                }
+            })
+            .collect()
     }
 }
 
@@ -125,5 +157,36 @@ mod tests {
         assert_eq!(f.smoke[0].retry_for, Duration::from_secs(30));
         assert_eq!(f.smoke[0].max_latency, Some(Duration::from_millis(500)));
         assert_eq!(f.smoke[0].label(), "home");
+    }
+
+    #[test]
+    fn smoke_checks_are_per_environment() {
+        let text = "app = \"shop\"\n\
+            [environments.staging]\nagents = [\"s-1\"]\n\
+            [[environments.staging.smoke]]\nurl = \"http://127.0.0.1:8081/staging-only\"\n\
+            [environments.production]\nagents = [\"p-1\"]\n\
+            [services.web]\nimage = \"shop\"\n\
+            [[smoke]]\nname = \"home {env}\"\nurl = \"http://{env}.shop.internal/health\"\nbody_contains = \"env={env}\"\n";
+        let f = ok(text);
+        let urls =
+            |env: &str| -> Vec<String> { f.smoke_checks(env).into_iter().map(|c| c.url).collect() };
+        assert_eq!(
+            urls("staging"),
+            [
+                "http://staging.shop.internal/health",
+                "http://127.0.0.1:8081/staging-only"
+            ]
+        );
+        assert_eq!(
+            urls("production"),
+            ["http://production.shop.internal/health"]
+        );
+        let prod = &f.smoke_checks("production")[0];
+        assert_eq!(prod.label(), "home production");
+        assert_eq!(prod.body_contains.as_deref(), Some("env=production"));
+        assert_eq!(
+            problem(&text.replace("http://127.0.0.1:8081/staging-only", "/relative")),
+            "5: environments.staging.smoke[0].url: \"/relative\" must be an absolute URL like http://127.0.0.1:8080/health"
+        );
     }
 }

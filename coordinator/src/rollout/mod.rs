@@ -118,7 +118,7 @@ impl Core {
                 env,
                 environment.selector(),
                 environment.max_parallel(&app),
-                app.smoke.clone(),
+                app.smoke_checks(env),
             )
             .await?;
         plan.secret_rules = app.secrets.clone();
