@@ -1096,7 +1096,11 @@ impl Deployer<'_> {
             "# Written by ferry: {} {} {} release {}\nserver 127.0.0.1:{port};\n",
             self.spec.app, self.spec.env, svc.name, self.spec.release
         );
-        match self.switch(svc, &body, Some(port), &before).await {
+        // With nothing serving before there is nothing to protect: an
+        // unconfirmed switch is reported, not undone (a first deploy comes
+        // before its nginx site, which cannot include a missing file).
+        let strict = old.is_some();
+        match self.switch(svc, &body, Some(port), &before, strict).await {
             Ok(confirmed) => {
                 self.ctx.step_finished(&step, true, &confirmed, started);
             }
@@ -1197,14 +1201,16 @@ impl Deployer<'_> {
     /// it, confirmed: (a) nginx's configuration (`nginx -T`) includes the
     /// file, (b) nginx reloads, (c) with an `nginx_url`, a request through
     /// nginx is answered by `127.0.0.1:port`. On any failure the file gets
-    /// `restore` back (and nginx is reloaded if it was). Returns what was
-    /// confirmed, for the step's message.
+    /// `restore` back (and nginx is reloaded if it was). Not `strict`, a
+    /// failed confirmation is only noted. Returns what was confirmed, for
+    /// the step's message.
     async fn switch(
         &self,
         svc: &ServiceDeploy,
         body: &str,
         port: Option<u16>,
         restore: &str,
+        strict: bool,
     ) -> Result<String, String> {
         let nginx = &self.ctx.host.nginx;
         let path = self.upstream_path(&svc.name);
@@ -1218,6 +1224,7 @@ impl Deployer<'_> {
             ),
             Some(cmd) => match nginx_includes(&cmd, &path).await {
                 Ok(()) => notes.push(format!("nginx includes {}", path.display())),
+                Err(why) if !strict => notes.push(format!("not confirmed: {why}")),
                 Err(why) => {
                     let _ = put_back();
                     return Err(why);
@@ -1233,6 +1240,7 @@ impl Deployer<'_> {
         match (&svc.nginx_url, port) {
             (Some(url), Some(port)) => match self.through_nginx(svc, url, port).await {
                 Ok(note) => notes.push(note),
+                Err(why) if !strict => notes.push(format!("not confirmed: {why}")),
                 Err(why) => {
                     let _ = put_back();
                     let _ = reload_nginx(&nginx.reload_command).await;
@@ -1315,7 +1323,7 @@ impl Deployer<'_> {
             let current =
                 std::fs::read_to_string(self.upstream_path(&s.service.name)).unwrap_or_default();
             match self
-                .switch(&s.service, before, upstream_port(before), &current)
+                .switch(&s.service, before, upstream_port(before), &current, true)
                 .await
             {
                 Ok(note) => confirmed = note,
