@@ -176,6 +176,9 @@ async fn cancel_during_the_health_gate(c: &TestCoordinator, app: &str, strategy:
     let with = |release: &str, image: &str| {
         let mut s = spec(app, release, image, "hi");
         s["services"][0]["strategy"] = json!(strategy);
+        // Time enough (5 s) to cancel the gate; the same spec again must
+        // go through the gate, so it fails as soon as that.
+        s["services"][0]["health"]["retries"] = json!(25);
         s
     };
     let job = deploy(c, &with("v1", &good)).await;
@@ -261,6 +264,75 @@ async fn a_cancel_during_the_health_gate_cleans_up_like_a_failure() {
     let _agent = agent(&c, &upstreams.path().display().to_string(), "true").await;
     cancel_during_the_health_gate(&c, &bg, "blue-green").await;
     cancel_during_the_health_gate(&c, &rc, "recreate").await;
+}
+
+/// A cancel while the second service is gated switches the first one,
+/// already on the new release, back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_switches_back_the_services_already_switched() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("cs");
+    let _cleanup = AppCleanup(app.clone());
+    for (tag, health) in [("v1", "ok v1"), ("v2", "ok v2")] {
+        docker::build_busybox_site(&format!("{app}:{tag}"), &[("health", health)]).unwrap();
+    }
+    docker::build_busybox_site(&format!("{app}:bad"), &[("index.html", "no health")]).unwrap();
+    let upstreams = tempfile::tempdir().unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let _agent = agent(&c, &upstreams.path().display().to_string(), "true").await;
+    let two = |release: &str, web: &str, api: &str| {
+        let mut s = spec(&app, release, &format!("{app}:{web}"), "hi");
+        let mut second = s["services"][0].clone();
+        second["name"] = json!("api");
+        second["image"] = json!(format!("{app}:{api}"));
+        s["services"].as_array_mut().unwrap().push(second);
+        s
+    };
+    let job = deploy(&c, &two("v1", "v1", "v1")).await;
+    assert_eq!(job.status, "succeeded", "{job:#?}");
+    let web_file = upstreams.path().join(format!("{app}-production-web.conf"));
+    let web_v1 = upstream_port(&web_file);
+
+    let job = c
+        .submit("deploy", &two("v2", "v2", "bad").to_string(), &["web-1"], 0)
+        .await
+        .unwrap();
+    c.wait_for_event(&job.id, Duration::from_secs(60), |e| {
+        matches!(
+            e.body.as_ref().and_then(|b| b.body.as_ref()),
+            Some(pb::event_body::Body::Log(l)) if l.step == "health api"
+        )
+    })
+    .await
+    .unwrap();
+    assert_ne!(upstream_port(&web_file), web_v1, "web was switched to v2");
+    c.operator()
+        .await
+        .unwrap()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap();
+    c.watch_to_end(&job.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let job = c.job(&job.id).await.unwrap();
+    assert_eq!(job.tasks[0].state, "cancelled", "{job:#?}");
+    assert_eq!(
+        job.tasks[0].message,
+        "cancelled; web back on release v1, api back on release v1"
+    );
+    assert_eq!(upstream_port(&web_file), web_v1, "web switched back");
+    assert_eq!(
+        containers(&app),
+        [
+            format!("{app}-production-api-v1 running"),
+            format!("{app}-production-web-v1 running"),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

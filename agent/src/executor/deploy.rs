@@ -265,6 +265,7 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         redactor: Redactor::new(ctx.secrets.iter().map(|(k, v)| (k.clone(), v.as_str())))
             .map_err(|e| TaskFailure::Failed(e.to_string()))?,
         before: Mutex::default(),
+        unrestored: Mutex::default(),
     };
     d.ensure_network().await?;
     let mut switched: Vec<Switched> = Vec::new();
@@ -325,6 +326,9 @@ struct Deployer<'a> {
     /// Per service reached, the release that served before it (none if
     /// nothing did): what a cancelled task reports the host is back on.
     before: Mutex<Vec<(String, Option<String>)>>,
+    /// Services that could not be put back, and why: a cancelled task
+    /// must not claim they were.
+    unrestored: Mutex<Vec<(String, String)>>,
 }
 
 fn docker_err(what: &str, e: bollard::errors::Error) -> TaskFailure {
@@ -371,11 +375,15 @@ impl Deployer<'_> {
             return failure;
         }
         let before = self.before.lock().unwrap_or_else(|p| p.into_inner());
+        let unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
         let reached: Vec<String> = before
             .iter()
-            .map(|(service, release)| match release {
-                Some(r) => format!("{service} back on release {r}"),
-                None => format!("{service} not running (nothing ran before)"),
+            .map(|(service, release)| {
+                match (release, unrestored.iter().find(|(s, _)| s == service)) {
+                    (_, Some((_, why))) => format!("{service} NOT put back: {why}"),
+                    (Some(r), None) => format!("{service} back on release {r}"),
+                    (None, None) => format!("{service} not running (nothing ran before)"),
+                }
             })
             .collect();
         let untouched: Vec<&str> = self
@@ -1191,9 +1199,14 @@ impl Deployer<'_> {
                 self.ctx
                     .step_finished(&step, true, "previous release serving again", started)
             }
-            Err(e) => self
-                .ctx
-                .step_finished(&step, false, &e.to_string(), started),
+            Err(e) => {
+                self.ctx
+                    .step_finished(&step, false, &e.to_string(), started);
+                self.unrestored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((svc.name.clone(), format!("start {}: {e}", o.name)));
+            }
         }
     }
 
@@ -1310,13 +1323,22 @@ impl Deployer<'_> {
         self.ctx
             .step_started(&step, "back to the release that served before");
         let mut problems = Vec::new();
-        if let Some(old) = &s.old
-            && let Err(e) = self
-                .docker
-                .start_container(&old.id, None::<StartContainerOptions>)
-                .await
-        {
-            problems.push(format!("start {}: {e}", old.name));
+        let blue_green = s.upstream_before.is_some();
+        if !blue_green {
+            // Recreate or worker: the new container goes first, as a fixed
+            // host port is held by one container only.
+            self.remove(&s.new_id).await;
+        }
+        if let Some(old) = &s.old {
+            let running = matches!(self.container_state(&old.id).await, Ok((true, _, _)));
+            if !running
+                && let Err(e) = self
+                    .docker
+                    .start_container(&old.id, None::<StartContainerOptions>)
+                    .await
+            {
+                problems.push(format!("start {}: {e}", old.name));
+            }
         }
         let mut confirmed = String::new();
         if let Some(before) = &s.upstream_before {
@@ -1338,9 +1360,14 @@ impl Deployer<'_> {
             };
             self.ctx.step_finished(&step, true, &message, started);
         } else {
-            // The new container keeps serving rather than nothing.
-            self.ctx
-                .step_finished(&step, false, &problems.join("; "), started);
+            // A blue-green service keeps its new container serving rather
+            // than nothing.
+            let why = problems.join("; ");
+            self.ctx.step_finished(&step, false, &why, started);
+            self.unrestored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((s.service.name.clone(), why));
         }
     }
 
