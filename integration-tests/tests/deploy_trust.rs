@@ -167,6 +167,22 @@ async fn a_changed_setting_is_deployed_and_the_same_settings_are_already_running
         containers(&app),
         [format!("{app}-production-web-1.0.0 running")]
     );
+
+    // `force` (ferry redeploy): a new container of the same name beside
+    // the one that serves (moved aside), switched to, the old one gone.
+    let mut forced = spec(&app, "1.0.0", &image, "hello");
+    forced["force"] = json!(true);
+    let job = deploy(&c, &forced).await;
+    assert_eq!(job.status, "succeeded", "{job:#?}");
+    let r = result(&job);
+    assert_eq!(r["services"][0]["changed"], true, "{r}");
+    assert_eq!(r["services"][0]["container"], second.as_str());
+    assert_ne!(inspect(&second, "{{.Id}}"), id, "a new container");
+    assert_ne!(upstream_port(&upstream), port, "switched to it");
+    assert_eq!(
+        docker::containers_full_on(None, &format!("ferry.app={app}")),
+        [format!("{second} running")]
+    );
 }
 
 /// Deploys `bad` (whose /health never answers 2xx) over `good`, cancels
