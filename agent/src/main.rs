@@ -104,6 +104,11 @@ async fn main() {
                         e.not_after
                     );
                     println!("  state dir    {}", opts.state_dir.display());
+                    println!(
+                        "  nginx        upstream files in {}, reloaded with `{}`",
+                        opts.nginx.upstream_dir.display(),
+                        opts.nginx.reload_command.join(" ")
+                    );
                     println!();
                     println!(
                         "next: ferry-agent run --state-dir {}",
