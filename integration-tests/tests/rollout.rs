@@ -393,12 +393,13 @@ async fn staging_and_production_of_one_app_on_one_engine_never_touch_each_other(
 
 /// A container's id, state and start time: any restart or replacement changes it.
 fn inspect(name: &str) -> String {
+    let name = docker::full_name(name);
     let out = std::process::Command::new("docker")
         .args([
             "inspect",
             "--format",
             "{{.Id}} {{.State.Status}} {{.State.StartedAt}}",
-            name,
+            &name,
         ])
         .output()
         .unwrap();

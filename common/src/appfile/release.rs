@@ -77,6 +77,7 @@ impl AppFile {
                     restart: svc.restart,
                     health,
                     strategy: svc.strategy(),
+                    nginx_url: svc.nginx_url.clone(),
                 }
             })
             .collect();
@@ -85,6 +86,8 @@ impl AppFile {
             env: env.to_string(),
             release: version.to_string(),
             services,
+            force: false,
+            keep_releases: self.keep_releases,
         })
     }
 }
