@@ -118,6 +118,16 @@ async fn logs_status_audit_and_releases_show_what_runs_and_who_did_it() {
     std::fs::write(&file, app_file(&app)).unwrap();
     let f = file.to_str().unwrap();
 
+    // A secret the services need is not set: refused before anything
+    // ran, with the same code as any refusal (an offline host's too).
+    let out = ferry(
+        &ada,
+        &["deploy", "-f", f, "--env", "staging", "--version", "v1"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("API_TOKEN"), "{}", out.stderr);
+
     let secret = format!("tok-{tag}-s3cr3t");
     let out = ferry_in(
         None,
@@ -135,6 +145,37 @@ async fn logs_status_audit_and_releases_show_what_runs_and_who_did_it() {
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "warning: no release and no app file knows app \"{app}\""
+        )),
+        "{}",
+        out.stderr
+    );
+    // From the app's directory, ./ferry.toml knows it (and names the app).
+    let out = ferry_in(
+        Some(&app_dir),
+        &admin,
+        &["secret", "set", "--env", "staging", "API_TOKEN"],
+        Some(&secret),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    let out = ferry_in(
+        Some(&app_dir),
+        &admin,
+        &["secret", "set", "--env", "prod", "OTHER"],
+        Some("value-of-other"),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has no environment \"prod\"")
+            && out.stderr.contains("(known: staging)"),
+        "{}",
+        out.stderr
+    );
     for (version, code) in [("v1", 0), ("v2", 1)] {
         let out = ferry(
             &ada,
