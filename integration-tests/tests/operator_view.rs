@@ -183,6 +183,28 @@ async fn logs_status_audit_and_releases_show_what_runs_and_who_did_it() {
         )
         .await;
         assert_eq!(out.code, code, "{version}: {}\n{}", out.stdout, out.stderr);
+        if version == "v2" {
+            // The failed container's log lines (httpd's access log of the
+            // health checks) are shown once each, and the closing line is
+            // the summary alone.
+            let logged: Vec<&str> = out
+                .stdout
+                .lines()
+                .filter(|l| l.contains("response:"))
+                .collect();
+            assert!(!logged.is_empty(), "{}", out.stdout);
+            for line in &logged {
+                let text = line.rsplit(" | ").next().unwrap();
+                let times = out.stdout.matches(text).count();
+                assert_eq!(times, 1, "{text:?} shown {times} times:\n{}", out.stdout);
+            }
+            let last = out.stdout.trim_end().lines().last().unwrap();
+            assert!(
+                last.starts_with("reverted: ") || last.starts_with("failed: "),
+                "{}",
+                out.stdout
+            );
+        }
     }
 
     // releases: v1 is current, the newer failed v2 is not; `--app` comes
