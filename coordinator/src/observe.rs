@@ -137,7 +137,11 @@ impl Core {
         let mut online: Vec<String> = hosts_of
             .values()
             .flatten()
-            .filter(|h| agents.get(*h).is_some_and(|a| self.agent_online(a, now)))
+            .filter(|h| {
+                agents
+                    .get(*h)
+                    .is_some_and(|a| self.agent_online(a, now) && runs(a, JobKind::Inspect))
+            })
             .cloned()
             .collect();
         online.sort();
@@ -319,6 +323,22 @@ impl Core {
         let (online, offline): (Vec<String>, Vec<String>) = hosts
             .into_iter()
             .partition(|h| agents.get(h).is_some_and(|a| self.agent_online(a, now)));
+        // An agent older than the `logs` kind is named, not silently skipped.
+        let unable: Vec<String> = online
+            .iter()
+            .filter_map(|h| agents.get(h))
+            .filter(|a| !runs(a, JobKind::Logs))
+            .map(|a| format!("{} (version {})", a.name, a.version))
+            .collect();
+        if !unable.is_empty() {
+            return Err(CoordinatorError::invalid(
+                "hosts",
+                format!(
+                    "these agents do not run the `logs` job kind; upgrade them or pass --host for another: {}",
+                    unable.join(", ")
+                ),
+            ));
+        }
         let offline: Vec<pb::RolloutHost> = offline
             .into_iter()
             .map(|h| pb::RolloutHost {
@@ -425,6 +445,12 @@ impl Core {
     }
 }
 
+/// Whether the agent runs `kind` (an agent that never said which kinds it
+/// runs is given the task, as the scheduler does).
+fn runs(agent: &AgentRecord, kind: JobKind) -> bool {
+    agent.capabilities.is_empty() || agent.capabilities.iter().any(|k| k == kind.as_str())
+}
+
 /// The hosts of a rollout's plan, by name.
 fn plan_hosts(r: &RolloutRecord) -> Result<Vec<String>, CoordinatorError> {
     let wire = crate::rollout::to_wire(r)?;
@@ -464,6 +490,13 @@ fn host_status(
     };
     if !online {
         host.error = format!("offline, last seen {}", ago(agent.last_seen_ms, now));
+        return host;
+    }
+    if !runs(agent, JobKind::Inspect) {
+        host.error = format!(
+            "its agent (version {}) does not run the `inspect` job kind; upgrade it",
+            agent.version
+        );
         return host;
     }
     match answers.get(name) {

@@ -447,6 +447,30 @@ async fn listing_commands_end_quietly_when_their_reader_goes_away() {
             assert!(!stderr.contains("panicked"), "{stderr}");
         }
     }
+    // A credentials file that is not there says it is the credentials
+    // file, and where its path came from.
+    let missing = dir.path().join("nope.credentials");
+    let out = ferry(&missing, &["agents"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("credentials file")
+            && out.stderr.contains("nope.credentials")
+            && out.stderr.contains("--credentials"),
+        "{}",
+        out.stderr
+    );
+    let out = Command::new(bin::path("ferry"))
+        .arg("agents")
+        .env("FERRY_CREDENTIALS", &missing)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("credentials file") && stderr.contains("FERRY_CREDENTIALS"),
+        "{stderr}"
+    );
+
     // And as people write it, through a shell.
     let out = tokio::process::Command::new("bash")
         .arg("-c")
