@@ -138,6 +138,9 @@ async fn set(p: Place, ctx: &Ctx) -> Result<pb::Secret, CliError> {
         let _ = writeln!(io::stderr(), "warning: {warning}");
     }
     let is_terminal = ctx.env.stdin_is_terminal;
+    // Typed on a terminal, the value is not echoed; echo goes off before
+    // the prompt shows, so nothing typed after it is echoed.
+    let quiet = is_terminal.then(NoEcho::stdin);
     if is_terminal {
         let _ = write!(
             io::stderr(),
@@ -148,9 +151,8 @@ async fn set(p: Place, ctx: &Ctx) -> Result<pb::Secret, CliError> {
         let _ = io::stderr().flush();
     }
     let mut value = tokio::task::spawn_blocking(move || {
-        // Typed on a terminal, the value is not echoed.
-        let _quiet = is_terminal.then(NoEcho::stdin);
         let value = read_value(io::stdin().lock(), is_terminal);
+        drop(quiet);
         if is_terminal {
             let _ = writeln!(io::stderr());
         }

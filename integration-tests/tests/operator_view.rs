@@ -532,3 +532,58 @@ fn every_flag_of_every_binary_has_help() {
     }
     assert!(missing.is_empty(), "flags without help: {missing:#?}");
 }
+
+/// `ferry secret set` at a terminal (a pty from `script`): the prompt
+/// says the value is not shown, and the terminal does not echo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_set_at_a_terminal_does_not_echo_the_value() {
+    use tokio::io::AsyncReadExt;
+    let c = TestCoordinator::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("admin.credentials");
+    c.admin.save(&creds, false).unwrap();
+    let value = format!("typed-{}", uuid::Uuid::now_v7().simple());
+    let command = format!(
+        "{} --credentials {} secret set --app shop --env staging TYPED",
+        bin::path("ferry").display(),
+        creds.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    // Type only once the prompt shows, as a person would: input arriving
+    // earlier would be echoed before the CLI could turn echo off.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 512];
+        while !String::from_utf8_lossy(&seen).contains("not shown): ") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "ended before the prompt: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the prompt within 20 s");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{value}\n").as_bytes())
+        .await
+        .unwrap();
+    stdout.read_to_end(&mut seen).await.unwrap();
+    drop(stdin);
+    let status = child.wait().await.unwrap();
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(status.success(), "{shown}");
+    assert!(shown.contains("set secret TYPED"), "{shown}");
+    assert!(!shown.contains(&value), "the value was echoed: {shown}");
+}
