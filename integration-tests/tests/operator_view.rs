@@ -341,6 +341,29 @@ async fn logs_status_audit_and_releases_show_what_runs_and_who_did_it() {
     .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 
+    // A service with no container on the host fails, saying so; a host
+    // that is not the environment's is refused, naming those that are.
+    let out = ferry(&ada, &["logs", "--app", &app, "--env", "staging", "worker"]).await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("web-1") && out.stderr.contains("no container of"),
+        "{}",
+        out.stderr
+    );
+    let out = ferry(
+        &ada,
+        &[
+            "logs", "--app", &app, "--env", "staging", "web", "--host", "db-9",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("\"db-9\" is not a host") && out.stderr.contains("web-1"),
+        "{}",
+        out.stderr
+    );
+
     // logs -f: a line the container writes after the command started.
     let mut follow = ferry_cmd(
         &ada,
