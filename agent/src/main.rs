@@ -56,6 +56,7 @@ enum Cmd {
     },
     /// Run the agent: keep the session to the coordinator.
     Run {
+        /// The state directory `enroll` wrote (key, certificate, agent.toml, spool).
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
     },

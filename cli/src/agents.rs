@@ -104,7 +104,7 @@ impl Render for List {
         }
         let rows = self.agents.iter().map(|a| {
             let labels: BTreeMap<String, String> = a.labels.clone().into_iter().collect();
-            let (docker, disk) = health_summary(a.health.as_ref());
+            let (docker, disk) = health_summary(a, self.now_ms);
             vec![
                 a.name.clone(),
                 state_name(a.state).to_string(),
@@ -195,15 +195,31 @@ pub fn agent_json(a: &pb::Agent) -> Value {
     })
 }
 
-/// Docker and free disk, for the table.
-fn health_summary(h: Option<&pb::HostHealth>) -> (String, String) {
-    let Some(h) = h else {
+/// Docker and free disk, for the table. An agent that is not online
+/// reports nothing new: what it said last is shown as stale, with its age,
+/// never as "ok".
+fn health_summary(a: &pb::Agent, now_ms: i64) -> (String, String) {
+    let Some(h) = a.health.as_ref() else {
         return ("-".into(), "-".into());
     };
     let docker = if h.docker_reachable {
         format!("ok {}", h.docker_version)
     } else {
         "unreachable".into()
+    };
+    let docker = if a.state == pb::AgentState::Online as i32 {
+        docker
+    } else {
+        let observed = if h.observed_at_ms > 0 {
+            h.observed_at_ms
+        } else {
+            a.last_seen_ms
+        };
+        format!(
+            "stale ({}, {})",
+            ago(observed, now_ms).replace(" ago", " old"),
+            docker
+        )
     };
     let disk = h
         .disks
@@ -230,6 +246,24 @@ mod tests {
             capabilities: vec!["docker".into(), "nginx".into()],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_offline_agents_health_is_stale_with_its_age() {
+        let health = pb::HostHealth {
+            docker_reachable: true,
+            docker_version: "27.1".into(),
+            observed_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        let mut a = agent();
+        a.health = Some(health);
+        assert_eq!(health_summary(&a, 1_700_000_300_000).0, "ok 27.1");
+        a.state = pb::AgentState::Offline as i32;
+        assert_eq!(
+            health_summary(&a, 1_700_000_300_000).0,
+            "stale (5m old, ok 27.1)"
+        );
     }
 
     #[test]

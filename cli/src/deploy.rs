@@ -48,9 +48,9 @@ pub struct DeployArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
-    /// App name, e.g. shop.
+    /// App name, e.g. shop (default: the app of ./ferry.toml).
     #[arg(long)]
-    pub app: String,
+    pub app: Option<String>,
     /// Environment, e.g. production.
     #[arg(long)]
     pub env: String,
@@ -116,7 +116,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
         }
         Command::Rollback(a) => {
             let what = Start::Rollback {
-                app: a.app,
+                app: ctx.app(a.app)?,
                 env: a.env,
                 to: a.to,
             };

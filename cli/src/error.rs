@@ -67,7 +67,10 @@ impl From<tonic::Status> for CliError {
         let code = match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => exit::REFUSED,
             Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
-            Code::InvalidArgument => exit::USAGE,
+            // Refused before anything ran: bad input (an unknown
+            // environment), or a precondition the request cannot meet (a
+            // secret the services need is missing, a host is offline).
+            Code::InvalidArgument | Code::FailedPrecondition => exit::USAGE,
             _ => exit::FAILED,
         };
         let message = if status.code() == Code::Unavailable {
@@ -90,6 +93,9 @@ mod tests {
         assert_eq!(code(tonic::Code::Unauthenticated), exit::REFUSED);
         assert_eq!(code(tonic::Code::Unavailable), exit::UNAVAILABLE);
         assert_eq!(code(tonic::Code::InvalidArgument), exit::USAGE);
+        // A missing secret and an offline host are both refusals before
+        // anything ran: the same code.
+        assert_eq!(code(tonic::Code::FailedPrecondition), exit::USAGE);
         assert_eq!(code(tonic::Code::NotFound), exit::FAILED);
     }
 

@@ -122,7 +122,20 @@ pub fn event_line(e: &pb::JobEvent) -> Option<String> {
     Some(format!("{} {who:<12} {text}", rfc3339_ms(e.at_ms)))
 }
 
+/// A message's first line, its summary, and whether more lines follow:
+/// a failed deploy's message carries the container's last log lines,
+/// which were already shown, each as a log event.
+pub fn summary_line(message: &str) -> (&str, bool) {
+    let trimmed = message.trim_end();
+    match trimmed.split_once('\n') {
+        Some((first, _)) => (first.trim_end(), true),
+        None => (trimmed, false),
+    }
+}
+
+/// " — summary" of a message for one line of output.
 fn suffix(m: &str) -> String {
+    let (m, _) = summary_line(m);
     if m.is_empty() {
         String::new()
     } else {
@@ -273,6 +286,8 @@ fn done_style() -> ProgressStyle {
 pub async fn follow(ctx: &Ctx, job_id: &str, quiet: bool) -> Result<(pb::Job, i32), CliError> {
     let mut session = ctx.connect().await?;
     let job = get_job(&mut session, job_id).await?;
+    // The whole id from here on, however it was given.
+    let job_id = job.id.as_str();
     let json = ctx.json();
     let bars = (!quiet && !json && ctx.env.stdout_is_terminal).then(|| Bars::new(&job));
     if !quiet && bars.is_none() {

@@ -29,7 +29,7 @@ pub enum Command {
     },
     /// Follow a job live until it ends; exit 0 succeeded, 1 failed, 3 cancelled.
     Watch {
-        /// Job id.
+        /// Job id: the whole id, or at least 8 characters from either end (as `ferry jobs` shows it).
         id: String,
     },
 }
@@ -76,12 +76,12 @@ pub struct ListArgs {
 pub enum JobCommand {
     /// A job with its tasks and results.
     Show {
-        /// Job id.
+        /// Job id: the whole id, or at least 8 characters from either end (as `ferry jobs` shows it).
         id: String,
     },
     /// Cancel a job: what has not started never will, running tasks are stopped.
     Cancel {
-        /// Job id.
+        /// Job id: the whole id, or at least 8 characters from either end (as `ferry jobs` shows it).
         id: String,
     },
 }
@@ -336,7 +336,7 @@ fn list_text(jobs: &[pb::Job], t: &mut Text<'_>) -> io::Result<()> {
             .filter(|t| t.state == TaskState::Succeeded.as_str())
             .count();
         vec![
-            j.id.clone(),
+            crate::render::short_id(&j.id),
             j.kind.clone(),
             j.status.clone(),
             rfc3339_ms(j.created_at_ms),

@@ -12,6 +12,8 @@
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`; [`rollout`]: `releases`, `rollout`.
+//! - [`logs`]: a service's container logs; [`audit`]: the audit log;
+//!   `status --app` (in [`status`]): what runs where.
 //! - [`secrets`], [`validate`], [`completions`].
 //!
 //! Around them: [`context`] (flags, environment, connecting), [`render`]
@@ -24,12 +26,14 @@
 use clap::{Parser, Subcommand};
 
 pub mod agents;
+pub mod audit;
 pub mod completions;
 pub mod context;
 pub mod deploy;
 pub mod error;
 pub mod follow;
 pub mod jobs;
+pub mod logs;
 pub mod operators;
 pub mod render;
 pub mod rollout;
@@ -79,6 +83,10 @@ pub enum Command {
     #[command(flatten)]
     Rollout(rollout::Command),
     #[command(flatten)]
+    Logs(logs::Command),
+    #[command(flatten)]
+    Audit(audit::Command),
+    #[command(flatten)]
     Validate(validate::Command),
     #[command(flatten)]
     Completions(completions::Command),
@@ -97,6 +105,8 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Secrets(c) => show(&ctx, secrets::run(c, &ctx).await),
         Command::Deploy(c) => show(&ctx, deploy::run(c, &ctx).await),
         Command::Rollout(c) => show(&ctx, rollout::run(c, &ctx).await),
+        Command::Logs(c) => show(&ctx, logs::run(c, &ctx).await),
+        Command::Audit(c) => show(&ctx, audit::run(c, &ctx).await),
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
     };
@@ -118,6 +128,26 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use ferry_common::job::JobKind;
+
+    /// Every flag and argument of every command has help text: `ferry
+    /// help` is where operators learn what `--limit` or `--env` means.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "ferry", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
 
     /// Every job kind names the commands that submit it (the registry in
     /// `ferry_common::job`), and each of those is a real `ferry` command: a

@@ -246,6 +246,15 @@ impl<V: Render> Render for TextOnly<V> {
     }
 }
 
+/// How lists show a job or rollout id to people: its last 8 characters.
+/// Ids are time-ordered, so their first characters repeat between ids
+/// made within a minute; the last ones are random. Any 8 or more
+/// characters from either end are accepted back (JSON has whole ids).
+pub fn short_id(id: &str) -> String {
+    let start = id.len().saturating_sub(8);
+    id.get(start..).unwrap_or(id).to_string()
+}
+
 /// A time in milliseconds as RFC 3339, or `null` for 0 (never).
 pub fn opt_time(ms: i64) -> Option<String> {
     (ms != 0).then(|| rfc3339_ms(ms))
@@ -308,6 +317,12 @@ mod tests {
         let long = "x".repeat(500);
         let lines = table(&["A", "B"], vec![vec![long.clone(), "b".into()]], false);
         assert!(lines[1].starts_with(&long), "{lines:?}");
+    }
+
+    #[test]
+    fn short_ids_are_the_random_end() {
+        assert_eq!(short_id("019af3c2-7d1e-7b4a-9c3e-5f1d2a3b4c5d"), "2a3b4c5d");
+        assert_eq!(short_id("abc"), "abc");
     }
 
     #[test]

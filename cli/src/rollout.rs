@@ -28,16 +28,16 @@ pub enum Command {
     Releases(ReleasesArgs),
     /// Follow a rollout by id until it ends (exit 0 succeeded, 1 otherwise).
     Rollout {
-        /// Rollout id (see `ferry releases`).
+        /// Rollout id: the whole id, or at least 8 characters from either end (as `ferry releases` shows it).
         id: String,
     },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ReleasesArgs {
-    /// App name, e.g. shop.
+    /// App name, e.g. shop (default: the app of ./ferry.toml).
     #[arg(long)]
-    pub app: String,
+    pub app: Option<String>,
     /// Only this environment (default: every one).
     #[arg(long)]
     pub env: Option<String>,
@@ -50,19 +50,20 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
     let mut s = ctx.connect().await?;
     match command {
         Command::Releases(args) => {
-            let releases = s
+            let app = ctx.app(args.app)?;
+            let reply = s
                 .client
                 .list_releases(pb::ListReleasesRequest {
-                    app: args.app.clone(),
+                    app: app.clone(),
                     env: args.env.unwrap_or_default(),
                     limit: args.limit,
                 })
                 .await?
-                .into_inner()
-                .releases;
+                .into_inner();
             Ok(View::Releases(Releases {
-                app: args.app,
-                releases,
+                app,
+                releases: reply.releases,
+                current_ids: reply.current_ids,
             }))
         }
         Command::Rollout { id } => Ok(View::Finished(Box::new(Finished(
@@ -98,16 +99,19 @@ impl Render for View {
 pub async fn follow_rollout(ctx: &Ctx, s: &mut Session, id: &str) -> Result<pb::Rollout, CliError> {
     let mut followed = 0usize;
     let mut pause = POLL_FIRST;
+    // The whole id once the coordinator has resolved what was typed.
+    let mut id = id.to_string();
     loop {
         let r = s
             .client
             .get_rollout(pb::GetRolloutRequest {
-                rollout_id: id.to_string(),
+                rollout_id: id.clone(),
             })
             .await?
             .into_inner()
             .rollout
             .unwrap_or_default();
+        id.clone_from(&r.id);
         if followed < r.steps.len() {
             let step = &r.steps[followed];
             ctx.print(&Note(format!("==> {}", step.name)))?;
@@ -163,6 +167,14 @@ pub fn rollout_json(r: &pb::Rollout) -> Value {
         "trace_id": Some(&r.trace_id).filter(|v| !v.is_empty()),
         "rollback_of": Some(&r.rollback_of).filter(|v| !v.is_empty()),
     })
+}
+
+/// [`rollout_json`] of a listed release, with `"current"`: whether it is
+/// the release that runs now.
+pub fn release_json(r: &pb::Rollout, current: bool) -> Value {
+    let mut v = rollout_json(r);
+    v["current"] = json!(current);
+    v
 }
 
 /// Serializes as [`rollout_json`].
@@ -264,8 +276,16 @@ pub struct Finished(pub pb::Rollout);
 
 impl Render for Finished {
     fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        // The summary on a line of its own; the details (a failed
+        // container's last log lines) were shown above as they came.
+        let (summary, more) = crate::follow::summary_line(&self.0.message);
         writeln!(t.out)?;
-        writeln!(t.out, "{}: {}", self.0.status, self.0.message)
+        writeln!(
+            t.out,
+            "{}: {summary}{}",
+            self.0.status,
+            if more { " (details above)" } else { "" }
+        )
     }
     fn exit_code(&self) -> i32 {
         exit_code(&self.0.status)
@@ -277,11 +297,23 @@ impl Render for Finished {
 pub struct Releases {
     pub app: String,
     pub releases: Vec<pb::Rollout>,
+    /// The release running now in each environment (`ListReleases`).
+    pub current_ids: Vec<String>,
+}
+
+impl Releases {
+    fn is_current(&self, r: &pb::Rollout) -> bool {
+        self.current_ids.contains(&r.id)
+    }
 }
 
 impl Serialize for Releases {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.releases.iter().map(rollout_json))
+        s.collect_seq(
+            self.releases
+                .iter()
+                .map(|r| release_json(r, self.is_current(r))),
+        )
     }
 }
 
@@ -291,26 +323,36 @@ impl Render for Releases {
             return writeln!(t.out, "no releases of {}", self.app);
         }
         let rows = self.releases.iter().map(|r| {
-            let image = r
+            // Every service's image: one service's would hide what the
+            // others ran.
+            let images = r
                 .services
-                .first()
-                .map(|s| s.image.clone())
-                .unwrap_or_default();
+                .iter()
+                .map(|s| {
+                    if r.services.len() == 1 {
+                        s.image.clone()
+                    } else {
+                        format!("{}={}", s.name, s.image)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
             let by = r.created_by.rsplit('/').next().unwrap_or_default();
             vec![
+                if self.is_current(r) { "*" } else { "" }.to_string(),
                 r.env.clone(),
                 r.version.clone(),
                 r.kind.clone(),
                 r.status.clone(),
-                image,
+                images,
                 by.to_string(),
                 rfc3339_ms(r.created_at_ms),
-                r.id.clone(),
+                crate::render::short_id(&r.id),
             ]
         });
         t.table(
             &[
-                "ENV", "VERSION", "KIND", "OUTCOME", "IMAGE", "BY", "STARTED", "ID",
+                "CURRENT", "ENV", "VERSION", "KIND", "OUTCOME", "IMAGE", "BY", "STARTED", "ID",
             ],
             rows,
         )
@@ -380,8 +422,11 @@ mod tests {
         let list = json_of(&View::Releases(Releases {
             app: "shop".into(),
             releases: vec![rollout()],
+            current_ids: vec![],
         }));
-        assert_eq!(list[0], j);
+        let mut listed = j.clone();
+        listed["current"] = json!(false);
+        assert_eq!(list[0], listed);
     }
 
     #[test]
@@ -417,22 +462,68 @@ mod tests {
     }
 
     #[test]
-    fn releases_table() {
-        let text = text_of(&Releases {
+    fn releases_mark_the_current_one_and_show_every_image() {
+        let mut failed = rollout();
+        failed.id = "019af3c2-7d1e-7b4a-9c3e-00000000f41d".into();
+        failed.version = "1.3".into();
+        failed.status = "failed".into();
+        failed.services = vec![
+            pb::RolloutService {
+                name: "web".into(),
+                image: "shop-web:1.3".into(),
+                ..Default::default()
+            },
+            pb::RolloutService {
+                name: "worker".into(),
+                image: "shop-worker:1.3".into(),
+                ..Default::default()
+            },
+        ];
+        let mut current = rollout();
+        current.id = "019af3c2-7d1e-7b4a-9c3e-00000000c0de".into();
+        current.status = "succeeded".into();
+        let view = Releases {
             app: "shop".into(),
-            releases: vec![rollout()],
-        });
+            releases: vec![failed, current],
+            current_ids: vec!["019af3c2-7d1e-7b4a-9c3e-00000000c0de".into()],
+        };
+        let text = text_of(&view);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].starts_with("ENV      VERSION  KIND    OUTCOME"),
+            lines[0].starts_with("CURRENT  ENV      VERSION  KIND    OUTCOME"),
             "{text}"
         );
-        assert!(lines[1].contains("reverted"), "{text}");
-        assert!(lines[1].contains(" ada "), "{text}");
+        assert!(
+            !lines[1].starts_with('*'),
+            "a failed newer one is not current: {text}"
+        );
+        assert!(
+            lines[1].contains("web=shop-web:1.3 worker=shop-worker:1.3"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("0000f41d"), "short ids: {text}");
+        assert!(lines[2].starts_with('*'), "{text}");
+        assert!(lines[2].contains(" ada "), "{text}");
+        let json = json_of(&view);
+        assert_eq!(json[0]["current"], false);
+        assert_eq!(json[1]["current"], true);
+        assert_eq!(json[1]["id"], "019af3c2-7d1e-7b4a-9c3e-00000000c0de");
         let none = text_of(&Releases {
             app: "shop".into(),
             releases: vec![],
+            current_ids: vec![],
         });
         assert_eq!(none, "no releases of shop\n");
+    }
+
+    #[test]
+    fn a_finished_rollout_keeps_its_summary_apart_from_the_details() {
+        let mut r = rollout();
+        r.message = "deploy failed on web-1 (failed): service web: new container not healthy: exited\nlast 2 log lines of the new container:\nboom\nbang".into();
+        let text = text_of(&Finished(r));
+        assert_eq!(
+            text,
+            "\nreverted: deploy failed on web-1 (failed): service web: new container not healthy: exited (details above)\n"
+        );
     }
 }

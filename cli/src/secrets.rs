@@ -4,7 +4,9 @@
 //! never arguments (arguments show in `ps` and shell history) and no
 //! command prints one.
 
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, Read, Write};
+use std::path::Path;
 
 use ferry_common::identity::validate_name;
 use ferry_common::secret::{MAX_VALUE_BYTES, validate_secret_name, validate_secret_value};
@@ -42,9 +44,9 @@ pub enum SecretCommand {
 /// One secret: app, environment and name.
 #[derive(Debug, clap::Args)]
 pub struct Place {
-    /// App name, e.g. shop.
+    /// App name, e.g. shop (default: the app of ./ferry.toml).
     #[arg(long)]
-    pub app: String,
+    pub app: Option<String>,
     /// Environment, e.g. production.
     #[arg(long)]
     pub env: String,
@@ -54,9 +56,9 @@ pub struct Place {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// App name, e.g. shop.
+    /// App name, e.g. shop (default: the app of ./ferry.toml).
     #[arg(long)]
-    pub app: String,
+    pub app: Option<String>,
     /// Only this environment (default: every one).
     #[arg(long)]
     pub env: Option<String>,
@@ -127,26 +129,41 @@ pub fn read_value(input: impl BufRead, is_terminal: bool) -> Result<Zeroizing<St
 }
 
 async fn set(p: Place, ctx: &Ctx) -> Result<pb::Secret, CliError> {
-    check_place(&p.app, Some(&p.env), Some(&p.name))?;
+    let app = ctx.app(p.app)?;
+    check_place(&app, Some(&p.env), Some(&p.name))?;
+    let mut s = ctx.connect().await?;
+    // Before the value is typed, so a misspelt app or environment can be
+    // stopped with Ctrl-C.
+    if let Some(warning) = unknown_place(&mut s, &app, &p.env).await? {
+        let _ = writeln!(io::stderr(), "warning: {warning}");
+    }
     let is_terminal = ctx.env.stdin_is_terminal;
+    // Typed on a terminal, the value is not echoed; echo goes off before
+    // the prompt shows, so nothing typed after it is echoed.
+    let quiet = is_terminal.then(NoEcho::stdin);
     if is_terminal {
         let _ = write!(
             io::stderr(),
-            "value of {} for app {} env {} (one line, shown as typed): ",
+            "value of {} for app {app} env {} (one line, not shown): ",
             p.name,
-            p.app,
             p.env
         );
+        let _ = io::stderr().flush();
     }
-    let mut value =
-        tokio::task::spawn_blocking(move || read_value(io::stdin().lock(), is_terminal))
-            .await
-            .map_err(|e| CliError::failed(format!("reading standard input: {e}")))??;
-    let mut s = ctx.connect().await?;
+    let mut value = tokio::task::spawn_blocking(move || {
+        let value = read_value(io::stdin().lock(), is_terminal);
+        drop(quiet);
+        if is_terminal {
+            let _ = writeln!(io::stderr());
+        }
+        value
+    })
+    .await
+    .map_err(|e| CliError::failed(format!("reading standard input: {e}")))??;
     let reply = s
         .client
         .set_secret(pb::SetSecretRequest {
-            app: p.app,
+            app,
             env: p.env,
             name: p.name,
             // Moved, not copied: the only other copy is wiped on drop.
@@ -157,36 +174,136 @@ async fn set(p: Place, ctx: &Ctx) -> Result<pb::Secret, CliError> {
     Ok(reply.secret.unwrap_or_default())
 }
 
+/// Turns the terminal's echo off on standard input until dropped.
+struct NoEcho {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl NoEcho {
+    fn stdin() -> NoEcho {
+        use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+        let stdin = io::stdin();
+        let saved = tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut quiet = saved.clone();
+            quiet.local_flags.remove(LocalFlags::ECHO);
+            // Enter still ends the line.
+            quiet.local_flags.insert(LocalFlags::ECHONL);
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+        }
+        NoEcho { saved }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
+}
+
+/// Why (app, env) looks misspelt, if it does: neither ./ferry.toml nor any
+/// release knows it. Names the ones that are known.
+async fn unknown_place(
+    s: &mut crate::context::Session,
+    app: &str,
+    env: &str,
+) -> Result<Option<String>, CliError> {
+    let file = known_in_app_file(Path::new(crate::context::APP_FILE));
+    let releases = s
+        .client
+        .list_releases(pb::ListReleasesRequest {
+            app: app.into(),
+            env: String::new(),
+            limit: 1000,
+        })
+        .await?
+        .into_inner()
+        .releases;
+    let mut envs: BTreeSet<String> = releases.into_iter().map(|r| r.env).collect();
+    let file_knows_app = file.as_ref().is_some_and(|(a, _)| a == app);
+    if let Some((_, file_envs)) = file.as_ref().filter(|_| file_knows_app) {
+        envs.extend(file_envs.iter().cloned());
+    }
+    if envs.is_empty() && !file_knows_app {
+        let known = match &file {
+            Some((a, _)) => format!("./ferry.toml names app {a:?}"),
+            None => "there is no ./ferry.toml here".to_string(),
+        };
+        return Ok(Some(format!(
+            "no release and no app file knows app {app:?} ({known}); the secret is stored anyway, check the name"
+        )));
+    }
+    if !envs.contains(env) {
+        return Ok(Some(format!(
+            "app {app} has no environment {env:?} in its releases or ./ferry.toml (known: {}); the secret is stored anyway, check the name",
+            envs.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(None)
+}
+
+/// The app and environments of the app file at `path`, if it names them.
+fn known_in_app_file(path: &Path) -> Option<(String, Vec<String>)> {
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let app = table.get("app")?.as_str()?.to_string();
+    let envs = table
+        .get("environments")
+        .and_then(|e| e.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    Some((app, envs))
+}
+
 async fn list(args: ListArgs, ctx: &Ctx) -> Result<View, CliError> {
-    check_place(&args.app, args.env.as_deref(), None)?;
+    let app = ctx.app(args.app)?;
+    check_place(&app, args.env.as_deref(), None)?;
     let mut s = ctx.connect().await?;
     let secrets = s
         .client
         .list_secrets(pb::ListSecretsRequest {
-            app: args.app.clone(),
+            app: app.clone(),
             env: args.env.clone().unwrap_or_default(),
         })
         .await?
         .into_inner()
         .secrets;
     Ok(View::List {
-        app: args.app,
+        app,
         env: args.env,
         secrets,
     })
 }
 
 async fn remove(p: Place, ctx: &Ctx) -> Result<View, CliError> {
-    check_place(&p.app, Some(&p.env), Some(&p.name))?;
+    let app = ctx.app(p.app)?;
+    check_place(&app, Some(&p.env), Some(&p.name))?;
     let mut s = ctx.connect().await?;
     s.client
         .delete_secret(pb::DeleteSecretRequest {
-            app: p.app.clone(),
+            app: app.clone(),
             env: p.env.clone(),
             name: p.name.clone(),
         })
         .await?;
-    Ok(View::Deleted(p))
+    Ok(View::Deleted(Deleted {
+        app,
+        env: p.env,
+        name: p.name,
+    }))
+}
+
+/// A deleted secret: where it was.
+#[derive(Debug)]
+pub struct Deleted {
+    pub app: String,
+    pub env: String,
+    pub name: String,
 }
 
 /// What a secret command shows; never a value.
@@ -201,7 +318,7 @@ pub enum View {
         secrets: Vec<pb::Secret>,
     },
     /// `rm`.
-    Deleted(Place),
+    Deleted(Deleted),
 }
 
 fn secret_json(s: &pb::Secret) -> Value {
@@ -344,7 +461,7 @@ mod tests {
             crate::render::text_of(&View::Set(secret)),
             "set secret DATABASE_URL for app shop env staging\n"
         );
-        let deleted = View::Deleted(Place {
+        let deleted = View::Deleted(Deleted {
             app: "shop".into(),
             env: "staging".into(),
             name: "X".into(),

@@ -71,6 +71,13 @@ static OTEL_ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Keep the guard for the life of the process and call
 /// [`Telemetry::shutdown`] before exiting (dropping it does the same);
 /// `let _ = init(..)` would shut export down at once.
+/// Whether log lines carry ANSI colour codes: only on a terminal, and not
+/// with `NO_COLOR` set. A log written to a file or journald holds plain
+/// text, not escape sequences.
+fn colour(stderr_is_terminal: bool, env: &HashMap<String, String>) -> bool {
+    stderr_is_terminal && env.get("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 #[must_use = "dropping the guard shuts span export down"]
 pub fn init(
     service_name: &'static str,
@@ -92,6 +99,10 @@ pub fn init(
     };
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            env,
+        ))
         .with_target(false);
 
     // Building the exporter can fail (a malformed or https endpoint); report
@@ -342,6 +353,15 @@ enum ExportSetupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let none = HashMap::new();
+        assert!(colour(true, &none));
+        assert!(!colour(false, &none), "a file or journald gets plain text");
+        let no_color = HashMap::from([("NO_COLOR".to_string(), "1".to_string())]);
+        assert!(!colour(true, &no_color));
+    }
 
     #[test]
     fn export_machinery_targets_are_recognised() {

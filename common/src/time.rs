@@ -32,6 +32,30 @@ pub fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Milliseconds since the epoch of RFC 3339 text (`2026-12-07T00:22:01Z`,
+/// with any fraction of a second); `None` if it is not RFC 3339 or is
+/// Docker's "never" (`0001-01-01T00:00:00Z`).
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
+    let ms = to_ms(t);
+    (ms > 0).then_some(ms)
+}
+
+/// A point in time as operators give it: a duration back from `now_ms`
+/// (`10m`, `1h30m`, `2d`) or an RFC 3339 time.
+pub fn parse_since(text: &str, now_ms: i64) -> Result<i64, String> {
+    if let Some(ms) = parse_rfc3339_ms(text) {
+        return Ok(ms);
+    }
+    parse_duration_inner(text.trim())
+        .map(|d| now_ms - d.as_millis() as i64)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is neither a duration back from now (\"10m\", \"1h\", \"2d\") nor an RFC 3339 time (\"2026-01-31T09:00:00Z\")"
+            )
+        })
+}
+
 /// "3s ago", "5m ago", "2h ago", "4d ago" relative to `now_ms`.
 pub fn ago(ms: i64, now_ms: i64) -> String {
     if ms == 0 {
@@ -98,6 +122,27 @@ fn parse_duration_inner(text: &str) -> Option<std::time::Duration> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn since_is_a_duration_back_or_a_time() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_since("10m", now), Ok(now - 600_000));
+        assert_eq!(parse_since(" 1h30m ", now), Ok(now - 5_400_000));
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", 0),
+            Ok(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2023-11-14T22:13:20.123456789Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339_ms("0001-01-01T00:00:00Z"), None);
+        let err = parse_since("yesterday", now).unwrap_err();
+        assert!(
+            err.contains("\"yesterday\"") && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn durations_parse() {

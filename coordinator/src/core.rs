@@ -87,25 +87,65 @@ impl Core {
             .remove(&id);
     }
 
-    /// Appends to the audit log. A failure is logged, not returned: the
-    /// action itself already happened and must not be reported as failed.
+    /// Appends to the audit log an entry about no app (tokens, operators,
+    /// agents). A failure is logged, not returned: the action itself
+    /// already happened and must not be reported as failed.
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: String) {
-        let entry = audit_entry(actor, action, target, detail);
+        self.append_audit(audit_entry(actor, action, target, detail))
+            .await;
+    }
+
+    /// [`Core::audit`] for an action on an app (and environment), so
+    /// `ferry audit --app --env` finds it.
+    pub async fn audit_app(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        app: &str,
+        env: Option<&str>,
+        detail: String,
+    ) {
+        let entry = AuditEntry {
+            app: Some(app.to_string()),
+            env: env.map(str::to_string),
+            ..audit_entry(actor, action, target, detail)
+        };
+        self.append_audit(entry).await;
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) {
+        log_audit(&entry);
         if let Err(e) = self.store.append_audit(&entry).await {
-            tracing::error!(error = %e, action, target, "could not write the audit log");
+            tracing::error!(error = %e, action = %entry.action, target = %entry.target, "could not write the audit log");
         }
     }
 }
 
-/// An audit entry stamped now, also written to the log; for a caller that
-/// stores it in a transaction of its own (as `SubmitJob` does).
+/// An audit entry about no app, stamped now; for a caller that stores it
+/// in a transaction of its own (as `SubmitJob` does) and logs it with
+/// [`log_audit`] once that committed.
 pub fn audit_entry(actor: &str, action: &str, target: &str, detail: String) -> AuditEntry {
-    tracing::info!(actor, action, target, detail = %detail, "audit");
     AuditEntry {
         at_ms: ferry_common::time::now_ms(),
         actor: actor.to_string(),
         action: action.to_string(),
         target: target.to_string(),
         detail,
+        app: None,
+        env: None,
     }
+}
+
+/// Writes an audit entry to the coordinator's log too, once it is stored.
+pub fn log_audit(entry: &AuditEntry) {
+    tracing::info!(
+        actor = %entry.actor,
+        action = %entry.action,
+        target = %entry.target,
+        app = entry.app.as_deref().unwrap_or(""),
+        env = entry.env.as_deref().unwrap_or(""),
+        detail = %entry.detail,
+        "audit"
+    );
 }

@@ -126,7 +126,12 @@ fn store_status(err: StoreError, message: String) -> Status {
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
         // A busy lock: clients may wait and try again.
         StoreError::RolloutInProgress { .. } => Status::aborted(message),
-        StoreError::RolloutNotFound(_) => Status::not_found(message),
+        StoreError::RolloutNotFound(_) | StoreError::IdNotFound { .. } => {
+            Status::not_found(message)
+        }
+        StoreError::BadId { .. } | StoreError::IdAmbiguous { .. } => {
+            Status::invalid_argument(message)
+        }
         StoreError::Database(_) | StoreError::Migrate(_) | StoreError::BadUrl { .. } => {
             tracing::error!(error = %message, "store failure");
             Status::unavailable(message)

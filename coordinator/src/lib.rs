@@ -17,6 +17,8 @@
 //!   resolving them, and the start-time key check.
 //! - [`scheduler`]: submit, dispatch, event ingestion and acks, cancel,
 //!   leader duties, watch.
+//! - [`observe`]: what operators see of an app: status (an `inspect` job),
+//!   logs (a `logs` job streamed back), the audit log.
 //! - [`sessions`]: live agent sessions on this process.
 //! - [`job`]: the pure job and task state machines.
 //! - [`store`]: the persistent state on SQLite or PostgreSQL.
@@ -35,6 +37,7 @@ pub mod init;
 pub mod job;
 pub mod metrics;
 pub mod net;
+pub mod observe;
 pub mod operators;
 pub mod ratelimit;
 pub mod rollout;

@@ -145,10 +145,12 @@ impl Core {
                 updated_by: actor.into(),
             })
             .await?;
-        self.audit(
+        self.audit_app(
             actor,
             "secret.set",
             &audit_target(app, env, name),
+            app,
+            Some(env),
             String::new(),
         )
         .await;
@@ -199,10 +201,12 @@ impl Core {
             }
             .into());
         }
-        self.audit(
+        self.audit_app(
             actor,
             "secret.delete",
             &audit_target(app, env, name),
+            app,
+            Some(env),
             String::new(),
         )
         .await;

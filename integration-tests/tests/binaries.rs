@@ -279,6 +279,11 @@ fn operator_workflow_with_the_real_binaries() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("has been revoked"), "{stderr}");
+    // Its log went to a pipe, not a terminal: plain text, no colour codes.
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI escapes in a piped log: {stderr:?}"
+    );
     let agents = json(&ferry(&admin, &["agents", "--output", "json"]));
     assert_eq!(agents[0]["state"], "revoked");
 

@@ -1,6 +1,7 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
-//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine).
+//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
+//! [`logs`] (a service's container logs), [`inspect`] (an app's containers).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -15,6 +16,8 @@ use ferry_common::job::{JobKind, JobSpec, Registered};
 pub mod context;
 pub mod deploy;
 pub mod http;
+pub mod inspect;
+pub mod logs;
 pub mod probe;
 pub mod smoke;
 
@@ -72,7 +75,13 @@ impl<E: KindExecutor> Executor for E {
 
 /// Every executor this agent has, one per job kind.
 pub fn executors() -> &'static [&'static dyn Executor] {
-    &[&probe::Probe, &smoke::Smoke, &deploy::Deploy]
+    &[
+        &probe::Probe,
+        &smoke::Smoke,
+        &deploy::Deploy,
+        &logs::Logs,
+        &inspect::Inspect,
+    ]
 }
 
 /// The executors of `kinds` (every one if `None`), in registry order.

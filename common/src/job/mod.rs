@@ -11,6 +11,8 @@
 //! - [`smoke`]: [`SmokeSpec`], HTTP checks from the host.
 //! - [`deploy`]: [`DeploySpec`], containers on the host's Docker engine,
 //!   and [`naming`], the Docker names of what a deploy creates.
+//! - [`logs`]: [`LogsSpec`], a service's container logs.
+//! - [`inspect`]: [`InspectSpec`], an app's containers on the host.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -24,6 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod deploy;
+pub mod inspect;
+pub mod logs;
 pub mod probe;
 pub mod smoke;
 
@@ -31,6 +35,8 @@ pub use deploy::{
     DEFAULT_KEEP_RELEASES, DeploySpec, HealthCheck, HealthGate, MAX_KEEP_RELEASES, PortMapping,
     PullPolicy, RegistryAuth, RestartPolicy, ServiceDeploy, Strategy, VolumeMount, naming,
 };
+pub use inspect::{ContainerInfo, InspectSpec, Inspected};
+pub use logs::LogsSpec;
 pub use probe::ProbeSpec;
 pub use smoke::{HttpCheck, SmokeSpec};
 
@@ -61,6 +67,16 @@ pub trait KindSpec:
     /// names; required when it names any.
     fn secret_scope(&self) -> Option<(&str, &str)> {
         None
+    }
+
+    /// The app and environment a task of this kind acts on, as the audit
+    /// log records them (`ferry audit --app --env`); by default those of
+    /// [`KindSpec::secret_scope`].
+    fn audit_scope(&self) -> (Option<&str>, Option<&str>) {
+        match self.secret_scope() {
+            Some((app, env)) => (Some(app), Some(env)),
+            None => (None, None),
+        }
     }
 
     /// How long the agent lets a task run before it fails it (and fires
@@ -165,6 +181,13 @@ macro_rules! registry {
                 }
             }
 
+            /// [`KindSpec::audit_scope`] of the spec.
+            pub fn audit_scope(&self) -> (Option<&str>, Option<&str>) {
+                match self {
+                    $(JobSpec::$variant(s) => s.audit_scope(),)+
+                }
+            }
+
             /// [`KindSpec::timeout`] of the spec.
             pub fn timeout(&self) -> Duration {
                 match self {
@@ -209,6 +232,8 @@ registry! {
     Probe(ProbeSpec),
     Smoke(SmokeSpec),
     Deploy(DeploySpec),
+    Logs(LogsSpec),
+    Inspect(InspectSpec),
 }
 
 impl JobSpec {
@@ -427,8 +452,9 @@ mod tests {
         );
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("unknown job kind \"shell\"; expected one of probe, smoke, deploy"),
+            err.to_string().contains(
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect"
+            ),
             "{err}"
         );
         let spec: DeploySpec = deploy.clone().try_into().unwrap();

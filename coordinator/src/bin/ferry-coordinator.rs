@@ -19,6 +19,7 @@ struct Args {
 enum Cmd {
     /// Create a data dir: CA, server certificate, config, admin credentials.
     Init {
+        /// Directory to create for the coordinator's CA, certificates, config and store.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
         /// Trust domain of every identity (spiffe://NAME/...).
@@ -39,10 +40,13 @@ enum Cmd {
     },
     /// Serve agents and operators.
     Serve {
+        /// The data directory `init` created.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// gRPC listen address (default: the config's).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Admin HTTP listen address, /healthz, /readyz, /metrics (default: the config's).
         #[arg(long, value_name = "ADDR")]
         admin_listen: Option<SocketAddr>,
         /// postgres://… to use PostgreSQL instead of the SQLite file in the data dir.

@@ -14,6 +14,7 @@ use super::convert;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::scheduler::{Submission, job_to_wire, selector_from_wire};
+use crate::store::ids::IdOf;
 use crate::store::{JobFilter, StoreError};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -255,7 +256,7 @@ impl OperatorService for OperatorApi {
             .require_operator(&req, Role::Deployer, "cancel jobs")
             .await?;
         let actor = caller_uri(&op, &self.core);
-        let id = parse_job_id(&req.get_ref().job_id)?;
+        let id = self.job_id(&req.get_ref().job_id).await?;
         let job = self.core.cancel_job(&actor, id).await?;
         let tasks = self
             .core
@@ -275,7 +276,7 @@ impl OperatorService for OperatorApi {
         self.core
             .require_operator(&req, Role::Viewer, "read jobs")
             .await?;
-        let id = parse_job_id(&req.get_ref().job_id)?;
+        let id = self.job_id(&req.get_ref().job_id).await?;
         let job = self
             .core
             .store
@@ -350,7 +351,7 @@ impl OperatorService for OperatorApi {
             .core
             .require_operator(&req, Role::Viewer, "watch jobs")
             .await?;
-        let id = parse_job_id(&req.get_ref().job_id)?;
+        let id = self.job_id(&req.get_ref().job_id).await?;
         Ok(Response::new(
             self.core
                 .watch_job(id, req.get_ref().after_seq, &op.name)
@@ -451,13 +452,12 @@ impl OperatorService for OperatorApi {
         self.core
             .require_operator(&req, Role::Viewer, "read rollouts")
             .await?;
-        let text = req.get_ref().rollout_id.trim();
-        let id = Uuid::parse_str(text).map_err(|_| {
-            CoordinatorError::invalid(
-                "rollout id",
-                format!("{text:?} is not a rollout id (see `ferry releases`)"),
-            )
-        })?;
+        let id = self
+            .core
+            .store
+            .resolve_id(IdOf::Rollout, &req.get_ref().rollout_id)
+            .await
+            .map_err(CoordinatorError::from)?;
         let rollout = self.core.get_rollout(id).await?;
         Ok(Response::new(pb::GetRolloutResponse {
             rollout: Some(rollout),
@@ -472,26 +472,99 @@ impl OperatorService for OperatorApi {
             .require_operator(&req, Role::Viewer, "read releases")
             .await?;
         let r = req.into_inner();
+        let app = r.app.trim();
         let env = Some(r.env.trim()).filter(|e| !e.is_empty());
         let records = self
             .core
             .store
-            .list_rollouts(r.app.trim(), env, r.limit)
+            .list_rollouts(app, env, r.limit)
             .await
             .map_err(CoordinatorError::from)?;
+        if records.is_empty() && env.is_some() {
+            // Refused when the app has other environments, naming them;
+            // an app never deployed lists nothing.
+            if let Err(e @ CoordinatorError::InvalidArgument { .. }) =
+                self.core.environments(app, env).await
+                && matches!(&e, CoordinatorError::InvalidArgument { what, .. } if what == "--env")
+            {
+                return Err(e.into());
+            }
+        }
+        // The current release of each environment listed, even when it is
+        // older than the listing reaches.
+        let mut current_ids = Vec::new();
+        let mut envs: Vec<&str> = records.iter().map(|r| r.env.as_str()).collect();
+        envs.sort();
+        envs.dedup();
+        for e in envs {
+            if let Some(current) = self
+                .core
+                .current_release(app, e)
+                .await
+                .map_err(CoordinatorError::from)?
+            {
+                current_ids.push(current.id.to_string());
+            }
+        }
         let releases = records
             .iter()
             .map(crate::rollout::to_wire)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(pb::ListReleasesResponse { releases }))
+        Ok(Response::new(pb::ListReleasesResponse {
+            releases,
+            current_ids,
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read the audit log")
+            .await?;
+        let entries = self.core.list_audit(req.into_inner()).await?;
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn get_app_status(
+        &self,
+        req: Request<pb::GetAppStatusRequest>,
+    ) -> Result<Response<pb::GetAppStatusResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Viewer, "read an app's status")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let env = Some(r.env.trim()).filter(|e| !e.is_empty());
+        let status = self.core.app_status(&actor, r.app.trim(), env).await?;
+        Ok(Response::new(status))
+    }
+
+    type StreamLogsStream = ReceiverStream<Result<pb::StreamLogsResponse, Status>>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        // Logs are the app's output: who may deploy it may read them.
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "read logs")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let stream = self
+            .core
+            .stream_logs(&actor, &op.name, req.into_inner())
+            .await?;
+        Ok(Response::new(stream))
     }
 }
 
-fn parse_job_id(text: &str) -> Result<Uuid, CoordinatorError> {
-    Uuid::parse_str(text.trim()).map_err(|_| {
-        CoordinatorError::invalid(
-            "job id",
-            format!("{text:?} is not a job id (see `ferry jobs`)"),
-        )
-    })
+impl OperatorApi {
+    /// The job an id names: whole, or a unique part (see `store::ids`).
+    async fn job_id(&self, text: &str) -> Result<Uuid, CoordinatorError> {
+        Ok(self.core.store.resolve_id(IdOf::Job, text).await?)
+    }
 }

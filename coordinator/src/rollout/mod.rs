@@ -199,7 +199,7 @@ impl Core {
     }
 
     /// The release running now: the newest rollout that succeeded.
-    async fn current_release(
+    pub async fn current_release(
         &self,
         app: &str,
         env: &str,
@@ -367,14 +367,13 @@ impl Core {
         }
         self.store.create_rollout(&record).await?;
         self.keep_span(id, span);
-        self.audit(
+        self.audit_app(
             actor,
             &format!("rollout.{}", r.kind),
             &id.to_string(),
-            format!(
-                "app={} env={} version={}",
-                record.app, record.env, record.version
-            ),
+            &record.app,
+            Some(&record.env),
+            format!("version={}", record.version),
         )
         .await;
         let wire = to_wire(&record)?;

@@ -26,8 +26,8 @@ use crate::error::CoordinatorError;
 use crate::job::{Outcome, TaskEffect, TaskEvent, TaskState};
 use crate::sessions::Inbound;
 use crate::store::{
-    IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError, TaskRecord,
-    Transition,
+    AuditEntry, IncomingEvent, JobRecord, JobStart, NewJob, NewTask, Notification, StoreError,
+    TaskRecord, Transition,
 };
 
 pub mod watch;
@@ -251,12 +251,17 @@ impl Core {
                 (task.id, state_body(TaskState::Pending.as_str(), message))
             })
             .collect();
-        let audit = crate::core::audit_entry(
-            actor,
-            "job.submit",
-            &job_id.to_string(),
-            format!("kind={} target={}", job.kind, sub.target.describe()),
-        );
+        let (app, env) = spec.audit_scope();
+        let audit = AuditEntry {
+            app: app.map(str::to_string),
+            env: env.map(str::to_string),
+            ..crate::core::audit_entry(
+                actor,
+                "job.submit",
+                &job_id.to_string(),
+                format!("kind={} target={}", job.kind, sub.target.describe()),
+            )
+        };
         // One transaction stores the job, its first events and the audit
         // entry, and claims the tasks of the agents connected here: their
         // Assigns go out right after the commit.
@@ -273,8 +278,12 @@ impl Core {
             })
             .await?;
         if !started.created {
+            // The key matched an earlier job (a rollout taken over by
+            // another coordinator submits its step again): nothing was
+            // stored, so nothing is logged as submitted.
             return Ok((started.job, false));
         }
+        crate::core::log_audit(&audit);
         self.keep_span(job_id, span);
         let all_claimed = started.claimed.len() == tasks.len();
         self.send_claimed(started.claimed).await?;
@@ -308,8 +317,24 @@ impl Core {
             }
         }
         self.store.notify(Notification::JobEvents(job_id)).await?;
-        self.audit(actor, "job.cancel", &job_id.to_string(), String::new())
-            .await;
+        let spec = JobSpec::parse(&job.kind, &job.spec_json).ok();
+        match spec.as_ref().map(JobSpec::audit_scope) {
+            Some((Some(app), env)) => {
+                self.audit_app(
+                    actor,
+                    "job.cancel",
+                    &job_id.to_string(),
+                    app,
+                    env,
+                    String::new(),
+                )
+                .await
+            }
+            _ => {
+                self.audit(actor, "job.cancel", &job_id.to_string(), String::new())
+                    .await
+            }
+        }
         Ok(job)
     }
 

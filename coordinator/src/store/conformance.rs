@@ -18,8 +18,9 @@ use futures::future::join_all;
 use prost::Message;
 use uuid::Uuid;
 
+use super::ids::IdOf;
 use super::{
-    AgentHello, AgentRecord, AuditEntry, Backend, Heartbeat, IncomingEvent, JobClaim,
+    AgentHello, AgentRecord, AuditEntry, AuditFilter, Backend, Heartbeat, IncomingEvent, JobClaim,
     JobEventRecord, JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewJob, NewTask,
     Notification, OperatorRecord, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate,
     SecretMeta, SecretRecord, Store, StoreError, TaskRecord,
@@ -828,16 +829,34 @@ pub async fn operators(store: &Store) {
     );
 }
 
+fn newest(limit: u32) -> AuditFilter {
+    AuditFilter {
+        limit,
+        ..Default::default()
+    }
+}
+
 pub async fn audit_log(store: &Store) {
     // Far in the future, so these are the newest entries whatever else the
     // store holds.
     const LATER: i64 = 4_000_000_000_000;
+    let tag = &unique_tag();
+    let app = format!("shop-{tag}");
     let entry = |at_ms: i64, n: u32| AuditEntry {
         at_ms,
         actor: "spiffe://ferry.test/operator/root".into(),
         action: "operator.add".into(),
         target: format!("target-{n}"),
         detail: format!("detail {n}"),
+        app: None,
+        env: None,
+    };
+    let scoped = |at_ms: i64, n: u32, env: &str, actor: &str| AuditEntry {
+        actor: actor.into(),
+        action: "rollout.deploy".into(),
+        app: Some(app.clone()),
+        env: Some(env.into()),
+        ..entry(at_ms, n)
     };
     let entries = [
         entry(LATER + 1, 1),
@@ -850,14 +869,171 @@ pub async fn audit_log(store: &Store) {
     }
     // Newest first; within one millisecond, the later append first.
     assert_eq!(
-        store.list_audit(3).await.expect("list"),
+        store.list_audit(&newest(3)).await.expect("list"),
         vec![entries[3].clone(), entries[1].clone(), entries[2].clone()]
     );
-    assert_eq!(store.list_audit(0).await.expect("list"), vec![]);
-    let all = store.list_audit(1000).await.expect("list");
+    assert_eq!(store.list_audit(&newest(0)).await.expect("list"), vec![]);
+    let all = store.list_audit(&newest(1000)).await.expect("list");
     assert!(all.len() >= 4);
     assert_eq!(all[3], entries[0]);
     assert!(all.windows(2).all(|w| w[0].at_ms >= w[1].at_ms));
+
+    // Filters, each alone and together, in the store's one query.
+    let ada = "spiffe://ferry.test/operator/ada";
+    let bob = "spiffe://ferry.test/operator/bob";
+    let deploys = [
+        scoped(NOW, 10, "staging", ada),
+        scoped(NOW + 10, 11, "production", bob),
+        scoped(NOW + 20, 12, "staging", bob),
+        scoped(NOW + 30, 13, "production", ada),
+    ];
+    for e in &deploys {
+        store.append_audit(e).await.expect("append");
+    }
+    let list = |f: AuditFilter| async move { store.list_audit(&f).await.expect("list") };
+    let of_app = AuditFilter {
+        app: Some(app.clone()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        list(of_app.clone()).await,
+        vec![
+            deploys[3].clone(),
+            deploys[2].clone(),
+            deploys[1].clone(),
+            deploys[0].clone()
+        ],
+        "an app's entries, newest first, and only them"
+    );
+    assert_eq!(
+        list(AuditFilter {
+            env: Some("staging".into()),
+            ..of_app.clone()
+        })
+        .await,
+        vec![deploys[2].clone(), deploys[0].clone()]
+    );
+    assert_eq!(
+        list(AuditFilter {
+            actors: vec!["ada".into(), ada.into()],
+            ..of_app.clone()
+        })
+        .await,
+        vec![deploys[3].clone(), deploys[0].clone()],
+        "either actor form matches"
+    );
+    assert_eq!(
+        list(AuditFilter {
+            actors: vec![bob.into()],
+            env: Some("production".into()),
+            ..of_app.clone()
+        })
+        .await,
+        vec![deploys[1].clone()]
+    );
+    assert_eq!(
+        list(AuditFilter {
+            since_ms: Some(NOW + 20),
+            ..of_app.clone()
+        })
+        .await,
+        vec![deploys[3].clone(), deploys[2].clone()],
+        "since is inclusive"
+    );
+    assert_eq!(
+        list(AuditFilter {
+            limit: 1,
+            ..of_app.clone()
+        })
+        .await,
+        vec![deploys[3].clone()]
+    );
+    assert!(
+        list(AuditFilter {
+            app: Some(format!("other-{tag}")),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    // Entries about no app never match an app filter.
+    assert!(
+        list(of_app)
+            .await
+            .iter()
+            .all(|e| e.app.as_deref() == Some(app.as_str()))
+    );
+}
+
+/// Job and rollout ids given by a part: the whole id, a prefix or a
+/// suffix of at least 8 characters; unknown and ambiguous parts are
+/// refused, naming what matched.
+pub async fn id_parts(store: &Store) {
+    let a = new_job("probe", NOW, None);
+    let b = new_job("probe", NOW, None);
+    store.create_job(&a, &[]).await.expect("job a");
+    store.create_job(&b, &[]).await.expect("job b");
+    let a_text = a.id.to_string();
+    let b_text = b.id.to_string();
+    assert_eq!(store.resolve_id(IdOf::Job, &a_text).await.unwrap(), a.id);
+    // The last 12 characters are random: unique for two ids.
+    assert_eq!(
+        store
+            .resolve_id(IdOf::Job, &a_text[a_text.len() - 8..])
+            .await
+            .unwrap(),
+        a.id,
+        "the short id lists show"
+    );
+    assert_eq!(
+        store
+            .resolve_id(IdOf::Job, &b_text[..30].to_uppercase())
+            .await
+            .unwrap(),
+        b.id,
+        "a prefix, in any case"
+    );
+    // Both were made in the same minute: their first 8 characters (the
+    // time) are shared.
+    let shared = &a_text[..8];
+    if b_text.starts_with(shared) {
+        match store.resolve_id(IdOf::Job, shared).await {
+            Err(StoreError::IdAmbiguous { matches, .. }) => {
+                assert!(matches.contains(&a_text) && matches.contains(&b_text));
+            }
+            other => panic!("expected ambiguous, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store.resolve_id(IdOf::Job, "ffffffffffff").await,
+        Err(StoreError::IdNotFound { what: "job", .. })
+    ));
+    assert!(matches!(
+        store.resolve_id(IdOf::Job, "abc").await,
+        Err(StoreError::BadId { .. })
+    ));
+    // A job id is not a rollout id.
+    assert!(matches!(
+        store
+            .resolve_id(IdOf::Rollout, &a_text[a_text.len() - 12..])
+            .await,
+        Err(StoreError::IdNotFound {
+            what: "rollout",
+            ..
+        })
+    ));
+    let r = rollout_record(&format!("ids-{}", unique_tag()), "staging", "1", NOW);
+    store.create_rollout(&r).await.expect("rollout");
+    let r_text = r.id.to_string();
+    assert_eq!(
+        store
+            .resolve_id(IdOf::Rollout, &r_text[r_text.len() - 8..])
+            .await
+            .unwrap(),
+        r.id
+    );
 }
 
 /// Eight enrollments racing for one token: exactly one wins. Then eight
@@ -1332,6 +1508,8 @@ pub async fn start_jobs(store: &Store) {
         action: "job.submit".into(),
         target: new.id.to_string(),
         detail: format!("kind=probe {tag}"),
+        app: None,
+        env: None,
     };
     let start = JobStart {
         job: &new,
@@ -1389,7 +1567,7 @@ pub async fn start_jobs(store: &Store) {
         ]
     );
     assert_eq!(
-        store.list_audit(1).await.expect("audit"),
+        store.list_audit(&newest(1)).await.expect("audit"),
         vec![audit.clone()]
     );
 
@@ -1422,7 +1600,10 @@ pub async fn start_jobs(store: &Store) {
     assert_eq!(store.get_job(again.id).await.expect("get"), None);
     assert_eq!(store.get_task(again_tasks[0].id).await.expect("get"), None);
     assert_eq!(all_events(store, new.id).await.len(), 5);
-    assert_eq!(store.list_audit(1).await.expect("audit"), vec![audit]);
+    assert_eq!(
+        store.list_audit(&newest(1)).await.expect("audit"),
+        vec![audit]
+    );
 
     // With no agent here, the job stays pending with just its notes, and a
     // later claim picks its tasks up as usual.

@@ -18,6 +18,7 @@
 //! - [`tokens`]: join tokens and enrollment (certificates issued);
 //! - [`operators`]: operators and their roles;
 //! - [`audit`]: the audit log;
+//! - [`ids`]: job and rollout ids given by a unique part;
 //! - [`secrets`]: sealed secrets;
 //! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
 //!   holding the job logic once (state machines, locking order, seqs) over
@@ -44,7 +45,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 pub use agents::{AgentHello, AgentRecord, Heartbeat};
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, AuditFilter};
 pub use jobs::{
     AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
     NewTask, Notification, StartedJob, TaskRecord, Transition,
@@ -57,6 +58,7 @@ pub use tokens::{JoinTokenRecord, NewAgent};
 pub mod agents;
 pub mod audit;
 mod db;
+pub mod ids;
 pub mod jobs;
 mod meta;
 mod notify;
@@ -136,6 +138,26 @@ pub enum StoreError {
     RolloutInProgress { running: Box<RolloutRecord> },
     #[error("no rollout with id {0}")]
     RolloutNotFound(Uuid),
+    #[error(
+        "{text:?} is not a {what} id: give the whole id or at least 8 of its characters (hex digits and dashes; see `{listed_by}`)"
+    )]
+    BadId {
+        what: &'static str,
+        text: String,
+        listed_by: &'static str,
+    },
+    #[error("no {what} id starts or ends with {text:?} (see `{listed_by}`)")]
+    IdNotFound {
+        what: &'static str,
+        text: String,
+        listed_by: &'static str,
+    },
+    #[error("{text:?} matches several {what} ids ({}); give more characters", matches.join(", "))]
+    IdAmbiguous {
+        what: &'static str,
+        text: String,
+        matches: Vec<String>,
+    },
     #[error("store: row in {table} is corrupt: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("store: {0}")]

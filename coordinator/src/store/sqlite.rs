@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_previous_certificate",
         include_str!("../../../migrations/sqlite/0007_agent_previous_certificate.sql"),
     ),
+    (
+        8,
+        "audit_scope",
+        include_str!("../../../migrations/sqlite/0008_audit_scope.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

@@ -268,6 +268,7 @@ conformance!(
     agent_sessions,
     operators,
     audit_log,
+    id_parts,
     concurrent_enrollment,
     secrets,
     concurrent_secret_writes,
