@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
-use ferry_common::job::inspect::LABEL_HASH;
+use ferry_common::job::naming::LABEL_HASH;
 use ferry_common::job::naming::{LABEL_APP, LABEL_ENV, LABEL_RELEASE, LABEL_SERVICE};
 use ferry_common::job::{ContainerInfo, InspectSpec, Inspected};
 

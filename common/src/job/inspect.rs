@@ -11,10 +11,6 @@ use super::KindSpec;
 /// that hangs.
 pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The label holding the hash of everything that defines a container
-/// (set by `deploy`); shown when present.
-pub const LABEL_HASH: &str = "ferry.hash";
-
 /// `inspect`'s spec: the app, and one environment or all of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
