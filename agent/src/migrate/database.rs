@@ -89,7 +89,7 @@ pub async fn run_database(
     report.status = match result {
         Ok(status) => status,
         Err(MigrateError::Cancelled) => {
-            report.error = Some("cancelled".into());
+            report.error = Some(MigrateError::Cancelled.to_string());
             MigrationStatus::Cancelled
         }
         Err(e) => {
@@ -308,5 +308,17 @@ pub(crate) async fn connect(
             .await
             .map_err(|e| MigrateError::database(db, &e))?;
     }
+    // A role named like the ledger's schema (`ferry`) would, through the
+    // default search_path's "$user", create the app's tables in the
+    // ledger's schema once it exists: "$user" is dropped from the path then.
+    sqlx::query(
+        "SELECT set_config('search_path', array_to_string(array_remove(\
+         string_to_array(current_setting('search_path'), ', '), '\"$user\"'), ', '), false) \
+         WHERE current_user = $1",
+    )
+    .bind(settings.ledger.schema())
+    .execute(&mut conn)
+    .await
+    .map_err(|e| MigrateError::database(db, &e))?;
     Ok(conn)
 }

@@ -51,7 +51,7 @@ pub enum MigrateError {
     Database { database: String, reason: String },
     #[error("tenants of {database}: {reason}")]
     Tenants { database: String, reason: String },
-    #[error("cancelled")]
+    #[error("the run was cancelled")]
     Cancelled,
 }
 

@@ -153,32 +153,53 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(req.concurrency));
     let settings = Arc::new(req.settings.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    let mut tenant_reports: Vec<Option<DatabaseReport>> = vec![None; total - before];
+    let finished = |r: &DatabaseReport| {
+        progress(Progress::DatabaseFinished {
+            database: r.database.clone(),
+            status: r.status,
+            done: done.fetch_add(1, Ordering::SeqCst) + 1,
+            total,
+        });
+    };
+    // Tenants start in the query's order: a slot is taken here, before the
+    // tenant's task exists, so "stop after the first failure" stops exactly
+    // the tenants after it that had not started.
     for (i, target) in targets.into_iter().enumerate() {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let not = if slot.is_none() || cancel.is_cancelled() {
+            Some((MigrationStatus::Cancelled, "cancelled before it started"))
+        } else if stop.load(Ordering::SeqCst) {
+            Some((
+                MigrationStatus::Skipped,
+                "not started: another database failed first, and the run stops on failure (--continue-on-error migrates all it can)",
+            ))
+        } else {
+            None
+        };
+        if let Some((status, why)) = not {
+            let r = not_started(&target, status, why);
+            finished(&r);
+            tenant_reports[i] = Some(r);
+            continue;
+        }
         let (set, settings, progress, cancel) = (
             set.clone(),
             settings.clone(),
             progress.clone(),
             cancel.clone(),
         );
-        let (stop, done, slots) = (stop.clone(), done.clone(), slots.clone());
+        let (stop, done) = (stop.clone(), done.clone());
         let on_failure = req.on_failure;
         tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let r = if cancel.is_cancelled() {
-                not_started(&target, MigrationStatus::Cancelled, "cancelled before it started")
-            } else if stop.load(Ordering::SeqCst) {
-                not_started(
-                    &target,
-                    MigrationStatus::Skipped,
-                    "not started: another database failed first, and the run stops on failure (--continue-on-error migrates all it can)",
-                )
-            } else {
-                let r = run_database(&target, &set, &settings, &*progress, &cancel).await;
-                if r.status == MigrationStatus::Failed && on_failure == OnFailure::Stop {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                r
-            };
+            let _slot = slot;
+            let r = run_database(&target, &set, &settings, &*progress, &cancel).await;
+            if r.status == MigrationStatus::Failed && on_failure == OnFailure::Stop {
+                stop.store(true, Ordering::SeqCst);
+            }
             progress(Progress::DatabaseFinished {
                 database: r.database.clone(),
                 status: r.status,
@@ -188,7 +209,6 @@ pub async fn run(
             (i, r)
         });
     }
-    let mut tenant_reports: Vec<Option<DatabaseReport>> = vec![None; total - before];
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((i, r)) => tenant_reports[i] = Some(r),
