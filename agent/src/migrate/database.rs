@@ -293,32 +293,26 @@ pub(crate) async fn connect(
         // Belt and braces: a dry run's session cannot write even by mistake.
         set.push_str("SET default_transaction_read_only = on;");
     }
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| MigrateError::database(db, &e))?;
-    if version >= 140000 {
+    if conn.server_version_num().is_some_and(|v| v >= 140000) {
         // A statement still running when the run is cancelled (its
         // connection dropped) is stopped within a second, not at its end.
         set.push_str("SET client_connection_check_interval = 1000;");
     }
-    if !set.is_empty() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| MigrateError::database(db, &e))?;
-    }
     // A role named like the ledger's schema (`ferry`) would, through the
     // default search_path's "$user", create the app's tables in the
     // ledger's schema once it exists: "$user" is dropped from the path then.
-    sqlx::query(
+    // (The schema is a checked identifier: see `LedgerName::parse`.)
+    set.push_str(&format!(
         "SELECT set_config('search_path', array_to_string(array_remove(\
          string_to_array(current_setting('search_path'), ', '), '\"$user\"'), ', '), false) \
-         WHERE current_user = $1",
-    )
-    .bind(settings.ledger.schema())
-    .execute(&mut conn)
-    .await
-    .map_err(|e| MigrateError::database(db, &e))?;
+         WHERE current_user = '{}';",
+        settings.ledger.schema()
+    ));
+    // One round trip for all of it: a run on a thousand databases pays it
+    // a thousand times.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| MigrateError::database(db, &e))?;
     Ok(conn)
 }
