@@ -11,6 +11,10 @@
 //! - [`runner`]: runs assigned tasks concurrently, each cancellable, never
 //!   twice; enforces each kind's timeout and host lock, and refuses kinds
 //!   this agent does not run.
+//! - [`migrate`]: the migration engine: an app's SQL migrations (sqlx,
+//!   Prisma, Drizzle or plain layouts) applied to its main database and its
+//!   tenants, with a ledger, a lock per database, dry runs, adoption of the
+//!   app tool's own records, and a per-database report.
 //! - [`spool`]: every task event on disk until the coordinator acknowledges it.
 //! - [`executor`]: one `Executor` per job kind (`probe`, `smoke`, `deploy`),
 //!   listed once in `executors()`, which the runner dispatches to and the
@@ -23,6 +27,7 @@ pub mod enroll;
 pub mod error;
 pub mod executor;
 pub mod health;
+pub mod migrate;
 pub mod runner;
 pub mod session;
 pub mod spool;

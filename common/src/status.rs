@@ -206,6 +206,40 @@ impl From<Outcome> for TaskState {
     }
 }
 
+/// Where one database stands after a migration run (or a dry run / status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MigrationStatus {
+    /// This run applied (or adopted) at least one migration, and no error.
+    Applied,
+    /// Nothing to apply: every migration is in the ledger.
+    UpToDate,
+    /// A dry run or status: migrations are waiting to be applied.
+    Pending,
+    Failed,
+    /// Not started: an earlier database failed and the run stops on failure.
+    Skipped,
+    Cancelled,
+}
+
+string_enum!(MigrationStatus "database migration status" {
+    Applied => "applied",
+    UpToDate => "up_to_date",
+    Pending => "pending",
+    Failed => "failed",
+    Skipped => "skipped",
+    Cancelled => "cancelled",
+});
+
+impl MigrationStatus {
+    /// Whether the database ended as the run wanted.
+    pub fn is_ok(self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::Applied | MigrationStatus::UpToDate | MigrationStatus::Pending
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +260,9 @@ mod tests {
         }
         for s in Outcome::ALL {
             assert_eq!(s.as_str().parse::<Outcome>().unwrap(), *s);
+        }
+        for s in MigrationStatus::ALL {
+            assert_eq!(s.as_str().parse::<MigrationStatus>().unwrap(), *s);
         }
         let err = "done".parse::<JobStatus>().unwrap_err();
         assert_eq!(
