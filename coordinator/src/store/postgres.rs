@@ -58,6 +58,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_previous_certificate",
         include_str!("../../../migrations/postgres/0007_agent_previous_certificate.sql"),
     ),
+    (
+        8,
+        "rollout_cancel_redeploy_restart",
+        include_str!("../../../migrations/postgres/0008_rollout_cancel_redeploy_restart.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_previous_certificate",
         include_str!("../../../migrations/sqlite/0007_agent_previous_certificate.sql"),
     ),
+    (
+        8,
+        "rollout_cancel_redeploy_restart",
+        include_str!("../../../migrations/sqlite/0008_rollout_cancel_redeploy_restart.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or
