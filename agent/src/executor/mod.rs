@@ -1,6 +1,8 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
-//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine).
+//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
+//! [`restart`] (a release's containers restarted in place); both of the
+//! last gate containers through [`health_gate`].
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -14,8 +16,10 @@ use ferry_common::job::{JobKind, JobSpec, Registered};
 
 pub mod context;
 pub mod deploy;
+pub mod health_gate;
 pub mod http;
 pub mod probe;
+pub mod restart;
 pub mod smoke;
 
 pub use context::{HostEnv, TaskContext};
@@ -69,7 +73,12 @@ impl<E: KindExecutor> Executor for E {
 
 /// Every executor this agent has, one per job kind.
 pub fn executors() -> &'static [&'static dyn Executor] {
-    &[&probe::Probe, &smoke::Smoke, &deploy::Deploy]
+    &[
+        &probe::Probe,
+        &smoke::Smoke,
+        &deploy::Deploy,
+        &restart::Restart,
+    ]
 }
 
 /// The executors of `kinds` (every one if `None`), in registry order.

@@ -85,6 +85,7 @@ impl AppFile {
             env: env.to_string(),
             release: version.to_string(),
             services,
+            force: false,
         })
     }
 }

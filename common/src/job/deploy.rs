@@ -19,6 +19,11 @@ pub struct DeploySpec {
     /// The release (version) being deployed, e.g. "1.4.2".
     pub release: String,
     pub services: Vec<ServiceDeploy>,
+    /// Replace the containers even when this release already runs with
+    /// the same settings (`ferry redeploy`: a crashed container, a secret
+    /// whose value changed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// One service of a [`DeploySpec`], fully resolved.
@@ -181,7 +186,7 @@ pub const DEPLOY_TIMEOUT_BASE: Duration = Duration::from_secs(30 * 60);
 
 impl KindSpec for DeploySpec {
     const NAME: &'static str = "deploy";
-    const CLI: &'static [&'static str] = &["deploy", "rollback"];
+    const CLI: &'static [&'static str] = &["deploy", "rollback", "redeploy"];
     const DOC: &'static str =
         "Start a release of an app's services on the host's Docker engine, gated on health.";
 

@@ -11,6 +11,7 @@
 //! - [`smoke`]: [`SmokeSpec`], HTTP checks from the host.
 //! - [`deploy`]: [`DeploySpec`], containers on the host's Docker engine,
 //!   and [`naming`], the Docker names of what a deploy creates.
+//! - [`restart`]: [`RestartSpec`], a release's containers restarted in place.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod deploy;
 pub mod probe;
+pub mod restart;
 pub mod smoke;
 
 pub use deploy::{
@@ -32,6 +34,7 @@ pub use deploy::{
     ServiceDeploy, Strategy, VolumeMount, naming,
 };
 pub use probe::ProbeSpec;
+pub use restart::{RestartService, RestartSpec};
 pub use smoke::{HttpCheck, SmokeSpec};
 
 /// What each job kind's spec type says about the kind. Everything a new
@@ -209,6 +212,7 @@ registry! {
     Probe(ProbeSpec),
     Smoke(SmokeSpec),
     Deploy(DeploySpec),
+    Restart(RestartSpec),
 }
 
 impl JobSpec {
@@ -427,8 +431,9 @@ mod tests {
         );
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("unknown job kind \"shell\"; expected one of probe, smoke, deploy"),
+            err.to_string().contains(
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, restart"
+            ),
             "{err}"
         );
         let spec: DeploySpec = deploy.clone().try_into().unwrap();
