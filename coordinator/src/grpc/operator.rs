@@ -14,7 +14,7 @@ use super::convert;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::scheduler::{Submission, job_to_wire, selector_from_wire};
-use crate::store::{JobFilter, StoreError};
+use crate::store::{JobFilter, RolloutKind, StoreError};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -444,6 +444,58 @@ impl OperatorService for OperatorApi {
         }))
     }
 
+    async fn redeploy(
+        &self,
+        req: Request<pb::RedeployRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "redeploy")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self
+            .core
+            .again(&actor, req.into_inner(), RolloutKind::Redeploy)
+            .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn restart(
+        &self,
+        req: Request<pb::RedeployRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "restart")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self
+            .core
+            .again(&actor, req.into_inner(), RolloutKind::Restart)
+            .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn cancel_rollout(
+        &self,
+        req: Request<pb::CancelRolloutRequest>,
+    ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "cancel rollouts")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let id = parse_rollout_id(&req.get_ref().rollout_id)?;
+        let rollout = self.core.cancel_rollout(&actor, id).await?;
+        Ok(Response::new(pb::CancelRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
     async fn get_rollout(
         &self,
         req: Request<pb::GetRolloutRequest>,
@@ -451,13 +503,7 @@ impl OperatorService for OperatorApi {
         self.core
             .require_operator(&req, Role::Viewer, "read rollouts")
             .await?;
-        let text = req.get_ref().rollout_id.trim();
-        let id = Uuid::parse_str(text).map_err(|_| {
-            CoordinatorError::invalid(
-                "rollout id",
-                format!("{text:?} is not a rollout id (see `ferry releases`)"),
-            )
-        })?;
+        let id = parse_rollout_id(&req.get_ref().rollout_id)?;
         let rollout = self.core.get_rollout(id).await?;
         Ok(Response::new(pb::GetRolloutResponse {
             rollout: Some(rollout),
@@ -485,6 +531,16 @@ impl OperatorService for OperatorApi {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
+}
+
+fn parse_rollout_id(text: &str) -> Result<Uuid, CoordinatorError> {
+    let text = text.trim();
+    Uuid::parse_str(text).map_err(|_| {
+        CoordinatorError::invalid(
+            "rollout id",
+            format!("{text:?} is not a rollout id (see `ferry releases`)"),
+        )
+    })
 }
 
 fn parse_job_id(text: &str) -> Result<Uuid, CoordinatorError> {
