@@ -854,3 +854,184 @@ async fn a_restart_restarts_the_same_containers_host_batch_by_host_batch() {
         ]
     );
 }
+
+/// The id of the app's one running container of `release` (names carry
+/// more than the release; ids do not change across a restart).
+fn running_id(app: &str, release: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-q", "--no-trunc", "--filter"])
+        .arg(format!("label=ferry.app={app}"))
+        .arg("--filter")
+        .arg(format!("label=ferry.release={release}"))
+        .output()
+        .unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one running container of {app} {release}: {ids:?}"
+    );
+    ids[0].clone()
+}
+
+/// The loopback port an nginx upstream file points at.
+fn upstream_port(file: &std::path::Path) -> u16 {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("server 127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches(';').parse().ok())
+        .unwrap_or_else(|| panic!("no server line in {text:?}"))
+}
+
+/// The loopback port a running container's 8080 is published on.
+fn published_port(container: &str) -> u16 {
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{range (index .NetworkSettings.Ports \"8080/tcp\")}}{{if eq .HostIp \"127.0.0.1\"}}{{.HostPort}}{{end}}{{end}}",
+            container,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("port of {container}: {text:?}: {e}"))
+}
+
+/// An agent whose nginx upstream files go to `dir`; no nginx in front (its
+/// reload is `true`): the upstream file is what nginx would serve.
+async fn agent_with_upstreams(
+    c: &TestCoordinator,
+    dir: &std::path::Path,
+) -> (TestAgent, HashMap<String, String>) {
+    let env = HashMap::from([
+        (
+            "FERRY_NGINX_UPSTREAM_DIR".to_string(),
+            dir.display().to_string(),
+        ),
+        ("FERRY_NGINX_RELOAD".to_string(), "true".to_string()),
+    ]);
+    let agent = c
+        .enroll("web-1", &[])
+        .await
+        .unwrap()
+        .start_with_env(env.clone());
+    c.wait_for_agent("web-1", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+    (agent, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_blue_green_container_is_served_on_its_new_port() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("rbg");
+    let _cleanup = AppCleanup(app.clone());
+    docker::build_busybox_site(&format!("{app}:v1"), &[("health", "ok")]).unwrap();
+    let upstreams = tempfile::tempdir().unwrap();
+    let upstream = upstreams.path().join(format!("{app}-staging-web.conf"));
+    let c = TestCoordinator::start().await.unwrap();
+    let _agent = agent_with_upstreams(&c, upstreams.path()).await;
+    let file = app_file(&app, 1, r#"agents = ["web-1"]"#, r#"agents = ["web-1"]"#)
+        .replace("strategy = \"recreate\"", "strategy = \"blue-green\"");
+    assert_eq!(deploy(&c, &file, "staging", "v1").await.status, "succeeded");
+    let id = running_id(&app, "v1");
+    assert_eq!(upstream_port(&upstream), published_port(&id));
+
+    let r = again(&c, true, &app, "staging", &[]).await.unwrap();
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(running_id(&app, "v1"), id, "restarted in place");
+    assert_eq!(
+        upstream_port(&upstream),
+        published_port(&id),
+        "nginx follows the port Docker published the restarted container on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_after_its_switch_is_reverted_from_what_it_reports() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("kil");
+    let _cleanup = AppCleanup(app.clone());
+    for v in ["v1", "v2"] {
+        docker::build_busybox_site(&format!("{app}:{v}"), &[("health", v)]).unwrap();
+    }
+    let upstreams = tempfile::tempdir().unwrap();
+    let upstream = upstreams.path().join(format!("{app}-staging-web.conf"));
+    let c = TestCoordinator::start().await.unwrap();
+    let (agent, env) = agent_with_upstreams(&c, upstreams.path()).await;
+    let file = app_file(&app, 1, r#"agents = ["web-1"]"#, r#"agents = ["web-1"]"#)
+        .replace("strategy = \"recreate\"", "strategy = \"blue-green\"");
+    assert_eq!(deploy(&c, &file, "staging", "v1").await.status, "succeeded");
+    let v1 = running_id(&app, "v1");
+    assert_eq!(upstream_port(&upstream), published_port(&v1));
+
+    // v2 switches, and its agent dies (as a SIGKILL would) while the old
+    // container drains: nginx serves v2, the task never ends.
+    let r = start(&c, &file, "staging", "v2").await.unwrap();
+    let mut op = c.operator().await.unwrap();
+    let job = loop {
+        let now = op
+            .get_rollout(pb::GetRolloutRequest {
+                rollout_id: r.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rollout
+            .unwrap();
+        if let Some(step) = now.steps.first() {
+            break step.job_id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.wait_for_event(&job, Duration::from_secs(60), |e| {
+        matches!(
+            e.body.as_ref().and_then(|b| b.body.as_ref()),
+            Some(pb::event_body::Body::StepFinished(s)) if s.step == "switch web" && s.ok
+        )
+    })
+    .await
+    .unwrap();
+    let enrolled = agent.kill().await.unwrap();
+    let v2 = running_id(&app, "v2");
+    assert_eq!(
+        upstream_port(&upstream),
+        published_port(&v2),
+        "killed after the switch"
+    );
+
+    // Back: it reports the task lost; the revert's deploy finds v2 serving
+    // and switches back to v1.
+    let _agent = enrolled.start_with_env(env);
+    let r = wait_end(&c, &r.id).await;
+    assert_eq!(r.status, "reverted", "{r:#?}");
+    assert!(
+        r.message.contains("web-1 (lost)"),
+        "the failure names the lost task: {}",
+        r.message
+    );
+    assert!(
+        r.message.contains("web-1: task lost, switched back to v1"),
+        "{}",
+        r.message
+    );
+    assert_eq!(r.steps[1].kind, "revert");
+    // The record is what runs: v1 serves, and nothing else runs.
+    assert_eq!(running(None, &app), [format!("{app}-staging-web-v1")]);
+    assert_eq!(running_id(&app, "v1"), v1, "the v1 container taken back");
+    assert_eq!(upstream_port(&upstream), published_port(&v1));
+    assert_eq!(
+        releases(&c, &app, "staging").await[0],
+        ("v2".into(), "deploy".into(), "reverted".into())
+    );
+}

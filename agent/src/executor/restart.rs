@@ -85,8 +85,7 @@ async fn restart_service(
     svc: &RestartService,
     ctx: &TaskContext,
 ) -> Result<Restarted, TaskFailure> {
-    let name = naming::container(&spec.app, &spec.env, &svc.name, &spec.release);
-    let id = running_container(docker, spec, svc, &name).await?;
+    let (id, name) = running_container(docker, spec, svc).await?;
     let step = format!("restart {}", svc.name);
     let started = Instant::now();
     ctx.step_started(&step, &name);
@@ -134,14 +133,14 @@ async fn restart_service(
     })
 }
 
-/// The id of the running container `name` (the release's), or a failure
-/// naming the service, the release and what runs instead.
+/// The id and name of the service's running container of the release
+/// (found by its labels, as the deploy wrote them), or a failure naming the
+/// service, the release and what runs instead.
 async fn running_container(
     docker: &Docker,
     spec: &RestartSpec,
     svc: &RestartService,
-    name: &str,
-) -> Result<String, TaskFailure> {
+) -> Result<(String, String), TaskFailure> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
@@ -161,19 +160,21 @@ async fn running_container(
     let mut others = Vec::new();
     for c in list {
         let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
-        let this = c
-            .names
-            .iter()
-            .flatten()
-            .any(|n| n.trim_start_matches('/') == name);
-        if this && running {
-            return Ok(c.id.unwrap_or_default());
-        }
         let release = c
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_RELEASE).cloned())
             .unwrap_or_default();
+        if running && release == spec.release {
+            let name = c
+                .names
+                .iter()
+                .flatten()
+                .next()
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            return Ok((c.id.unwrap_or_default(), name));
+        }
         let state = c.state.map(|s| s.to_string()).unwrap_or_default();
         others.push(format!("release {release} {state}"));
     }

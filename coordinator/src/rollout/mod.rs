@@ -1114,6 +1114,9 @@ impl Driver {
             .update_rollout(self.record.id, &self.core.coordinator_id, &update, now)
             .await?
         {
+            // What `run` starts over from after a store failure: the steps
+            // stored so far are found again, not stopped by a cancel.
+            self.record.steps_json = update.steps_json;
             Ok(())
         } else {
             Err(Halt::LostLease)
