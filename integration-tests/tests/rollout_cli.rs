@@ -337,8 +337,38 @@ async fn redeploy_and_rollout_cancel_from_the_ferry_binary() {
         out.stderr
     );
     assert_eq!(out.json()["status"], "cancelled");
-    // The release that runs is v1 again.
     let out = ferry(&creds, &["rollout", "cancel", &id]).await;
     assert_eq!(out.code, 2, "an ended rollout: {}", out.stderr);
     assert!(out.stderr.contains("already ended"), "{}", out.stderr);
+
+    // `ferry job cancel` on a step's job stops the rollout the same way.
+    let out = deploy("slow", &["--yes", "--detach", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let job = loop {
+        let out = ferry(&creds, &["releases", "--app", &app, "--output", "json"]).await;
+        let list = out.json();
+        let step = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .and_then(|r| r["steps"].get(0).cloned());
+        if let Some(step) = step {
+            break step["job_id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = ferry(&creds, &["job", "cancel", &job, "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = ferry(&creds, &["rollout", &id, "--output", "json"]).await;
+    let r = out.json();
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its job {job} was cancelled")),
+        "{r}"
+    );
 }
