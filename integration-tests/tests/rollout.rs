@@ -531,6 +531,24 @@ async fn a_host_revoked_mid_rollout_fails_the_rollout_and_reverts_the_others() {
     assert_eq!(running(None, &app), [format!("{app}-staging-web-v1")]);
 }
 
+/// The audit log's (action, target) pairs whose target is one of `ids`.
+async fn audited(c: &TestCoordinator, ids: &[&str]) -> Vec<(String, String)> {
+    use sqlx::Connection;
+    let mut raw = sqlx::sqlite::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(c.store_location()),
+    )
+    .await
+    .unwrap();
+    let all: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, target FROM audit_log ORDER BY id")
+            .fetch_all(&mut raw)
+            .await
+            .unwrap();
+    all.into_iter()
+        .filter(|(_, target)| ids.contains(&target.as_str()))
+        .collect()
+}
+
 async fn cancel(c: &TestCoordinator, id: &str) -> pb::Rollout {
     c.operator()
         .await
@@ -676,6 +694,12 @@ async fn a_cancel_during_the_health_gate_leaves_no_container_of_the_release() {
         "a container of the cancelled release is left: {:?}",
         docker::containers(&format!("ferry.app={app}"))
     );
+    assert!(
+        audited(&c, &[&r.id])
+            .await
+            .contains(&("rollout.cancel".to_string(), r.id.clone())),
+        "the cancel is audited"
+    );
     // An ended rollout is not cancelled again: refused, saying so.
     let err = op
         .cancel_rollout(pb::CancelRolloutRequest {
@@ -729,6 +753,10 @@ async fn a_redeploy_after_a_secret_rotation_runs_the_new_value() {
     );
     assert_eq!(r.version, "v1");
     assert_eq!(r.only_services, ["web"]);
+    assert_eq!(
+        audited(&c, &[&r.id]).await,
+        [("rollout.redeploy".to_string(), r.id.clone())]
+    );
     assert!(
         env_of(&name).contains("API_KEY=rotated-value"),
         "{}",
@@ -798,6 +826,10 @@ async fn a_restart_restarts_the_same_containers_host_batch_by_host_batch() {
         (r.kind.as_str(), r.status.as_str()),
         ("restart", "succeeded"),
         "{r:#?}"
+    );
+    assert_eq!(
+        audited(&c, &[&r.id]).await,
+        [("rollout.restart".to_string(), r.id.clone())]
     );
     let steps: Vec<(&str, &str)> = r
         .steps
