@@ -1162,13 +1162,16 @@ struct Touched {
 }
 
 /// The hosts a step's deploy tasks may have changed: those that succeeded,
-/// and those that ended without saying how far they got (lost, expired,
-/// cancelled: a blue-green switch may have happened before). A failed
-/// task undid its own work on its host.
+/// and those that reached their agent and ended without saying how far
+/// they got (lost, expired, cancelled: a blue-green switch may have
+/// happened before). A failed task undid its own work on its host; one
+/// never sent to its agent did nothing there.
 fn possibly_changed(tasks: &[crate::store::TaskRecord]) -> Vec<Touched> {
+    let reached =
+        |t: &crate::store::TaskRecord| t.assigned_by.is_some() || t.started_at_ms.is_some();
     tasks
         .iter()
-        .filter(|t| t.state == TaskState::Succeeded || t.state.is_unfinished())
+        .filter(|t| t.state == TaskState::Succeeded || (t.state.is_unfinished() && reached(t)))
         .map(|t| Touched {
             agent: t.agent_name.clone(),
             state: t.state,
@@ -1311,12 +1314,21 @@ mod tests {
 
     #[test]
     fn a_host_whose_task_ended_without_saying_how_far_it_got_is_reverted() {
+        let sent = |agent: &str, state: TaskState| TaskRecord {
+            assigned_by: Some("coord-a".into()),
+            ..task(agent, state, "")
+        };
         let tasks = [
             task("web-1", TaskState::Succeeded, "done"),
-            task("web-2", TaskState::Lost, ""),
-            task("web-3", TaskState::Failed, "health"),
-            task("web-4", TaskState::Expired, ""),
-            task("web-5", TaskState::Cancelled, ""),
+            sent("web-2", TaskState::Lost),
+            sent("web-3", TaskState::Failed),
+            TaskRecord {
+                started_at_ms: Some(1),
+                ..task("web-4", TaskState::Expired, "")
+            },
+            sent("web-5", TaskState::Cancelled),
+            // Cancelled before it was ever sent: its host was not touched.
+            task("web-6", TaskState::Cancelled, ""),
         ];
         assert_eq!(
             possibly_changed(&tasks),
@@ -1326,7 +1338,7 @@ mod tests {
                 touched("web-4", TaskState::Expired),
                 touched("web-5", TaskState::Cancelled),
             ],
-            "a failed task undid its work; every other may have switched"
+            "a failed task undid its work, an unsent one did nothing; every other may have switched"
         );
     }
 
