@@ -56,6 +56,11 @@ pub struct AgentConfig {
 pub struct NginxConfig {
     pub upstream_dir: PathBuf,
     pub reload_command: Vec<String>,
+    /// Dumps nginx's whole configuration (`nginx -T`), to confirm that it
+    /// includes the upstream file the agent wrote. Empty: derived from
+    /// `reload_command` (see [`NginxConfig::test_command`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub test_command: Vec<String>,
     /// How long the old container keeps serving after the switch, for
     /// requests already in flight.
     #[serde(with = "ferry_common::time::serde_duration")]
@@ -67,8 +72,27 @@ impl Default for NginxConfig {
         NginxConfig {
             upstream_dir: PathBuf::from("/etc/nginx/ferry-upstreams"),
             reload_command: vec!["nginx".into(), "-s".into(), "reload".into()],
+            test_command: Vec::new(),
             drain: std::time::Duration::from_secs(2),
         }
+    }
+}
+
+impl NginxConfig {
+    /// `test_command` as set, else `reload_command` with its trailing
+    /// `-s reload` replaced by `-T` (so `nginx -p P -c C -s reload` gives
+    /// `nginx -p P -c C -T`); `None` when it is not set and the reload
+    /// command does not end that way (a helper script).
+    pub fn test_command(&self) -> Option<Vec<String>> {
+        if !self.test_command.is_empty() {
+            return Some(self.test_command.clone());
+        }
+        let n = self.reload_command.len();
+        (n >= 3 && self.reload_command[n - 2..] == ["-s", "reload"]).then(|| {
+            let mut cmd = self.reload_command[..n - 2].to_vec();
+            cmd.push("-T".into());
+            cmd
+        })
     }
 }
 
@@ -124,7 +148,8 @@ impl AgentConfig {
     }
 
     /// `FERRY_COORDINATORS` (comma-separated), `FERRY_POSTGRES_URL`,
-    /// `FERRY_DOCKER_SOCKET`.
+    /// `FERRY_DOCKER_SOCKET`, `FERRY_NGINX_UPSTREAM_DIR`, and
+    /// `FERRY_NGINX_RELOAD` / `FERRY_NGINX_TEST` (split at whitespace).
     pub fn apply_env(&mut self, env: &HashMap<String, String>) {
         if let Some(list) = env
             .get("FERRY_COORDINATORS")
@@ -153,6 +178,9 @@ impl AgentConfig {
             .filter(|v| !v.trim().is_empty())
         {
             self.nginx.reload_command = cmd.split_whitespace().map(str::to_string).collect();
+        }
+        if let Some(cmd) = env.get("FERRY_NGINX_TEST").filter(|v| !v.trim().is_empty()) {
+            self.nginx.test_command = cmd.split_whitespace().map(str::to_string).collect();
         }
     }
 }
@@ -257,6 +285,26 @@ mod tests {
             err.contains("agent.toml") && err.contains("colour"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_nginx_test_command_follows_the_reload_command() {
+        let mut n = NginxConfig::default();
+        assert_eq!(n.test_command(), Some(vec!["nginx".into(), "-T".into()]));
+        n.reload_command = ["nginx", "-p", "/p", "-c", "/p/nginx.conf", "-s", "reload"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            n.test_command().unwrap(),
+            ["nginx", "-p", "/p", "-c", "/p/nginx.conf", "-T"]
+        );
+        n.reload_command = vec!["/usr/local/lib/ferry/ferry-nginx-reload-wait".into()];
+        assert_eq!(n.test_command(), None);
+        let env = HashMap::from([("FERRY_NGINX_TEST".to_string(), "sudo nginx -T".to_string())]);
+        let mut c = sample();
+        c.nginx = n;
+        c.apply_env(&env);
+        assert_eq!(c.nginx.test_command().unwrap(), ["sudo", "nginx", "-T"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ferry_common::tls;
 use ferry_proto::v1 as pb;
 use ferry_proto::v1::agent_service_client::AgentServiceClient;
 
-use crate::config::{self, AgentConfig};
+use crate::config::{self, AgentConfig, NginxConfig};
 use crate::error::AgentError;
 
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,9 @@ pub struct EnrollOptions {
     pub state_dir: PathBuf,
     pub name: Option<String>,
     pub postgres_url: Option<String>,
+    /// `[nginx]` of the agent.toml written (`--nginx-upstream-dir`,
+    /// `--nginx-reload`, `--nginx-test`; the defaults otherwise).
+    pub nginx: NginxConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +44,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         what: "--coordinator".into(),
         reason: e.to_string(),
     })?;
+    check_nginx(&opts.nginx)?;
     if let Ok(existing) = AgentConfig::load(&opts.state_dir) {
         return Err(AgentError::AlreadyEnrolled {
             dir: opts.state_dir.clone(),
@@ -99,7 +103,7 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         disk_paths: Vec::new(),
         max_concurrent_tasks: None,
         capabilities: None,
-        nginx: Default::default(),
+        nginx: opts.nginx.clone(),
     }
     // Written last: its presence means enrollment completed.
     .save(&opts.state_dir, false)?;
@@ -109,6 +113,32 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         labels,
         not_after: ferry_common::time::rfc3339(not_after),
     })
+}
+
+/// The nginx settings of the enroll flags, checked before anything is
+/// written: a relative directory would depend on the agent's working
+/// directory, and an empty command cannot run.
+fn check_nginx(nginx: &NginxConfig) -> Result<(), AgentError> {
+    let usage = |what: &str, reason: String| AgentError::Usage {
+        what: what.into(),
+        reason,
+    };
+    if !nginx.upstream_dir.is_absolute() {
+        return Err(usage(
+            "--nginx-upstream-dir",
+            format!(
+                "{} is not an absolute path; give the directory the nginx site includes, e.g. /etc/nginx/ferry-upstreams",
+                nginx.upstream_dir.display()
+            ),
+        ));
+    }
+    if nginx.reload_command.is_empty() {
+        return Err(usage(
+            "--nginx-reload",
+            "is empty; give the command that reloads nginx, e.g. \"nginx -s reload\"".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn write_state(dir: &Path, key_pem: &str, reply: &pb::EnrollResponse) -> Result<(), AgentError> {

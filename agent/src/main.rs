@@ -40,6 +40,19 @@ enum Cmd {
         /// PostgreSQL this host serves, checked in every heartbeat.
         #[arg(long, value_name = "URL")]
         postgres_url: Option<String>,
+        /// Blue-green: where the agent writes each service's nginx upstream
+        /// file (the site's upstream block includes it).
+        #[arg(long, value_name = "DIR", default_value = "/etc/nginx/ferry-upstreams")]
+        nginx_upstream_dir: PathBuf,
+        /// Blue-green: the command that reloads nginx, as one string split
+        /// at spaces.
+        #[arg(long, value_name = "CMD", default_value = "nginx -s reload")]
+        nginx_reload: String,
+        /// Blue-green: the command that dumps nginx's configuration, to
+        /// confirm it includes the upstream file (default: the reload
+        /// command with its trailing `-s reload` replaced by `-T`).
+        #[arg(long, value_name = "CMD")]
+        nginx_test: Option<String>,
     },
     /// Run the agent: keep the session to the coordinator.
     Run {
@@ -61,7 +74,11 @@ async fn main() {
             state_dir,
             name,
             postgres_url,
+            nginx_upstream_dir,
+            nginx_reload,
+            nginx_test,
         } => {
+            let words = |cmd: &str| cmd.split_whitespace().map(str::to_string).collect();
             let opts = EnrollOptions {
                 coordinator,
                 token,
@@ -69,6 +86,12 @@ async fn main() {
                 state_dir,
                 name,
                 postgres_url,
+                nginx: ferry_agent::config::NginxConfig {
+                    upstream_dir: nginx_upstream_dir,
+                    reload_command: words(&nginx_reload),
+                    test_command: nginx_test.as_deref().map(words).unwrap_or_default(),
+                    ..Default::default()
+                },
             };
             match enroll(&opts).await {
                 Ok(e) => {
@@ -81,6 +104,11 @@ async fn main() {
                         e.not_after
                     );
                     println!("  state dir    {}", opts.state_dir.display());
+                    println!(
+                        "  nginx        upstream files in {}, reloaded with `{}`",
+                        opts.nginx.upstream_dir.display(),
+                        opts.nginx.reload_command.join(" ")
+                    );
                     println!();
                     println!(
                         "next: ferry-agent run --state-dir {}",

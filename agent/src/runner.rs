@@ -26,8 +26,8 @@ use crate::executor::{Done, Executor, HostEnv, TaskContext, TaskFailure};
 use crate::health::HealthProbe;
 use crate::spool::{Spool, TaskMeta};
 
-/// How long an executor whose task timed out gets to notice its fired
-/// cancellation and clean up before it is dropped.
+/// How long an executor whose task timed out or was cancelled gets to
+/// notice its fired cancellation and clean up before it is dropped.
 pub const TIMEOUT_CLEANUP_GRACE: Duration = Duration::from_secs(10);
 
 /// A task's timeout and host lock, from its spec.
@@ -194,6 +194,9 @@ impl Runner {
                         Outcome::Cancelled.as_str().to_string(),
                         String::new(),
                     ),
+                    Err(TaskFailure::Undone(msg)) => {
+                        (pb::TaskOutcome::Cancelled, msg, String::new())
+                    }
                     Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),
                 };
                 if let Err(e) = runner.spool.finish(task_id, outcome, &message, result) {
@@ -251,19 +254,33 @@ impl Runner {
                 permit = Arc::clone(&self.slots).acquire_owned() => permit.map_err(|_| TaskFailure::Failed("agent shutting down".into()))?,
             };
             let mut run = std::pin::pin!(executor.run(spec, ctx));
-            tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(TaskFailure::Cancelled),
+            let timed_out = tokio::select! {
                 r = &mut run => return r,
-                _ = tokio::time::sleep(timeout) => {}
-            }
-            // Timed out: fire the task's cancellation and give the executor
-            // a moment to act on it (stop containers, undo a switch).
+                _ = ctx.cancel.cancelled() => false,
+                _ = tokio::time::sleep(timeout) => true,
+            };
+            // Cancelled or timed out: fire the task's cancellation (if the
+            // operator's did not) and let the executor act on it (remove
+            // new containers, undo a switch) before the task is reported
+            // finished, so the report says what the host is really in.
             ctx.cancel.cancel();
-            let _ = tokio::time::timeout(TIMEOUT_CLEANUP_GRACE, run).await;
-            Err(TaskFailure::Failed(format!(
-                "{kind} task timed out after {}",
-                ferry_common::time::format_duration(timeout)
-            )))
+            let cleaned = tokio::time::timeout(TIMEOUT_CLEANUP_GRACE, run).await;
+            if timed_out {
+                return Err(TaskFailure::Failed(format!(
+                    "{kind} task timed out after {}",
+                    ferry_common::time::format_duration(timeout)
+                )));
+            }
+            match cleaned {
+                // It finished meanwhile (the cancel came too late to stop
+                // it) or cleaned up: its own word on what the host is in.
+                Ok(r) => r,
+                Err(_) => Err(TaskFailure::Undone(format!(
+                    "{}; the {kind} executor did not finish cleaning up within {}: check the host",
+                    Outcome::Cancelled.as_str(),
+                    ferry_common::time::format_duration(TIMEOUT_CLEANUP_GRACE)
+                ))),
+            }
         }
         .await;
         if let Some((key, mutex)) = lock {
@@ -272,7 +289,9 @@ impl Runner {
         result
     }
 
-    /// Handles `Cancel`: the task's executor is dropped at its next await.
+    /// Handles `Cancel`: fires the task's cancellation. A task waiting for
+    /// its host lock or a slot ends at once; a running executor gets
+    /// [`TIMEOUT_CLEANUP_GRACE`] to clean up and report.
     pub fn cancel(&self, task_id: Uuid) -> bool {
         match self.lock().get(&task_id) {
             Some(r) => {
@@ -313,8 +332,10 @@ mod tests {
         async fn run(&self, _spec: ProbeSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
             if self.hang {
                 ctx.cancel.cancelled().await;
+                // Cleaning up takes a while; the runner waits for it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 self.cleaned_up.store(true, Ordering::SeqCst);
-                return Err(TaskFailure::Cancelled);
+                return Err(TaskFailure::Undone("cancelled; cleaned up".into()));
             }
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(n, Ordering::SeqCst);
@@ -343,10 +364,11 @@ mod tests {
         (Runner::build(spool, probe, host, 4, executors, limits), rx)
     }
 
-    fn assign(runner: &Arc<Runner>, kind: &str) {
+    fn assign(runner: &Arc<Runner>, kind: &str) -> Uuid {
+        let task_id = Uuid::now_v7();
         runner.assign(pb::Assign {
             task: Some(pb::Task {
-                task_id: Uuid::now_v7().to_string(),
+                task_id: task_id.to_string(),
                 job_id: Uuid::now_v7().to_string(),
                 kind: kind.into(),
                 spec_json: String::new(),
@@ -355,6 +377,7 @@ mod tests {
             attempt: 1,
             traceparent: String::new(),
         });
+        task_id
     }
 
     /// The outcomes and messages of the next `n` tasks to finish.
@@ -401,6 +424,40 @@ mod tests {
             )]
         );
         assert!(fake.cleaned_up.load(Ordering::SeqCst));
+    }
+
+    /// A cancelled task is reported only once its executor has cleaned
+    /// up, with the executor's word on what the host is in; one waiting
+    /// for its host lock ends at once.
+    #[tokio::test]
+    async fn a_cancelled_task_ends_after_its_executor_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = leak(Fake {
+            hang: true,
+            ..Fake::default()
+        });
+        let (runner, mut rx) = start(dir.path(), vec![fake], |_| {
+            (Duration::from_secs(60), Some("deploy:shop/prod".into()))
+        });
+        let ids: Vec<Uuid> = (0..2).map(|_| assign(&runner, "probe")).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The second waits for the lock the first holds: cancelled at once.
+        assert!(runner.cancel(ids[1]));
+        assert_eq!(
+            finished(&mut rx, 1).await,
+            [(pb::TaskOutcome::Cancelled, "cancelled".to_string())]
+        );
+        assert!(!fake.cleaned_up.load(Ordering::SeqCst));
+        assert!(runner.cancel(ids[0]));
+        assert_eq!(
+            finished(&mut rx, 1).await,
+            [(
+                pb::TaskOutcome::Cancelled,
+                "cancelled; cleaned up".to_string()
+            )]
+        );
+        assert!(fake.cleaned_up.load(Ordering::SeqCst));
+        assert_eq!(runner.running_count(), 0);
     }
 
     #[tokio::test]

@@ -52,6 +52,24 @@ pub fn user(user: &str) -> Result<(), String> {
     }
 }
 
+/// A blue-green service's `nginx_url`: `http://HOST[:PORT][/PREFIX]`, the
+/// service as nginx serves it; the agent appends the health check's path.
+pub fn nginx_url(url: &str) -> Result<(), String> {
+    let example = "use the service's address on this host's nginx, like http://127.0.0.1:8081";
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL ({e}); {example}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} must be an http:// URL; {example}"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!(
+            "{url:?} must not carry a query or fragment: the health check's path is appended; {example}"
+        ));
+    }
+    Ok(())
+}
+
 /// Non-empty, no whitespace, braces only around [`PLACEHOLDERS`], and a
 /// lowercase repository as Docker requires.
 pub fn image(image: &str) -> Result<(), String> {

@@ -131,13 +131,27 @@ fn build_image_on(
     Ok(())
 }
 
-/// Names of containers with this label filter (`key=value`), any state.
+/// `NAME STATE` of the containers with this label filter (`key=value`),
+/// any state, each name without the agent's settings-hash suffix
+/// (`shop-production-web-v1`, not `shop-production-web-v1-0123456789ab`):
+/// tests compare releases. [`full_name`] finds the real name.
 pub fn containers(label: &str) -> Vec<String> {
     containers_on(None, label)
 }
 
 /// [`containers`] on the engine at `socket`.
 pub fn containers_on(socket: Option<&str>, label: &str) -> Vec<String> {
+    containers_full_on(socket, label)
+        .into_iter()
+        .map(|line| match line.split_once(' ') {
+            Some((name, state)) => format!("{} {state}", without_hash(name)),
+            None => line,
+        })
+        .collect()
+}
+
+/// `NAME STATE` with the real names, hash suffix and all.
+pub fn containers_full_on(socket: Option<&str>, label: &str) -> Vec<String> {
     let out = docker_on(socket)
         .args([
             "ps",
@@ -155,6 +169,44 @@ pub fn containers_on(socket: Option<&str>, label: &str) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// `name` without a trailing `-<12 hex digits>` (the settings hash).
+pub fn without_hash(name: &str) -> &str {
+    let n = ferry_common::job::naming::NAME_HASH_LEN;
+    match name.rsplit_once('-') {
+        Some((prefix, hash)) if hash.len() == n && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            prefix
+        }
+        _ => name,
+    }
+}
+
+/// The real name of the one container named `prefix-<hash>` (a name as
+/// [`containers`] shows it), for `docker inspect`; panics if there is not
+/// exactly one.
+pub fn full_name(prefix: &str) -> String {
+    let out = docker_on(None)
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name=^/?{prefix}-[0-9a-f]{{12}}$"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("run docker ps");
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "containers named {prefix}-<hash>: {names:?}"
+    );
+    names.into_iter().next().unwrap_or_default()
 }
 
 /// Removes containers, networks and volumes of an app (label `ferry.app`).

@@ -131,21 +131,52 @@ fn operator_workflow_with_the_real_binaries() {
             .contains("ferry-agent enroll")
     );
     let state = tmp.path().join("agent");
-    let enroll = run(Command::new(bin::path("ferry-agent")).args([
-        "enroll",
-        "--coordinator",
-        token["coordinator"].as_str().unwrap(),
-        "--token",
-        token["token"].as_str().unwrap(),
-        "--ca-pin",
-        token["ca_pin"].as_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]));
+    let enroll_with = |nginx: &[&str]| {
+        run(Command::new(bin::path("ferry-agent"))
+            .args([
+                "enroll",
+                "--coordinator",
+                token["coordinator"].as_str().unwrap(),
+                "--token",
+                token["token"].as_str().unwrap(),
+                "--ca-pin",
+                token["ca_pin"].as_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .args(nginx))
+    };
+    // A relative upstream directory is refused before the token is used.
+    let refused = enroll_with(&["--nginx-upstream-dir", "upstreams"]);
+    assert_eq!(refused.status.code(), Some(ferry_common::exit::USAGE));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--nginx-upstream-dir") && stderr.contains("not an absolute path"),
+        "{stderr}"
+    );
+    let enroll = enroll_with(&[
+        "--nginx-upstream-dir",
+        "/srv/nginx/ferry-upstreams",
+        "--nginx-reload",
+        "nginx -p /srv/nginx -s reload",
+    ]);
     assert!(
         enroll.status.success(),
         "{}",
         String::from_utf8_lossy(&enroll.stderr)
+    );
+    let config = ferry_agent::config::AgentConfig::load(&state).unwrap();
+    assert_eq!(
+        config.nginx.upstream_dir,
+        Path::new("/srv/nginx/ferry-upstreams")
+    );
+    assert_eq!(
+        config.nginx.reload_command,
+        ["nginx", "-p", "/srv/nginx", "-s", "reload"]
+    );
+    assert_eq!(
+        config.nginx.test_command().unwrap(),
+        ["nginx", "-p", "/srv/nginx", "-T"]
     );
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(state.join("agent.key"))

@@ -277,7 +277,7 @@ async fn a_secret_reaches_only_the_container_environment() {
             "inspect",
             "--format",
             "{{json .Config.Env}}",
-            &format!("{app}-production-web-v1"),
+            &docker::full_name(&format!("{app}-production-web-v1")),
         ])
         .output()
         .unwrap();

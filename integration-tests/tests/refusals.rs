@@ -257,6 +257,7 @@ async fn join_token_is_single_use() {
         state_dir: dir.path().join(sub),
         name: Some(name.into()),
         postgres_url: None,
+        ..Default::default()
     };
     let first = ferry_agent::enroll::enroll(&opts("a", "first"))
         .await

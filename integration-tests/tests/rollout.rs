@@ -410,18 +410,32 @@ fn inspect(name: &str) -> String {
     inspect_on(None, name)
 }
 
-/// [`inspect`] on the engine at `socket`.
+/// [`inspect`] on the engine at `socket`; `name` without the settings hash
+/// the container's real name ends with.
 fn inspect_on(socket: Option<&str>, name: &str) -> String {
-    let mut cmd = std::process::Command::new("docker");
-    if let Some(socket) = socket {
-        cmd.arg("-H").arg(format!("unix://{socket}"));
-    }
-    let out = cmd
+    let docker = || {
+        let mut cmd = std::process::Command::new("docker");
+        if let Some(socket) = socket {
+            cmd.arg("-H").arg(format!("unix://{socket}"));
+        }
+        cmd
+    };
+    let listed = docker()
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("name=^/?{name}-[0-9a-f]{{12}}$"))
+        .output()
+        .unwrap();
+    let full = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no container {name}-<hash>"))
+        .to_string();
+    let out = docker()
         .args([
             "inspect",
             "--format",
             "{{.Id}} {{.State.Status}} {{.State.StartedAt}}",
-            name,
+            &full,
         ])
         .output()
         .unwrap();
@@ -735,14 +749,16 @@ async fn a_redeploy_after_a_secret_rotation_runs_the_new_value() {
     op.set_secret(set("first-value")).await.unwrap();
     assert_eq!(deploy(&c, &file, "staging", "v1").await.status, "succeeded");
     let name = format!("{app}-staging-web-v1");
-    let env_of = |name: &str| {
+    // The environment of the running container of v1.
+    let env_of = || {
         let out = std::process::Command::new("docker")
-            .args(["inspect", "--format", "{{json .Config.Env}}", name])
+            .args(["inspect", "--format", "{{json .Config.Env}}"])
+            .arg(running_id(&app, "v1"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(env_of(&name).contains("API_KEY=first-value"));
+    assert!(env_of().contains("API_KEY=first-value"), "{}", env_of());
 
     op.set_secret(set("rotated-value")).await.unwrap();
     let r = again(&c, false, &app, "staging", &["web"]).await.unwrap();
@@ -757,11 +773,7 @@ async fn a_redeploy_after_a_secret_rotation_runs_the_new_value() {
         audited(&c, &[&r.id]).await,
         [("rollout.redeploy".to_string(), r.id.clone())]
     );
-    assert!(
-        env_of(&name).contains("API_KEY=rotated-value"),
-        "{}",
-        env_of(&name)
-    );
+    assert!(env_of().contains("API_KEY=rotated-value"), "{}", env_of());
     assert_eq!(running(None, &app), [name]);
     assert_eq!(
         releases(&c, &app, "staging").await,
@@ -861,7 +873,14 @@ async fn a_restart_restarts_the_same_containers_host_batch_by_host_batch() {
     // A host with no running container of the release fails the restart,
     // naming the service; the hosts before it were restarted.
     let out = std::process::Command::new("docker")
-        .args(["-H", &format!("unix://{engine2}"), "stop", "-t", "1", &name])
+        .args([
+            "-H",
+            &format!("unix://{engine2}"),
+            "stop",
+            "-t",
+            "1",
+            &after[1].0,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());

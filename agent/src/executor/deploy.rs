@@ -1,22 +1,37 @@
 //! `deploy`: one release of an app's services on this host's Docker engine.
 //!
-//! Per service: pull (or use the local image), then
-//! - `blue-green`: start the new container beside the old one on a free
-//!   loopback port, gate on health, point the service's nginx upstream file
-//!   at it and reload nginx, let the old one drain, stop it;
-//! - `recreate`: stop the old container, start the new one, gate on health;
-//!   on failure start the old one again;
-//! - workers (no port): start new, gate on health, stop old.
+//! Per service: pull (or use the local image), hash the container's
+//! settings ([`settings_hash`], the `ferry.hash` label and the name's
+//! suffix), then
+//! - if the container that serves (for blue-green: the running one whose
+//!   port nginx's upstream file names; otherwise the newest running one)
+//!   has this release and hash, it is "already running" (unless the spec
+//!   says `force`);
+//! - if another running container has them (an earlier attempt that was
+//!   cut short, or a revert to a container nginx no longer points at), it
+//!   is health-gated and switched to, never started twice;
+//! - otherwise a new container: `blue-green` starts it beside the old one
+//!   on a free loopback port, gates on health, points the service's nginx
+//!   upstream file at it, reloads nginx and confirms the switch (nginx
+//!   includes the file; a request through `nginx_url` reaches the new
+//!   container); `recreate` stops the old container, starts the new one,
+//!   gates on health, and on failure starts the old one again; workers (no
+//!   port) start new, gate on health, stop old.
 //!
-//! A failed health gate removes the new container, leaves the old one
-//! serving, and fails the task with the reason and the new container's last
-//! log lines (secrets redacted). When a later service of the same release
-//! fails, services already switched on this host are switched back, so a
-//! host is never left half on one release. The previous release's container
-//! is kept, stopped, for a fast rollback; older ones are removed.
+//! A failed health gate or switch removes the new container, leaves the
+//! old one serving, and fails the task with the reason and the new
+//! container's last log lines (secrets redacted). When a later service of
+//! the same release fails, or the task is cancelled, services already
+//! switched on this host are switched back, so a host is never left half
+//! on one release; a cancelled task says which release each service is
+//! back on. After success every other running container of a service is
+//! stopped, and the newest `keep_releases` stopped releases are kept for a
+//! fast rollback; older ones are removed.
 
 use ferry_common::status::Outcome;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -27,14 +42,20 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    RemoveContainerOptions, RenameContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use ferry_common::fsutil::{self, Mode};
-use ferry_common::job::naming::{self, LABEL_APP, LABEL_ENV, LABEL_RELEASE, LABEL_SERVICE};
-use ferry_common::job::{DeploySpec, PullPolicy, RestartPolicy, ServiceDeploy, Strategy};
+use ferry_common::job::naming::{
+    self, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_RELEASE, LABEL_SERVICE,
+};
+use ferry_common::job::{
+    DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RestartPolicy, ServiceDeploy,
+    Strategy, VolumeMount,
+};
 use ferry_common::redact::Redactor;
 use futures::StreamExt;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::health_gate;
 use super::http::HttpClient;
@@ -44,6 +65,15 @@ use super::{Done, KindExecutor, TaskContext, TaskFailure};
 const FAILURE_LOG_LINES: usize = 50;
 /// How long a container gets to stop before it is killed.
 const STOP_TIMEOUT_SECS: i32 = 10;
+/// How long a request through `nginx_url` may take to reach the new
+/// container after a reload: nginx starts its new workers asynchronously.
+const NGINX_CONFIRM_WITHIN: Duration = Duration::from_secs(10);
+/// The header the site adds (`add_header X-Ferry-Upstream $upstream_addr
+/// always;`): which backend answered.
+const UPSTREAM_HEADER: &str = "x-ferry-upstream";
+/// Nanoseconds since the epoch at creation, set by the agent: Docker's
+/// own `Created` in a container list has whole seconds only.
+const LABEL_CREATED: &str = "ferry.created";
 
 /// What the task reports per service (its result, used for release records).
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +82,8 @@ pub struct ServiceResult {
     pub container: String,
     pub image: String,
     pub release: String,
+    /// The container's `ferry.hash`: what its settings were.
+    pub hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,11 +92,16 @@ pub struct ServiceResult {
     pub changed: bool,
 }
 
-/// A service switched to the new release on this host, and how to undo it.
+/// A service after its step of the deploy, and how to undo it.
 struct Switched {
     service: ServiceDeploy,
+    /// The container that serves the service now.
     new_id: String,
+    /// False when it already served (nothing to undo).
+    changed: bool,
+    /// The container that served before.
     old: Option<Existing>,
+    /// What the upstream file said before a blue-green switch.
     upstream_before: Option<String>,
 }
 
@@ -73,8 +110,137 @@ struct Existing {
     id: String,
     name: String,
     release: String,
+    hash: String,
     running: bool,
     host_port: Option<u16>,
+    /// Nanoseconds since the epoch.
+    created: i128,
+}
+
+/// Everything that defines a container, serialised as canonical JSON
+/// (fields in this order, maps sorted) and hashed into `ferry.hash`:
+/// - `image_id`: the image's ID as the engine has it after the pull, so a
+///   tag pushed again is a different container;
+/// - `command`, `env` (the resolved variables), `ports` (container port,
+///   fixed host port and address), `volumes` (name, path, read-only),
+///   `user`, `memory_bytes`, `cpus`, `restart`, `health` (check, interval,
+///   timeout, retries);
+/// - `secrets`: per secret name, the sha256 of name and value: a rotated
+///   secret changes the hash, and the value is never in the hashed text
+///   (nor in the label).
+///
+/// Not in it: the release (the container's name and `ferry.release`
+/// carry it), the strategy and `nginx_url` (how it is switched, not what
+/// runs), and the pull policy.
+#[derive(Serialize)]
+struct Settings<'a> {
+    v: u32,
+    image_id: &'a str,
+    command: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    secrets: BTreeMap<&'a str, String>,
+    ports: &'a [PortMapping],
+    volumes: &'a [VolumeMount],
+    user: Option<&'a str>,
+    memory_bytes: Option<i64>,
+    cpus: Option<f64>,
+    restart: RestartPolicy,
+    health: &'a HealthGate,
+}
+
+/// `(sha256 hex, the canonical text hashed)` of `svc`'s container with
+/// image `image_id` and the task's secret values.
+pub fn settings_hash(
+    svc: &ServiceDeploy,
+    image_id: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<(String, String), String> {
+    let mut digests = BTreeMap::new();
+    for name in &svc.secrets {
+        let value = secrets.get(name).ok_or_else(|| {
+            format!(
+                "secret {name} of service {} was not sent with the task",
+                svc.name
+            )
+        })?;
+        let mut h = Sha256::new();
+        h.update(b"ferry.secret\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(value.as_bytes());
+        digests.insert(name.as_str(), hex::encode(h.finalize()));
+    }
+    let settings = Settings {
+        v: 1,
+        image_id,
+        command: &svc.command,
+        env: &svc.env,
+        secrets: digests,
+        ports: &svc.ports,
+        volumes: &svc.volumes,
+        user: svc.user.as_deref(),
+        memory_bytes: svc.memory_bytes,
+        cpus: svc.cpus,
+        restart: svc.restart,
+        health: &svc.health,
+    };
+    let text = serde_json::to_string(&settings).map_err(|e| e.to_string())?;
+    Ok((hex::encode(Sha256::digest(text.as_bytes())), text))
+}
+
+/// The container that serves a service: for a blue-green service (`nginx`
+/// is the port its upstream file names) the running container published on
+/// that port, none if no running container is; otherwise the newest
+/// running one.
+fn current(existing: &[Existing], blue_green: bool, upstream: Option<u16>) -> Option<&Existing> {
+    if blue_green {
+        let port = upstream?;
+        return existing
+            .iter()
+            .find(|c| c.running && c.host_port == Some(port));
+    }
+    existing
+        .iter()
+        .filter(|c| c.running)
+        .max_by_key(|c| c.created)
+}
+
+/// Of the stopped containers (`stopped`, any order), those to remove:
+/// every one but the newest of each of the newest `keep` releases other
+/// than `release` (the one now running; its stopped containers had other
+/// settings and are no rollback target).
+fn to_prune<'a>(stopped: &[&'a Existing], release: &str, keep: u32) -> Vec<&'a Existing> {
+    let mut newest_first: Vec<&Existing> = stopped.to_vec();
+    newest_first.sort_by_key(|c| std::cmp::Reverse(c.created));
+    let mut kept: BTreeSet<&str> = BTreeSet::new();
+    let mut prune = Vec::new();
+    for c in newest_first {
+        if c.release != release && !kept.contains(c.release.as_str()) && kept.len() < keep as usize
+        {
+            kept.insert(&c.release);
+        } else {
+            prune.push(c);
+        }
+    }
+    prune
+}
+
+/// The port a `server 127.0.0.1:PORT;` line of an upstream file names.
+fn upstream_port(text: &str) -> Option<u16> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("server 127.0.0.1:"))
+        .find_map(|rest| rest.trim_end_matches(';').trim().parse().ok())
+}
+
+/// Whether an `nginx -T` dump holds `path` (`# configuration file PATH:`).
+fn dump_includes(dump: &str, path: &Path) -> bool {
+    let wanted = [Some(path.to_path_buf()), std::fs::canonicalize(path).ok()];
+    dump.lines()
+        .filter_map(|l| {
+            l.strip_prefix("# configuration file ")
+                .and_then(|r| r.strip_suffix(':'))
+        })
+        .any(|f| wanted.iter().flatten().any(|w| Path::new(f) == w))
 }
 
 /// Runs `deploy` tasks.
@@ -97,6 +263,8 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         http: HttpClient::default(),
         redactor: Redactor::new(ctx.secrets.iter().map(|(k, v)| (k.clone(), v.as_str())))
             .map_err(|e| TaskFailure::Failed(e.to_string()))?,
+        before: Mutex::default(),
+        unrestored: Mutex::default(),
     };
     d.ensure_network().await?;
     let mut switched: Vec<Switched> = Vec::new();
@@ -105,15 +273,23 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         match d.deploy_service(service).await {
             Ok((result, switch)) => {
                 results.push(result);
-                switched.extend(switch);
+                switched.push(switch);
             }
             Err(failure) => {
                 for s in switched.into_iter().rev() {
                     d.undo(s).await;
                 }
-                return Err(failure);
+                return Err(d.after_undo(failure));
             }
         }
+    }
+    // Cancelled once every service was switched, before anything was
+    // retired: switch back, as on a failure.
+    if ctx.cancel.is_cancelled() {
+        for s in switched.into_iter().rev() {
+            d.undo(s).await;
+        }
+        return Err(d.after_undo(TaskFailure::Cancelled));
     }
     // Only now, with every service on the new release, are old containers
     // stopped for good and older releases pruned.
@@ -146,10 +322,24 @@ struct Deployer<'a> {
     http: HttpClient,
     /// Every line forwarded from a container passes through it.
     redactor: Redactor,
+    /// Per service reached, the release that served before it (none if
+    /// nothing did): what a cancelled task reports the host is back on.
+    before: Mutex<Vec<(String, Option<String>)>>,
+    /// Services that could not be put back, and why: a cancelled task
+    /// must not claim they were.
+    unrestored: Mutex<Vec<(String, String)>>,
 }
 
 fn docker_err(what: &str, e: bollard::errors::Error) -> TaskFailure {
     TaskFailure::Failed(format!("{what}: {e}"))
+}
+
+/// How the container that is to serve comes about.
+enum Candidate<'a> {
+    /// Create and start it under this name, with this settings hash.
+    New { name: &'a str, hash: &'a str },
+    /// It already runs (an earlier attempt started it): gate and switch.
+    Adopt(&'a Existing),
 }
 
 impl Deployer<'_> {
@@ -157,12 +347,15 @@ impl Deployer<'_> {
         self.redactor.redact(line).into_owned()
     }
 
-    fn labels(&self, service: &str) -> HashMap<String, String> {
+    fn labels(&self, service: &str, hash: &str) -> HashMap<String, String> {
+        let created = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
         HashMap::from([
             (LABEL_APP.to_string(), self.spec.app.clone()),
             (LABEL_ENV.to_string(), self.spec.env.clone()),
             (LABEL_SERVICE.to_string(), service.to_string()),
             (LABEL_RELEASE.to_string(), self.spec.release.clone()),
+            (LABEL_HASH.to_string(), hash.to_string()),
+            (LABEL_CREATED.to_string(), created.to_string()),
         ])
     }
 
@@ -172,6 +365,42 @@ impl Deployer<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// A failure after the switched services were put back: a cancel (seen
+    /// now, whatever the failure says) reports where each service is.
+    fn after_undo(&self, failure: TaskFailure) -> TaskFailure {
+        if !self.ctx.cancel.is_cancelled() && failure != TaskFailure::Cancelled {
+            return failure;
+        }
+        let before = self.before.lock().unwrap_or_else(|p| p.into_inner());
+        let unrestored = self.unrestored.lock().unwrap_or_else(|p| p.into_inner());
+        let reached: Vec<String> = before
+            .iter()
+            .map(|(service, release)| {
+                match (release, unrestored.iter().find(|(s, _)| s == service)) {
+                    (_, Some((_, why))) => format!("{service} NOT put back: {why}"),
+                    (Some(r), None) => format!("{service} back on release {r}"),
+                    (None, None) => format!("{service} not running (nothing ran before)"),
+                }
+            })
+            .collect();
+        let untouched: Vec<&str> = self
+            .spec
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !before.iter().any(|(s, _)| s == n))
+            .collect();
+        let mut message = format!("{}; ", Outcome::Cancelled.as_str());
+        message.push_str(&reached.join(", "));
+        if !untouched.is_empty() {
+            if !reached.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(&format!("{} not touched", untouched.join(", ")));
+        }
+        TaskFailure::Undone(message)
     }
 
     async fn ensure_network(&self) -> Result<(), TaskFailure> {
@@ -228,6 +457,10 @@ impl Deployer<'_> {
                     .iter()
                     .find(|p| p.ip.as_deref() == Some("127.0.0.1"))
                     .and_then(|p| p.public_port);
+                let created = labels
+                    .get(LABEL_CREATED)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| i128::from(c.created.unwrap_or(0)) * 1_000_000_000);
                 Existing {
                     id: c.id.unwrap_or_default(),
                     name: c
@@ -237,63 +470,133 @@ impl Deployer<'_> {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     release: labels.get(LABEL_RELEASE).cloned().unwrap_or_default(),
+                    hash: labels.get(LABEL_HASH).cloned().unwrap_or_default(),
                     running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
                     host_port,
+                    created,
                 }
             })
             .collect())
     }
 
+    fn upstream_path(&self, service: &str) -> std::path::PathBuf {
+        self.ctx.host.nginx.upstream_dir.join(naming::upstream_file(
+            &self.spec.app,
+            &self.spec.env,
+            service,
+        ))
+    }
+
     async fn deploy_service(
         &self,
         svc: &ServiceDeploy,
-    ) -> Result<(ServiceResult, Option<Switched>), TaskFailure> {
+    ) -> Result<(ServiceResult, Switched), TaskFailure> {
         self.cancelled()?;
-        let existing = self.existing(&svc.name).await?;
-        let serving = existing.iter().find(|c| c.running).cloned();
+        let image_id = self.ensure_image(svc).await?;
+        let (hash, _) =
+            settings_hash(svc, &image_id, &self.ctx.secrets).map_err(TaskFailure::Failed)?;
         let name = naming::container(
             &self.spec.app,
             &self.spec.env,
             &svc.name,
             &self.spec.release,
+            &hash,
         );
-        if let Some(current) = serving.as_ref().filter(|c| c.release == self.spec.release) {
-            let step = format!("{} already running", svc.name);
-            let started = Instant::now();
-            self.ctx.step_started(&step, &current.name);
-            self.ctx.step_finished(
-                &step,
-                true,
-                &format!("release {} is already running here", self.spec.release),
-                started,
-            );
-            return Ok((
-                ServiceResult {
-                    service: svc.name.clone(),
-                    container: current.name.clone(),
-                    image: svc.image.clone(),
-                    release: self.spec.release.clone(),
-                    host_port: current.host_port,
-                    previous_release: None,
-                    changed: false,
-                },
-                None,
-            ));
+        let existing = self.existing(&svc.name).await?;
+        let blue_green = svc.strategy == Strategy::BlueGreen && svc.http_port().is_some();
+        let upstream = if blue_green {
+            std::fs::read_to_string(self.upstream_path(&svc.name))
+                .ok()
+                .and_then(|t| upstream_port(&t))
+        } else {
+            None
+        };
+        let serving = current(&existing, blue_green, upstream).cloned();
+        self.before.lock().unwrap_or_else(|p| p.into_inner()).push((
+            svc.name.clone(),
+            serving.as_ref().map(|s| s.release.clone()),
+        ));
+        let wanted = |c: &Existing| c.release == self.spec.release && c.hash == hash;
+        let result = |container: &Existing, changed: bool| ServiceResult {
+            service: svc.name.clone(),
+            container: container.name.clone(),
+            image: svc.image.clone(),
+            release: self.spec.release.clone(),
+            hash: hash.clone(),
+            host_port: container.host_port,
+            previous_release: serving
+                .as_ref()
+                .filter(|_| changed)
+                .map(|s| s.release.clone()),
+            changed,
+        };
+        if !self.spec.force {
+            if let Some(current) = serving.as_ref().filter(|c| wanted(c)) {
+                let step = format!("{} already running", svc.name);
+                let started = Instant::now();
+                self.ctx.step_started(&step, &current.name);
+                self.ctx.step_finished(
+                    &step,
+                    true,
+                    &format!(
+                        "release {} with these settings (hash {}) already serves here",
+                        self.spec.release,
+                        &hash[..naming::NAME_HASH_LEN]
+                    ),
+                    started,
+                );
+                return Ok((
+                    result(current, false),
+                    Switched {
+                        service: svc.clone(),
+                        new_id: current.id.clone(),
+                        changed: false,
+                        old: None,
+                        upstream_before: None,
+                    },
+                ));
+            }
+            if let Some(adopt) = existing.iter().find(|c| c.running && wanted(c)) {
+                let switched = self
+                    .replace(svc, Candidate::Adopt(adopt), serving.clone())
+                    .await?;
+                let mut r = result(adopt, true);
+                r.host_port = self.host_port(&switched.new_id).await;
+                return Ok((r, switched));
+            }
         }
-        self.ensure_image(svc).await?;
         self.ensure_volumes(svc).await?;
-        // A container of this release left over from an earlier attempt.
-        if let Some(stale) = existing.iter().find(|c| c.name == name) {
-            self.remove(&stale.id).await;
+        for c in existing.iter().filter(|c| c.name == name) {
+            if c.running {
+                // `force`: the container of this very release and hash runs
+                // (and may serve): out of the new one's way, kept until the
+                // new one has taken over.
+                let aside = format!("{name}-replaced-{}", &c.id[..12.min(c.id.len())]);
+                self.docker
+                    .rename_container(
+                        &c.id,
+                        RenameContainerOptions {
+                            name: aside.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| docker_err(&format!("rename {name} to {aside}"), e))?;
+            } else {
+                // Left over, stopped, by an earlier attempt.
+                self.remove(&c.id).await;
+            }
         }
         self.cancelled()?;
-        let switched = match (svc.strategy, svc.http_port()) {
-            (Strategy::BlueGreen, Some(_)) => self.blue_green(svc, &name, serving.clone()).await?,
-            (Strategy::BlueGreen, None) => {
-                self.start_then_stop(svc, &name, serving.clone()).await?
-            }
-            (Strategy::Recreate, _) => self.recreate(svc, &name, serving.clone()).await?,
-        };
+        let switched = self
+            .replace(
+                svc,
+                Candidate::New {
+                    name: &name,
+                    hash: &hash,
+                },
+                serving.clone(),
+            )
+            .await?;
         let host_port = self.host_port(&switched.new_id).await;
         Ok((
             ServiceResult {
@@ -301,15 +604,58 @@ impl Deployer<'_> {
                 container: name,
                 image: svc.image.clone(),
                 release: self.spec.release.clone(),
+                hash,
                 host_port,
                 previous_release: serving.map(|s| s.release),
                 changed: true,
             },
-            Some(switched),
+            switched,
         ))
     }
 
-    async fn ensure_image(&self, svc: &ServiceDeploy) -> Result<(), TaskFailure> {
+    /// Puts `candidate` in place of `serving` by the service's strategy.
+    async fn replace(
+        &self,
+        svc: &ServiceDeploy,
+        candidate: Candidate<'_>,
+        serving: Option<Existing>,
+    ) -> Result<Switched, TaskFailure> {
+        match (svc.strategy, svc.http_port(), candidate) {
+            (Strategy::BlueGreen, Some(_), c) => self.blue_green(svc, c, serving).await,
+            (Strategy::Recreate, _, Candidate::New { name, hash }) => {
+                self.recreate(svc, name, hash, serving).await
+            }
+            // A worker, or a recreate service whose new container already
+            // runs: gate it, then stop the old one.
+            (_, _, c) => self.start_then_stop(svc, c, serving).await,
+        }
+    }
+
+    /// Starts the new container, or takes the running one over.
+    async fn obtain(
+        &self,
+        svc: &ServiceDeploy,
+        candidate: Candidate<'_>,
+    ) -> Result<String, TaskFailure> {
+        match candidate {
+            Candidate::New { name, hash } => self.start_new(svc, name, hash).await,
+            Candidate::Adopt(c) => {
+                let step = format!("start {}", svc.name);
+                let started = Instant::now();
+                self.ctx.step_started(&step, &c.name);
+                self.ctx.step_finished(
+                    &step,
+                    true,
+                    "already running (started by an earlier attempt); not started again",
+                    started,
+                );
+                Ok(c.id.clone())
+            }
+        }
+    }
+
+    /// The image, pulled as the policy says, and its ID on this engine.
+    async fn ensure_image(&self, svc: &ServiceDeploy) -> Result<String, TaskFailure> {
         let step = format!("image {}", svc.name);
         let started = Instant::now();
         self.ctx.step_started(&step, &svc.image);
@@ -319,7 +665,7 @@ impl Deployer<'_> {
             PullPolicy::IfMissing => !present,
             PullPolicy::Never => false,
         };
-        if !pull {
+        let note = if !pull {
             if !present {
                 let why = format!(
                     "image {} is not on this host and pull is \"never\"",
@@ -328,19 +674,32 @@ impl Deployer<'_> {
                 self.ctx.step_finished(&step, false, &why, started);
                 return Err(TaskFailure::Failed(why));
             }
-            self.ctx
-                .step_finished(&step, true, "using the local image", started);
-            return Ok(());
-        }
-        match self.pull(svc, &step).await {
-            Ok(()) => {
-                self.ctx.step_finished(&step, true, "pulled", started);
-                Ok(())
-            }
-            Err(why) => {
+            "using the local image"
+        } else {
+            if let Err(why) = self.pull(svc, &step).await {
                 let why = self.redact(&why);
                 self.ctx.step_finished(&step, false, &why, started);
-                Err(TaskFailure::Failed(format!("pull {}: {why}", svc.image)))
+                self.cancelled()?;
+                return Err(TaskFailure::Failed(format!("pull {}: {why}", svc.image)));
+            }
+            "pulled"
+        };
+        match self.docker.inspect_image(&svc.image).await {
+            Ok(image) if image.id.as_deref().is_some_and(|id| !id.is_empty()) => {
+                let id = image.id.unwrap_or_default();
+                self.ctx
+                    .step_finished(&step, true, &format!("{note}: {id}"), started);
+                Ok(id)
+            }
+            Ok(_) => {
+                let why = format!("the engine reports no ID for image {}", svc.image);
+                self.ctx.step_finished(&step, false, &why, started);
+                Err(TaskFailure::Failed(why))
+            }
+            Err(e) => {
+                let why = format!("inspect image {}: {e}", svc.image);
+                self.ctx.step_finished(&step, false, &why, started);
+                Err(TaskFailure::Failed(why))
             }
         }
     }
@@ -424,7 +783,12 @@ impl Deployer<'_> {
 
     /// Creates and starts the new container. HTTP services are published on
     /// a free loopback port for health checks and nginx.
-    async fn start_new(&self, svc: &ServiceDeploy, name: &str) -> Result<String, TaskFailure> {
+    async fn start_new(
+        &self,
+        svc: &ServiceDeploy,
+        name: &str,
+        hash: &str,
+    ) -> Result<String, TaskFailure> {
         let step = format!("start {}", svc.name);
         let started = Instant::now();
         self.ctx.step_started(&step, name);
@@ -480,7 +844,7 @@ impl Deployer<'_> {
             image: Some(svc.image.clone()),
             cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
             env: Some(env),
-            labels: Some(self.labels(&svc.name)),
+            labels: Some(self.labels(&svc.name, hash)),
             user: svc.user.clone(),
             exposed_ports: Some(
                 svc.ports
@@ -542,15 +906,22 @@ impl Deployer<'_> {
         health_gate::host_port(&self.docker, id).await
     }
 
-    /// Waits until the new container is healthy, or says why it is not.
-    async fn health_gate(&self, svc: &ServiceDeploy, id: &str) -> Result<(), String> {
+    fn gate(&self) -> health_gate::Gate<'_> {
         health_gate::Gate {
             docker: &self.docker,
             ctx: self.ctx,
             http: &self.http,
         }
-        .wait(&svc.name, &svc.health, id)
-        .await
+    }
+
+    /// Waits until the new container is healthy, or says why it is not.
+    async fn health_gate(&self, svc: &ServiceDeploy, id: &str) -> Result<(), String> {
+        self.gate().wait(&svc.name, &svc.health, id).await
+    }
+
+    /// (running, restart count, exit code).
+    async fn container_state(&self, id: &str) -> Result<(bool, i64, i64), String> {
+        self.gate().container_state(id).await
     }
 
     /// The container's last log lines, redacted, each also reported as a log event.
@@ -597,10 +968,10 @@ impl Deployer<'_> {
     async fn blue_green(
         &self,
         svc: &ServiceDeploy,
-        name: &str,
+        candidate: Candidate<'_>,
         old: Option<Existing>,
     ) -> Result<Switched, TaskFailure> {
-        let id = self.start_new(svc, name).await?;
+        let id = self.obtain(svc, candidate).await?;
         if let Err(why) = self.health_gate(svc, &id).await {
             return Err(self.fail_new(svc, &id, why).await);
         }
@@ -613,18 +984,33 @@ impl Deployer<'_> {
         let started = Instant::now();
         self.ctx
             .step_started(&step, &format!("nginx upstream to 127.0.0.1:{port}"));
-        let before = match self.write_upstream(&svc.name, Some(port)).await {
-            Ok(before) => before,
+        let path = self.upstream_path(&svc.name);
+        let before = std::fs::read_to_string(&path).unwrap_or_default();
+        let body = format!(
+            "# Written by ferry: {} {} {} release {}\nserver 127.0.0.1:{port};\n",
+            self.spec.app, self.spec.env, svc.name, self.spec.release
+        );
+        // With nothing serving before there is nothing to protect: an
+        // unconfirmed switch is reported, not undone (a first deploy comes
+        // before its nginx site, which cannot include a missing file).
+        let strict = old.is_some();
+        match self.switch(svc, &body, Some(port), &before, strict).await {
+            Ok(confirmed) => {
+                self.ctx.step_finished(&step, true, &confirmed, started);
+            }
             Err(why) => {
                 self.ctx.step_finished(&step, false, &why, started);
-                return Err(self.fail_new(svc, &id, why).await);
+                self.remove(&id).await;
+                return Err(TaskFailure::Failed(format!(
+                    "service {}: switch failed, the previous container keeps serving: {why}",
+                    svc.name
+                )));
             }
-        };
-        self.ctx
-            .step_finished(&step, true, "nginx reloaded", started);
+        }
         Ok(Switched {
             service: svc.clone(),
             new_id: id,
+            changed: true,
             old,
             upstream_before: Some(before),
         })
@@ -633,16 +1019,17 @@ impl Deployer<'_> {
     async fn start_then_stop(
         &self,
         svc: &ServiceDeploy,
-        name: &str,
+        candidate: Candidate<'_>,
         old: Option<Existing>,
     ) -> Result<Switched, TaskFailure> {
-        let id = self.start_new(svc, name).await?;
+        let id = self.obtain(svc, candidate).await?;
         if let Err(why) = self.health_gate(svc, &id).await {
             return Err(self.fail_new(svc, &id, why).await);
         }
         Ok(Switched {
             service: svc.clone(),
             new_id: id,
+            changed: true,
             old,
             upstream_before: None,
         })
@@ -652,13 +1039,18 @@ impl Deployer<'_> {
         &self,
         svc: &ServiceDeploy,
         name: &str,
+        hash: &str,
         old: Option<Existing>,
     ) -> Result<Switched, TaskFailure> {
         if let Some(o) = &old {
             self.stop(&o.id, &format!("stop {} {}", svc.name, o.release))
                 .await;
         }
-        let id = match self.start_new(svc, name).await {
+        if let Err(e) = self.cancelled() {
+            self.restart_old(svc, old.as_ref()).await;
+            return Err(e);
+        }
+        let id = match self.start_new(svc, name, hash).await {
             Ok(id) => id,
             Err(e) => {
                 self.restart_old(svc, old.as_ref()).await;
@@ -673,6 +1065,7 @@ impl Deployer<'_> {
         Ok(Switched {
             service: svc.clone(),
             new_id: id,
+            changed: true,
             old,
             upstream_before: None,
         })
@@ -692,92 +1085,230 @@ impl Deployer<'_> {
                 self.ctx
                     .step_finished(&step, true, "previous release serving again", started)
             }
-            Err(e) => self
-                .ctx
-                .step_finished(&step, false, &e.to_string(), started),
+            Err(e) => {
+                self.ctx
+                    .step_finished(&step, false, &e.to_string(), started);
+                self.unrestored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((svc.name.clone(), format!("start {}: {e}", o.name)));
+            }
         }
     }
 
-    /// Points the service's nginx upstream at `port` (or back to `before`)
-    /// and reloads nginx; returns what the file said before.
-    async fn write_upstream(&self, service: &str, port: Option<u16>) -> Result<String, String> {
+    /// Writes `body` to the service's upstream file and makes nginx use
+    /// it, confirmed: (a) nginx's configuration (`nginx -T`) includes the
+    /// file, (b) nginx reloads, (c) with an `nginx_url`, a request through
+    /// nginx is answered by `127.0.0.1:port`. On any failure the file gets
+    /// `restore` back (and nginx is reloaded if it was). Not `strict`, a
+    /// failed confirmation is only noted. Returns what was confirmed, for
+    /// the step's message.
+    async fn switch(
+        &self,
+        svc: &ServiceDeploy,
+        body: &str,
+        port: Option<u16>,
+        restore: &str,
+        strict: bool,
+    ) -> Result<String, String> {
         let nginx = &self.ctx.host.nginx;
-        let path = nginx.upstream_dir.join(naming::upstream_file(
-            &self.spec.app,
-            &self.spec.env,
-            service,
-        ));
-        let before = std::fs::read_to_string(&path).unwrap_or_default();
-        let body = match port {
-            Some(port) => format!(
-                "# Written by ferry: {} {} {} release {}\nserver 127.0.0.1:{port};\n",
-                self.spec.app, self.spec.env, service, self.spec.release
-            ),
-            None => before.clone(),
-        };
+        let path = self.upstream_path(&svc.name);
+        let put_back = || fsutil::write_atomic(&path, restore.as_bytes(), Mode::Public, true);
         fsutil::write_atomic(&path, body.as_bytes(), Mode::Public, true)
             .map_err(|e| e.to_string())?;
+        let mut notes = Vec::new();
+        let mut included = true;
+        match nginx.test_command() {
+            None => notes.push(
+                "not confirmed that nginx includes the file: no [nginx] test_command".to_string(),
+            ),
+            Some(cmd) => match nginx_includes(&cmd, &path).await {
+                Ok(()) => notes.push(format!("nginx includes {}", path.display())),
+                Err(why) if !strict => {
+                    included = false;
+                    notes.push(format!("not confirmed: {why}"));
+                }
+                Err(why) => {
+                    let _ = put_back();
+                    return Err(why);
+                }
+            },
+        }
         if let Err(why) = reload_nginx(&nginx.reload_command).await {
-            let _ = fsutil::write_atomic(&path, before.as_bytes(), Mode::Public, true);
+            let _ = put_back();
             let _ = reload_nginx(&nginx.reload_command).await;
             return Err(why);
         }
-        Ok(before)
+        notes.push("reloaded".into());
+        match (&svc.nginx_url, port) {
+            // No request can reach the new container through a file nginx
+            // does not read.
+            (Some(_), Some(_)) if !included => {}
+            (Some(url), Some(port)) => match self.through_nginx(svc, url, port).await {
+                Ok(note) => notes.push(note),
+                Err(why) if !strict => notes.push(format!("not confirmed: {why}")),
+                Err(why) => {
+                    let _ = put_back();
+                    let _ = reload_nginx(&nginx.reload_command).await;
+                    return Err(why);
+                }
+            },
+            (Some(_), None) => {}
+            (None, _) => notes.push(
+                "no nginx_url for this service, so no request through nginx confirmed it".into(),
+            ),
+        }
+        Ok(notes.join("; "))
+    }
+
+    /// GETs the service through nginx (`nginx_url` and the health check's
+    /// path) until nginx says `127.0.0.1:port` answered.
+    async fn through_nginx(
+        &self,
+        svc: &ServiceDeploy,
+        base: &str,
+        port: u16,
+    ) -> Result<String, String> {
+        let path = match &svc.health.check {
+            HealthCheck::Http { path } => path.as_str(),
+            _ => "/",
+        };
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let want = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + NGINX_CONFIRM_WITHIN;
+        let mut last;
+        loop {
+            last = match self.http.get(&url, Duration::from_secs(2)).await {
+                Ok(a) => match a.headers.get(UPSTREAM_HEADER).and_then(|v| v.to_str().ok()) {
+                    // `$upstream_addr` lists every backend tried, last one last.
+                    Some(addrs)
+                        if addrs.rsplit(',').next().map(str::trim) == Some(want.as_str()) =>
+                    {
+                        return Ok(format!("GET {url} answered by {want} through nginx"));
+                    }
+                    Some(addrs) => format!("answered {} by {addrs}", a.status),
+                    None => format!(
+                        "answered {} without an X-Ferry-Upstream header: add `add_header X-Ferry-Upstream $upstream_addr always;` to the site",
+                        a.status
+                    ),
+                },
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "nginx did not send GET {url} to the new container ({want}) within {}: last {last}",
+            ferry_common::time::format_duration(NGINX_CONFIRM_WITHIN)
+        ))
     }
 
     /// Switches a service back to its previous container (a later service
-    /// of this release failed).
+    /// of this release failed, or the task was cancelled).
     async fn undo(&self, s: Switched) {
+        if !s.changed {
+            return;
+        }
         let step = format!("revert {}", s.service.name);
         let started = Instant::now();
-        self.ctx.step_started(
-            &step,
-            "a later service failed; back to the previous release",
-        );
-        if let Some(old) = &s.old {
-            let _ = self
-                .docker
-                .start_container(&old.id, None::<StartContainerOptions>)
-                .await;
-        }
-        if let Some(before) = &s.upstream_before {
-            let nginx = &self.ctx.host.nginx;
-            let path = nginx.upstream_dir.join(naming::upstream_file(
-                &self.spec.app,
-                &self.spec.env,
-                &s.service.name,
-            ));
-            let _ = fsutil::write_atomic(&path, before.as_bytes(), Mode::Public, true);
-            let _ = reload_nginx(&nginx.reload_command).await;
-        }
-        self.remove(&s.new_id).await;
         self.ctx
-            .step_finished(&step, true, "previous release restored", started);
+            .step_started(&step, "back to the release that served before");
+        let mut problems = Vec::new();
+        let blue_green = s.upstream_before.is_some();
+        if !blue_green {
+            // Recreate or worker: the new container goes first, as a fixed
+            // host port is held by one container only.
+            self.remove(&s.new_id).await;
+        }
+        if let Some(old) = &s.old {
+            let running = matches!(self.container_state(&old.id).await, Ok((true, _, _)));
+            if !running
+                && let Err(e) = self
+                    .docker
+                    .start_container(&old.id, None::<StartContainerOptions>)
+                    .await
+            {
+                problems.push(format!("start {}: {e}", old.name));
+            }
+        }
+        let mut confirmed = String::new();
+        if let Some(before) = &s.upstream_before {
+            let current =
+                std::fs::read_to_string(self.upstream_path(&s.service.name)).unwrap_or_default();
+            match self
+                .switch(&s.service, before, upstream_port(before), &current, true)
+                .await
+            {
+                Ok(note) => confirmed = note,
+                Err(why) => problems.push(format!("switch back: {why}")),
+            }
+        }
+        if problems.is_empty() {
+            self.remove(&s.new_id).await;
+            let message = match &s.old {
+                Some(o) => format!("release {} serving again; {confirmed}", o.release),
+                None => "the new container is removed; nothing served before".into(),
+            };
+            self.ctx.step_finished(&step, true, &message, started);
+        } else {
+            // A blue-green service keeps its new container serving rather
+            // than nothing.
+            let why = problems.join("; ");
+            self.ctx.step_finished(&step, false, &why, started);
+            self.unrestored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((s.service.name.clone(), why));
+        }
     }
 
-    /// After a successful switch: drain and stop the old container, keep it
-    /// for rollback, remove older releases.
+    /// After the whole release succeeded: drain and stop the container
+    /// that served before, stop every other running container of the
+    /// service (orphans of attempts cut short), keep the newest
+    /// `keep_releases` stopped releases and remove the rest.
     async fn retire_old(&self, s: &Switched) -> Result<(), TaskFailure> {
-        if let Some(old) = &s.old {
-            if s.upstream_before.is_some() && !self.ctx.host.nginx.drain.is_zero() {
-                tokio::time::sleep(self.ctx.host.nginx.drain).await;
-            }
-            if old.running {
-                self.stop(&old.id, &format!("stop {} {}", s.service.name, old.release))
-                    .await;
-            }
+        let name = &s.service.name;
+        let containers = self.existing(name).await?;
+        let others: Vec<&Existing> = containers.iter().filter(|c| c.id != s.new_id).collect();
+        if s.changed
+            && s.upstream_before.is_some()
+            && s.old
+                .as_ref()
+                .is_some_and(|o| others.iter().any(|c| c.id == o.id && c.running))
+            && !self.ctx.host.nginx.drain.is_zero()
+        {
+            tokio::time::sleep(self.ctx.host.nginx.drain).await;
         }
-        let keep: Vec<&str> = [
-            Some(s.new_id.as_str()),
-            s.old.as_ref().map(|o| o.id.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for c in self.existing(&s.service.name).await? {
-            if !keep.contains(&c.id.as_str()) && !c.running {
+        for c in others.iter().filter(|c| c.running) {
+            let what = if s.old.as_ref().is_some_and(|o| o.id == c.id) {
+                "previous"
+            } else {
+                "orphan"
+            };
+            self.stop(&c.id, &format!("stop {name} {} ({what})", c.release))
+                .await;
+        }
+        let stopped: Vec<&Existing> = others.to_vec();
+        let prune = to_prune(&stopped, &self.spec.release, self.spec.keep_releases);
+        if !prune.is_empty() {
+            let step = format!("prune {name}");
+            let started = Instant::now();
+            self.ctx.step_started(
+                &step,
+                &format!("keep {} stopped release(s)", self.spec.keep_releases),
+            );
+            for c in &prune {
                 self.remove(&c.id).await;
             }
+            let names: Vec<&str> = prune.iter().map(|c| c.name.as_str()).collect();
+            self.ctx.step_finished(
+                &step,
+                true,
+                &format!("removed {}", names.join(", ")),
+                started,
+            );
         }
         Ok(())
     }
@@ -815,6 +1346,37 @@ impl Deployer<'_> {
     }
 }
 
+/// Runs nginx's configuration dump (`nginx -T`) and checks that it holds
+/// `file`.
+async fn nginx_includes(command: &[String], file: &Path) -> Result<(), String> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| "the [nginx] test_command is empty".to_string())?;
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("nginx configuration dump ({program}): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nginx configuration dump ({}) failed with {}: {}",
+            command.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    if dump_includes(&String::from_utf8_lossy(&out.stdout), file) {
+        return Ok(());
+    }
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    Err(format!(
+        "nginx does not include {}: add `include {}/*.conf;` (or that file) inside the upstream block of the service's site (checked with {})",
+        file.display(),
+        dir.display(),
+        command.join(" ")
+    ))
+}
+
 pub(super) async fn reload_nginx(command: &[String]) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or_else(|| {
         "no nginx reload command configured (agent.toml [nginx] reload_command)".to_string()
@@ -833,5 +1395,168 @@ pub(super) async fn reload_nginx(command: &[String]) -> Result<(), String> {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> ServiceDeploy {
+        serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "image": "shop:1.0.0",
+            "pull": "never",
+            "command": ["serve", "--port", "8080"],
+            "env": {"GREETING": "hi"},
+            "secrets": ["API_TOKEN"],
+            "ports": [{"container": 8080}],
+            "volumes": [{"name": "data", "target": "/data"}],
+            "user": "1000",
+            "memory_bytes": 134217728,
+            "cpus": 0.5,
+            "restart": "unless-stopped",
+            "health": {"check": {"http": {"path": "/health"}}, "interval": "1s", "timeout": "1s", "retries": 3},
+            "strategy": "blue-green",
+        }))
+        .unwrap()
+    }
+
+    const SECRET: &str = "correct-horse-battery-staple";
+
+    fn secrets(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("API_TOKEN".to_string(), value.to_string())])
+    }
+
+    fn hash(svc: &ServiceDeploy, image: &str, secret: &str) -> String {
+        settings_hash(svc, image, &secrets(secret)).unwrap().0
+    }
+
+    #[test]
+    fn every_setting_changes_the_hash_and_no_secret_is_hashed_in_the_clear() {
+        let base = service();
+        let h = hash(&base, "sha256:aaa", SECRET);
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, hash(&base, "sha256:aaa", SECRET), "deterministic");
+        type Change = fn(&mut ServiceDeploy);
+        let changes: Vec<(&str, Change)> = vec![
+            ("env value", |s| {
+                s.env.insert("GREETING".into(), "hello".into());
+            }),
+            ("env variable", |s| {
+                s.env.insert("NEW".into(), "1".into());
+            }),
+            ("command", |s| s.command.push("--debug".into())),
+            ("port", |s| s.ports[0].container = 9090),
+            ("fixed host port", |s| s.ports[0].host = Some(80)),
+            ("volume", |s| s.volumes[0].target = "/srv".into()),
+            ("read-only volume", |s| s.volumes[0].read_only = true),
+            ("user", |s| s.user = Some("1001".into())),
+            ("memory", |s| s.memory_bytes = Some(256 << 20)),
+            ("cpus", |s| s.cpus = Some(1.0)),
+            ("restart", |s| s.restart = RestartPolicy::Always),
+            ("health path", |s| {
+                s.health.check = HealthCheck::Http {
+                    path: "/ready".into(),
+                }
+            }),
+            ("health retries", |s| s.health.retries = 4),
+            ("secret added", |s| s.secrets.clear()),
+        ];
+        for (what, change) in changes {
+            let mut svc = base.clone();
+            change(&mut svc);
+            assert_ne!(hash(&svc, "sha256:aaa", SECRET), h, "{what}");
+        }
+        assert_ne!(hash(&base, "sha256:bbb", SECRET), h, "image");
+        assert_ne!(hash(&base, "sha256:aaa", "rotated"), h, "rotated secret");
+        // How it is switched is not what runs.
+        let mut svc = base.clone();
+        svc.strategy = Strategy::Recreate;
+        svc.nginx_url = Some("http://127.0.0.1:8081".into());
+        svc.pull = PullPolicy::Always;
+        assert_eq!(hash(&svc, "sha256:aaa", SECRET), h);
+
+        let (_, text) = settings_hash(&base, "sha256:aaa", &secrets(SECRET)).unwrap();
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(
+            text.contains("API_TOKEN") && text.contains("GREETING"),
+            "{text}"
+        );
+        let err = settings_hash(&base, "sha256:aaa", &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.contains("secret API_TOKEN of service web was not sent"),
+            "{err}"
+        );
+    }
+
+    fn c(id: &str, release: &str, running: bool, port: Option<u16>, created: i128) -> Existing {
+        Existing {
+            id: id.into(),
+            name: format!("shop-prod-web-{release}-{id}"),
+            release: release.into(),
+            hash: "h".into(),
+            running,
+            host_port: port,
+            created,
+        }
+    }
+
+    #[test]
+    fn the_current_container_is_the_one_nginx_names_or_the_newest_running() {
+        let all = [
+            c("a", "1", true, Some(1001), 1),
+            c("b", "2", true, Some(1002), 3),
+            c("x", "3", false, Some(1003), 4),
+            c("c", "2", true, Some(1004), 2),
+        ];
+        assert_eq!(current(&all, true, Some(1001)).unwrap().id, "a");
+        assert!(current(&all, true, Some(1003)).is_none(), "not running");
+        assert!(current(&all, true, None).is_none(), "no upstream file");
+        assert_eq!(current(&all, false, None).unwrap().id, "b");
+        assert!(current(&all[2..3], false, None).is_none());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_stopped_container_of_the_newest_releases() {
+        let all = [
+            c("r1", "1", false, None, 1),
+            c("r2", "2", false, None, 2),
+            c("r2b", "2", false, None, 3),
+            c("r3", "3", false, None, 4),
+            c("r4", "4", false, None, 5),
+            c("now", "5", false, None, 6),
+        ];
+        let stopped: Vec<&Existing> = all.iter().collect();
+        let ids = |keep| -> Vec<&str> {
+            let mut v: Vec<&str> = to_prune(&stopped, "5", keep)
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(2), ["now", "r1", "r2", "r2b"]);
+        assert_eq!(ids(3), ["now", "r1", "r2"]);
+        assert_eq!(ids(50), ["now", "r2"]);
+    }
+
+    #[test]
+    fn upstream_files_and_nginx_dumps_are_read() {
+        assert_eq!(
+            upstream_port("# Written by ferry\nserver 127.0.0.1:32768;\n"),
+            Some(32768)
+        );
+        assert_eq!(upstream_port(""), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop-prod-web.conf");
+        std::fs::write(&file, "server 127.0.0.1:1;\n").unwrap();
+        let dump = format!(
+            "# configuration file /etc/nginx/nginx.conf:\nhttp {{}}\n\n# configuration file {}:\nserver 127.0.0.1:1;\n",
+            file.display()
+        );
+        assert!(dump_includes(&dump, &file));
+        assert!(!dump_includes(&dump, &dir.path().join("other.conf")));
+        assert!(!dump_includes("server 127.0.0.1:1;", &file));
     }
 }

@@ -132,7 +132,7 @@ impl Gate<'_> {
     }
 
     /// (running, restart count, exit code).
-    async fn container_state(&self, id: &str) -> Result<(bool, i64, i64), String> {
+    pub async fn container_state(&self, id: &str) -> Result<(bool, i64, i64), String> {
         let c = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)

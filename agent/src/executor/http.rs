@@ -39,6 +39,7 @@ pub struct Answer {
     pub status: u16,
     pub body: Bytes,
     pub latency: Duration,
+    pub headers: hyper::HeaderMap,
 }
 
 #[derive(Clone)]
@@ -66,16 +67,18 @@ impl HttpClient {
                 .await
                 .map_err(|e| ferry_common::tls::error_chain(&e))?;
             let status = res.status().as_u16();
+            let headers = res.headers().clone();
             let body = read_limited(res.into_body(), BODY_LIMIT).await?;
-            Ok::<_, String>((status, body))
+            Ok::<_, String>((status, body, headers))
         };
-        let (status, body) = tokio::time::timeout(timeout, fetch)
+        let (status, body, headers) = tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))??;
         Ok(Answer {
             status,
             body,
             latency: started.elapsed(),
+            headers,
         })
     }
 }

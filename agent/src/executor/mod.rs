@@ -35,6 +35,9 @@ pub struct Done {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskFailure {
     Cancelled,
+    /// Cancelled after the executor put the host back; the message says
+    /// in what state it left it ("cancelled; web back on release 1.4.1").
+    Undone(String),
     Failed(String),
 }
 

@@ -97,6 +97,8 @@ pub struct AppFile {
     pub services: Vec<Service>,
     /// HTTP checks run from every host after its deploy.
     pub smoke: Vec<HttpCheck>,
+    /// Stopped releases each host keeps per service for a fast rollback.
+    pub keep_releases: u32,
 }
 
 /// `[rollout]`.
@@ -161,12 +163,26 @@ struct RawAppFile {
     services: BTreeMap<String, RawService>,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
+    keep_releases: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRollout {
     max_parallel: Option<i64>,
+}
+
+/// `keep_releases`: 1 to [`crate::job::MAX_KEEP_RELEASES`].
+fn keep_releases(n: i64) -> Result<u32, String> {
+    let max = crate::job::MAX_KEEP_RELEASES;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "must be 1 to {max} (stopped releases kept per service for a rollback), got {n}"
+            )
+        })
 }
 
 /// Parses and validates an app file. `path_for_messages` names the file in
@@ -267,6 +283,11 @@ impl Check {
             .map(|(i, s)| self.smoke(&root.key("smoke").index(i), s))
             .collect();
 
+        let keep_releases = raw
+            .keep_releases
+            .and_then(|n| self.ok(&root.key("keep_releases"), keep_releases(n)))
+            .unwrap_or(crate::job::DEFAULT_KEEP_RELEASES);
+
         self.across(&environments, &services);
         AppFile {
             app,
@@ -274,6 +295,7 @@ impl Check {
             environments,
             services,
             smoke,
+            keep_releases,
         }
     }
 
@@ -561,6 +583,46 @@ mod tests {
         let f = ok(example);
         assert_eq!(f.app, "tecket");
         assert_eq!(f.services.len(), 2);
+    }
+
+    #[test]
+    fn keep_releases_defaults_to_three_and_is_bounded() {
+        assert_eq!(ok(&service("")).keep_releases, 3);
+        let f = ok(&format!("keep_releases = 2\n{}", service("")));
+        assert_eq!(f.keep_releases, 2);
+        assert_eq!(f.deploy_spec("staging", "1").unwrap().keep_releases, 2);
+        for bad in ["0", "51", "-1"] {
+            assert_eq!(
+                problem(&format!("keep_releases = {bad}\n{}", service(""))),
+                format!(
+                    "1: keep_releases: must be 1 to 50 (stopped releases kept per service for a rollback), got {bad}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn nginx_url_is_an_http_url_of_a_blue_green_service() {
+        let f = ok(&service(
+            "ports = [8080]\nnginx_url = \"http://127.0.0.1:8081\"",
+        ));
+        let spec = f.deploy_spec("staging", "1").unwrap();
+        assert_eq!(
+            spec.services[0].nginx_url.as_deref(),
+            Some("http://127.0.0.1:8081")
+        );
+        assert!(
+            problem(&service(
+                "ports = [8080]\nnginx_url = \"https://shop.example.com\""
+            ))
+            .starts_with(
+                "7: services.web.nginx_url: \"https://shop.example.com\" must be an http:// URL"
+            )
+        );
+        assert_eq!(
+            problem(&service("nginx_url = \"http://127.0.0.1:8081\"")),
+            "6: services.web.nginx_url: only a blue-green service is switched through nginx; remove nginx_url or use strategy = \"blue-green\""
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl AppFile {
                     restart: svc.restart,
                     health,
                     strategy: svc.strategy(),
+                    nginx_url: svc.nginx_url.clone(),
                 }
             })
             .collect();
@@ -86,6 +87,7 @@ impl AppFile {
             release: version.to_string(),
             services,
             force: false,
+            keep_releases: self.keep_releases,
         })
     }
 }

@@ -50,6 +50,9 @@ pub struct Service {
     /// As written; see [`Service::strategy`] for the default.
     pub strategy: Option<Strategy>,
     pub healthcheck: Option<Healthcheck>,
+    /// Blue-green: the service as this host's nginx serves it, used to
+    /// confirm that a switch reached the new container.
+    pub nginx_url: Option<String>,
 }
 
 impl Service {
@@ -208,7 +211,19 @@ impl Check {
             restart,
             strategy,
             healthcheck,
+            nginx_url: raw.nginx_url,
         };
+        if let Some(url) = &service.nginx_url {
+            let p = path.key("nginx_url");
+            if self.ok(&p, rules::nginx_url(url)).is_some()
+                && service.strategy() != Strategy::BlueGreen
+            {
+                self.err(
+                    &p,
+                    "only a blue-green service is switched through nginx; remove nginx_url or use strategy = \"blue-green\"",
+                );
+            }
+        }
         if service.strategy == Some(Strategy::BlueGreen) {
             let p = path.key("strategy");
             if service.ports.is_empty() {
@@ -295,6 +310,7 @@ pub(super) struct RawService {
     pub(super) restart: Option<String>,
     pub(super) strategy: Option<String>,
     pub(super) healthcheck: Option<RawHealthcheck>,
+    pub(super) nginx_url: Option<String>,
 }
 
 /// `command`: an array of arguments, or a command line (refused by the
@@ -497,8 +513,8 @@ mod tests {
         let names: Vec<&str> = f.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["zz", "aa"]);
         assert_eq!(
-            naming::container("shop", "prod", "web", "7"),
-            "shop-prod-web-7"
+            naming::container("shop", "prod", "web", "7+b", "0123456789abcdef"),
+            "shop-prod-web-7-b-0123456789ab"
         );
         assert_eq!(naming::network("shop", "prod"), "shop-prod");
         assert_eq!(

@@ -19,11 +19,25 @@ pub struct DeploySpec {
     /// The release (version) being deployed, e.g. "1.4.2".
     pub release: String,
     pub services: Vec<ServiceDeploy>,
-    /// Replace the containers even when this release already runs with
-    /// the same settings (`ferry redeploy`: a crashed container, a secret
-    /// whose value changed).
+    /// Replace every service's container even when one of this release
+    /// with the same settings already runs (`ferry redeploy`: a crashed
+    /// container, an image tag pushed again).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Stopped containers of earlier releases kept per service for a fast
+    /// rollback (the app file's `keep_releases`); older ones are removed.
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: u32,
+}
+
+/// The app file's `keep_releases` when it says nothing (and a spec from
+/// before the field existed).
+pub const DEFAULT_KEEP_RELEASES: u32 = 3;
+/// The most stopped releases a host keeps per service.
+pub const MAX_KEEP_RELEASES: u32 = 50;
+
+fn default_keep_releases() -> u32 {
+    DEFAULT_KEEP_RELEASES
 }
 
 /// One service of a [`DeploySpec`], fully resolved.
@@ -56,6 +70,11 @@ pub struct ServiceDeploy {
     pub restart: RestartPolicy,
     pub health: HealthGate,
     pub strategy: Strategy,
+    /// The service as nginx serves it (`http://127.0.0.1:8081`): after a
+    /// blue-green switch the agent GETs the health path through it until
+    /// nginx's `X-Ferry-Upstream` header names the new container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nginx_url: Option<String>,
 }
 
 /// When to pull a service's image.
@@ -205,6 +224,12 @@ impl KindSpec for DeploySpec {
         if self.services.is_empty() {
             return Err("deploy spec: services: at least one service is required".into());
         }
+        if !(1..=MAX_KEEP_RELEASES).contains(&self.keep_releases) {
+            return Err(format!(
+                "deploy spec: keep_releases: must be 1 to {MAX_KEEP_RELEASES}, got {}",
+                self.keep_releases
+            ));
+        }
         for (i, svc) in self.services.iter().enumerate() {
             let field = |name: &str| format!("services[{i}].{name}");
             at(field("name"), rules::dns_name(&svc.name))?;
@@ -238,6 +263,9 @@ impl KindSpec for DeploySpec {
             }
             if let Some(user) = &svc.user {
                 at(field("user"), rules::user(user))?;
+            }
+            if let Some(url) = &svc.nginx_url {
+                at(field("nginx_url"), rules::nginx_url(url))?;
             }
         }
         Ok(())
@@ -313,8 +341,23 @@ pub mod naming {
     pub const LABEL_ENV: &str = "ferry.env";
     pub const LABEL_SERVICE: &str = "ferry.service";
     pub const LABEL_RELEASE: &str = "ferry.release";
+    /// A sha256 over everything that defines the container (image ID,
+    /// command, env, secret digests, ports, volumes, user, limits, restart
+    /// policy, health check): the agent's `settings_hash`.
+    pub const LABEL_HASH: &str = "ferry.hash";
 
-    pub fn container(app: &str, env: &str, service: &str, release: &str) -> String {
+    /// How much of [`LABEL_HASH`] a container name carries.
+    pub const NAME_HASH_LEN: usize = 12;
+
+    /// `<app>-<env>-<service>-<release>-<hash12>`: the hash suffix lets the
+    /// same release with new settings start beside the old container.
+    pub fn container(app: &str, env: &str, service: &str, release: &str, hash: &str) -> String {
+        let hash = &hash[..NAME_HASH_LEN.min(hash.len())];
+        format!("{}-{hash}", container_prefix(app, env, service, release))
+    }
+
+    /// [`container`] without the hash suffix.
+    pub fn container_prefix(app: &str, env: &str, service: &str, release: &str) -> String {
         // Docker names allow [a-zA-Z0-9_.-]; versions may carry '+'.
         let release: String = release
             .chars()

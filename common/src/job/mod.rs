@@ -30,8 +30,8 @@ pub mod restart;
 pub mod smoke;
 
 pub use deploy::{
-    DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RegistryAuth, RestartPolicy,
-    ServiceDeploy, Strategy, VolumeMount, naming,
+    DEFAULT_KEEP_RELEASES, DeploySpec, HealthCheck, HealthGate, MAX_KEEP_RELEASES, PortMapping,
+    PullPolicy, RegistryAuth, RestartPolicy, ServiceDeploy, Strategy, VolumeMount, naming,
 };
 pub use probe::ProbeSpec;
 pub use restart::{RestartService, RestartSpec};

@@ -462,7 +462,10 @@ impl Bench<'_> {
     /// The same work directly: the container config the agent creates,
     /// created, started, and polled at the same interval until healthy.
     async fn direct(&self, release: &str) -> Result<(Duration, Split)> {
-        let name = format!("{}-direct", naming::container(APP, ENV, SERVICE, release));
+        let name = format!(
+            "{}-direct",
+            naming::container_prefix(APP, ENV, SERVICE, release)
+        );
         let body = ContainerCreateBody {
             image: Some(self.args.image.clone()),
             cmd: None,
@@ -568,7 +571,7 @@ impl Bench<'_> {
         )]);
         let name = format!(
             "{}-direct",
-            naming::container(APP, ENV, SERVICE, "extra-calls")
+            naming::container_prefix(APP, ENV, SERVICE, "extra-calls")
         );
         for _ in 0..n {
             let t = Instant::now();
