@@ -1,5 +1,5 @@
-//! `ferry deploy`, `ferry rollback`: start a rollout of an app to an
-//! environment. The coordinator runs it (a CLI that dies does not stop or
+//! `ferry deploy`, `ferry rollback`, `ferry redeploy`, `ferry restart`:
+//! start a rollout of an app to an environment. The coordinator runs it (a CLI that dies does not stop or
 //! break a rollout); the CLI shows the plan, asks for confirmation where
 //! the environment is protected, and follows each step live.
 
@@ -29,6 +29,30 @@ pub enum Command {
     /// Redeploy an earlier release of an app's environment through the same
     /// health-gated path (default: the release before the current one).
     Rollback(RollbackArgs),
+    /// Redeploy the current release (its stored spec, containers recreated
+    /// even where it already runs) through the same batches, health gates,
+    /// switch, smoke checks and auto-revert: after `ferry secret set`, or
+    /// for a crashed container. Exit 0 when it is out, 1 otherwise.
+    Redeploy(AgainArgs),
+    /// Restart the current release's containers in place, host batch by
+    /// host batch, each gated on its service's health check before the
+    /// next batch. Exit 0 when every one is back and healthy, 1 otherwise.
+    Restart(AgainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgainArgs {
+    /// App name, e.g. shop.
+    #[arg(long)]
+    pub app: String,
+    /// Environment, e.g. production.
+    #[arg(long)]
+    pub env: String,
+    /// Only these services of the release (default: every one).
+    #[arg(value_name = "SERVICE")]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub flags: Flags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,7 +85,7 @@ pub struct RollbackArgs {
     pub flags: Flags,
 }
 
-/// Options of `ferry deploy` and `ferry rollback`.
+/// Options of `ferry deploy`, `rollback`, `redeploy` and `restart`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Flags {
     /// Show the plan and exit; nothing runs.
@@ -94,6 +118,13 @@ enum Start {
         env: String,
         to: Option<String>,
     },
+    /// The current release again: redeployed, or restarted.
+    Again {
+        restart: bool,
+        app: String,
+        env: String,
+        services: Vec<String>,
+    },
 }
 
 pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
@@ -122,8 +153,20 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
             };
             (what, a.flags)
         }
+        Command::Redeploy(a) => again(false, a),
+        Command::Restart(a) => again(true, a),
     };
     start(ctx, &what, &flags).await
+}
+
+fn again(restart: bool, a: AgainArgs) -> (Start, Flags) {
+    let what = Start::Again {
+        restart,
+        app: a.app,
+        env: a.env,
+        services: a.services,
+    };
+    (what, a.flags)
 }
 
 async fn start(ctx: &Ctx, what: &Start, flags: &Flags) -> Result<View, CliError> {
@@ -189,6 +232,24 @@ async fn request(
                 })
                 .await?
         }
+        Start::Again {
+            restart,
+            app,
+            env,
+            services,
+        } => {
+            let req = pb::RedeployRequest {
+                app: app.clone(),
+                env: env.clone(),
+                services: services.clone(),
+                dry_run,
+            };
+            if *restart {
+                client.restart(req).await?
+            } else {
+                client.redeploy(req).await?
+            }
+        }
     };
     Ok(reply.into_inner().rollout.unwrap_or_default())
 }
@@ -204,8 +265,11 @@ fn confirm(ctx: &Ctx, plan: &pb::Rollout) -> Result<(), CliError> {
     let mut stderr = io::stderr();
     let _ = write!(
         stderr,
-        "{} is protected. Type its name to deploy {} {} there: ",
-        plan.env, plan.app, plan.version
+        "{} is protected. Type its name to {} {} {} there: ",
+        plan.env,
+        crate::rollout::verb(&plan.kind),
+        plan.app,
+        plan.version
     );
     let _ = stderr.flush();
     let mut line = String::new();
@@ -215,7 +279,7 @@ fn confirm(ctx: &Ctx, plan: &pb::Rollout) -> Result<(), CliError> {
         .map_err(|e| CliError::usage(format!("reading the confirmation: {e}")))?;
     if line.trim() != plan.env {
         return Err(CliError::usage(format!(
-            "not confirmed (expected {:?}); nothing was deployed",
+            "not confirmed (expected {:?}); nothing was started",
             plan.env
         )));
     }

@@ -11,7 +11,8 @@
 //!   its agents, join tokens and operators.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
-//! - [`deploy`]: `deploy`, `rollback`; [`rollout`]: `releases`, `rollout`.
+//! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
+//!   `releases`, `rollout`, `rollout cancel`.
 //! - [`logs`]: a service's container logs; [`audit`]: the audit log;
 //!   `status --app` (in [`status`]): what runs where.
 //! - [`secrets`], [`validate`], [`completions`].

@@ -1,5 +1,6 @@
-//! `ferry releases`, `ferry rollout ID`, and what every rollout command
-//! shows: the plan, a rollout followed step by step, how it ended.
+//! `ferry releases`, `ferry rollout ID`, `ferry rollout cancel ID`, and
+//! what every rollout command shows: the plan, a rollout followed step by
+//! step, how it ended.
 
 use ferry_common::status::{RolloutKind, RolloutStatus};
 use std::io::{self, Write};
@@ -26,8 +27,28 @@ const POLL_MAX: Duration = Duration::from_millis(200);
 pub enum Command {
     /// Release history of an app: version, image, who, when, outcome.
     Releases(ReleasesArgs),
-    /// Follow a rollout by id until it ends (exit 0 succeeded, 1 otherwise).
-    Rollout {
+    /// Follow a rollout by id until it ends (exit 0 succeeded, 1 otherwise);
+    /// `ferry rollout cancel ID` stops one.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RolloutArgs {
+    /// Rollout id: the whole id, or at least 8 characters from either end (as `ferry releases` shows it).
+    #[arg(required = true)]
+    pub id: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Cancel a running rollout: its running step's job is cancelled, no
+    /// step starts after it, and hosts it (possibly) changed go back to the
+    /// previous release. Waits for the rollout to end; exit 0 when it ended
+    /// cancelled with every host back, 1 otherwise.
+    Cancel {
         /// Rollout id: the whole id, or at least 8 characters from either end (as `ferry releases` shows it).
         id: String,
     },
@@ -66,9 +87,59 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
                 current_ids: reply.current_ids,
             }))
         }
-        Command::Rollout { id } => Ok(View::Finished(Box::new(Finished(
-            follow_rollout(ctx, &mut s, &id).await?,
-        )))),
+        Command::Rollout(RolloutArgs {
+            action: Some(Action::Cancel { id }),
+            ..
+        }) => {
+            s.client
+                .cancel_rollout(pb::CancelRolloutRequest {
+                    rollout_id: id.clone(),
+                })
+                .await?;
+            ctx.print(&Note(format!(
+                "cancel of rollout {id} requested; waiting for it to stop and revert"
+            )))?;
+            Ok(View::Cancelled(Box::new(Cancelled(
+                wait_rollout(&mut s, &id).await?,
+            ))))
+        }
+        Command::Rollout(RolloutArgs { id, .. }) => {
+            let id = id.unwrap_or_default();
+            Ok(View::Finished(Box::new(Finished(
+                follow_rollout(ctx, &mut s, &id).await?,
+            ))))
+        }
+    }
+}
+
+/// Waits for a rollout to end, quietly.
+async fn wait_rollout(s: &mut Session, id: &str) -> Result<pb::Rollout, CliError> {
+    let mut pause = POLL_FIRST;
+    loop {
+        let r = s
+            .client
+            .get_rollout(pb::GetRolloutRequest {
+                rollout_id: id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .rollout
+            .unwrap_or_default();
+        if r.status != RolloutStatus::Running.as_str() {
+            return Ok(r);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// What a rollout of this kind does, as a verb ("roll back").
+pub fn verb(kind: &str) -> &'static str {
+    match kind.parse::<RolloutKind>() {
+        Ok(RolloutKind::Rollback) => "roll back",
+        Ok(RolloutKind::Redeploy) => "redeploy",
+        Ok(RolloutKind::Restart) => "restart",
+        Ok(RolloutKind::Deploy) | Err(_) => "deploy",
     }
 }
 
@@ -77,6 +148,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
 pub enum View {
     Releases(Releases),
     Finished(Box<Finished>),
+    Cancelled(Box<Cancelled>),
 }
 
 impl Render for View {
@@ -84,12 +156,14 @@ impl Render for View {
         match self {
             View::Releases(v) => v.text(t),
             View::Finished(v) => v.text(t),
+            View::Cancelled(v) => v.text(t),
         }
     }
     fn exit_code(&self) -> i32 {
         match self {
             View::Releases(v) => v.exit_code(),
             View::Finished(v) => v.exit_code(),
+            View::Cancelled(v) => v.exit_code(),
         }
     }
 }
@@ -166,6 +240,8 @@ pub fn rollout_json(r: &pb::Rollout) -> Value {
         "finished_at": ms(r.finished_at_ms),
         "trace_id": Some(&r.trace_id).filter(|v| !v.is_empty()),
         "rollback_of": Some(&r.rollback_of).filter(|v| !v.is_empty()),
+        "only_services": r.only_services,
+        "cancel_requested_by": Some(&r.cancel_requested_by).filter(|v| !v.is_empty()),
     })
 }
 
@@ -190,6 +266,7 @@ macro_rules! rollout_view_json {
 rollout_view_json!(Plan);
 rollout_view_json!(Detached);
 rollout_view_json!(Finished);
+rollout_view_json!(Cancelled);
 
 /// A rollout's plan: hosts in batches, services, smoke checks, what a
 /// failure returns to.
@@ -201,11 +278,7 @@ impl Render for Plan {
         let r = &self.0;
         let out = &mut t.out;
         let hosts: usize = r.batches.iter().map(|b| b.hosts.len()).sum();
-        let verb = if r.kind == RolloutKind::Rollback.as_str() {
-            "roll back"
-        } else {
-            "deploy"
-        };
+        let verb = verb(&r.kind);
         writeln!(
             out,
             "Plan: {verb} {} {} to {} — {hosts} host(s) in {} batch(es) of up to {}",
@@ -215,7 +288,11 @@ impl Render for Plan {
             r.batches.len(),
             r.max_parallel
         )?;
-        for s in &r.services {
+        for s in r
+            .services
+            .iter()
+            .filter(|s| r.only_services.is_empty() || r.only_services.contains(&s.name))
+        {
             writeln!(
                 out,
                 "  service {:<12} {}  ({})",
@@ -244,7 +321,12 @@ impl Render for Plan {
         if r.smoke_checks > 0 {
             writeln!(out, "  smoke: {} check(s) after each batch", r.smoke_checks)?;
         }
-        if r.previous_version.is_empty() {
+        if r.kind == RolloutKind::Restart.as_str() {
+            writeln!(
+                out,
+                "  a failure stops the restart; it is not reverted (no release changes)"
+            )
+        } else if r.previous_version.is_empty() {
             writeln!(
                 out,
                 "  previous release: none (a failure cannot be reverted)"
@@ -289,6 +371,25 @@ impl Render for Finished {
     }
     fn exit_code(&self) -> i32 {
         exit_code(&self.0.status)
+    }
+}
+
+/// `ferry rollout cancel`: the rollout as it ended; exit 0 when it ended
+/// cancelled (every host possibly changed is back), 1 otherwise (it ended
+/// otherwise first, or its revert failed: hosts need a look).
+#[derive(Debug)]
+pub struct Cancelled(pub pb::Rollout);
+
+impl Render for Cancelled {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        writeln!(t.out, "{}: {}", self.0.status, self.0.message)
+    }
+    fn exit_code(&self) -> i32 {
+        if self.0.status == RolloutStatus::Cancelled.as_str() {
+            exit::OK
+        } else {
+            exit::FAILED
+        }
     }
 }
 
@@ -459,6 +560,66 @@ mod tests {
         let shown = crate::render::TextOnly(&plan);
         assert_eq!(shown.json_style(), crate::render::Json::None);
         assert_eq!(json_of(&plan)["id"], "r1");
+    }
+
+    #[test]
+    fn rollout_follows_an_id_and_cancel_cancels_one() {
+        use clap::Parser;
+        let parse = |args: &[&str]| crate::Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&["ferry", "rollout", "0190a000-0000-7000-8000-000000000001"]) {
+            Ok(crate::Command::Rollout(Command::Rollout(RolloutArgs {
+                id: Some(id),
+                action: None,
+            }))) => assert_eq!(id, "0190a000-0000-7000-8000-000000000001"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["ferry", "rollout", "cancel", "abc"]) {
+            Ok(crate::Command::Rollout(Command::Rollout(RolloutArgs {
+                id: None,
+                action: Some(Action::Cancel { id }),
+            }))) => assert_eq!(id, "abc"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["ferry", "rollout"]).is_err(), "an id is required");
+        assert!(parse(&["ferry", "rollout", "cancel"]).is_err());
+        let r = |status: &str| pb::Rollout {
+            status: status.into(),
+            ..Default::default()
+        };
+        assert_eq!(Cancelled(r("cancelled")).exit_code(), 0);
+        for s in ["revert_failed", "succeeded", "failed"] {
+            assert_eq!(Cancelled(r(s)).exit_code(), 1, "{s}");
+        }
+    }
+
+    #[test]
+    fn plans_name_what_the_kind_does() {
+        let mut r = rollout();
+        r.kind = "restart".into();
+        r.only_services = vec!["web".into()];
+        r.services = ["web", "worker"]
+            .iter()
+            .map(|n| pb::RolloutService {
+                name: n.to_string(),
+                image: format!("shop-{n}:1.2"),
+                strategy: "recreate".into(),
+            })
+            .collect();
+        let text = text_of(&Plan(r.clone()));
+        assert!(
+            text.starts_with("Plan: restart shop 1.2 to staging"),
+            "{text}"
+        );
+        assert!(
+            text.contains("service web") && !text.contains("worker"),
+            "{text}"
+        );
+        assert!(text.contains("it is not reverted"), "{text}");
+        r.kind = "redeploy".into();
+        let text = text_of(&Plan(r));
+        assert!(text.starts_with("Plan: redeploy shop 1.2"), "{text}");
+        assert!(text.contains("previous release: 1.1 (restored on failure)"));
+        assert_eq!(verb("rollback"), "roll back");
     }
 
     #[test]

@@ -140,8 +140,13 @@ pub enum RolloutStatus {
     Failed,
     /// A host failed; every updated host is back on the previous release.
     Reverted,
-    /// A host failed and the revert failed too: hosts need a look.
+    /// A host failed and the revert failed too (or the reverted hosts do
+    /// not serve): hosts need a look.
     RevertFailed,
+    /// Stopped on request (`ferry rollout cancel`, or a step's job
+    /// cancelled): no new step started, and every host possibly changed is
+    /// back on the previous release.
+    Cancelled,
 }
 
 string_enum!(RolloutStatus "rollout status" {
@@ -151,6 +156,7 @@ string_enum!(RolloutStatus "rollout status" {
     Failed => "failed",
     Reverted => "reverted",
     RevertFailed => "revert_failed",
+    Cancelled => "cancelled",
 });
 
 impl RolloutStatus {
@@ -172,11 +178,18 @@ pub enum RolloutKind {
     Deploy,
     /// An earlier release again (`ferry rollback`).
     Rollback,
+    /// The current release again, its containers recreated (`ferry
+    /// redeploy`: a rotated secret, a crashed container).
+    Redeploy,
+    /// The current containers restarted in place (`ferry restart`).
+    Restart,
 }
 
 string_enum!(RolloutKind "rollout kind" {
     Deploy => "deploy",
     Rollback => "rollback",
+    Redeploy => "redeploy",
+    Restart => "restart",
 });
 
 /// How an agent says a task ended (the wire's `TaskOutcome`).

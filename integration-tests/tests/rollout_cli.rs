@@ -239,3 +239,136 @@ async fn deploy_releases_and_rollback_from_the_ferry_binary() {
     assert!(out.stderr.contains("ferry.toml:"), "{}", out.stderr);
     assert!(out.stderr.contains("retries"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploy_and_rollout_cancel_from_the_ferry_binary() {
+    if !docker::available() {
+        return;
+    }
+    let app = format!("clr{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    docker::build_busybox_site(&format!("{app}:v1"), &[("health", "v1")]).unwrap();
+    docker::build_busybox_site(&format!("{app}:slow"), &[("index.html", "never healthy")]).unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let _agent = c
+        .start_agent("web-1", &[("env", "production")])
+        .await
+        .unwrap();
+    c.wait_for_agent("web-1", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("admin.credentials");
+    c.admin.save(&creds, false).unwrap();
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(
+        &file,
+        app_file(&app).replace("retries = 25", "retries = 100"),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let deploy = |version: &'static str, extra: &'static [&'static str]| {
+        let creds = creds.clone();
+        let f = f.to_string();
+        async move {
+            let mut args = vec![
+                "deploy",
+                "-f",
+                &f,
+                "--env",
+                "production",
+                "--version",
+                version,
+            ];
+            args.extend_from_slice(extra);
+            ferry(&creds, &args).await
+        }
+    };
+    let out = deploy("v1", &["--yes", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // A redeploy of a protected environment asks first, like a deploy.
+    let redeploy = ["redeploy", "--app", &app, "--env", "production", "web"];
+    let out = ferry(&creds, &redeploy).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("production is protected"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("Plan: redeploy"), "{}", out.stdout);
+    let mut args = redeploy.to_vec();
+    args.extend(["--yes", "--output", "json"]);
+    let out = ferry(&creds, &args).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (
+            r["kind"].as_str(),
+            r["version"].as_str(),
+            r["status"].as_str()
+        ),
+        (Some("redeploy"), Some("v1"), Some("succeeded")),
+        "{r}"
+    );
+    assert_eq!(r["only_services"], serde_json::json!(["web"]));
+
+    // A rollout cancelled from the binary ends cancelled; `ferry rollout`
+    // shows it so, and who asked.
+    let out = deploy("slow", &["--yes", "--detach", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = ferry(&creds, &["rollout", "cancel", &id, "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let r = out.json();
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert!(
+        r["cancel_requested_by"]
+            .as_str()
+            .unwrap()
+            .ends_with("/operator/admin"),
+        "{r}"
+    );
+    let out = ferry(&creds, &["rollout", &id, "--output", "json"]).await;
+    assert_eq!(
+        out.code, 1,
+        "a cancelled rollout did not go out: {}",
+        out.stderr
+    );
+    assert_eq!(out.json()["status"], "cancelled");
+    let out = ferry(&creds, &["rollout", "cancel", &id]).await;
+    assert_eq!(out.code, 2, "an ended rollout: {}", out.stderr);
+    assert!(out.stderr.contains("already ended"), "{}", out.stderr);
+
+    // `ferry job cancel` on a step's job stops the rollout the same way.
+    let out = deploy("slow", &["--yes", "--detach", "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let job = loop {
+        let out = ferry(&creds, &["releases", "--app", &app, "--output", "json"]).await;
+        let list = out.json();
+        let step = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .and_then(|r| r["steps"].get(0).cloned());
+        if let Some(step) = step {
+            break step["job_id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = ferry(&creds, &["job", "cancel", &job, "--output", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = ferry(&creds, &["rollout", &id, "--output", "json"]).await;
+    let r = out.json();
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("its job {job} was cancelled")),
+        "{r}"
+    );
+}

@@ -37,14 +37,12 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HealthStatusEnum, HostConfig,
-    NetworkCreateRequest, PortBinding, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding,
+    RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RenameContainerOptions, StartContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RenameContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use ferry_common::fsutil::{self, Mode};
 use ferry_common::job::naming::{
@@ -59,6 +57,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::health_gate;
 use super::http::HttpClient;
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
@@ -904,138 +903,25 @@ impl Deployer<'_> {
     }
 
     async fn host_port(&self, id: &str) -> Option<u16> {
-        let c = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .ok()?;
-        c.network_settings?
-            .ports?
-            .values()
-            .flatten()
-            .flatten()
-            .find(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-            .and_then(|b| b.host_port.as_deref()?.parse().ok())
+        health_gate::host_port(&self.docker, id).await
+    }
+
+    fn gate(&self) -> health_gate::Gate<'_> {
+        health_gate::Gate {
+            docker: &self.docker,
+            ctx: self.ctx,
+            http: &self.http,
+        }
     }
 
     /// Waits until the new container is healthy, or says why it is not.
     async fn health_gate(&self, svc: &ServiceDeploy, id: &str) -> Result<(), String> {
-        let step = format!("health {}", svc.name);
-        let started = Instant::now();
-        let gate = &svc.health;
-        let what = match &gate.check {
-            HealthCheck::Http { path } => format!("GET {path}"),
-            HealthCheck::Docker => "the image's HEALTHCHECK".into(),
-            HealthCheck::RunningFor(d) => {
-                format!("running for {}", ferry_common::time::format_duration(*d))
-            }
-        };
-        self.ctx.step_started(&step, &what);
-        let result = self.check_health(svc, id, &step).await;
-        match &result {
-            Ok(()) => self.ctx.step_finished(&step, true, "healthy", started),
-            Err(why) => self.ctx.step_finished(&step, false, why, started),
-        }
-        result
-    }
-
-    async fn check_health(&self, svc: &ServiceDeploy, id: &str, step: &str) -> Result<(), String> {
-        let gate = &svc.health;
-        if let HealthCheck::RunningFor(d) = &gate.check {
-            tokio::select! {
-                _ = self.ctx.cancel.cancelled() => return Err(Outcome::Cancelled.as_str().into()),
-                _ = tokio::time::sleep(*d) => {}
-            }
-            let state = self.container_state(id).await?;
-            return match state {
-                (true, 0, _) => Ok(()),
-                (true, restarts, _) => Err(format!(
-                    "restarted {restarts} time(s) within {}",
-                    ferry_common::time::format_duration(*d)
-                )),
-                (false, _, exit) => Err(format!("exited with code {exit}")),
-            };
-        }
-        let port = self.host_port(id).await;
-        let mut last = String::from("not checked yet");
-        for attempt in 1..=gate.retries.max(1) {
-            let (running, _, exit) = self.container_state(id).await?;
-            if !running {
-                return Err(format!("the container exited with code {exit}"));
-            }
-            let outcome =
-                match &gate.check {
-                    HealthCheck::Http { path } => match port {
-                        None => Err("the container has no published HTTP port".to_string()),
-                        Some(port) => {
-                            let url = format!("http://127.0.0.1:{port}{path}");
-                            match self.http.get(&url, gate.timeout).await {
-                                Ok(a) if (200..300).contains(&a.status) => Ok(()),
-                                Ok(a) => Err(format!("GET {path} answered {}", a.status)),
-                                Err(e) => Err(format!("GET {path}: {e}")),
-                            }
-                        }
-                    },
-                    HealthCheck::Docker => match self.docker_health(id).await? {
-                        Some(HealthStatusEnum::HEALTHY) => Ok(()),
-                        Some(HealthStatusEnum::UNHEALTHY) => {
-                            return Err("Docker reports the container unhealthy".into());
-                        }
-                        Some(_) => Err("Docker health check still starting".to_string()),
-                        None => return Err(
-                            "the image has no HEALTHCHECK; use an http or running_for health check"
-                                .into(),
-                        ),
-                    },
-                    HealthCheck::RunningFor(_) => Ok(()),
-                };
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(why) => {
-                    self.ctx.log(
-                        step,
-                        "info",
-                        &format!("attempt {attempt}/{}: {why}", gate.retries),
-                    );
-                    last = why;
-                }
-            }
-            tokio::select! {
-                _ = self.ctx.cancel.cancelled() => return Err(Outcome::Cancelled.as_str().into()),
-                _ = tokio::time::sleep(gate.interval) => {}
-            }
-        }
-        Err(format!(
-            "not healthy after {} attempts: {last}",
-            gate.retries
-        ))
+        self.gate().wait(&svc.name, &svc.health, id).await
     }
 
     /// (running, restart count, exit code).
     async fn container_state(&self, id: &str) -> Result<(bool, i64, i64), String> {
-        let c = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| format!("inspect container: {e}"))?;
-        let state = c.state.unwrap_or_default();
-        Ok((
-            state.running.unwrap_or(false),
-            c.restart_count.unwrap_or(0),
-            state.exit_code.unwrap_or(0),
-        ))
-    }
-
-    async fn docker_health(&self, id: &str) -> Result<Option<HealthStatusEnum>, String> {
-        let c = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| format!("inspect container: {e}"))?;
-        Ok(c.state
-            .and_then(|s| s.health)
-            .and_then(|h| h.status)
-            .filter(|s| *s != HealthStatusEnum::NONE && *s != HealthStatusEnum::EMPTY))
+        self.gate().container_state(id).await
     }
 
     /// The container's last log lines, redacted, each also reported as a log event.
@@ -1491,7 +1377,7 @@ async fn nginx_includes(command: &[String], file: &Path) -> Result<(), String> {
     ))
 }
 
-async fn reload_nginx(command: &[String]) -> Result<(), String> {
+pub(super) async fn reload_nginx(command: &[String]) -> Result<(), String> {
     let (program, args) = command.split_first().ok_or_else(|| {
         "no nginx reload command configured (agent.toml [nginx] reload_command)".to_string()
     })?;

@@ -1,7 +1,9 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
 //! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
-//! [`logs`] (a service's container logs), [`inspect`] (an app's containers).
+//! [`logs`] (a service's container logs), [`inspect`] (an app's containers),
+//! [`restart`] (a release's containers restarted in place); deploy and
+//! restart gate containers through [`health_gate`].
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -15,10 +17,12 @@ use ferry_common::job::{JobKind, JobSpec, Registered};
 
 pub mod context;
 pub mod deploy;
+pub mod health_gate;
 pub mod http;
 pub mod inspect;
 pub mod logs;
 pub mod probe;
+pub mod restart;
 pub mod smoke;
 
 pub use context::{HostEnv, TaskContext};
@@ -81,6 +85,7 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &deploy::Deploy,
         &logs::Logs,
         &inspect::Inspect,
+        &restart::Restart,
     ]
 }
 

@@ -205,7 +205,7 @@ pub const DEPLOY_TIMEOUT_BASE: Duration = Duration::from_secs(30 * 60);
 
 impl KindSpec for DeploySpec {
     const NAME: &'static str = "deploy";
-    const CLI: &'static [&'static str] = &["deploy", "rollback"];
+    const CLI: &'static [&'static str] = &["deploy", "rollback", "redeploy"];
     const DOC: &'static str =
         "Start a release of an app's services on the host's Docker engine, gated on health.";
 

@@ -13,6 +13,7 @@
 //!   and [`naming`], the Docker names of what a deploy creates.
 //! - [`logs`]: [`LogsSpec`], a service's container logs.
 //! - [`inspect`]: [`InspectSpec`], an app's containers on the host.
+//! - [`restart`]: [`RestartSpec`], a release's containers restarted in place.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -29,6 +30,7 @@ pub mod deploy;
 pub mod inspect;
 pub mod logs;
 pub mod probe;
+pub mod restart;
 pub mod smoke;
 
 pub use deploy::{
@@ -38,6 +40,7 @@ pub use deploy::{
 pub use inspect::{ContainerInfo, InspectSpec, Inspected};
 pub use logs::LogsSpec;
 pub use probe::ProbeSpec;
+pub use restart::{RestartService, RestartSpec};
 pub use smoke::{HttpCheck, SmokeSpec};
 
 /// What each job kind's spec type says about the kind. Everything a new
@@ -234,6 +237,7 @@ registry! {
     Deploy(DeploySpec),
     Logs(LogsSpec),
     Inspect(InspectSpec),
+    Restart(RestartSpec),
 }
 
 impl JobSpec {
@@ -453,7 +457,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect, restart"
             ),
             "{err}"
         );

@@ -64,7 +64,7 @@ pub const SMOKE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
 
 impl KindSpec for SmokeSpec {
     const NAME: &'static str = "smoke";
-    const CLI: &'static [&'static str] = &["deploy", "rollback"];
+    const CLI: &'static [&'static str] = &["deploy", "rollback", "redeploy", "restart"];
     const DOC: &'static str =
         "HTTP checks from the host (status, body, latency), each retried until healthy.";
 

@@ -15,7 +15,7 @@ use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::scheduler::{Submission, job_to_wire, selector_from_wire};
 use crate::store::ids::IdOf;
-use crate::store::{JobFilter, StoreError};
+use crate::store::{JobFilter, RolloutKind, StoreError};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -445,6 +445,58 @@ impl OperatorService for OperatorApi {
         }))
     }
 
+    async fn redeploy(
+        &self,
+        req: Request<pb::RedeployRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "redeploy")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self
+            .core
+            .again(&actor, req.into_inner(), RolloutKind::Redeploy)
+            .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn restart(
+        &self,
+        req: Request<pb::RedeployRequest>,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "restart")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self
+            .core
+            .again(&actor, req.into_inner(), RolloutKind::Restart)
+            .await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
+    async fn cancel_rollout(
+        &self,
+        req: Request<pb::CancelRolloutRequest>,
+    ) -> Result<Response<pb::CancelRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "cancel rollouts")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let id = self.rollout_id(&req.get_ref().rollout_id).await?;
+        let rollout = self.core.cancel_rollout(&actor, id).await?;
+        Ok(Response::new(pb::CancelRolloutResponse {
+            rollout: Some(rollout),
+        }))
+    }
+
     async fn get_rollout(
         &self,
         req: Request<pb::GetRolloutRequest>,
@@ -566,5 +618,10 @@ impl OperatorApi {
     /// The job an id names: whole, or a unique part (see `store::ids`).
     async fn job_id(&self, text: &str) -> Result<Uuid, CoordinatorError> {
         Ok(self.core.store.resolve_id(IdOf::Job, text).await?)
+    }
+
+    /// The rollout an id names: whole, or a unique part (see `store::ids`).
+    async fn rollout_id(&self, text: &str) -> Result<Uuid, CoordinatorError> {
+        Ok(self.core.store.resolve_id(IdOf::Rollout, text).await?)
     }
 }

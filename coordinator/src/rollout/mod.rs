@@ -6,7 +6,20 @@
 //! rollout, which is also the (app, env) deploy lock. A driver task then
 //! runs one job per step: deploy a batch, smoke-test it, next batch. On the
 //! first failure it stops and deploys the previous release to every host
-//! already updated (auto-revert), through the same health-gated executor.
+//! possibly changed (auto-revert), through the same health-gated executor,
+//! and runs the smoke checks again there: a revert that does not serve is
+//! `revert_failed`. A host counts as possibly changed when its deploy task
+//! succeeded, or ended without saying how far it got (lost, expired,
+//! cancelled): the revert's deploy on that host finds what actually runs
+//! and does nothing where the previous release already serves, and the
+//! rollout's message says, per host, what the revert found.
+//!
+//! `ferry redeploy` and `ferry restart` are rollouts of the current
+//! release (kinds `redeploy`, `restart`) through the same batches and
+//! gates; a restart changes no release, so a failed one is not reverted.
+//! `ferry rollout cancel` records a request the driver sees between steps
+//! (and cancels the running step's job): no step starts after it, and the
+//! hosts possibly changed are reverted as after a failure.
 //!
 //! The driver is restartable: each step's job has an idempotency key made
 //! of the rollout id and the step, so a driver that starts over (this
@@ -19,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::appfile::{self, SecretRule};
-use ferry_common::job::{DeploySpec, HttpCheck, JobSpec, Selector, SmokeSpec};
+use ferry_common::job::{DeploySpec, HttpCheck, JobSpec, RestartSpec, Selector, SmokeSpec};
 use ferry_common::time::now_ms;
 use ferry_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -59,6 +72,9 @@ pub struct Plan {
     /// this plan, a rollback's included.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_rules: BTreeMap<String, SecretRule>,
+    /// A redeploy or restart of only these services (empty: every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,12 +88,21 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
-    /// "deploy", "smoke" or "revert".
+    /// One of the `STEP_*` words: "deploy", "smoke", "restart", "revert",
+    /// "revert smoke".
     pub kind: String,
     pub job_id: Uuid,
     pub agents: Vec<String>,
     pub status: String,
 }
+
+/// The kinds of [`Step`]; a rollout cancel stops the first three, never a
+/// revert.
+const STEP_DEPLOY: &str = "deploy";
+const STEP_SMOKE: &str = "smoke";
+const STEP_RESTART: &str = "restart";
+const STEP_REVERT: &str = "revert";
+const STEP_REVERT_SMOKE: &str = "revert smoke";
 
 /// What starting a rollout needs once the request is resolved.
 struct Resolved {
@@ -170,8 +195,7 @@ impl Core {
         } else {
             let to = req.to_version.trim();
             succeeded.iter().find(|r| r.version == to).ok_or_else(|| {
-                let mut known: Vec<&str> = succeeded.iter().map(|r| r.version.as_str()).collect();
-                known.dedup();
+                let known = each_once(succeeded.iter().map(|r| r.version.as_str()));
                 CoordinatorError::invalid(
                     "--to",
                     format!(
@@ -181,7 +205,7 @@ impl Core {
                 )
             })?
         };
-        let spec = parse_spec(target)?;
+        let spec = release_spec(target)?;
         let old = parse_plan(target)?;
         let mut plan = self
             .plan_hosts(app, env, old.selector, old.max_parallel, old.smoke)
@@ -196,6 +220,95 @@ impl Core {
             rollback_of: Some(target.id),
         };
         self.begin(actor, resolved, req.dry_run).await
+    }
+
+    /// `Redeploy` (`RolloutKind::Redeploy`: the current release's
+    /// containers recreated from its stored spec) and `Restart`
+    /// (`RolloutKind::Restart`: restarted in place), of every service or
+    /// only those named, through the rollout path.
+    pub async fn again(
+        self: &Arc<Self>,
+        actor: &str,
+        req: pb::RedeployRequest,
+        kind: RolloutKind,
+    ) -> Result<pb::Rollout, CoordinatorError> {
+        let (app, env) = (req.app.trim(), req.env.trim());
+        let Some(current) = self.current_release(app, env).await? else {
+            return Err(CoordinatorError::invalid(
+                kind.as_str(),
+                format!(
+                    "{app} {env} has no successful release to {kind} (see `ferry releases --app {app} --env {env}`); deploy one with `ferry deploy`"
+                ),
+            ));
+        };
+        let spec = release_spec(&current)?;
+        let services: Vec<String> = each_once(
+            req.services
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty()),
+        )
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+        // Unknown service names are refused here, before anything is stored.
+        RestartSpec::of_release(&spec, &services)
+            .map_err(|e| CoordinatorError::invalid("services", e))?;
+        let old = parse_plan(&current)?;
+        let mut plan = self
+            .plan_hosts(app, env, old.selector, old.max_parallel, old.smoke)
+            .await?;
+        plan.services = services;
+        plan.secret_rules = old.secret_rules;
+        let resolved = Resolved {
+            spec,
+            plan,
+            protected: current.protected,
+            kind,
+            previous: Some(current),
+            rollback_of: None,
+        };
+        self.begin(actor, resolved, req.dry_run).await
+    }
+
+    /// `CancelRollout`: records the request (the driver, wherever it runs,
+    /// sees it between steps) and cancels the running step's job unless
+    /// that step is a revert. Audited.
+    pub async fn cancel_rollout(
+        &self,
+        actor: &str,
+        id: Uuid,
+    ) -> Result<pb::Rollout, CoordinatorError> {
+        let r = self
+            .store
+            .request_rollout_cancel(id, actor, now_ms())
+            .await?
+            .ok_or(StoreError::RolloutNotFound(id))?;
+        if r.status.is_final() {
+            return Err(CoordinatorError::invalid(
+                "rollout",
+                format!(
+                    "rollout {id} already ended ({}): {}; nothing to cancel",
+                    r.status, r.message
+                ),
+            ));
+        }
+        self.audit_app(
+            actor,
+            "rollout.cancel",
+            &id.to_string(),
+            &r.app,
+            Some(&r.env),
+            format!("app={} env={} version={}", r.app, r.env, r.version),
+        )
+        .await;
+        if let Some(step) = parse_steps(&r).last().filter(|s| cancellable(&s.kind))
+            && let Err(e) = self.cancel_job(actor, step.job_id).await
+        {
+            // The driver cancels it too, on its next look.
+            tracing::warn!(rollout = %id, job = %step.job_id, error = %e, "could not cancel the running step's job");
+        }
+        to_wire(&r)
     }
 
     /// The release running now: the newest rollout that succeeded.
@@ -257,6 +370,7 @@ impl Core {
                 .collect(),
             smoke,
             secret_rules: BTreeMap::new(),
+            services: Vec::new(),
         })
     }
 
@@ -290,7 +404,8 @@ impl Core {
         );
         names.sort();
         names.dedup();
-        if !names.is_empty() {
+        // (A restart sends none: its containers keep their environment.)
+        if !names.is_empty() && r.kind != RolloutKind::Restart {
             let values = self
                 .resolve_secrets(&r.spec.app, &r.spec.env, &names)
                 .await?;
@@ -332,6 +447,8 @@ impl Core {
             owner: Some(self.coordinator_id.clone()),
             lease_expires_at_ms: now + LEASE.as_millis() as i64,
             traceparent,
+            cancel_requested_by: None,
+            cancel_requested_at_ms: None,
         };
         if dry_run {
             let mut wire = to_wire(&record)?;
@@ -422,6 +539,51 @@ fn parse_steps(r: &RolloutRecord) -> Vec<Step> {
     serde_json::from_str(&r.steps_json).unwrap_or_default()
 }
 
+/// A stored rollout's release as a later rollout deploys it (a rollback,
+/// a revert, a redeploy): never forced, whatever that rollout was.
+fn release_spec(r: &RolloutRecord) -> Result<DeploySpec, CoordinatorError> {
+    let mut spec = parse_spec(r)?;
+    spec.force = false;
+    Ok(spec)
+}
+
+/// Each item once, in first-seen order (`dedup` only drops adjacent ones).
+fn each_once<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
+/// Whether a rollout cancel stops a step of this kind (a revert runs on).
+fn cancellable(kind: &str) -> bool {
+    [STEP_DEPLOY, STEP_SMOKE, STEP_RESTART].contains(&kind)
+}
+
+/// The job each batch of a rollout runs: the release (deploy, rollback),
+/// the release forced and narrowed to the named services (redeploy), or a
+/// restart of the named services' containers.
+fn batch_job(kind: RolloutKind, spec: &DeploySpec, plan: &Plan) -> Result<JobSpec, String> {
+    let wanted = |name: &str| plan.services.is_empty() || plan.services.iter().any(|s| s == name);
+    Ok(match kind {
+        RolloutKind::Deploy | RolloutKind::Rollback => JobSpec::Deploy(spec.clone()),
+        RolloutKind::Redeploy => JobSpec::Deploy(DeploySpec {
+            force: true,
+            services: spec
+                .services
+                .iter()
+                .filter(|s| wanted(&s.name))
+                .cloned()
+                .collect(),
+            ..spec.clone()
+        }),
+        RolloutKind::Restart => JobSpec::Restart(RestartSpec::of_release(spec, &plan.services)?),
+    })
+}
+
 /// A stored rollout in the wire form.
 pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
     let plan = parse_plan(r)?;
@@ -485,6 +647,8 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
             .unwrap_or_default()
             .to_string(),
         rollback_of: r.rollback_of.map(|id| id.to_string()).unwrap_or_default(),
+        only_services: plan.services,
+        cancel_requested_by: r.cancel_requested_by.clone().unwrap_or_default(),
     })
 }
 
@@ -588,80 +752,113 @@ impl Driver {
     async fn run(&mut self) -> Result<(), Halt> {
         let spec = parse_spec(&self.record)?;
         let plan = parse_plan(&self.record)?;
+        let kind = self.record.kind;
+        let job = match batch_job(kind, &spec, &plan) {
+            Ok(job) => job,
+            // Checked when it started; a stored rollout that no longer
+            // makes sense ends rather than being retried.
+            Err(e) => return self.finish(RolloutStatus::Failed, e).await,
+        };
+        // A driver that resumes walks the steps already run again (found
+        // by their idempotency keys); a cancel stops only new ones.
+        let resumed: Vec<String> = parse_steps(&self.record)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let (verb, step_kind) = match kind {
+            RolloutKind::Restart => ("restart", STEP_RESTART),
+            RolloutKind::Redeploy => ("redeploy", STEP_DEPLOY),
+            RolloutKind::Deploy | RolloutKind::Rollback => ("deploy", STEP_DEPLOY),
+        };
         let total = plan.batches.len();
-        let mut updated: Vec<String> = Vec::new();
-        let mut failure: Option<String> = None;
+        let mut touched: Vec<Touched> = Vec::new();
+        let mut stop: Option<Stop> = None;
         for (i, batch) in plan.batches.iter().enumerate() {
             let agents: Vec<String> = batch.iter().map(|h| h.agent.clone()).collect();
-            let name = format!("deploy batch {}/{total}: {}", i + 1, agents.join(", "));
-            self.record.message = format!("{name}: deploying {}", spec.release);
+            let name = format!("{verb} batch {}/{total}: {}", i + 1, agents.join(", "));
+            self.record.message = format!("{name}: {verb} {}", spec.release);
             let ran = self
                 .step(
-                    "deploy",
-                    &format!("deploy-{i}"),
+                    step_kind,
+                    &format!("{step_kind}-{i}"),
                     name,
                     &agents,
-                    JobSpec::Deploy(spec.clone()),
+                    job.clone(),
+                    &resumed,
                 )
                 .await?;
-            updated.extend(
-                ran.tasks
-                    .iter()
-                    .filter(|t| t.state == TaskState::Succeeded)
-                    .map(|t| t.agent_name.clone()),
-            );
+            touched.extend(possibly_changed(&ran.tasks));
             if ran.status != JobStatus::Succeeded {
-                failure = Some(ran.failure("deploy"));
+                stop = Some(self.stopped(&ran, verb).await?);
                 break;
             }
             if !plan.smoke.is_empty() {
                 let name = format!("smoke batch {}/{total}: {}", i + 1, agents.join(", "));
                 let ran = self
                     .step(
-                        "smoke",
+                        STEP_SMOKE,
                         &format!("smoke-{i}"),
                         name,
                         &agents,
                         JobSpec::Smoke(SmokeSpec {
                             checks: plan.smoke.clone(),
                         }),
+                        &resumed,
                     )
                     .await?;
                 if ran.status != JobStatus::Succeeded {
-                    failure = Some(ran.failure("smoke checks"));
+                    stop = Some(self.stopped(&ran, "smoke checks").await?);
                     break;
                 }
             }
         }
-        let Some(failure) = failure else {
-            let hosts = plan.batches.iter().flatten().count();
+        let hosts = plan.batches.iter().flatten().count();
+        let Some(stop) = stop else {
+            let what = match kind {
+                RolloutKind::Restart => format!("restarted {}", services_of(&job)),
+                RolloutKind::Redeploy => format!("redeployed {}", services_of(&job)),
+                RolloutKind::Deploy | RolloutKind::Rollback => "runs".to_string(),
+            };
             return self
                 .finish(
                     RolloutStatus::Succeeded,
                     format!(
-                        "{} {} runs {} on {hosts} host(s)",
+                        "{} {} {what} {} on {hosts} host(s)",
                         spec.app, spec.env, spec.release
                     ),
                 )
                 .await;
         };
-        updated.sort();
-        updated.dedup();
-        if updated.is_empty() {
+        let ended = if stop.cancelled {
+            RolloutStatus::Cancelled
+        } else {
+            RolloutStatus::Failed
+        };
+        let why = stop.why;
+        let mut changed: Vec<String> = touched.iter().map(|t| t.agent.clone()).collect();
+        changed.sort();
+        changed.dedup();
+        if kind == RolloutKind::Restart {
+            // A restart changes no release: there is nothing to revert to.
+            let done = if changed.is_empty() {
+                "no host was restarted".to_string()
+            } else {
+                format!("restarted before it: {}", changed.join(", "))
+            };
+            return self.finish(ended, format!("{why}; {done}")).await;
+        }
+        if changed.is_empty() {
             return self
-                .finish(
-                    RolloutStatus::Failed,
-                    format!("{failure}; no host was changed"),
-                )
+                .finish(ended, format!("{why}; no host was changed"))
                 .await;
         }
         let Some(previous) = self.previous_spec().await? else {
             return self
                 .finish(
-                    RolloutStatus::Failed,
+                    ended,
                     format!(
-                        "{failure}; {} run {} and there is no earlier release to return them to",
-                        updated.join(", "),
+                        "{why}; {} (possibly) run {} and there is no earlier release to return them to",
+                        changed.join(", "),
                         spec.release
                     ),
                 )
@@ -669,40 +866,109 @@ impl Driver {
         };
         let name = format!(
             "revert {} to {}",
-            updated.join(", "),
+            changed.join(", "),
             previous.release.as_str()
         );
-        self.record.message = format!("{failure}; {name}");
-        let ran = self
+        self.record.message = format!("{why}; {name}");
+        // The revert waits (up to STEP_DEADLINE) for an agent that went
+        // away: only it can say what its host runs.
+        let reverted = self
             .step(
-                "revert",
+                STEP_REVERT,
                 "revert",
                 name,
-                &updated,
+                &changed,
                 JobSpec::Deploy(previous.clone()),
+                &resumed,
             )
             .await?;
-        if ran.status == JobStatus::Succeeded {
-            self.finish(
-                RolloutStatus::Reverted,
-                format!(
-                    "{failure}; reverted {} to {}",
-                    updated.join(", "),
-                    previous.release
-                ),
-            )
-            .await
-        } else {
-            self.finish(
-                RolloutStatus::RevertFailed,
-                format!(
-                    "{failure}; the revert to {} failed too: {}",
-                    previous.release,
-                    ran.failure("revert")
-                ),
-            )
-            .await
+        let report = revert_report(
+            &self.record.app,
+            &touched,
+            &spec.release,
+            &previous.release,
+            &reverted.tasks,
+        );
+        if reverted.status != JobStatus::Succeeded {
+            return self
+                .finish(
+                    RolloutStatus::RevertFailed,
+                    format!("{why}; the revert to {} failed: {report}", previous.release),
+                )
+                .await;
         }
+        if !plan.smoke.is_empty() {
+            let name = format!("smoke after the revert: {}", changed.join(", "));
+            let ran = self
+                .step(
+                    STEP_REVERT_SMOKE,
+                    "revert-smoke",
+                    name,
+                    &changed,
+                    JobSpec::Smoke(SmokeSpec {
+                        checks: plan.smoke.clone(),
+                    }),
+                    &resumed,
+                )
+                .await?;
+            if ran.status != JobStatus::Succeeded {
+                return self
+                    .finish(
+                        RolloutStatus::RevertFailed,
+                        format!(
+                            "{why}; {report}; but {} does not serve there: {}",
+                            previous.release,
+                            ran.failure("smoke checks")
+                        ),
+                    )
+                    .await;
+            }
+        }
+        let ended = if stop.cancelled {
+            RolloutStatus::Cancelled
+        } else {
+            RolloutStatus::Reverted
+        };
+        self.finish(ended, format!("{why}; {report}")).await
+    }
+
+    /// Why the rollout stops after a step that did not succeed: a cancel
+    /// (`ferry rollout cancel`, or the step's job cancelled) or a failure.
+    async fn stopped(&self, ran: &Ran, what: &str) -> Result<Stop, Halt> {
+        if let Some(by) = &ran.stopped_by {
+            return Ok(Stop {
+                cancelled: true,
+                why: format!("cancelled by {by} before {}", ran.name),
+            });
+        }
+        if ran.status != JobStatus::Cancelled {
+            return Ok(Stop {
+                cancelled: false,
+                why: ran.failure(what),
+            });
+        }
+        let why = match self.cancel_requested().await? {
+            Some(by) => format!("cancelled by {by} during {}", ran.name),
+            None => format!(
+                "{} was cancelled (its job {} was cancelled)",
+                ran.name, ran.job_id
+            ),
+        };
+        Ok(Stop {
+            cancelled: true,
+            why,
+        })
+    }
+
+    /// Who asked to cancel this rollout, if anyone has (read from the
+    /// store: the request may have reached another coordinator).
+    async fn cancel_requested(&self) -> Result<Option<String>, Halt> {
+        Ok(self
+            .core
+            .store
+            .get_rollout(self.record.id)
+            .await?
+            .and_then(|r| r.cancel_requested_by))
     }
 
     async fn previous_spec(&self) -> Result<Option<DeploySpec>, Halt> {
@@ -712,10 +978,12 @@ impl Driver {
         let Some(prev) = self.core.store.get_rollout(id).await? else {
             return Ok(None);
         };
-        Ok(Some(parse_spec(&prev)?))
+        Ok(Some(release_spec(&prev)?))
     }
 
-    /// Runs one job (or finds it, when resuming) and waits for its end.
+    /// Runs one job (or finds it, when resuming) and waits for its end. A
+    /// step that a cancel stops (not a revert) is not started once the
+    /// rollout's cancel was requested, unless it ran before (`resumed`).
     async fn step(
         &mut self,
         kind: &str,
@@ -723,7 +991,22 @@ impl Driver {
         name: String,
         agents: &[String],
         spec: JobSpec,
+        resumed: &[String],
     ) -> Result<Ran, Halt> {
+        let stoppable = cancellable(kind);
+        if stoppable
+            && !resumed.contains(&name)
+            && let Some(by) = self.cancel_requested().await?
+        {
+            return Ok(Ran {
+                name,
+                job_id: Uuid::nil(),
+                status: JobStatus::Cancelled,
+                tasks: Vec::new(),
+                refused: None,
+                stopped_by: Some(by),
+            });
+        }
         let submission = Submission {
             kind: spec.kind().as_str().into(),
             spec_json: spec.to_json(),
@@ -745,15 +1028,18 @@ impl Driver {
             // (and the rollout reverts) rather than retrying forever.
             Err(e @ CoordinatorError::InvalidArgument { .. }) => {
                 return Ok(Ran {
+                    name,
+                    job_id: Uuid::nil(),
                     status: JobStatus::Failed,
                     tasks: Vec::new(),
                     refused: Some(e.to_string()),
+                    stopped_by: None,
                 });
             }
             Err(e) => return Err(e.into()),
         };
         self.steps.push(Step {
-            name,
+            name: name.clone(),
             kind: kind.into(),
             job_id: job.id,
             agents: agents.to_vec(),
@@ -761,7 +1047,7 @@ impl Driver {
         });
         // With the message set for this step: one commit per step start.
         self.save(RolloutStatus::Running, None).await?;
-        let status = self.wait(job.id).await?;
+        let status = self.wait(job.id, stoppable).await?;
         // Stored with whatever comes next (the next step, or the end), a
         // few milliseconds later: a commit fewer per step. A driver that
         // resumes finds the job again by its idempotency key either way.
@@ -770,18 +1056,28 @@ impl Driver {
         }
         let tasks = self.core.store.list_tasks(job.id).await?;
         Ok(Ran {
+            name,
+            job_id: job.id,
             status,
             tasks,
             refused: None,
+            stopped_by: None,
         })
     }
 
-    /// Waits for a job to end, renewing the lease meanwhile.
-    async fn wait(&mut self, job_id: Uuid) -> Result<JobStatus, Halt> {
+    /// Waits for a job to end, renewing the lease meanwhile. A `stoppable`
+    /// job is cancelled here when the rollout's cancel was requested and
+    /// the job is still running (the request's own cancel may have missed
+    /// it: it raced this step's start, or its coordinator's call failed).
+    async fn wait(&mut self, job_id: Uuid, stoppable: bool) -> Result<JobStatus, Halt> {
         let mut events = self.core.store.subscribe();
         let mut renew = tokio::time::interval(RENEW_EVERY);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
+        let mut cancel_sent = false;
+        // Whether to look for a cancel request now: first, then at each
+        // renewal (not on every event: a deploy sends many).
+        let mut look = true;
         loop {
             let job = self
                 .core
@@ -792,12 +1088,23 @@ impl Driver {
             if job.status.is_final() {
                 return Ok(job.status);
             }
+            if stoppable
+                && std::mem::take(&mut look)
+                && !cancel_sent
+                && !job.cancel_requested
+                && let Some(by) = self.cancel_requested().await?
+            {
+                cancel_sent = true;
+                self.core.cancel_job(&by, job_id).await?;
+                continue;
+            }
             // Until something about this job happens, or it is time to renew.
             loop {
                 tokio::select! {
                     _ = self.core.shutdown.cancelled() => return Err(Halt::Shutdown),
                     _ = renew.tick() => {
                         self.save(RolloutStatus::Running, None).await?;
+                        look = true;
                         break;
                     }
                     n = events.recv() => match n {
@@ -838,6 +1145,9 @@ impl Driver {
             .update_rollout(self.record.id, &self.core.coordinator_id, &update, now)
             .await?
         {
+            // What `run` starts over from after a store failure: the steps
+            // stored so far are found again, not stopped by a cancel.
+            self.record.steps_json = update.steps_json;
             Ok(())
         } else {
             Err(Halt::LostLease)
@@ -847,10 +1157,16 @@ impl Driver {
 
 /// How a step's job ended.
 struct Ran {
+    /// The step's name ("deploy batch 1/2: web-1").
+    name: String,
+    /// Nil when no job ran (refused, or stopped before it started).
+    job_id: Uuid,
     status: JobStatus,
     tasks: Vec<crate::store::TaskRecord>,
     /// The job was refused before it ran (why).
     refused: Option<String>,
+    /// Not started: the rollout's cancel had been requested (by whom).
+    stopped_by: Option<String>,
 }
 
 impl Ran {
@@ -860,6 +1176,121 @@ impl Ran {
             None => describe_failure(what, &self.tasks),
         }
     }
+}
+
+/// Why a rollout stops before its end.
+struct Stop {
+    /// On request (ends `cancelled`) rather than by a failure.
+    cancelled: bool,
+    why: String,
+}
+
+/// A host whose deploy task may have changed it, and how that task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Touched {
+    agent: String,
+    state: TaskState,
+}
+
+/// The hosts a step's deploy tasks may have changed: those that succeeded,
+/// and those that reached their agent and ended without saying how far
+/// they got (lost, expired, cancelled: a blue-green switch may have
+/// happened before). A failed task undid its own work on its host; one
+/// never sent to its agent did nothing there.
+fn possibly_changed(tasks: &[crate::store::TaskRecord]) -> Vec<Touched> {
+    let reached =
+        |t: &crate::store::TaskRecord| t.assigned_by.is_some() || t.started_at_ms.is_some();
+    tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Succeeded || (t.state.is_unfinished() && reached(t)))
+        .map(|t| Touched {
+            agent: t.agent_name.clone(),
+            state: t.state,
+        })
+        .collect()
+}
+
+/// The services a rollout's batch job names ("web, worker").
+fn services_of(job: &JobSpec) -> String {
+    let names: Vec<&str> = match job {
+        JobSpec::Deploy(d) => d.services.iter().map(|s| s.name.as_str()).collect(),
+        JobSpec::Restart(r) => r.services.iter().map(|s| s.name.as_str()).collect(),
+        JobSpec::Logs(l) => vec![l.service.as_str()],
+        JobSpec::Probe(_) | JobSpec::Smoke(_) | JobSpec::Inspect(_) => Vec::new(),
+    };
+    names.join(", ")
+}
+
+/// Per host, how its deploy task ended and what the revert found there,
+/// from the revert task's own report (its result says per service whether
+/// it changed anything): "web-1: deployed 2.0, switched back to 1.0;
+/// web-2: task lost, revert found 1.0 already running".
+fn revert_report(
+    app: &str,
+    touched: &[Touched],
+    release: &str,
+    previous: &str,
+    revert: &[crate::store::TaskRecord],
+) -> String {
+    let mut hosts: Vec<&Touched> = touched.iter().collect();
+    hosts.sort_by(|a, b| a.agent.cmp(&b.agent));
+    hosts.dedup_by(|a, b| a.agent == b.agent);
+    let unknown = |what: &str| {
+        format!(
+            "{what} (its state is unknown: check `ferry agents` and \
+             `docker ps -a --filter label=ferry.app={app}` on the host, then deploy or `ferry rollback`)"
+        )
+    };
+    hosts
+        .iter()
+        .map(|h| {
+            let before = match h.state {
+                TaskState::Succeeded => format!("deployed {release}"),
+                other => format!("task {other}"),
+            };
+            let after = match revert.iter().find(|t| t.agent_name == h.agent) {
+                None => "not reverted".to_string(),
+                Some(t) => match t.state {
+                    TaskState::Succeeded if changed_anything(t.result_json.as_deref()) => {
+                        format!("switched back to {previous}")
+                    }
+                    TaskState::Succeeded => format!("revert found {previous} already running"),
+                    TaskState::Expired | TaskState::Pending | TaskState::Assigned => {
+                        unknown(&format!(
+                            "the agent did not come back within {} to revert",
+                            ferry_common::time::format_duration(STEP_DEADLINE)
+                        ))
+                    }
+                    TaskState::Lost | TaskState::Running => {
+                        unknown("the agent went away during the revert")
+                    }
+                    TaskState::Failed | TaskState::Cancelled => {
+                        if t.message.is_empty() {
+                            format!("revert {}", t.state)
+                        } else {
+                            format!("revert {}: {}", t.state, t.message)
+                        }
+                    }
+                },
+            };
+            format!("{}: {before}, {after}", h.agent)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether a deploy task's result says it changed a service (started or
+/// switched to a container); `{"services":[{"changed":false}, ...]}`.
+fn changed_anything(result_json: Option<&str>) -> bool {
+    let Some(json) = result_json else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    v["services"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|svc| svc["changed"].as_bool() == Some(true)))
 }
 
 /// "deploy failed on web-2: health check ...", from a job's tasks.
@@ -904,6 +1335,158 @@ mod tests {
             result_json: None,
             updated_at_ms: 0,
         }
+    }
+
+    fn touched(agent: &str, state: TaskState) -> Touched {
+        Touched {
+            agent: agent.into(),
+            state,
+        }
+    }
+
+    #[test]
+    fn a_host_whose_task_ended_without_saying_how_far_it_got_is_reverted() {
+        let sent = |agent: &str, state: TaskState| TaskRecord {
+            assigned_by: Some("coord-a".into()),
+            ..task(agent, state, "")
+        };
+        let tasks = [
+            task("web-1", TaskState::Succeeded, "done"),
+            sent("web-2", TaskState::Lost),
+            sent("web-3", TaskState::Failed),
+            TaskRecord {
+                started_at_ms: Some(1),
+                ..task("web-4", TaskState::Expired, "")
+            },
+            sent("web-5", TaskState::Cancelled),
+            // Cancelled before it was ever sent: its host was not touched.
+            task("web-6", TaskState::Cancelled, ""),
+        ];
+        assert_eq!(
+            possibly_changed(&tasks),
+            [
+                touched("web-1", TaskState::Succeeded),
+                touched("web-2", TaskState::Lost),
+                touched("web-4", TaskState::Expired),
+                touched("web-5", TaskState::Cancelled),
+            ],
+            "a failed task undid its work, an unsent one did nothing; every other may have switched"
+        );
+    }
+
+    #[test]
+    fn the_final_message_says_per_host_what_the_revert_found() {
+        let with_result = |agent: &str, state: TaskState, json: &str| TaskRecord {
+            result_json: Some(json.into()),
+            ..task(agent, state, "")
+        };
+        let hosts = [
+            touched("web-2", TaskState::Lost),
+            touched("web-1", TaskState::Succeeded),
+            touched("web-3", TaskState::Cancelled),
+            touched("web-4", TaskState::Lost),
+            touched("web-5", TaskState::Lost),
+        ];
+        let revert = [
+            with_result(
+                "web-1",
+                TaskState::Succeeded,
+                r#"{"release":"1.0","services":[{"service":"web","changed":true}]}"#,
+            ),
+            with_result(
+                "web-2",
+                TaskState::Succeeded,
+                r#"{"release":"1.0","services":[{"service":"web","changed":false}]}"#,
+            ),
+            task("web-3", TaskState::Failed, "service web: not healthy"),
+            task("web-4", TaskState::Expired, ""),
+            task("web-5", TaskState::Lost, ""),
+        ];
+        let report = revert_report("shop", &hosts, "2.0", "1.0", &revert);
+        let lines: Vec<&str> = report.split("; ").collect();
+        assert_eq!(lines[0], "web-1: deployed 2.0, switched back to 1.0");
+        assert_eq!(
+            lines[1],
+            "web-2: task lost, revert found 1.0 already running"
+        );
+        assert_eq!(
+            lines[2],
+            "web-3: task cancelled, revert failed: service web: not healthy"
+        );
+        assert!(
+            lines[3]
+                .starts_with("web-4: task lost, the agent did not come back within 15m to revert"),
+            "{report}"
+        );
+        assert!(lines[4].starts_with("web-5: task lost, the agent went away during the revert"));
+        assert!(
+            report.contains("its state is unknown: check `ferry agents` and `docker ps -a --filter label=ferry.app=shop`"),
+            "{report}"
+        );
+        assert!(!changed_anything(None));
+        assert!(!changed_anything(Some("not json")));
+    }
+
+    #[test]
+    fn releases_are_listed_once_each() {
+        assert_eq!(
+            each_once(["v3", "v1", "v3", "v2", "v1"].into_iter()),
+            ["v3", "v1", "v2"]
+        );
+    }
+
+    fn example_spec() -> DeploySpec {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/example/ferry.toml");
+        ferry_common::appfile::load(&file)
+            .unwrap()
+            .deploy_spec("staging", "1.0.0")
+            .unwrap()
+    }
+
+    #[test]
+    fn each_kind_runs_its_own_batch_job() {
+        let spec = example_spec();
+        let first = spec.services[0].name.clone();
+        let mut plan = Plan {
+            selector: Selector::default(),
+            max_parallel: 1,
+            batches: Vec::new(),
+            smoke: Vec::new(),
+            services: Vec::new(),
+        };
+        assert_eq!(
+            batch_job(RolloutKind::Deploy, &spec, &plan).unwrap(),
+            JobSpec::Deploy(spec.clone())
+        );
+        let JobSpec::Deploy(all) = batch_job(RolloutKind::Redeploy, &spec, &plan).unwrap() else {
+            panic!("a redeploy deploys")
+        };
+        assert!(all.force);
+        assert_eq!(all.services, spec.services);
+        plan.services = vec![first.clone()];
+        let JobSpec::Deploy(one) = batch_job(RolloutKind::Redeploy, &spec, &plan).unwrap() else {
+            panic!("a redeploy deploys")
+        };
+        assert_eq!(
+            one.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            [&first]
+        );
+        let JobSpec::Restart(restart) = batch_job(RolloutKind::Restart, &spec, &plan).unwrap()
+        else {
+            panic!("a restart restarts")
+        };
+        assert_eq!(restart.release, "1.0.0");
+        assert_eq!(restart.services.len(), 1);
+        plan.services = vec!["nope".into()];
+        assert!(
+            batch_job(RolloutKind::Restart, &spec, &plan)
+                .unwrap_err()
+                .contains("no service \"nope\"")
+        );
+        // Only the redeploy itself is forced: what it stored is the release.
+        assert!(cancellable(STEP_DEPLOY) && cancellable(STEP_RESTART));
+        assert!(!cancellable(STEP_REVERT) && !cancellable(STEP_REVERT_SMOKE));
     }
 
     #[test]

@@ -54,6 +54,8 @@ fn rollout_record(app: &str, env: &str, version: &str, created_at_ms: i64) -> Ro
         owner: Some("coord-a".into()),
         lease_expires_at_ms: created_at_ms + 30_000,
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        cancel_requested_by: None,
+        cancel_requested_at_ms: None,
     }
 }
 
@@ -210,6 +212,75 @@ pub async fn rollouts(store: &Store) {
     assert_eq!(
         store.get_rollout(second.id).await.unwrap().unwrap().status,
         RolloutStatus::Reverted
+    );
+}
+
+/// A cancel request: kept on a running rollout (the first one wins), never
+/// on an ended one; the words of redeploys, restarts and a cancelled end
+/// are stored.
+pub async fn rollout_cancel_requests(store: &Store) {
+    let tag = &unique_tag();
+    let app = format!("shop-{tag}");
+    let mut r = rollout_record(&app, "staging", "1.0", NOW);
+    r.kind = RolloutKind::Redeploy;
+    store.create_rollout(&r).await.unwrap();
+    let got = store
+        .request_rollout_cancel(r.id, "spiffe://test/operator/bob", NOW + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.kind, RolloutKind::Redeploy);
+    assert_eq!(
+        got.cancel_requested_by.as_deref(),
+        Some("spiffe://test/operator/bob")
+    );
+    assert_eq!(got.cancel_requested_at_ms, Some(NOW + 5));
+    let again = store
+        .request_rollout_cancel(r.id, "spiffe://test/operator/carol", NOW + 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.cancel_requested_by, again.cancel_requested_at_ms),
+        (Some("spiffe://test/operator/bob".into()), Some(NOW + 5)),
+        "the first request is kept"
+    );
+    // The driver's progress writes leave the request alone.
+    let cancelled = rollout_update(RolloutStatus::Cancelled, "cancelled", NOW + 60_000);
+    assert!(
+        store
+            .update_rollout(r.id, "coord-a", &cancelled, NOW + 10)
+            .await
+            .unwrap()
+    );
+    let got = store.get_rollout(r.id).await.unwrap().unwrap();
+    assert_eq!(got.status, RolloutStatus::Cancelled);
+    assert_eq!(got.cancel_requested_at_ms, Some(NOW + 5));
+
+    // An ended rollout takes no request.
+    let mut restart = rollout_record(&app, "staging", "1.0", NOW + 20);
+    restart.kind = RolloutKind::Restart;
+    store.create_rollout(&restart).await.unwrap();
+    let done = rollout_update(RolloutStatus::Succeeded, "restarted", NOW + 60_000);
+    assert!(
+        store
+            .update_rollout(restart.id, "coord-a", &done, NOW + 21)
+            .await
+            .unwrap()
+    );
+    let got = store
+        .request_rollout_cancel(restart.id, "spiffe://test/operator/bob", NOW + 22)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.kind, RolloutKind::Restart);
+    assert_eq!(got.cancel_requested_by, None);
+    assert!(
+        store
+            .request_rollout_cancel(Uuid::now_v7(), "x", NOW)
+            .await
+            .unwrap()
+            .is_none()
     );
 }
 

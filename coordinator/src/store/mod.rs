@@ -129,10 +129,10 @@ pub enum StoreError {
     #[error("no job with id {0}")]
     JobNotFound(Uuid),
     #[error(
-        "{app} {env} is being deployed: rollout {} of version {} by {}, started {}; \
-         wait for it (`ferry deploy --wait`) or follow it with `ferry releases --app {app} --env {env}`",
-        running.id, running.version, running.created_by,
-        ferry_common::time::rfc3339_ms(running.created_at_ms),
+        "{app} {env} is being deployed: rollout {} ({} of version {}) by {}, started {}; \
+         follow it with `ferry rollout {}`, or wait for it (`--wait`)",
+        running.id, running.kind, running.version, running.created_by,
+        ferry_common::time::rfc3339_ms(running.created_at_ms), running.id,
         app = running.app, env = running.env
     )]
     RolloutInProgress { running: Box<RolloutRecord> },

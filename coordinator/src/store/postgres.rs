@@ -63,6 +63,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "audit_scope",
         include_str!("../../../migrations/postgres/0008_audit_scope.sql"),
     ),
+    (
+        9,
+        "rollout_cancel_redeploy_restart",
+        include_str!("../../../migrations/postgres/0009_rollout_cancel_redeploy_restart.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

@@ -39,6 +39,10 @@ pub struct RolloutRecord {
     pub owner: Option<String>,
     pub lease_expires_at_ms: i64,
     pub traceparent: String,
+    /// `ferry rollout cancel`: who asked (SPIFFE URI), and when. The
+    /// driver stops starting steps once it sees it.
+    pub cancel_requested_by: Option<String>,
+    pub cancel_requested_at_ms: Option<i64>,
 }
 
 /// What the driving coordinator writes as a rollout proceeds. Writing it
@@ -80,6 +84,8 @@ fn rollout(row: &impl Columns) -> Result<RolloutRecord, StoreError> {
         owner: row.opt_text("owner")?,
         lease_expires_at_ms: row.int("lease_expires_at_ms")?,
         traceparent: row.text("traceparent")?,
+        cancel_requested_by: row.opt_text("cancel_requested_by")?,
+        cancel_requested_at_ms: row.opt_int("cancel_requested_at_ms")?,
     })
 }
 
@@ -214,6 +220,29 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done == 1)
+    }
+
+    /// Records `actor`'s request to cancel a running rollout; the first
+    /// request is kept (a second changes nothing). Returns the rollout as
+    /// stored afterwards (`None`: no such rollout); one that already ended
+    /// is returned unchanged, without a request.
+    pub async fn request_rollout_cancel(
+        &self,
+        id: Uuid,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Option<RolloutRecord>, StoreError> {
+        query(
+            "UPDATE rollouts SET cancel_requested_by = $1, cancel_requested_at_ms = $2 \
+             WHERE id = $3 AND status = $4 AND cancel_requested_by IS NULL",
+        )
+        .bind(actor)
+        .bind(now_ms)
+        .bind(id)
+        .bind(RolloutStatus::Running.as_str())
+        .execute(&self.pool)
+        .await?;
+        self.get_rollout(id).await
     }
 
     /// Takes over every `running` rollout whose lease expired before

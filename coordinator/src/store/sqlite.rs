@@ -57,6 +57,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "audit_scope",
         include_str!("../../../migrations/sqlite/0008_audit_scope.sql"),
     ),
+    (
+        9,
+        "rollout_cancel_redeploy_restart",
+        include_str!("../../../migrations/sqlite/0009_rollout_cancel_redeploy_restart.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

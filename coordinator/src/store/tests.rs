@@ -286,6 +286,7 @@ conformance!(
     notifications,
     leadership,
     rollouts,
+    rollout_cancel_requests,
     expiry,
     absent_agents,
     lost_then_reported,
@@ -893,4 +894,91 @@ async fn sqlite_always_leads() {
         rx.recv().await,
         Err(tokio::sync::broadcast::error::RecvError::Closed)
     ));
+}
+
+/// SQLite rebuilds the rollouts table in migration 8 (to widen its
+/// CHECKs): a store of migration 7 keeps every rollout, the links between
+/// them and the deploy lock, and takes the new words.
+#[tokio::test]
+async fn sqlite_rollouts_survive_the_rebuild_of_migration_8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ferry.db");
+    {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .foreign_keys(true),
+            )
+            .await
+            .expect("open");
+        super::rows::migrator(&sqlite::MIGRATIONS[..7])
+            .run(&pool)
+            .await
+            .expect("migrations 1-7");
+        sqlx::raw_sql(
+            "INSERT INTO rollouts (id, app, env, version, kind, status, protected, spec_json, \
+             plan_json, created_by, created_at_ms, updated_at_ms, lease_expires_at_ms, traceparent) \
+             VALUES ('0190a000-0000-7000-8000-000000000001', 'shop', 'prod', '1.0', 'deploy', \
+             'succeeded', 1, '{}', '{}', 'alice', 1, 1, 1, 't'); \
+             INSERT INTO rollouts (id, app, env, version, kind, status, protected, spec_json, \
+             plan_json, previous_id, previous_version, created_by, created_at_ms, updated_at_ms, \
+             lease_expires_at_ms, traceparent) \
+             VALUES ('0190a000-0000-7000-8000-000000000002', 'shop', 'prod', '1.1', 'deploy', \
+             'running', 1, '{}', '{}', '0190a000-0000-7000-8000-000000000001', '1.0', 'alice', \
+             2, 2, 2, 't');",
+        )
+        .execute(&pool)
+        .await
+        .expect("rollouts of migration 7");
+        pool.close().await;
+    }
+    let store = Store::open_sqlite(&path).await.expect("migrate to 8");
+    let first = Uuid::parse_str("0190a000-0000-7000-8000-000000000001").unwrap();
+    let second = Uuid::parse_str("0190a000-0000-7000-8000-000000000002").unwrap();
+    let got = store.get_rollout(second).await.unwrap().expect("kept");
+    assert_eq!(got.previous_id, Some(first));
+    assert_eq!(got.cancel_requested_by, None);
+    assert_eq!(store.list_rollouts("shop", None, 0).await.unwrap().len(), 2);
+    // The lock survived: a second running rollout of (shop, prod) is refused.
+    let mut again = got.clone();
+    again.id = Uuid::now_v7();
+    assert!(matches!(
+        store.create_rollout(&again).await,
+        Err(StoreError::RolloutInProgress { .. })
+    ));
+    // A cancel request and the new words are taken.
+    let asked = store
+        .request_rollout_cancel(second, "bob", 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(asked.cancel_requested_by.as_deref(), Some("bob"));
+    let update = super::RolloutUpdate {
+        steps_json: "[]".into(),
+        message: "stopped".into(),
+        status: super::RolloutStatus::Cancelled,
+        lease_expires_at_ms: 10,
+    };
+    let super::db::Pool::Sqlite(pool) = &store.pool else {
+        unreachable!("an SQLite store")
+    };
+    // Its keys point at the new table itself, not at the one renamed aside.
+    let parents: Vec<(String,)> =
+        sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_list('rollouts')")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        parents,
+        [("rollouts".to_string(),), ("rollouts".to_string(),)]
+    );
+    sqlx::raw_sql(
+        "UPDATE rollouts SET owner = 'c' WHERE id = '0190a000-0000-7000-8000-000000000002'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    assert!(store.update_rollout(second, "c", &update, 4).await.unwrap());
 }
