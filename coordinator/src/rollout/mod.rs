@@ -1453,6 +1453,7 @@ mod tests {
             max_parallel: 1,
             batches: Vec::new(),
             smoke: Vec::new(),
+            secret_rules: BTreeMap::new(),
             services: Vec::new(),
         };
         assert_eq!(
