@@ -28,6 +28,8 @@
 //! - `healthcheck`: `[services.NAME.healthcheck]` ([`Healthcheck`]).
 //! - `secrets`: secret names, `registry_auth` ([`RegistryAuth`]).
 //! - `smoke`: `[[smoke]]` checks (the smoke job's [`HttpCheck`]).
+//! - `databases`: `[databases.NAME]` ([`Database`]: engine, where it is,
+//!   which host works on it, its backup policy and verification checks).
 //! - `release`: a release of the file as a deploy job's spec
 //!   ([`AppFile::deploy_spec`], [`validate_version`]).
 //! - `errors`: [`Problem`], [`AppFileError`], their formatting, "did you mean".
@@ -42,6 +44,7 @@
 //! types ([`crate::job`]), so the file and the job cannot disagree on them.
 
 mod check;
+mod databases;
 mod environment;
 mod errors;
 #[cfg(test)]
@@ -62,6 +65,10 @@ use serde::Serialize;
 use toml::de::DeTable;
 
 pub use crate::job::{HttpCheck, PullPolicy, RestartPolicy, Strategy};
+pub use databases::{
+    BackupPolicy, CompareOp, CronSchedule, Database, DbEngine, DbHost, DbLocation, Expect,
+    SqlCheck, check_table_name, check_time_zone,
+};
 pub use environment::{ALWAYS_PROTECTED, Environment};
 pub use errors::{AppFileError, Problem, format_problem};
 pub use healthcheck::{
@@ -76,6 +83,7 @@ pub use volumes::VolumeMount;
 
 use crate::rules::dns_name;
 use check::{Check, at_least_one};
+use databases::RawDatabase;
 use environment::RawEnvironment;
 use raw::{FieldPath, Index};
 use serde::Deserialize;
@@ -97,6 +105,8 @@ pub struct AppFile {
     pub services: Vec<Service>,
     /// HTTP checks run from every host after its deploy.
     pub smoke: Vec<HttpCheck>,
+    /// By name.
+    pub databases: BTreeMap<String, Database>,
 }
 
 /// `[rollout]`.
@@ -161,6 +171,8 @@ struct RawAppFile {
     services: BTreeMap<String, RawService>,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
+    #[serde(default)]
+    databases: BTreeMap<String, RawDatabase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,13 +279,25 @@ impl Check {
             .map(|(i, s)| self.smoke(&root.key("smoke").index(i), s))
             .collect();
 
+        let databases_path = root.key("databases");
+        let databases: BTreeMap<String, Database> = raw
+            .databases
+            .into_iter()
+            .map(|(name, d)| {
+                let db = self.database(&databases_path.key(&name), name.clone(), d);
+                (name, db)
+            })
+            .collect();
+
         self.across(&environments, &services);
+        self.database_services(&databases, &services);
         AppFile {
             app,
             rollout,
             environments,
             services,
             smoke,
+            databases,
         }
     }
 
