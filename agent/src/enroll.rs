@@ -100,6 +100,8 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         max_concurrent_tasks: None,
         capabilities: None,
         nginx: Default::default(),
+        backup_dir: None,
+        pg_bin_dir: None,
     }
     // Written last: its presence means enrollment completed.
     .save(&opts.state_dir, false)?;

@@ -1,6 +1,7 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
-//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine).
+//! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
+//! [`backup`] (a database dumped to a checksummed file).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -12,6 +13,7 @@
 use async_trait::async_trait;
 use ferry_common::job::{JobKind, JobSpec, Registered};
 
+pub mod backup;
 pub mod context;
 pub mod deploy;
 pub mod http;
@@ -69,7 +71,12 @@ impl<E: KindExecutor> Executor for E {
 
 /// Every executor this agent has, one per job kind.
 pub fn executors() -> &'static [&'static dyn Executor] {
-    &[&probe::Probe, &smoke::Smoke, &deploy::Deploy]
+    &[
+        &probe::Probe,
+        &smoke::Smoke,
+        &deploy::Deploy,
+        &backup::Backup,
+    ]
 }
 
 /// The executors of `kinds` (every one if `None`), in registry order.

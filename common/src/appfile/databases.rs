@@ -20,59 +20,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::check::Check;
 use super::raw::{FieldPath, Scalar};
 use crate::job::Selector;
+pub use crate::job::backup::{DbEngine, DbLocation, check_table_name};
 use crate::rules::{dns_name, secret_name};
-
-/// The engine of a database.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DbEngine {
-    #[default]
-    Postgres,
-    /// MariaDB or MySQL.
-    Mariadb,
-}
-
-impl DbEngine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DbEngine::Postgres => "postgres",
-            DbEngine::Mariadb => "mariadb",
-        }
-    }
-}
-
-impl fmt::Display for DbEngine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DbEngine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<DbEngine, String> {
-        match s {
-            "postgres" => Ok(DbEngine::Postgres),
-            "mariadb" => Ok(DbEngine::Mariadb),
-            other => Err(format!(
-                "unknown engine {other:?}; expected \"postgres\" or \"mariadb\" (MariaDB and MySQL)"
-            )),
-        }
-    }
-}
-
-/// Where a database is: exactly one of the three.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DbLocation {
-    /// A connection URL kept as a secret of the app and environment (the
-    /// one the app itself uses), for a server the host reaches.
-    UrlSecret(String),
-    /// A database server in a container of this app and environment that
-    /// Ferry deployed (the service's name).
-    Service(String),
-    /// Any container on the host, by name.
-    Container(String),
-}
 
 /// Which agent works on a database. One database is always worked on by
 /// one agent.
@@ -538,29 +487,6 @@ fn check_container_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{name:?} is not a container name; Docker's are letters, digits, '_', '.' and '-', starting with a letter or digit"
-        ))
-    }
-}
-
-/// `table` or `schema.table`, plain identifiers (what `pg_dump --table`
-/// and the row counts both read the same way).
-pub fn check_table_name(name: &str) -> Result<(), String> {
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && !s.starts_with(|c: char| c.is_ascii_digit())
-            && s.chars()
-                .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
-    };
-    let ok = match name.split_once('.') {
-        Some((schema, table)) => ident(schema) && ident(table),
-        None => ident(name),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a table name; expected table or schema.table (letters, digits and '_')"
         ))
     }
 }

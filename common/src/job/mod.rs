@@ -11,6 +11,8 @@
 //! - [`smoke`]: [`SmokeSpec`], HTTP checks from the host.
 //! - [`deploy`]: [`DeploySpec`], containers on the host's Docker engine,
 //!   and [`naming`], the Docker names of what a deploy creates.
+//! - [`backup`]: [`BackupSpec`], a database dumped to a checksummed file,
+//!   described by its [`BackupManifest`].
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -23,10 +25,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod backup;
 pub mod deploy;
 pub mod probe;
 pub mod smoke;
 
+pub use backup::{BackupManifest, BackupSpec};
 pub use deploy::{
     DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RegistryAuth, RestartPolicy,
     ServiceDeploy, Strategy, VolumeMount, naming,
@@ -209,6 +213,7 @@ registry! {
     Probe(ProbeSpec),
     Smoke(SmokeSpec),
     Deploy(DeploySpec),
+    Backup(BackupSpec),
 }
 
 impl JobSpec {
@@ -427,8 +432,9 @@ mod tests {
         );
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
-            err.to_string()
-                .contains("unknown job kind \"shell\"; expected one of probe, smoke, deploy"),
+            err.to_string().contains(
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup"
+            ),
             "{err}"
         );
         let spec: DeploySpec = deploy.clone().try_into().unwrap();
