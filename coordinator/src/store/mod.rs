@@ -18,6 +18,8 @@
 //! - [`tokens`]: join tokens and enrollment (certificates issued);
 //! - [`operators`]: operators and their roles;
 //! - [`audit`]: the audit log;
+//! - [`backups`]: the backup catalogue and each (app, env)'s database
+//!   settings;
 //! - [`secrets`]: sealed secrets;
 //! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
 //!   holding the job logic once (state machines, locking order, seqs) over
@@ -45,6 +47,7 @@ use uuid::Uuid;
 
 pub use agents::{AgentHello, AgentRecord, Heartbeat};
 pub use audit::AuditEntry;
+pub use backups::{BackupFilter, BackupRecord, DatabaseSettings};
 pub use jobs::{
     AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
     NewTask, Notification, StartedJob, TaskRecord, Transition,
@@ -56,6 +59,7 @@ pub use tokens::{JoinTokenRecord, NewAgent};
 
 pub mod agents;
 pub mod audit;
+pub mod backups;
 mod db;
 pub mod jobs;
 mod meta;

@@ -58,6 +58,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_previous_certificate",
         include_str!("../../../migrations/postgres/0007_agent_previous_certificate.sql"),
     ),
+    (
+        8,
+        "backups",
+        include_str!("../../../migrations/postgres/0008_backups.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

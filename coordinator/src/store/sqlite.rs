@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "agent_previous_certificate",
         include_str!("../../../migrations/sqlite/0007_agent_previous_certificate.sql"),
     ),
+    (
+        8,
+        "backups",
+        include_str!("../../../migrations/sqlite/0008_backups.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

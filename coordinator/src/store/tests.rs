@@ -288,6 +288,7 @@ conformance!(
     expiry,
     absent_agents,
     lost_then_reported,
+    backups,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -578,6 +578,20 @@ impl Store {
         }
         let mut tx = self.pool.begin_jobs().await?;
         let outcome = engine::append_agent_events(&mut tx, events, now_ms).await?;
+        // A backup is catalogued with its task's success, never without it.
+        for t in &outcome.transitions {
+            if t.task.state == TaskState::Succeeded {
+                super::backups::catalogue_if_backup(
+                    &mut tx,
+                    t.task.id,
+                    t.task.job_id,
+                    &t.task.agent_name,
+                    t.task.result_json.as_deref(),
+                    now_ms,
+                )
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(outcome)
     }
