@@ -9,6 +9,7 @@
 //!
 //! - [`status`], [`agents`], [`tokens`], [`operators`]: the coordinator,
 //!   its agents, join tokens and operators.
+//! - [`backup`]: `backup run|ls|show`, database backups and their catalogue.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`; [`rollout`]: `releases`, `rollout`.
@@ -24,6 +25,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod agents;
+pub mod backup;
 pub mod completions;
 pub mod context;
 pub mod deploy;
@@ -82,6 +84,8 @@ pub enum Command {
     Validate(validate::Command),
     #[command(flatten)]
     Completions(completions::Command),
+    #[command(flatten)]
+    Backup(backup::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -99,6 +103,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Rollout(c) => show(&ctx, rollout::run(c, &ctx).await),
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
+        Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

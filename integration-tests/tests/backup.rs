@@ -664,3 +664,169 @@ async fn a_cancelled_or_killed_backup_leaves_no_file() {
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
+
+fn ferry(creds: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin::path("ferry"))
+        .arg("--credentials")
+        .arg(creds)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_lists_and_shows_backups_and_a_failed_one_is_not_catalogued() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    populate(&url, 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let s = setup(&[("db-1", backup_env(&backups))]).await;
+    let creds = dir.path().join("admin.credentials");
+    s.c.admin.save(&creds, false).unwrap();
+    set_secret(&s.c, "DATABASE_URL", &url).await;
+    set_secret(
+        &s.c,
+        "BROKEN_URL",
+        &url.replacen("ferry:ferry@", "ferry:wrong@", 1),
+    )
+    .await;
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(
+        &file,
+        r#"app = "shop"
+[environments.staging]
+agents = ["db-1"]
+[services.web]
+image = "shop:{version}"
+[databases.main]
+url_secret = "DATABASE_URL"
+[databases.main.backup]
+keep_days = 30
+[databases.broken]
+url_secret = "BROKEN_URL"
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    // Both databases: one written and catalogued, one failed and not.
+    let out = ferry(
+        &creds,
+        &["backup", "run", "-f", f, "--env", ENV, "--output", "json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ran: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ran[0]["database"], "broken");
+    assert_eq!(ran[0]["status"], "failed");
+    assert!(ran[0]["backup"].is_null());
+    assert!(
+        ran[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("password authentication failed"),
+        "{ran}"
+    );
+    assert_eq!(ran[1]["database"], "main");
+    assert_eq!(ran[1]["status"], "succeeded");
+    assert_eq!(ran[1]["host"], "db-1");
+    let id = ran[1]["backup"]["id"].as_str().unwrap().to_string();
+    assert_eq!(ran[1]["backup"]["row_counts"]["public.orders"], 1000);
+
+    let out = ferry(&creds, &["backup", "ls", "--app", APP, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "only the backup that was written: {list:?}");
+    let b = &list[0];
+    assert_eq!(b["id"], id.as_str());
+    assert_eq!(
+        (b["app"].as_str(), b["env"].as_str(), b["database"].as_str()),
+        (Some(APP), Some(ENV), Some("main"))
+    );
+    assert_eq!(b["reason"], "manual");
+    assert_eq!(b["host"], "db-1");
+    let path = b["path"].as_str().unwrap();
+    assert_eq!(
+        b["size_bytes"].as_u64(),
+        Some(std::fs::metadata(path).unwrap().len())
+    );
+    assert_eq!(b["sha256"].as_str().unwrap().len(), 64);
+    let created = time::OffsetDateTime::parse(
+        b["created_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expires = time::OffsetDateTime::parse(
+        b["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(
+        expires - created,
+        time::Duration::days(30),
+        "keep_days of the app file"
+    );
+    assert!(b["verified_at"].is_null() && b["verify_result"].is_null());
+
+    // Without the file: the databases the coordinator kept; text lines.
+    let out = ferry(
+        &creds,
+        &["backup", "run", "--app", APP, "--env", ENV, "--db", "main"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("✔ main: backup "), "{stdout}");
+    let out = ferry(&creds, &["backup", "ls", "--app", APP, "--db", "main"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "a header and two backups: {stdout}"
+    );
+
+    let out = ferry(&creds, &["backup", "show", &id, "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["manifest"]["row_counts"]["public.customers"], 5000);
+    assert_eq!(shown["manifest"]["job_id"], shown["job_id"]);
+    let out = ferry(&creds, &["backup", "show", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("restore by hand: zstd -dc "), "{stdout}");
+
+    // Refusals, each with its exit code.
+    let out = ferry(
+        &creds,
+        &["backup", "show", &uuid::Uuid::now_v7().to_string()],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no backup with id"));
+    let out = ferry(&creds, &["backup", "run", "-f", f, "--env", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown environment \"nope\""));
+    let out = ferry(
+        &creds,
+        &["backup", "run", "--app", APP, "--env", ENV, "--db", "other"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("has no database \"other\"; it has broken, main")
+    );
+}

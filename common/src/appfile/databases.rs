@@ -58,6 +58,14 @@ impl DbHost {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronSchedule(String);
 
+impl<'de> Deserialize<'de> for CronSchedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl CronSchedule {
     pub fn as_str(&self) -> &str {
         &self.0
@@ -119,7 +127,7 @@ pub fn check_time_zone(name: &str) -> Result<(), String> {
 }
 
 /// `[databases.NAME.backup]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupPolicy {
     /// When scheduled backups run (cron, in `timezone`).
     pub schedule: Option<CronSchedule>,
@@ -263,7 +271,7 @@ pub struct SqlCheck {
 }
 
 /// `[databases.NAME]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Database {
     /// The name in the file, which is also the default database name on
     /// the server for `service`/`container` databases.
@@ -273,6 +281,28 @@ pub struct Database {
     pub host: DbHost,
     pub backup: BackupPolicy,
     pub checks: Vec<SqlCheck>,
+}
+
+impl Database {
+    /// What the coordinator keeps of this database for environment `env`:
+    /// its settings and the agents that may work on it.
+    pub fn target(&self, env: &super::Environment) -> DatabaseTarget {
+        DatabaseTarget {
+            database: self.clone(),
+            selector: self.host.selector(&env.selector()),
+        }
+    }
+}
+
+/// A database of an (app, env) as the coordinator keeps it (from the last
+/// app file it was given): the `[databases.NAME]` settings, and the agents
+/// its `host` selects in that environment (the first by name does the
+/// work).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseTarget {
+    #[serde(flatten)]
+    pub database: Database,
+    pub selector: Selector,
 }
 
 impl Check {
@@ -582,6 +612,12 @@ host = "role=db,region=eu"
             t.host.selector(&Selector::default()).labels,
             BTreeMap::from([("region".into(), "eu".into()), ("role".into(), "db".into())])
         );
+        // What the coordinator keeps reads back the same.
+        let target = main.target(f.environment("staging").unwrap());
+        assert_eq!(target.selector.agents, ["db-1"]);
+        let text = serde_json::to_string(&target).unwrap();
+        let back: DatabaseTarget = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, target);
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["databases"]["main"]["backup"]["schedule"], "0 2 * * *");
         assert_eq!(

@@ -66,8 +66,8 @@ use toml::de::DeTable;
 
 pub use crate::job::{HttpCheck, PullPolicy, RestartPolicy, Strategy};
 pub use databases::{
-    BackupPolicy, CompareOp, CronSchedule, Database, DbEngine, DbHost, DbLocation, Expect,
-    SqlCheck, check_table_name, check_time_zone,
+    BackupPolicy, CompareOp, CronSchedule, Database, DatabaseTarget, DbEngine, DbHost, DbLocation,
+    Expect, SqlCheck, check_table_name, check_time_zone,
 };
 pub use environment::{ALWAYS_PROTECTED, Environment};
 pub use errors::{AppFileError, Problem, format_problem};

@@ -122,7 +122,7 @@ pub const COMPRESSION_ZSTD: &str = "zstd";
 
 impl KindSpec for BackupSpec {
     const NAME: &'static str = "backup";
-    const CLI: &'static [&'static str] = &["backup run"];
+    const CLI: &'static [&'static str] = &["backup"];
     const DOC: &'static str = "Dump a database to a zstd-compressed, SHA-256-checksummed file with a manifest of exact row counts.";
 
     fn validate(&self) -> Result<(), String> {

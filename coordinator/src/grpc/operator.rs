@@ -485,6 +485,81 @@ impl OperatorService for OperatorApi {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
+
+    async fn run_backup(
+        &self,
+        req: Request<pb::RunBackupRequest>,
+    ) -> Result<Response<pb::RunBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "run backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let jobs = crate::backups::run_backup(&self.core, &actor, req.into_inner()).await?;
+        let mut wire = Vec::new();
+        for job in jobs {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            wire.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::RunBackupResponse { jobs: wire }))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read backups")
+            .await?;
+        let r = req.into_inner();
+        let some = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        let filter = crate::store::BackupFilter {
+            app: some(r.app),
+            env: some(r.env),
+            database: some(r.database),
+        };
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
+        let backups = self
+            .core
+            .store
+            .list_backups(&filter, limit)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: backups.iter().map(crate::backups::to_wire).collect(),
+        }))
+    }
+
+    async fn get_backup(
+        &self,
+        req: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::GetBackupResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read backups")
+            .await?;
+        let text = req.get_ref().id.trim().to_string();
+        let id = Uuid::parse_str(&text).map_err(|_| {
+            CoordinatorError::invalid(
+                "backup id",
+                format!("{text:?} is not a backup id (see `ferry backup ls`)"),
+            )
+        })?;
+        let backup = self
+            .core
+            .store
+            .get_backup(id)
+            .await
+            .map_err(CoordinatorError::from)?
+            .ok_or_else(|| CoordinatorError::from(StoreError::BackupNotFound(id)))?;
+        Ok(Response::new(pb::GetBackupResponse {
+            backup: Some(crate::backups::to_wire(&backup)),
+        }))
+    }
 }
 
 fn parse_job_id(text: &str) -> Result<Uuid, CoordinatorError> {

@@ -130,6 +130,8 @@ pub enum StoreError {
     OperatorNotFound(String),
     #[error("no job with id {0}")]
     JobNotFound(Uuid),
+    #[error("no backup with id {0} (see `ferry backup ls`)")]
+    BackupNotFound(Uuid),
     #[error(
         "{app} {env} is being deployed: rollout {} of version {} by {}, started {}; \
          wait for it (`ferry deploy --wait`) or follow it with `ferry releases --app {app} --env {env}`",

@@ -1,0 +1,158 @@
+//! Backups as operators ask for them: `RunBackup` keeps the app file's
+//! databases as the (app, env)'s settings and submits one `backup` job per
+//! database to the one agent that works on it; the catalogue itself
+//! (`store::backups`) is filled when those jobs' tasks succeed.
+
+use ferry_common::appfile::DatabaseTarget;
+use ferry_common::job::{BackupSpec, KindSpec, Selector};
+use ferry_common::rules::dns_name;
+use ferry_common::status::BackupReason;
+use ferry_common::time::now_ms;
+use ferry_proto::v1 as pb;
+
+use crate::core::Core;
+use crate::error::CoordinatorError;
+use crate::scheduler::Submission;
+use crate::store::{BackupRecord, JobRecord};
+
+/// The agent that works on a database: the first (by name) of the
+/// enrolled, unrevoked agents its selector matches, so one database is
+/// always worked on by one agent.
+async fn agent_for(
+    core: &Core,
+    database: &str,
+    selector: &Selector,
+) -> Result<String, CoordinatorError> {
+    let agents = core.store.list_agents().await?;
+    agents
+        .iter()
+        .filter(|a| a.revoked_at_ms.is_none() && selector.matches(&a.name, &a.labels))
+        .map(|a| a.name.clone())
+        .min()
+        .ok_or_else(|| {
+            CoordinatorError::invalid(
+                format!("database {database}"),
+                format!(
+                    "no enrolled agent matches its host ({}); check `host` in [databases.{database}] and `ferry agents`",
+                    selector.describe()
+                ),
+            )
+        })
+}
+
+/// `RunBackup`: the jobs submitted, one per database, by database name.
+pub async fn run_backup(
+    core: &Core,
+    actor: &str,
+    req: pb::RunBackupRequest,
+) -> Result<Vec<JobRecord>, CoordinatorError> {
+    let app = req.app.trim();
+    let env = req.env.trim();
+    dns_name(app).map_err(|e| CoordinatorError::invalid("app", e))?;
+    dns_name(env).map_err(|e| CoordinatorError::invalid("env", e))?;
+    if !req.databases_json.is_empty() {
+        let mut settings = Vec::new();
+        for json in &req.databases_json {
+            let target: DatabaseTarget = serde_json::from_str(json).map_err(|e| {
+                CoordinatorError::invalid(
+                    "databases",
+                    format!("not a database of an app file: {e}"),
+                )
+            })?;
+            dns_name(&target.database.name)
+                .map_err(|e| CoordinatorError::invalid("databases", e))?;
+            settings.push((target.database.name.clone(), json.clone()));
+        }
+        core.store
+            .put_database_settings(app, env, &settings, now_ms())
+            .await?;
+    }
+    let known = core.store.database_settings(app, env).await?;
+    if known.is_empty() {
+        return Err(CoordinatorError::invalid(
+            "databases",
+            format!(
+                "no databases are known for {app} {env}; give the app file once (`ferry backup run -f ferry.toml --env {env}`), whose [databases.NAME] the coordinator then keeps"
+            ),
+        ));
+    }
+    let wanted = req.database.trim();
+    let chosen: Vec<_> = known
+        .iter()
+        .filter(|s| wanted.is_empty() || s.name == wanted)
+        .collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
+        return Err(CoordinatorError::invalid(
+            "database",
+            format!(
+                "{app} {env} has no database {wanted:?}; it has {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    let mut jobs = Vec::new();
+    for s in chosen {
+        let target: DatabaseTarget = serde_json::from_str(&s.settings_json).map_err(|e| {
+            CoordinatorError::Internal(format!("stored settings of database {}: {e}", s.name))
+        })?;
+        let db = &target.database;
+        let spec = BackupSpec {
+            app: app.to_string(),
+            env: env.to_string(),
+            database: db.name.clone(),
+            engine: db.engine,
+            location: db.location.clone(),
+            tables: if req.tables.is_empty() {
+                db.backup.tables.clone()
+            } else {
+                req.tables.clone()
+            },
+            reason: BackupReason::Manual,
+        };
+        spec.validate()
+            .map_err(|e| CoordinatorError::invalid(format!("database {}", db.name), e))?;
+        let agent = agent_for(core, &db.name, &target.selector).await?;
+        let submission = Submission {
+            kind: BackupSpec::NAME.to_string(),
+            spec_json: serde_json::to_string(&spec)
+                .map_err(|e| CoordinatorError::Internal(e.to_string()))?,
+            target: Selector {
+                agents: vec![agent],
+                labels: Default::default(),
+            },
+            idempotency_key: None,
+            deadline: None,
+            parent: None,
+        };
+        let (job, _) = core.submit_job(actor, submission).await?;
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+/// A catalogued backup on the wire.
+pub fn to_wire(b: &BackupRecord) -> pb::Backup {
+    pb::Backup {
+        id: b.id.to_string(),
+        job_id: b.job_id.to_string(),
+        host: b.host.clone(),
+        app: b.app.clone(),
+        env: b.env.clone(),
+        database: b.database.clone(),
+        engine: b.engine.clone(),
+        path: b.path.clone(),
+        size_bytes: b.size_bytes,
+        sha256: b.sha256.clone(),
+        reason: b.reason.as_str().into(),
+        created_at_ms: b.created_at_ms,
+        expires_at_ms: b.expires_at_ms.unwrap_or(0),
+        verified_at_ms: b.verified_at_ms.unwrap_or(0),
+        verify_result: b
+            .verify_result
+            .map(|r| r.as_str().to_string())
+            .unwrap_or_default(),
+        verify_message: b.verify_message.clone(),
+        manifest_json: b.manifest_json.clone(),
+    }
+}
