@@ -132,7 +132,7 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     };
     let url = ctx.secrets.get(secret).ok_or_else(|| {
         failed(format!(
-            "the secret {secret} (the URL of database {}) was not sent with the task; set it with `ferry secret set {} {secret} --env {}`",
+            "the secret {secret} (the URL of database {}) was not sent with the task; set it with `ferry secret set --app {} --env {} {secret}`",
             spec.database, spec.app, spec.env
         ))
     })?;
