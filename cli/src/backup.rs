@@ -1,6 +1,7 @@
-//! `ferry backup run|ls|show`: back up an app's databases (`[databases.NAME]`
+//! `ferry backup run|ls|show|verify`: back up an app's databases (`[databases.NAME]`
 //! of the app file, or the ones the coordinator kept from the last file it
-//! was given), follow each backup live, and read the catalogue.
+//! was given), follow each backup live, read the catalogue, and verify a
+//! backup by a test restore.
 
 use std::io;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use ferry_common::exit;
 use ferry_common::health::human_bytes;
 use ferry_common::job::BackupManifest;
-use ferry_common::status::JobStatus;
+use ferry_common::status::{JobStatus, VerifyResult};
 use ferry_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -34,6 +35,13 @@ pub enum BackupCommand {
     Ls(LsArgs),
     /// One backup: where it is, its checksum, row counts, how to restore it.
     Show {
+        /// Backup id (see `ferry backup ls`).
+        id: String,
+    },
+    /// Prove a backup restores: checksum, restore into a scratch database
+    /// on its server, every table's rows against the manifest, the app
+    /// file's checks; recorded in the catalogue. Exit 0 passed, 1 failed.
+    Verify {
         /// Backup id (see `ferry backup ls`).
         id: String,
     },
@@ -103,7 +111,26 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
                 .unwrap_or_default();
             Ok(View::Shown(Box::new(backup)))
         }
+        BackupCommand::Verify { id } => {
+            let mut s = ctx.connect().await?;
+            let job = s
+                .client
+                .verify_backup(pb::VerifyBackupRequest { id: id.clone() })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            let (job, _) = follow(ctx, &job.id, ctx.json()).await?;
+            Ok(View::Verified(Box::new(Verified { id, job })))
+        }
     }
+}
+
+/// A finished verification.
+#[derive(Debug)]
+pub struct Verified {
+    pub id: String,
+    pub job: pb::Job,
 }
 
 /// The request `backup run` sends: with `-f`, the app and its databases
@@ -219,6 +246,7 @@ pub enum View {
     Ran(Vec<Ran>),
     Listed(Vec<pb::Backup>),
     Shown(Box<pb::Backup>),
+    Verified(Box<Verified>),
 }
 
 /// A catalogued backup as JSON: the fields `backup ls` promises.
@@ -248,6 +276,22 @@ impl Serialize for View {
         match self {
             View::Ran(ran) => Value::Array(ran.iter().map(Ran::json).collect()).serialize(s),
             View::Listed(list) => Value::Array(list.iter().map(backup_json).collect()).serialize(s),
+            View::Verified(v) => {
+                let task = v.job.tasks.first();
+                json!({
+                    "id": v.id,
+                    "job_id": v.job.id,
+                    "status": v.job.status,
+                    "verify_result": match v.job.status.parse() {
+                        Ok(JobStatus::Succeeded) => Some(VerifyResult::Passed.as_str()),
+                        Ok(JobStatus::Failed) => Some(VerifyResult::Failed.as_str()),
+                        _ => None,
+                    },
+                    "message": task.map(|t| t.message.clone()),
+                    "report": task.and_then(|t| serde_json::from_str::<Value>(&t.result_json).ok()),
+                })
+                .serialize(s)
+            }
             View::Shown(b) => {
                 let mut v = backup_json(b);
                 v["manifest"] = serde_json::from_str(&b.manifest_json).unwrap_or(Value::Null);
@@ -321,6 +365,18 @@ impl Render for View {
                     }),
                 )
             }
+            View::Verified(v) => {
+                let message = v
+                    .job
+                    .tasks
+                    .first()
+                    .map(|t| t.message.as_str())
+                    .unwrap_or_default();
+                match v.job.status.parse() {
+                    Ok(JobStatus::Succeeded) => writeln!(t.out, "✔ {message}"),
+                    _ => writeln!(t.out, "✘ backup {} {}: {message}", v.id, v.job.status),
+                }
+            }
             View::Shown(b) => {
                 writeln!(t.out, "backup   {}", b.id)?;
                 writeln!(
@@ -364,6 +420,7 @@ impl Render for View {
 
     fn exit_code(&self) -> i32 {
         match self {
+            View::Verified(v) => crate::follow::exit_code(&v.job.status),
             View::Ran(ran) => ran
                 .iter()
                 .map(|r| crate::follow::exit_code(&r.job.status))

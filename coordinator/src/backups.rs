@@ -2,9 +2,10 @@
 //! databases as the (app, env)'s settings and submits one `backup` job per
 //! database to the one agent that works on it; the catalogue itself
 //! (`store::backups`) is filled when those jobs' tasks succeed.
+//! `VerifyBackup` sends a backup's test restore to the host holding it.
 
 use ferry_common::appfile::DatabaseTarget;
-use ferry_common::job::{BackupSpec, KindSpec, Selector};
+use ferry_common::job::{BackupSpec, KindSpec, Selector, VerifySpec};
 use ferry_common::rules::dns_name;
 use ferry_common::status::BackupReason;
 use ferry_common::time::now_ms;
@@ -13,7 +14,8 @@ use ferry_proto::v1 as pb;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::scheduler::Submission;
-use crate::store::{BackupRecord, JobRecord};
+use crate::store::{BackupRecord, JobRecord, StoreError};
+use uuid::Uuid;
 
 /// The agent that works on a database: the first (by name) of the
 /// enrolled, unrevoked agents its selector matches, so one database is
@@ -129,6 +131,68 @@ pub async fn run_backup(
         jobs.push(job);
     }
     Ok(jobs)
+}
+
+/// `VerifyBackup`: a verify job for backup `id` on the host holding its
+/// file, with the checks of the database settings the coordinator kept.
+pub async fn verify_backup(
+    core: &Core,
+    actor: &str,
+    id: Uuid,
+) -> Result<JobRecord, CoordinatorError> {
+    let backup = core
+        .store
+        .get_backup(id)
+        .await?
+        .ok_or(StoreError::BackupNotFound(id))?;
+    let manifest = backup
+        .manifest()
+        .map_err(|e| CoordinatorError::Internal(format!("backup {id}: {e}")))?;
+    let settings = core
+        .store
+        .database_settings(&backup.app, &backup.env)
+        .await?;
+    let target: DatabaseTarget = settings
+        .iter()
+        .find(|s| s.name == backup.database)
+        .map(|s| serde_json::from_str(&s.settings_json))
+        .transpose()
+        .map_err(|e| CoordinatorError::Internal(format!("stored database settings: {e}")))?
+        .ok_or_else(|| {
+            CoordinatorError::invalid(
+                "backup",
+                format!(
+                    "the settings of database {} of {} {} are not known (where its server is, its checks); give the app file once with `ferry backup run -f ferry.toml --env {}`",
+                    backup.database, backup.app, backup.env, backup.env
+                ),
+            )
+        })?;
+    let spec = VerifySpec {
+        backup_id: id.to_string(),
+        app: backup.app.clone(),
+        env: backup.env.clone(),
+        database: backup.database.clone(),
+        location: target.database.location.clone(),
+        path: backup.path.clone(),
+        sha256: backup.sha256.clone(),
+        row_counts: manifest.row_counts,
+        checks: target.database.checks.clone(),
+    };
+    spec.validate()
+        .map_err(|e| CoordinatorError::invalid(format!("backup {id}"), e))?;
+    let submission = Submission {
+        kind: VerifySpec::NAME.to_string(),
+        spec_json: serde_json::to_string(&spec)
+            .map_err(|e| CoordinatorError::Internal(e.to_string()))?,
+        target: Selector {
+            agents: vec![backup.host.clone()],
+            labels: Default::default(),
+        },
+        idempotency_key: None,
+        deadline: None,
+        parent: None,
+    };
+    Ok(core.submit_job(actor, submission).await?.0)
 }
 
 /// A catalogued backup on the wire.

@@ -830,3 +830,148 @@ url_secret = "BROKEN_URL"
             .contains("has no database \"other\"; it has broken, main")
     );
 }
+
+fn app_file(dir: &Path, name: &str, expect: &str) -> String {
+    let file = dir.join(name);
+    std::fs::write(
+        &file,
+        format!(
+            r#"app = "shop"
+[environments.staging]
+agents = ["db-1"]
+[services.web]
+image = "shop:{{version}}"
+[databases.main]
+url_secret = "DATABASE_URL"
+[[databases.main.checks]]
+sql = "SELECT count(*) FROM customers"
+expect = "{expect}"
+[[databases.main.checks]]
+sql = "SELECT greet('x')"
+expect = "Grüß dich, x ! 'quoted' "
+"#
+        ),
+    )
+    .unwrap();
+    file.display().to_string()
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_restores_into_a_scratch_database_and_refuses_a_flipped_byte() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    populate(&url, 20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(&[("db-1", backup_env(&dir.path().join("backups")))]).await;
+    let creds = dir.path().join("admin.credentials");
+    s.c.admin.save(&creds, false).unwrap();
+    set_secret(&s.c, "DATABASE_URL", &url).await;
+    let good = app_file(dir.path(), "good.toml", "> 0");
+    let bad = app_file(dir.path(), "bad.toml", "= 4");
+
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "run", "-f", &good, "--env", ENV, "--output", "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let id = json_of(&out)[0]["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Passed: recorded, and the scratch database is gone.
+    let out = ferry(&creds, &["backup", "verify", &id, "--output", "json"]);
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["verify_result"], "passed");
+    assert_eq!(v["report"]["checks"], 2);
+    assert_eq!(v["report"]["tables"], 4);
+    assert_eq!(v["report"]["rows"], 20_000 + 5000 + 2000);
+    let job = s.c.job(v["job_id"].as_str().unwrap()).await.unwrap();
+    let scratch = format!("ferry_verify_{}", job.tasks[0].id.replace('-', ""));
+    assert_eq!(
+        psql(
+            &url,
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")
+        ),
+        "0"
+    );
+    let out = ferry(&creds, &["backup", "ls", "--app", APP, "--output", "json"]);
+    let b = &json_of(&out)[0];
+    assert_eq!(b["verify_result"], "passed");
+    assert!(b["verified_at"].is_string());
+
+    // A failing check fails the verification, naming it.
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "run", "-f", &bad, "--env", ENV, "--output", "json",
+        ],
+    );
+    let id2 = json_of(&out)[0]["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = ferry(&creds, &["backup", "verify", &id2]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("check 1 (SELECT count(*) FROM customers): got 5000, expected = 4"),
+        "{stdout}"
+    );
+    let out = ferry(&creds, &["backup", "show", &id2, "--output", "json"]);
+    let b = json_of(&out);
+    assert_eq!(b["verify_result"], "failed");
+    assert!(
+        b["verify_message"]
+            .as_str()
+            .unwrap()
+            .contains("expected = 4")
+    );
+
+    // A flipped byte: refused before anything is restored, naming both sums.
+    let path = b["path"].as_str().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap();
+    let out = ferry(&creds, &["backup", "verify", &id2, "--output", "json"]);
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("checksum mismatch") && message.contains(b["sha256"].as_str().unwrap()),
+        "{message}"
+    );
+    assert!(message.contains("was not restored"), "{message}");
+    let job = s.c.job(v["job_id"].as_str().unwrap()).await.unwrap();
+    let scratch = format!("ferry_verify_{}", job.tasks[0].id.replace('-', ""));
+    assert_eq!(
+        psql(
+            &url,
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")
+        ),
+        "0",
+        "nothing was created"
+    );
+    let out = ferry(&creds, &["backup", "show", &id2, "--output", "json"]);
+    assert!(
+        json_of(&out)["verify_message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch")
+    );
+}

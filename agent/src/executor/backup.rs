@@ -47,13 +47,13 @@ const PARTIAL: &str = ".partial";
 /// higher levels cost CPU the host's app needs.
 const ZSTD_LEVEL: i32 = 1;
 /// How much of `pg_dump`'s output is handed to the compressor at once.
-const CHUNK: usize = 256 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const CHUNK: usize = 256 * 1024;
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// What the dump or the count says when the other one's failure stopped it.
 const STOPPED: &str = "stopped";
 
-fn failed(message: impl Into<String>) -> TaskFailure {
+pub(super) fn failed(message: impl Into<String>) -> TaskFailure {
     TaskFailure::Failed(message.into())
 }
 
@@ -342,6 +342,10 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
 pub struct PgTarget {
     pub url_without_password: String,
     pub password: Option<String>,
+    /// `scheme://[user@]host[:port]`.
+    base: String,
+    /// `?…` or empty.
+    query: String,
 }
 
 impl PgTarget {
@@ -354,20 +358,32 @@ impl PgTarget {
         }
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
-        let Some((userinfo, hostport)) = authority.rsplit_once('@') else {
-            return Ok(PgTarget {
-                url_without_password: url.to_string(),
-                password: None,
-            });
+        let query = tail
+            .find('?')
+            .map(|i| tail[i..].to_string())
+            .unwrap_or_default();
+        let (user, hostport, password) = match authority.rsplit_once('@') {
+            None => (None, authority, None),
+            Some((userinfo, hostport)) => match userinfo.split_once(':') {
+                Some((u, p)) => (Some(u), hostport, Some(percent_decode(p)?)),
+                None => (Some(userinfo), hostport, None),
+            },
         };
-        let (user, password) = match userinfo.split_once(':') {
-            Some((u, p)) => (u, Some(percent_decode(p)?)),
-            None => (userinfo, None),
+        let base = match user {
+            Some(u) => format!("{scheme}://{u}@{hostport}"),
+            None => format!("{scheme}://{hostport}"),
         };
         Ok(PgTarget {
-            url_without_password: format!("{scheme}://{user}@{hostport}{tail}"),
+            url_without_password: format!("{base}{tail}"),
             password,
+            base,
+            query,
         })
+    }
+
+    /// The URL (without the password) of database `name` on the same server.
+    pub fn url_for(&self, name: &str) -> String {
+        format!("{}/{name}{}", self.base, self.query)
     }
 }
 
@@ -392,7 +408,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 /// sqlx's error, without anything that could carry the URL.
-fn describe_sqlx(e: &sqlx::Error) -> String {
+pub(super) fn describe_sqlx(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         sqlx::Error::Io(io) => io.to_string(),
@@ -475,7 +491,7 @@ impl Table {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub(super) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -806,7 +822,7 @@ fn write_compressed_inner(
 }
 
 /// fsyncs the folder holding `path`, so a rename into it survives a crash.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(path: &Path) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)?.sync_all()
 }
@@ -839,15 +855,13 @@ mod tests {
 
     #[test]
     fn the_password_leaves_the_url() {
+        let t = PgTarget::parse("postgres://shop:s%40cret@db.internal:5432/shop?sslmode=disable")
+            .unwrap();
         assert_eq!(
-            PgTarget::parse("postgres://shop:s%40cret@db.internal:5432/shop?sslmode=disable")
-                .unwrap(),
-            PgTarget {
-                url_without_password: "postgres://shop@db.internal:5432/shop?sslmode=disable"
-                    .into(),
-                password: Some("s@cret".into()),
-            }
+            t.url_without_password,
+            "postgres://shop@db.internal:5432/shop?sslmode=disable"
         );
+        assert_eq!(t.password.as_deref(), Some("s@cret"));
         assert_eq!(
             PgTarget::parse("postgresql://localhost/shop")
                 .unwrap()

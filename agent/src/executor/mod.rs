@@ -1,7 +1,8 @@
 //! The typed job kinds an agent can run; there is no arbitrary shell. One
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
 //! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
-//! [`backup`] (a database dumped to a checksummed file).
+//! [`backup`] (a database dumped to a checksummed file), [`verify`] (a
+//! backup proved by a test restore).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -19,6 +20,7 @@ pub mod deploy;
 pub mod http;
 pub mod probe;
 pub mod smoke;
+pub mod verify;
 
 pub use context::{HostEnv, TaskContext};
 
@@ -76,6 +78,7 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &smoke::Smoke,
         &deploy::Deploy,
         &backup::Backup,
+        &verify::Verify,
     ]
 }
 

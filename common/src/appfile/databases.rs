@@ -12,7 +12,6 @@
 //! beside this one, checked by a method called from [`Check::database`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -21,6 +20,7 @@ use super::check::Check;
 use super::raw::{FieldPath, Scalar};
 use crate::job::Selector;
 pub use crate::job::backup::{DbEngine, DbLocation, check_table_name};
+pub use crate::job::verify::{CompareOp, Expect, SqlCheck};
 use crate::rules::{dns_name, secret_name};
 
 /// Which agent works on a database. One database is always worked on by
@@ -154,120 +154,6 @@ impl Default for BackupPolicy {
             tables: Vec::new(),
         }
     }
-}
-
-/// A comparison a check's single value must pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CompareOp {
-    #[serde(rename = ">")]
-    Gt,
-    #[serde(rename = ">=")]
-    Ge,
-    #[serde(rename = "<")]
-    Lt,
-    #[serde(rename = "<=")]
-    Le,
-    #[serde(rename = "=")]
-    Eq,
-    #[serde(rename = "!=")]
-    Ne,
-}
-
-impl CompareOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CompareOp::Gt => ">",
-            CompareOp::Ge => ">=",
-            CompareOp::Lt => "<",
-            CompareOp::Le => "<=",
-            CompareOp::Eq => "=",
-            CompareOp::Ne => "!=",
-        }
-    }
-
-    fn holds(self, left: f64, right: f64) -> bool {
-        match self {
-            CompareOp::Gt => left > right,
-            CompareOp::Ge => left >= right,
-            CompareOp::Lt => left < right,
-            CompareOp::Le => left <= right,
-            CompareOp::Eq => left == right,
-            CompareOp::Ne => left != right,
-        }
-    }
-}
-
-/// What a check's value must be.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Expect {
-    /// `"> 0"`, `">= 10"`, `"!= 0"`: the value is a number compared so.
-    Compare { op: CompareOp, value: f64 },
-    /// Anything else: the value's text, exactly.
-    Exact(String),
-}
-
-impl fmt::Display for Expect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expect::Compare { op, value } => write!(f, "{} {value}", op.as_str()),
-            Expect::Exact(text) => write!(f, "{text:?}"),
-        }
-    }
-}
-
-impl Expect {
-    /// Reads `expect`: a comparison operator and a number, or an exact value.
-    pub fn parse(text: &str) -> Result<Expect, String> {
-        let t = text.trim();
-        // Longest operators first, so ">=" is not read as ">" "=...".
-        for op in [
-            CompareOp::Ge,
-            CompareOp::Le,
-            CompareOp::Ne,
-            CompareOp::Gt,
-            CompareOp::Lt,
-            CompareOp::Eq,
-        ] {
-            if let Some(rest) = t.strip_prefix(op.as_str()) {
-                let number = rest.trim();
-                return match number.parse::<f64>() {
-                    Ok(value) if value.is_finite() => Ok(Expect::Compare { op, value }),
-                    _ => Err(format!(
-                        "{text:?}: after {:?} comes a number, e.g. \"> 0\"; for an exact text, leave the operator out",
-                        op.as_str()
-                    )),
-                };
-            }
-        }
-        Ok(Expect::Exact(text.to_string()))
-    }
-
-    /// Whether `value` (a check's single result, as text; `None` for SQL
-    /// NULL) passes; `Err` says why not.
-    pub fn check(&self, value: Option<&str>) -> Result<(), String> {
-        let shown = value.unwrap_or("NULL");
-        match self {
-            Expect::Exact(want) if value == Some(want.as_str()) => Ok(()),
-            Expect::Exact(want) => Err(format!("got {shown:?}, expected exactly {want:?}")),
-            Expect::Compare { op, value: right } => {
-                let left = value.and_then(|v| v.trim().parse::<f64>().ok());
-                match left {
-                    Some(left) if op.holds(left, *right) => Ok(()),
-                    Some(_) => Err(format!("got {shown}, expected {self}")),
-                    None => Err(format!("got {shown:?}, not a number; expected {self}")),
-                }
-            }
-        }
-    }
-}
-
-/// `[[databases.NAME.checks]]`: a query whose one value must pass `expect`
-/// when a backup is verified.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SqlCheck {
-    pub sql: String,
-    pub expect: Expect,
 }
 
 /// `[databases.NAME]`.

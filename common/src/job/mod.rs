@@ -13,6 +13,7 @@
 //!   and [`naming`], the Docker names of what a deploy creates.
 //! - [`backup`]: [`BackupSpec`], a database dumped to a checksummed file,
 //!   described by its [`BackupManifest`].
+//! - [`verify`]: [`VerifySpec`], a backup proved by a test restore.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -29,6 +30,7 @@ pub mod backup;
 pub mod deploy;
 pub mod probe;
 pub mod smoke;
+pub mod verify;
 
 pub use backup::{BackupManifest, BackupSpec};
 pub use deploy::{
@@ -37,6 +39,7 @@ pub use deploy::{
 };
 pub use probe::ProbeSpec;
 pub use smoke::{HttpCheck, SmokeSpec};
+pub use verify::{VerifyReport, VerifySpec};
 
 /// What each job kind's spec type says about the kind. Everything a new
 /// kind needs outside the agent's executor lives in its impl of this.
@@ -214,6 +217,7 @@ registry! {
     Smoke(SmokeSpec),
     Deploy(DeploySpec),
     Backup(BackupSpec),
+    Verify(VerifySpec),
 }
 
 impl JobSpec {
@@ -433,7 +437,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup, verify"
             ),
             "{err}"
         );

@@ -542,13 +542,7 @@ impl OperatorService for OperatorApi {
         self.core
             .require_operator(&req, Role::Viewer, "read backups")
             .await?;
-        let text = req.get_ref().id.trim().to_string();
-        let id = Uuid::parse_str(&text).map_err(|_| {
-            CoordinatorError::invalid(
-                "backup id",
-                format!("{text:?} is not a backup id (see `ferry backup ls`)"),
-            )
-        })?;
+        let id = parse_backup_id(&req.get_ref().id)?;
         let backup = self
             .core
             .store
@@ -560,6 +554,37 @@ impl OperatorService for OperatorApi {
             backup: Some(crate::backups::to_wire(&backup)),
         }))
     }
+
+    async fn verify_backup(
+        &self,
+        req: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::VerifyBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "verify backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let id = parse_backup_id(&req.get_ref().id)?;
+        let job = crate::backups::verify_backup(&self.core, &actor, id).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(job.id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::VerifyBackupResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
+}
+
+fn parse_backup_id(text: &str) -> Result<Uuid, CoordinatorError> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        CoordinatorError::invalid(
+            "backup id",
+            format!("{text:?} is not a backup id (see `ferry backup ls`)"),
+        )
+    })
 }
 
 fn parse_job_id(text: &str) -> Result<Uuid, CoordinatorError> {

@@ -8,7 +8,7 @@
 //! result (the manifest): a backup the catalogue lists is one whose task
 //! succeeded, and a failed task leaves the catalogue unchanged.
 
-use ferry_common::job::{BackupManifest, BackupSpec, KindSpec};
+use ferry_common::job::{BackupManifest, BackupSpec, KindSpec, VerifySpec};
 use ferry_common::status::{BackupReason, VerifyResult};
 use uuid::Uuid;
 
@@ -89,28 +89,65 @@ pub fn expiry(
     }
 }
 
-/// If the succeeded task `task_id` is a `backup` task, catalogues the
-/// backup its result describes, in the caller's transaction (the one that
-/// stores the success). A result that is not a manifest is logged, not
-/// catalogued: failing the transaction would refuse the agent's events
-/// forever.
-pub(crate) async fn catalogue_if_backup(
+/// What the job methods pass about a task that just finished.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished<'a> {
+    pub task_id: Uuid,
+    pub job_id: Uuid,
+    pub host: &'a str,
+    pub succeeded: bool,
+    pub message: &'a str,
+    pub result_json: Option<&'a str>,
+}
+
+/// Called by the job methods, in the transaction that stores a task's
+/// success or failure: a `backup` task's success catalogues the backup its
+/// result describes; a `verify` task's end records the verification of its
+/// backup. Other kinds change nothing here.
+pub(crate) async fn on_task_finished(
     tx: &mut Tx,
-    task_id: Uuid,
-    job_id: Uuid,
-    host: &str,
-    result_json: Option<&str>,
+    task: Finished<'_>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let kind = query("SELECT kind FROM jobs WHERE id = $1")
-        .bind(job_id.to_string())
+    let Some(row) = query("SELECT kind, spec_json FROM jobs WHERE id = $1")
+        .bind(task.job_id.to_string())
         .fetch_optional(&mut *tx)
         .await?
-        .map(|row| row.text("kind"))
-        .transpose()?;
-    if kind.as_deref() != Some(BackupSpec::NAME) {
+    else {
         return Ok(());
+    };
+    let kind = row.text("kind")?;
+    if kind == BackupSpec::NAME && task.succeeded {
+        catalogue(tx, task, now_ms).await
+    } else if kind == VerifySpec::NAME {
+        let spec: VerifySpec = match serde_json::from_str(&row.text("spec_json")?) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(task_id = %task.task_id, error = %e, "a verify job's spec does not parse");
+                return Ok(());
+            }
+        };
+        let Ok(backup_id) = Uuid::parse_str(&spec.backup_id) else {
+            return Ok(());
+        };
+        let result = if task.succeeded {
+            VerifyResult::Passed
+        } else {
+            VerifyResult::Failed
+        };
+        set_verification(&mut *tx, backup_id, now_ms, result, task.message).await?;
+        Ok(())
+    } else {
+        Ok(())
     }
+}
+
+/// Catalogues the backup a succeeded `backup` task's result describes. A
+/// result that is not a manifest is logged, not catalogued: failing the
+/// transaction would refuse the agent's events forever.
+async fn catalogue(tx: &mut Tx, task: Finished<'_>, now_ms: i64) -> Result<(), StoreError> {
+    let (task_id, job_id, host, result_json) =
+        (task.task_id, task.job_id, task.host, task.result_json);
     let manifest = match BackupManifest::from_json(result_json.unwrap_or_default()) {
         Ok(m) => m,
         Err(e) => {
@@ -148,6 +185,27 @@ pub(crate) async fn catalogue_if_backup(
         manifest_json: result_json.unwrap_or_default().to_string(),
     };
     insert(tx, &record).await
+}
+
+/// Records a verification's outcome; returns whether the backup exists.
+async fn set_verification<'c>(
+    on: impl Into<On<'c>>,
+    id: Uuid,
+    at_ms: i64,
+    result: VerifyResult,
+    message: &str,
+) -> Result<bool, StoreError> {
+    let n = query(
+        "UPDATE backups SET verified_at_ms = $2, verify_result = $3, verify_message = $4 \
+         WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(at_ms)
+    .bind(result.as_str())
+    .bind(message)
+    .execute(on)
+    .await?;
+    Ok(n == 1)
 }
 
 /// Inserts a record; one already catalogued under its id stays as it is
@@ -231,17 +289,7 @@ impl Store {
         result: VerifyResult,
         message: &str,
     ) -> Result<bool, StoreError> {
-        let n = query(
-            "UPDATE backups SET verified_at_ms = $2, verify_result = $3, verify_message = $4 \
-             WHERE id = $1",
-        )
-        .bind(id.to_string())
-        .bind(at_ms)
-        .bind(result.as_str())
-        .bind(message)
-        .execute(&self.pool)
-        .await?;
-        Ok(n == 1)
+        set_verification(&self.pool, id, at_ms, result, message).await
     }
 
     /// Replaces (app, env)'s database settings with `settings` (name,
