@@ -1,9 +1,9 @@
-//! `ferry backup run|ls|show|verify`: back up an app's databases (`[databases.NAME]`
+//! `ferry backup run|ls|show|verify|restore`: back up an app's databases (`[databases.NAME]`
 //! of the app file, or the ones the coordinator kept from the last file it
 //! was given), follow each backup live, read the catalogue, and verify a
-//! backup by a test restore.
+//! backup by a test restore or restore it.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 use ferry_common::exit;
@@ -45,6 +45,27 @@ pub enum BackupCommand {
         /// Backup id (see `ferry backup ls`).
         id: String,
     },
+    /// Restore a backup, checksum first. Default: into a new database that
+    /// replaces the live one by name only once it restored (the live one
+    /// is kept as <db>_before_restore_<time>). Asks for confirmation
+    /// unless --yes. Exit 0 restored, 1 failed.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Backup id (see `ferry backup ls`).
+    pub id: String,
+    /// Restore into a new database of this name; the live one is untouched.
+    #[arg(long, value_name = "NAME", conflicts_with = "clean")]
+    pub into: Option<String>,
+    /// Restore in place, in one transaction (pg_restore --clean): a failure
+    /// leaves the database as it was.
+    #[arg(long)]
+    pub clean: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,7 +144,76 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
             let (job, _) = follow(ctx, &job.id, ctx.json()).await?;
             Ok(View::Verified(Box::new(Verified { id, job })))
         }
+        BackupCommand::Restore(args) => {
+            if let Some(name) = &args.into {
+                ferry_common::job::restore::check_database_name(name)
+                    .map_err(|e| CliError::usage(format!("--into: {e}")))?;
+            }
+            let mut s = ctx.connect().await?;
+            if !args.yes {
+                let backup = s
+                    .client
+                    .get_backup(pb::GetBackupRequest {
+                        id: args.id.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .backup
+                    .unwrap_or_default();
+                confirm(ctx, &backup, &args)?;
+            }
+            let job = s
+                .client
+                .restore_backup(pb::RestoreBackupRequest {
+                    id: args.id.clone(),
+                    into: args.into.clone().unwrap_or_default(),
+                    clean: args.clean,
+                })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            let (job, _) = follow(ctx, &job.id, ctx.json()).await?;
+            Ok(View::Restored(Box::new(Verified { id: args.id, job })))
+        }
     }
+}
+
+/// A restore replaces data: it asks on the terminal; without one, it
+/// refuses (scripts pass `--yes`).
+fn confirm(ctx: &Ctx, b: &pb::Backup, args: &RestoreArgs) -> Result<(), CliError> {
+    let what = match (&args.into, args.clean) {
+        (Some(name), _) => format!("into a new database {name}"),
+        (None, true) => format!("over database {} in place", b.database),
+        (None, false) => format!(
+            "as database {} (the current one is kept under a new name)",
+            b.database
+        ),
+    };
+    if !ctx.env.stdin_is_terminal {
+        return Err(CliError::usage(format!(
+            "restoring backup {} {what} needs confirmation, and there is no terminal to ask on; pass --yes",
+            b.id
+        )));
+    }
+    let mut stderr = std::io::stderr();
+    let _ = write!(
+        stderr,
+        "Restore backup {} of {} {} {what}? Type the database's name ({}) to go on: ",
+        b.id, b.app, b.env, b.database
+    );
+    let _ = stderr.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::usage(format!("reading the confirmation: {e}")))?;
+    if line.trim() != b.database {
+        return Err(CliError::usage(format!(
+            "not confirmed (expected {:?}); nothing was restored",
+            b.database
+        )));
+    }
+    Ok(())
 }
 
 /// A finished verification.
@@ -247,6 +337,7 @@ pub enum View {
     Listed(Vec<pb::Backup>),
     Shown(Box<pb::Backup>),
     Verified(Box<Verified>),
+    Restored(Box<Verified>),
 }
 
 /// A catalogued backup as JSON: the fields `backup ls` promises.
@@ -287,6 +378,17 @@ impl Serialize for View {
                         Ok(JobStatus::Failed) => Some(VerifyResult::Failed.as_str()),
                         _ => None,
                     },
+                    "message": task.map(|t| t.message.clone()),
+                    "report": task.and_then(|t| serde_json::from_str::<Value>(&t.result_json).ok()),
+                })
+                .serialize(s)
+            }
+            View::Restored(v) => {
+                let task = v.job.tasks.first();
+                json!({
+                    "id": v.id,
+                    "job_id": v.job.id,
+                    "status": v.job.status,
                     "message": task.map(|t| t.message.clone()),
                     "report": task.and_then(|t| serde_json::from_str::<Value>(&t.result_json).ok()),
                 })
@@ -377,6 +479,18 @@ impl Render for View {
                     _ => writeln!(t.out, "✘ backup {} {}: {message}", v.id, v.job.status),
                 }
             }
+            View::Restored(v) => {
+                let message = v
+                    .job
+                    .tasks
+                    .first()
+                    .map(|t| t.message.as_str())
+                    .unwrap_or_default();
+                match v.job.status.parse() {
+                    Ok(JobStatus::Succeeded) => writeln!(t.out, "✔ {message}"),
+                    _ => writeln!(t.out, "✘ backup {} {}: {message}", v.id, v.job.status),
+                }
+            }
             View::Shown(b) => {
                 writeln!(t.out, "backup   {}", b.id)?;
                 writeln!(
@@ -420,7 +534,7 @@ impl Render for View {
 
     fn exit_code(&self) -> i32 {
         match self {
-            View::Verified(v) => crate::follow::exit_code(&v.job.status),
+            View::Verified(v) | View::Restored(v) => crate::follow::exit_code(&v.job.status),
             View::Ran(ran) => ran
                 .iter()
                 .map(|r| crate::follow::exit_code(&r.job.status))

@@ -2,10 +2,11 @@
 //! databases as the (app, env)'s settings and submits one `backup` job per
 //! database to the one agent that works on it; the catalogue itself
 //! (`store::backups`) is filled when those jobs' tasks succeed.
-//! `VerifyBackup` sends a backup's test restore to the host holding it.
+//! `VerifyBackup` and `RestoreBackup` send a backup's test restore or
+//! restore to the host holding its file (a restore is audited).
 
 use ferry_common::appfile::DatabaseTarget;
-use ferry_common::job::{BackupSpec, KindSpec, Selector, VerifySpec};
+use ferry_common::job::{BackupSpec, KindSpec, RestoreMode, RestoreSpec, Selector, VerifySpec};
 use ferry_common::rules::dns_name;
 use ferry_common::status::BackupReason;
 use ferry_common::time::now_ms;
@@ -14,7 +15,7 @@ use ferry_proto::v1 as pb;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::scheduler::Submission;
-use crate::store::{BackupRecord, JobRecord, StoreError};
+use crate::store::{AuditEntry, BackupRecord, JobRecord, StoreError};
 use uuid::Uuid;
 
 /// The agent that works on a database: the first (by name) of the
@@ -140,33 +141,11 @@ pub async fn verify_backup(
     actor: &str,
     id: Uuid,
 ) -> Result<JobRecord, CoordinatorError> {
-    let backup = core
-        .store
-        .get_backup(id)
-        .await?
-        .ok_or(StoreError::BackupNotFound(id))?;
+    let backup = catalogued(core, id).await?;
     let manifest = backup
         .manifest()
         .map_err(|e| CoordinatorError::Internal(format!("backup {id}: {e}")))?;
-    let settings = core
-        .store
-        .database_settings(&backup.app, &backup.env)
-        .await?;
-    let target: DatabaseTarget = settings
-        .iter()
-        .find(|s| s.name == backup.database)
-        .map(|s| serde_json::from_str(&s.settings_json))
-        .transpose()
-        .map_err(|e| CoordinatorError::Internal(format!("stored database settings: {e}")))?
-        .ok_or_else(|| {
-            CoordinatorError::invalid(
-                "backup",
-                format!(
-                    "the settings of database {} of {} {} are not known (where its server is, its checks); give the app file once with `ferry backup run -f ferry.toml --env {}`",
-                    backup.database, backup.app, backup.env, backup.env
-                ),
-            )
-        })?;
+    let target = settings_of(core, &backup).await?;
     let spec = VerifySpec {
         backup_id: id.to_string(),
         app: backup.app.clone(),
@@ -180,12 +159,109 @@ pub async fn verify_backup(
     };
     spec.validate()
         .map_err(|e| CoordinatorError::invalid(format!("backup {id}"), e))?;
+    submit_on(core, actor, VerifySpec::NAME, &spec, &backup.host).await
+}
+
+/// `RestoreBackup`: a restore job for backup `id` on the host holding its
+/// file, recorded in the audit log.
+pub async fn restore_backup(
+    core: &Core,
+    actor: &str,
+    id: Uuid,
+    into: &str,
+    clean: bool,
+) -> Result<JobRecord, CoordinatorError> {
+    let into = into.trim();
+    let mode = match (into.is_empty(), clean) {
+        (true, false) => RestoreMode::Swap,
+        (true, true) => RestoreMode::Clean,
+        (false, false) => RestoreMode::Into(into.to_string()),
+        (false, true) => {
+            return Err(CoordinatorError::invalid(
+                "restore",
+                "--into and --clean exclude each other: --into NAME restores into a new database, --clean into the live one",
+            ));
+        }
+    };
+    let backup = catalogued(core, id).await?;
+    let target = settings_of(core, &backup).await?;
+    let spec = RestoreSpec {
+        backup_id: id.to_string(),
+        app: backup.app.clone(),
+        env: backup.env.clone(),
+        database: backup.database.clone(),
+        location: target.database.location.clone(),
+        path: backup.path.clone(),
+        sha256: backup.sha256.clone(),
+        mode,
+    };
+    spec.validate()
+        .map_err(|e| CoordinatorError::invalid(format!("backup {id}"), e))?;
+    let job = submit_on(core, actor, RestoreSpec::NAME, &spec, &backup.host).await?;
+    core.store
+        .append_audit(&AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action: "backup.restore".into(),
+            target: format!("{}/{}/{}", backup.app, backup.env, backup.database),
+            detail: format!(
+                "backup {id}, mode {}, job {}",
+                serde_json::to_string(&spec.mode).unwrap_or_default(),
+                job.id
+            ),
+        })
+        .await?;
+    Ok(job)
+}
+
+async fn catalogued(core: &Core, id: Uuid) -> Result<BackupRecord, CoordinatorError> {
+    Ok(core
+        .store
+        .get_backup(id)
+        .await?
+        .ok_or(StoreError::BackupNotFound(id))?)
+}
+
+/// The kept settings of a backup's database, or why there are none.
+async fn settings_of(
+    core: &Core,
+    backup: &BackupRecord,
+) -> Result<DatabaseTarget, CoordinatorError> {
+    let settings = core
+        .store
+        .database_settings(&backup.app, &backup.env)
+        .await?;
+    settings
+        .iter()
+        .find(|s| s.name == backup.database)
+        .map(|s| serde_json::from_str(&s.settings_json))
+        .transpose()
+        .map_err(|e| CoordinatorError::Internal(format!("stored database settings: {e}")))?
+        .ok_or_else(|| {
+            CoordinatorError::invalid(
+                "backup",
+                format!(
+                    "the settings of database {} of {} {} are not known (where its server is, its checks); give the app file once with `ferry backup run -f ferry.toml --env {}`",
+                    backup.database, backup.app, backup.env, backup.env
+                ),
+            )
+        })
+}
+
+/// Submits a job of `kind` with `spec` to the one agent `host`.
+async fn submit_on<S: serde::Serialize>(
+    core: &Core,
+    actor: &str,
+    kind: &str,
+    spec: &S,
+    host: &str,
+) -> Result<JobRecord, CoordinatorError> {
     let submission = Submission {
-        kind: VerifySpec::NAME.to_string(),
-        spec_json: serde_json::to_string(&spec)
+        kind: kind.to_string(),
+        spec_json: serde_json::to_string(spec)
             .map_err(|e| CoordinatorError::Internal(e.to_string()))?,
         target: Selector {
-            agents: vec![backup.host.clone()],
+            agents: vec![host.to_string()],
             labels: Default::default(),
         },
         idempotency_key: None,

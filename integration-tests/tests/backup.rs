@@ -975,3 +975,140 @@ async fn verify_restores_into_a_scratch_database_and_refuses_a_flipped_byte() {
             .contains("checksum mismatch")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_swaps_in_a_new_database_restores_into_one_or_in_place_and_never_half() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    populate(&url, 5000);
+    let live = database_name(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(&[("db-1", backup_env(&dir.path().join("backups")))]).await;
+    let creds = dir.path().join("admin.credentials");
+    s.c.admin.save(&creds, false).unwrap();
+    set_secret(&s.c, "DATABASE_URL", &url).await;
+    let file = app_file(dir.path(), "ferry.toml", "> 0");
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "run", "-f", &file, "--env", ENV, "--output", "json",
+        ],
+    );
+    let id = json_of(&out)[0]["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let orders = |u: &str| psql(u, "SELECT count(*) FROM orders");
+    psql(&url, "DELETE FROM orders WHERE id > 100");
+
+    // Without --yes and without a terminal: refused, nothing runs.
+    let out = ferry(&creds, &["backup", "restore", &id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"));
+
+    // --into: a new database; the live one untouched.
+    let copy = format!("{live}_copy");
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "restore", &id, "--into", &copy, "--yes", "--output", "json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["report"]["restored_into"], copy.as_str());
+    assert_eq!(orders(&with_database(&url, &copy)), "5000");
+    assert_eq!(orders(&url), "100");
+
+    // --clean that fails (a view outside the backup depends on a table it
+    // drops): one transaction, so the database is exactly as it was.
+    psql(
+        &url,
+        "CREATE VIEW customer_names AS SELECT name FROM customers",
+    );
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "restore", &id, "--clean", "--yes", "--output", "json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("pg_restore failed") && message.contains("is unchanged"),
+        "{message}"
+    );
+    assert_eq!(orders(&url), "100");
+    assert_eq!(psql(&url, "SELECT count(*) FROM customer_names"), "5000");
+    psql(&url, "DROP VIEW customer_names");
+    let out = ferry(&creds, &["backup", "restore", &id, "--clean", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(orders(&url), "5000");
+
+    // The default, while a client holds a connection to the live database:
+    // swapped by name, the old one kept, the client cut off.
+    psql(&url, "DELETE FROM orders WHERE id > 7");
+    let mut client = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut client).await.unwrap();
+    let out = ferry(
+        &creds,
+        &["backup", "restore", &id, "--yes", "--output", "json"],
+    );
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let previous = v["report"]["previous"].as_str().unwrap().to_string();
+    assert!(previous.contains("_before_restore_"), "{previous}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("DROP DATABASE {previous};")),
+        "{message}"
+    );
+    assert_eq!(
+        orders(&url),
+        "5000",
+        "the live name is the restored database"
+    );
+    assert_eq!(
+        orders(&with_database(&url, &previous)),
+        "7",
+        "the old one is kept"
+    );
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut client).await.is_err(),
+        "its clients were cut off"
+    );
+
+    // A flipped byte: refused, the live database untouched.
+    let path = json_of(&ferry(&creds, &["backup", "show", &id, "--output", "json"]))["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    psql(&url, "DELETE FROM orders WHERE id > 3");
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "restore", &id, "--clean", "--yes", "--output", "json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        v["message"].as_str().unwrap().contains("checksum mismatch"),
+        "{v}"
+    );
+    assert_eq!(orders(&url), "3");
+
+    for db in [copy, previous] {
+        psql(&url, &format!("DROP DATABASE {db} WITH (FORCE)"));
+    }
+}

@@ -346,6 +346,8 @@ pub struct PgTarget {
     base: String,
     /// `?…` or empty.
     query: String,
+    /// The database the URL names (empty: the server's default).
+    pub database: String,
 }
 
 impl PgTarget {
@@ -361,6 +363,10 @@ impl PgTarget {
         let query = tail
             .find('?')
             .map(|i| tail[i..].to_string())
+            .unwrap_or_default();
+        let database = tail
+            .strip_prefix('/')
+            .map(|p| p.split('?').next().unwrap_or_default().to_string())
             .unwrap_or_default();
         let (user, hostport, password) = match authority.rsplit_once('@') {
             None => (None, authority, None),
@@ -378,6 +384,7 @@ impl PgTarget {
             password,
             base,
             query,
+            database,
         })
     }
 
@@ -862,6 +869,7 @@ mod tests {
             "postgres://shop@db.internal:5432/shop?sslmode=disable"
         );
         assert_eq!(t.password.as_deref(), Some("s@cret"));
+        assert_eq!(t.database, "shop");
         assert_eq!(
             PgTarget::parse("postgresql://localhost/shop")
                 .unwrap()

@@ -2,7 +2,7 @@
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
 //! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
 //! [`backup`] (a database dumped to a checksummed file), [`verify`] (a
-//! backup proved by a test restore).
+//! backup proved by a test restore), [`restore`] (a backup put back).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -19,6 +19,7 @@ pub mod context;
 pub mod deploy;
 pub mod http;
 pub mod probe;
+pub mod restore;
 pub mod smoke;
 pub mod verify;
 
@@ -79,6 +80,7 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &deploy::Deploy,
         &backup::Backup,
         &verify::Verify,
+        &restore::Restore,
     ]
 }
 

@@ -14,6 +14,8 @@
 //! - [`backup`]: [`BackupSpec`], a database dumped to a checksummed file,
 //!   described by its [`BackupManifest`].
 //! - [`verify`]: [`VerifySpec`], a backup proved by a test restore.
+//! - [`restore`]: [`RestoreSpec`], a backup put back without ever leaving
+//!   the live database half-restored.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub mod backup;
 pub mod deploy;
 pub mod probe;
+pub mod restore;
 pub mod smoke;
 pub mod verify;
 
@@ -38,6 +41,7 @@ pub use deploy::{
     ServiceDeploy, Strategy, VolumeMount, naming,
 };
 pub use probe::ProbeSpec;
+pub use restore::{RestoreMode, RestoreReport, RestoreSpec};
 pub use smoke::{HttpCheck, SmokeSpec};
 pub use verify::{VerifyReport, VerifySpec};
 
@@ -218,6 +222,7 @@ registry! {
     Deploy(DeploySpec),
     Backup(BackupSpec),
     Verify(VerifySpec),
+    Restore(RestoreSpec),
 }
 
 impl JobSpec {
@@ -437,7 +442,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup, verify"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup, verify, restore"
             ),
             "{err}"
         );

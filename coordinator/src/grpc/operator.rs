@@ -576,6 +576,29 @@ impl OperatorService for OperatorApi {
             job: Some(job_to_wire(job, tasks)),
         }))
     }
+
+    async fn restore_backup(
+        &self,
+        req: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "restore backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let id = parse_backup_id(&r.id)?;
+        let job = crate::backups::restore_backup(&self.core, &actor, id, &r.into, r.clean).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(job.id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::RestoreBackupResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
 }
 
 fn parse_backup_id(text: &str) -> Result<Uuid, CoordinatorError> {
