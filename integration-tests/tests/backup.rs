@@ -1108,6 +1108,32 @@ async fn restore_swaps_in_a_new_database_restores_into_one_or_in_place_and_never
     );
     assert_eq!(orders(&url), "3");
 
+    // Every restore submitted is in the audit log, with its mode.
+    let store = ferry_coordinator::store::open(s.c.store_location())
+        .await
+        .unwrap();
+    let restores: Vec<String> = store
+        .list_audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "backup.restore")
+        .map(|e| {
+            assert_eq!(e.target, format!("{APP}/{ENV}/main"));
+            assert!(e.actor.ends_with("/operator/admin"), "{}", e.actor);
+            e.detail
+        })
+        .collect();
+    assert_eq!(restores.len(), 5, "{restores:?}");
+    assert!(
+        restores.iter().any(|d| d.contains("\"swap\"")),
+        "{restores:?}"
+    );
+    assert!(
+        restores.iter().any(|d| d.contains("\"into\"")),
+        "{restores:?}"
+    );
+
     for db in [copy, previous] {
         psql(&url, &format!("DROP DATABASE {db} WITH (FORCE)"));
     }
