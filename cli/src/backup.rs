@@ -1,4 +1,4 @@
-//! `ferry backup run|ls|show|verify|restore`: back up an app's databases (`[databases.NAME]`
+//! `ferry backup run|ls|show|verify|restore|prune`: back up an app's databases (`[databases.NAME]`
 //! of the app file, or the ones the coordinator kept from the last file it
 //! was given), follow each backup live, read the catalogue, and verify a
 //! backup by a test restore or restore it.
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use ferry_common::exit;
 use ferry_common::health::human_bytes;
-use ferry_common::job::BackupManifest;
+use ferry_common::job::{BackupManifest, PruneReport};
 use ferry_common::status::{JobStatus, VerifyResult};
 use ferry_proto::v1 as pb;
 use serde::Serialize;
@@ -50,6 +50,21 @@ pub enum BackupCommand {
     /// is kept as <db>_before_restore_<time>). Asks for confirmation
     /// unless --yes. Exit 0 restored, 1 failed.
     Restore(RestoreArgs),
+    /// Delete the backups retention lets go (keep_last, keep_days of the
+    /// database settings kept; pre-deploy after 7 days), file and catalogue
+    /// entry; a file missing on disk is reported and stays listed.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    #[arg(long)]
+    pub app: String,
+    #[arg(long)]
+    pub env: String,
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +191,48 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
             let (job, _) = follow(ctx, &job.id, ctx.json()).await?;
             Ok(View::Restored(Box::new(Verified { id: args.id, job })))
         }
+        BackupCommand::Prune(args) => {
+            let mut s = ctx.connect().await?;
+            let reply = s
+                .client
+                .prune_backups(pb::PruneBackupsRequest {
+                    app: args.app,
+                    env: args.env,
+                    dry_run: args.dry_run,
+                })
+                .await?
+                .into_inner();
+            let mut jobs = Vec::new();
+            for job in reply.jobs {
+                jobs.push(follow(ctx, &job.id, ctx.json()).await?.0);
+            }
+            Ok(View::Pruned(Box::new(Pruned {
+                dry_run: args.dry_run,
+                expired: reply.expired,
+                jobs,
+            })))
+        }
+    }
+}
+
+/// What a prune found and did.
+#[derive(Debug)]
+pub struct Pruned {
+    pub dry_run: bool,
+    pub expired: Vec<pb::Backup>,
+    pub jobs: Vec<pb::Job>,
+}
+
+impl Pruned {
+    fn report(&self) -> PruneReport {
+        let mut all = PruneReport::default();
+        for t in self.jobs.iter().flat_map(|j| &j.tasks) {
+            if let Ok(r) = serde_json::from_str::<PruneReport>(&t.result_json) {
+                all.deleted.extend(r.deleted);
+                all.missing.extend(r.missing);
+            }
+        }
+        all
     }
 }
 
@@ -338,6 +395,7 @@ pub enum View {
     Shown(Box<pb::Backup>),
     Verified(Box<Verified>),
     Restored(Box<Verified>),
+    Pruned(Box<Pruned>),
 }
 
 /// A catalogued backup as JSON: the fields `backup ls` promises.
@@ -380,6 +438,17 @@ impl Serialize for View {
                     },
                     "message": task.map(|t| t.message.clone()),
                     "report": task.and_then(|t| serde_json::from_str::<Value>(&t.result_json).ok()),
+                })
+                .serialize(s)
+            }
+            View::Pruned(p) => {
+                let report = p.report();
+                json!({
+                    "dry_run": p.dry_run,
+                    "prunable": p.expired.iter().map(backup_json).collect::<Vec<_>>(),
+                    "deleted": report.deleted,
+                    "missing": report.missing,
+                    "jobs": p.jobs.iter().map(|j| json!({"job_id": j.id, "status": j.status})).collect::<Vec<_>>(),
                 })
                 .serialize(s)
             }
@@ -479,6 +548,33 @@ impl Render for View {
                     _ => writeln!(t.out, "✘ backup {} {}: {message}", v.id, v.job.status),
                 }
             }
+            View::Pruned(p) => {
+                if p.expired.is_empty() {
+                    return writeln!(t.out, "nothing to prune");
+                }
+                let report = p.report();
+                for b in &p.expired {
+                    let what = if p.dry_run {
+                        "would delete"
+                    } else if report.deleted.contains(&b.id) {
+                        "deleted"
+                    } else if report.missing.contains(&b.id) {
+                        "MISSING on disk, kept in the catalogue:"
+                    } else {
+                        "not deleted:"
+                    };
+                    writeln!(
+                        t.out,
+                        "{what} {} {} {} ({}) {}",
+                        b.id,
+                        b.database,
+                        b.reason,
+                        human_bytes(b.size_bytes),
+                        b.path
+                    )?;
+                }
+                Ok(())
+            }
             View::Restored(v) => {
                 let message = v
                     .job
@@ -535,6 +631,12 @@ impl Render for View {
     fn exit_code(&self) -> i32 {
         match self {
             View::Verified(v) | View::Restored(v) => crate::follow::exit_code(&v.job.status),
+            View::Pruned(p) => p
+                .jobs
+                .iter()
+                .map(|j| crate::follow::exit_code(&j.status))
+                .max()
+                .unwrap_or(exit::OK),
             View::Ran(ran) => ran
                 .iter()
                 .map(|r| crate::follow::exit_code(&r.job.status))

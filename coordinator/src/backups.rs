@@ -3,10 +3,13 @@
 //! database to the one agent that works on it; the catalogue itself
 //! (`store::backups`) is filled when those jobs' tasks succeed.
 //! `VerifyBackup` and `RestoreBackup` send a backup's test restore or
-//! restore to the host holding its file (a restore is audited).
+//! restore to the host holding its file (a restore is audited);
+//! `PruneBackups` applies retention.
 
 use ferry_common::appfile::DatabaseTarget;
-use ferry_common::job::{BackupSpec, KindSpec, RestoreMode, RestoreSpec, Selector, VerifySpec};
+use ferry_common::job::{
+    BackupSpec, KindSpec, PruneItem, PruneSpec, RestoreMode, RestoreSpec, Selector, VerifySpec,
+};
 use ferry_common::rules::dns_name;
 use ferry_common::status::BackupReason;
 use ferry_common::time::now_ms;
@@ -214,6 +217,87 @@ pub async fn restore_backup(
     Ok(job)
 }
 
+/// The backups of (app, env) that retention lets go at `now_ms`, newest
+/// first. Per database (`backups` newest first): the newest `keep_last`
+/// are kept whatever their age; beyond them, a backup goes once its expiry
+/// has passed, or at once when only `keep_last` is set. Pre-migration
+/// backups are never pruned here.
+pub fn expired(
+    backups: &[BackupRecord],
+    keep_last: &std::collections::BTreeMap<String, (Option<u32>, bool)>,
+    now_ms: i64,
+) -> Vec<BackupRecord> {
+    let mut seen: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut out = Vec::new();
+    for b in backups {
+        if b.reason == BackupReason::PreMigration {
+            continue;
+        }
+        let i = seen.entry(b.database.as_str()).or_default();
+        let position = *i;
+        *i += 1;
+        let (last, has_days) = keep_last.get(&b.database).copied().unwrap_or((None, false));
+        if last.is_some_and(|k| position < k as usize) {
+            continue;
+        }
+        let aged = b.expires_at_ms.is_some_and(|e| e <= now_ms);
+        let counted = last.is_some() && !has_days;
+        if aged || counted {
+            out.push(b.clone());
+        }
+    }
+    out
+}
+
+/// `PruneBackups`: what retention lets go, and (unless `dry_run`) one
+/// prune job per host holding some of it.
+pub async fn prune_backups(
+    core: &Core,
+    actor: &str,
+    app: &str,
+    env: &str,
+    dry_run: bool,
+) -> Result<(Vec<BackupRecord>, Vec<JobRecord>), CoordinatorError> {
+    dns_name(app).map_err(|e| CoordinatorError::invalid("app", e))?;
+    dns_name(env).map_err(|e| CoordinatorError::invalid("env", e))?;
+    let mut rules = std::collections::BTreeMap::new();
+    for s in core.store.database_settings(app, env).await? {
+        let target: DatabaseTarget = serde_json::from_str(&s.settings_json)
+            .map_err(|e| CoordinatorError::Internal(format!("stored database settings: {e}")))?;
+        let policy = &target.database.backup;
+        rules.insert(s.name, (policy.keep_last, policy.keep_days.is_some()));
+    }
+    let filter = crate::store::BackupFilter {
+        app: Some(app.to_string()),
+        env: Some(env.to_string()),
+        database: None,
+    };
+    let all = core.store.list_backups(&filter, 100_000).await?;
+    let gone = expired(&all, &rules, now_ms());
+    if dry_run || gone.is_empty() {
+        return Ok((gone, Vec::new()));
+    }
+    let mut by_host: std::collections::BTreeMap<&str, Vec<PruneItem>> = Default::default();
+    for b in &gone {
+        by_host.entry(b.host.as_str()).or_default().push(PruneItem {
+            id: b.id.to_string(),
+            path: b.path.clone(),
+        });
+    }
+    let mut jobs = Vec::new();
+    for (host, backups) in by_host {
+        let spec = PruneSpec {
+            app: app.to_string(),
+            env: env.to_string(),
+            backups,
+        };
+        spec.validate()
+            .map_err(|e| CoordinatorError::invalid("prune", e))?;
+        jobs.push(submit_on(core, actor, PruneSpec::NAME, &spec, host).await?);
+    }
+    Ok((gone, jobs))
+}
+
 async fn catalogued(core: &Core, id: Uuid) -> Result<BackupRecord, CoordinatorError> {
     Ok(core
         .store
@@ -294,5 +378,76 @@ pub fn to_wire(b: &BackupRecord) -> pb::Backup {
             .unwrap_or_default(),
         verify_message: b.verify_message.clone(),
         manifest_json: b.manifest_json.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(
+        database: &str,
+        created: i64,
+        expires: Option<i64>,
+        reason: BackupReason,
+    ) -> BackupRecord {
+        BackupRecord {
+            id: Uuid::now_v7(),
+            job_id: Uuid::now_v7(),
+            host: "db-1".into(),
+            app: "shop".into(),
+            env: "prod".into(),
+            database: database.into(),
+            engine: "postgres".into(),
+            path: format!("/b/{created}.dump.zst"),
+            size_bytes: 1,
+            sha256: String::new(),
+            reason,
+            created_at_ms: created,
+            expires_at_ms: expires,
+            verified_at_ms: None,
+            verify_result: None,
+            verify_message: String::new(),
+            manifest_json: String::new(),
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_last_and_lets_the_old_go() {
+        let m = BackupReason::Manual;
+        // Newest first, as the catalogue lists them.
+        let main = [
+            record("main", 3, None, m),
+            record("main", 2, None, m),
+            record("main", 1, None, m),
+            record("main", 0, None, BackupReason::PreMigration),
+        ];
+        let only_last = BTreeMap::from([("main".to_string(), (Some(2), false))]);
+        let gone = expired(&main, &only_last, 100);
+        assert_eq!(
+            gone.iter().map(|b| b.created_at_ms).collect::<Vec<_>>(),
+            [1]
+        );
+        // keep_days and keep_last: beyond the last two, only what aged out.
+        let aged = [
+            record("main", 30, Some(200), m),
+            record("main", 20, Some(200), m),
+            record("main", 10, Some(50), m),
+            record("main", 5, Some(150), m),
+        ];
+        let both = BTreeMap::from([("main".to_string(), (Some(2), true))]);
+        let gone = expired(&aged, &both, 100);
+        assert_eq!(
+            gone.iter().map(|b| b.created_at_ms).collect::<Vec<_>>(),
+            [10]
+        );
+        // No rules: only expiries (pre-deploy's week) count.
+        let gone = expired(&aged, &BTreeMap::new(), 100);
+        assert_eq!(
+            gone.iter().map(|b| b.created_at_ms).collect::<Vec<_>>(),
+            [10]
+        );
+        assert!(expired(&main, &BTreeMap::new(), 100).is_empty());
     }
 }

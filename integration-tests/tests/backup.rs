@@ -1138,3 +1138,116 @@ async fn restore_swaps_in_a_new_database_restores_into_one_or_in_place_and_never
         psql(&url, &format!("DROP DATABASE {db} WITH (FORCE)"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_last_two_prunes_the_first_of_three_and_a_missing_file_is_reported() {
+    let Some(url) = fresh_database().await else {
+        return;
+    };
+    populate(&url, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(&[("db-1", backup_env(&dir.path().join("backups")))]).await;
+    let creds = dir.path().join("admin.credentials");
+    s.c.admin.save(&creds, false).unwrap();
+    set_secret(&s.c, "DATABASE_URL", &url).await;
+    let file = dir.path().join("ferry.toml");
+    let write = |keep_last: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "app = \"shop\"\n[environments.staging]\nagents = [\"db-1\"]\n[services.web]\nimage = \"x\"\n[databases.main]\nurl_secret = \"DATABASE_URL\"\n[databases.main.backup]\nkeep_last = {keep_last}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(2);
+    let f = file.to_str().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = ferry(
+            &creds,
+            &["backup", "run", "-f", f, "--env", ENV, "--output", "json"],
+        );
+        ids.push(
+            json_of(&out)[0]["backup"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let listed = || {
+        let out = ferry(&creds, &["backup", "ls", "--app", APP, "--output", "json"]);
+        json_of(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let path_of = |id: &str| {
+        json_of(&ferry(&creds, &["backup", "show", id, "--output", "json"]))["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = path_of(&ids[0]);
+
+    let out = ferry(
+        &creds,
+        &[
+            "backup",
+            "prune",
+            "--app",
+            APP,
+            "--env",
+            ENV,
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(v["prunable"].as_array().unwrap().len(), 1);
+    assert_eq!(v["prunable"][0]["id"], ids[0].as_str());
+    assert!(v["deleted"].as_array().unwrap().is_empty());
+    assert_eq!(listed().len(), 3, "a dry run deletes nothing");
+
+    let out = ferry(&creds, &["backup", "prune", "--app", APP, "--env", ENV]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("deleted {}", ids[0])), "{stdout}");
+    assert_eq!(
+        listed(),
+        [ids[2].clone(), ids[1].clone()],
+        "only the first went"
+    );
+    assert!(!Path::new(&first).exists());
+    assert!(!Path::new(&first.replace(".dump.zst", ".manifest.json")).exists());
+    for id in &ids[1..] {
+        assert!(Path::new(&path_of(id)).exists());
+    }
+    let out = ferry(&creds, &["backup", "prune", "--app", APP, "--env", ENV]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to prune"));
+
+    // keep_last = 1 with the older file gone from disk: reported, kept listed.
+    write(1);
+    let out = ferry(
+        &creds,
+        &["backup", "run", "-f", f, "--env", ENV, "--db", "main"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let gone = path_of(&ids[1]);
+    std::fs::remove_file(&gone).unwrap();
+    let out = ferry(
+        &creds,
+        &[
+            "backup", "prune", "--app", APP, "--env", ENV, "--output", "json",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(v["missing"], serde_json::json!([ids[1]]), "{v}");
+    assert_eq!(v["deleted"], serde_json::json!([ids[2]]), "{v}");
+    let left = listed();
+    assert_eq!(left.len(), 2, "the new one and the missing one: {left:?}");
+    assert!(left.contains(&ids[1]));
+}

@@ -2,7 +2,8 @@
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
 //! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
 //! [`backup`] (a database dumped to a checksummed file), [`verify`] (a
-//! backup proved by a test restore), [`restore`] (a backup put back).
+//! backup proved by a test restore), [`restore`] (a backup put back),
+//! [`prune`] (expired backups deleted).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -19,6 +20,7 @@ pub mod context;
 pub mod deploy;
 pub mod http;
 pub mod probe;
+pub mod prune;
 pub mod restore;
 pub mod smoke;
 pub mod verify;
@@ -81,6 +83,7 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &backup::Backup,
         &verify::Verify,
         &restore::Restore,
+        &prune::Prune,
     ]
 }
 

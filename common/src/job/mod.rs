@@ -16,6 +16,7 @@
 //! - [`verify`]: [`VerifySpec`], a backup proved by a test restore.
 //! - [`restore`]: [`RestoreSpec`], a backup put back without ever leaving
 //!   the live database half-restored.
+//! - [`prune`]: [`PruneSpec`], expired backups deleted.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub mod backup;
 pub mod deploy;
 pub mod probe;
+pub mod prune;
 pub mod restore;
 pub mod smoke;
 pub mod verify;
@@ -41,6 +43,7 @@ pub use deploy::{
     ServiceDeploy, Strategy, VolumeMount, naming,
 };
 pub use probe::ProbeSpec;
+pub use prune::{PruneItem, PruneReport, PruneSpec};
 pub use restore::{RestoreMode, RestoreReport, RestoreSpec};
 pub use smoke::{HttpCheck, SmokeSpec};
 pub use verify::{VerifyReport, VerifySpec};
@@ -223,6 +226,7 @@ registry! {
     Backup(BackupSpec),
     Verify(VerifySpec),
     Restore(RestoreSpec),
+    Prune(PruneSpec),
 }
 
 impl JobSpec {
@@ -442,7 +446,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup, verify, restore"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, backup, verify, restore, prune"
             ),
             "{err}"
         );

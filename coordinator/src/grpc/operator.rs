@@ -599,6 +599,40 @@ impl OperatorService for OperatorApi {
             job: Some(job_to_wire(job, tasks)),
         }))
     }
+
+    async fn prune_backups(
+        &self,
+        req: Request<pb::PruneBackupsRequest>,
+    ) -> Result<Response<pb::PruneBackupsResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "prune backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let (expired, jobs) = crate::backups::prune_backups(
+            &self.core,
+            &actor,
+            r.app.trim(),
+            r.env.trim(),
+            r.dry_run,
+        )
+        .await?;
+        let mut wire = Vec::new();
+        for job in jobs {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            wire.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::PruneBackupsResponse {
+            expired: expired.iter().map(crate::backups::to_wire).collect(),
+            jobs: wire,
+        }))
+    }
 }
 
 fn parse_backup_id(text: &str) -> Result<Uuid, CoordinatorError> {

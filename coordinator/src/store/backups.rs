@@ -6,9 +6,10 @@
 //! A backup is catalogued by [`catalogue`], which the job methods call in
 //! the transaction that stores a `backup` task's success, from the task's
 //! result (the manifest): a backup the catalogue lists is one whose task
-//! succeeded, and a failed task leaves the catalogue unchanged.
+//! succeeded, and a failed task leaves the catalogue unchanged. A `prune`
+//! task's success removes what it deleted, in the same way.
 
-use ferry_common::job::{BackupManifest, BackupSpec, KindSpec, VerifySpec};
+use ferry_common::job::{BackupManifest, BackupSpec, KindSpec, PruneReport, PruneSpec, VerifySpec};
 use ferry_common::status::{BackupReason, VerifyResult};
 use uuid::Uuid;
 
@@ -119,6 +120,23 @@ pub(crate) async fn on_task_finished(
     let kind = row.text("kind")?;
     if kind == BackupSpec::NAME && task.succeeded {
         catalogue(tx, task, now_ms).await
+    } else if kind == PruneSpec::NAME && task.succeeded {
+        // What the agent deleted leaves the catalogue; a missing file stays
+        // listed (its task reported it).
+        let report: PruneReport = match serde_json::from_str(task.result_json.unwrap_or("{}")) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(task_id = %task.task_id, error = %e, "a prune task's result does not parse");
+                return Ok(());
+            }
+        };
+        for id in &report.deleted {
+            query("DELETE FROM backups WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
     } else if kind == VerifySpec::NAME {
         let spec: VerifySpec = match serde_json::from_str(&row.text("spec_json")?) {
             Ok(s) => s,

@@ -2911,4 +2911,25 @@ pub async fn backups(store: &Store) {
             .await
             .expect("record unknown")
     );
+
+    // A prune task's success removes what it deleted, nothing else.
+    let (_, tasks) = submit(store, new_job("prune", NOW, None), &one).await;
+    claim(store, &one).await;
+    let prune = tasks[0].id;
+    let pruned = IncomingEvent {
+        result_json: Some(format!(
+            r#"{{"deleted":["{t}"],"missing":["{}"]}}"#,
+            extra.id
+        )),
+        ..finished(prune, 1, Outcome::Succeeded)
+    };
+    store
+        .append_agent_events(&[pruned], NOW + 1000)
+        .await
+        .expect("append prune");
+    assert!(store.get_backup(t).await.expect("get").is_none());
+    assert!(
+        store.get_backup(extra.id).await.expect("get").is_some(),
+        "a missing file's backup stays listed"
+    );
 }
