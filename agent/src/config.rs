@@ -49,6 +49,15 @@ pub struct AgentConfig {
     /// the app file: operators who deploy must not choose host commands.
     #[serde(default)]
     pub nginx: NginxConfig,
+    /// Where backups are written, one folder per app/env/database
+    /// (default `<state_dir>/backups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<PathBuf>,
+    /// Where `pg_dump` and `pg_restore` are (default: the `PATH`); e.g.
+    /// `/usr/lib/postgresql/16/bin` when the server is newer than the
+    /// host's default client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,8 +157,9 @@ impl AgentConfig {
     }
 
     /// `FERRY_COORDINATORS` (comma-separated), `FERRY_POSTGRES_URL`,
-    /// `FERRY_DOCKER_SOCKET`, `FERRY_NGINX_UPSTREAM_DIR`, and
-    /// `FERRY_NGINX_RELOAD` / `FERRY_NGINX_TEST` (split at whitespace).
+    /// `FERRY_DOCKER_SOCKET`, `FERRY_BACKUP_DIR`, `FERRY_PG_BIN_DIR`,
+    /// `FERRY_NGINX_UPSTREAM_DIR`, and `FERRY_NGINX_RELOAD` / `FERRY_NGINX_TEST`
+    /// (split at whitespace).
     pub fn apply_env(&mut self, env: &HashMap<String, String>) {
         if let Some(list) = env
             .get("FERRY_COORDINATORS")
@@ -166,6 +176,12 @@ impl AgentConfig {
         }
         if let Some(sock) = env.get("FERRY_DOCKER_SOCKET").filter(|v| !v.is_empty()) {
             self.docker_socket = sock.clone();
+        }
+        if let Some(dir) = env.get("FERRY_BACKUP_DIR").filter(|v| !v.is_empty()) {
+            self.backup_dir = Some(PathBuf::from(dir));
+        }
+        if let Some(dir) = env.get("FERRY_PG_BIN_DIR").filter(|v| !v.is_empty()) {
+            self.pg_bin_dir = Some(PathBuf::from(dir));
         }
         if let Some(dir) = env
             .get("FERRY_NGINX_UPSTREAM_DIR")
@@ -254,6 +270,8 @@ mod tests {
             max_concurrent_tasks: None,
             capabilities: None,
             nginx: NginxConfig::default(),
+            backup_dir: None,
+            pg_bin_dir: None,
         }
     }
 

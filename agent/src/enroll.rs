@@ -104,6 +104,8 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, AgentError> {
         max_concurrent_tasks: None,
         capabilities: None,
         nginx: opts.nginx.clone(),
+        backup_dir: None,
+        pg_bin_dir: None,
     }
     // Written last: its presence means enrollment completed.
     .save(&opts.state_dir, false)?;

@@ -360,6 +360,8 @@ mod tests {
         let host = Arc::new(HostEnv {
             docker: Err("no Docker in unit tests".into()),
             nginx: Default::default(),
+            backup_dir: std::env::temp_dir().join("ferry-runner-tests-no-backups"),
+            pg_bin_dir: None,
         });
         (Runner::build(spool, probe, host, 4, executors, limits), rx)
     }

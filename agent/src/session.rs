@@ -63,9 +63,18 @@ impl Agent {
             disk_paths,
         ));
         let spool = Arc::new(Spool::open(state_dir)?);
+        let backup_dir = config
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("backups"));
+        // A backup the agent was killed in the middle of left a partial
+        // file; its task is reported lost (the spool), its file goes here.
+        executor::backup::remove_partial_files(&backup_dir);
         let host = Arc::new(HostEnv {
             docker: crate::health::connect_docker(&config.docker_socket),
             nginx: config.nginx.clone(),
+            backup_dir,
+            pg_bin_dir: config.pg_bin_dir.clone(),
         });
         let runner = Runner::new(
             spool,

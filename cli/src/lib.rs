@@ -9,6 +9,7 @@
 //!
 //! - [`status`], [`agents`], [`tokens`], [`operators`]: the coordinator,
 //!   its agents, join tokens and operators.
+//! - [`backup`]: `backup run|ls|show`, database backups and their catalogue.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
@@ -28,6 +29,7 @@ use clap::{Parser, Subcommand};
 
 pub mod agents;
 pub mod audit;
+pub mod backup;
 pub mod completions;
 pub mod context;
 pub mod deploy;
@@ -91,6 +93,8 @@ pub enum Command {
     Validate(validate::Command),
     #[command(flatten)]
     Completions(completions::Command),
+    #[command(flatten)]
+    Backup(backup::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Audit(c) => show(&ctx, audit::run(c, &ctx).await),
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
+        Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

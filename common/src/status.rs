@@ -208,6 +208,59 @@ string_enum!(Outcome "task outcome" {
     Lost => "lost",
 });
 
+/// Why a backup was taken (the catalogue's `reason`; retention differs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BackupReason {
+    /// `ferry backup run`.
+    #[default]
+    Manual,
+    /// A `[databases.NAME.backup]` schedule.
+    Scheduled,
+    /// Before a schema migration.
+    PreMigration,
+    /// Before a deploy.
+    PreDeploy,
+}
+
+string_enum!(BackupReason "backup reason" {
+    Manual => "manual",
+    Scheduled => "scheduled",
+    PreMigration => "pre-migration",
+    PreDeploy => "pre-deploy",
+});
+
+/// How a backup's last verification (test restore) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerifyResult {
+    Passed,
+    Failed,
+}
+
+string_enum!(VerifyResult "verification result" {
+    Passed => "passed",
+    Failed => "failed",
+});
+
+/// Serde through the one spelling of [`string_enum!`], for enums that
+/// travel in JSON (specs, manifests).
+macro_rules! serde_as_str {
+    ($($ty:ident),+) => {$(
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )+};
+}
+
+serde_as_str!(BackupReason, VerifyResult);
+
 impl From<Outcome> for TaskState {
     fn from(o: Outcome) -> TaskState {
         match o {

@@ -12,6 +12,8 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
+//! - [`backups`]: `RunBackup` (databases kept per (app, env), one backup
+//!   job per database on its one agent) and the catalogue on the wire.
 //! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
 //! - [`secrets`]: secrets per (app, env): setting, listing, deleting and
 //!   resolving them, and the start-time key check.
@@ -29,6 +31,7 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod backups;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -1,5 +1,5 @@
 -- Rollouts learn three words and a request (postgres). Kept equivalent to
--- migrations/sqlite/0008_rollout_cancel_redeploy_restart.sql.
+-- migrations/sqlite/0009_rollout_cancel_redeploy_restart.sql.
 --
 -- - kinds `redeploy` (the current release again, containers recreated) and
 --   `restart` (the current containers restarted in place);

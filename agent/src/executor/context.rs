@@ -20,6 +20,20 @@ use crate::spool::Spool;
 pub struct HostEnv {
     pub docker: Result<bollard::Docker, String>,
     pub nginx: NginxConfig,
+    /// Where backups are written (`agent.toml`'s `backup_dir`).
+    pub backup_dir: std::path::PathBuf,
+    /// Where `pg_dump`/`pg_restore` are; `None`: the `PATH`.
+    pub pg_bin_dir: Option<std::path::PathBuf>,
+}
+
+impl HostEnv {
+    /// The PostgreSQL client program `name` (`pg_dump`, `pg_restore`).
+    pub fn pg_tool(&self, name: &str) -> std::path::PathBuf {
+        match &self.pg_bin_dir {
+            Some(dir) => dir.join(name),
+            None => std::path::PathBuf::from(name),
+        }
+    }
 }
 
 impl HostEnv {

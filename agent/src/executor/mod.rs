@@ -2,8 +2,11 @@
 //! module per kind, each with one [`Executor`]: [`probe`] (host facts),
 //! [`smoke`] (HTTP checks), [`deploy`] (containers on the Docker engine),
 //! [`logs`] (a service's container logs), [`inspect`] (an app's containers),
-//! [`restart`] (a release's containers restarted in place); deploy and
-//! restart gate containers through [`health_gate`].
+//! [`restart`] (a release's containers restarted in place; deploy and
+//! restart gate containers through [`health_gate`]), [`backup`] (a
+//! database dumped to a checksummed file), [`verify`] (a backup proved by
+//! a test restore), [`restore`] (a backup put back), [`prune`] (expired
+//! backups deleted).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client.
@@ -15,6 +18,7 @@
 use async_trait::async_trait;
 use ferry_common::job::{JobKind, JobSpec, Registered};
 
+pub mod backup;
 pub mod context;
 pub mod deploy;
 pub mod health_gate;
@@ -22,8 +26,11 @@ pub mod http;
 pub mod inspect;
 pub mod logs;
 pub mod probe;
+pub mod prune;
 pub mod restart;
+pub mod restore;
 pub mod smoke;
+pub mod verify;
 
 pub use context::{HostEnv, TaskContext};
 
@@ -86,6 +93,10 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &logs::Logs,
         &inspect::Inspect,
         &restart::Restart,
+        &backup::Backup,
+        &verify::Verify,
+        &restore::Restore,
+        &prune::Prune,
     ]
 }
 

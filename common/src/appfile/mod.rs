@@ -29,13 +29,15 @@
 //! - `secrets`: secret names, `registry_auth` ([`RegistryAuth`]), and
 //!   `[secrets.NAME]` rules for their values ([`SecretRule`]).
 //! - `smoke`: `[[smoke]]` checks (the smoke job's [`HttpCheck`]).
+//! - `databases`: `[databases.NAME]` ([`Database`]: engine, where it is,
+//!   which host works on it, its backup policy and verification checks).
 //! - `release`: a release of the file as a deploy job's spec
 //!   ([`AppFile::deploy_spec`], [`validate_version`]).
 //! - `errors`: [`Problem`], [`AppFileError`], their formatting, "did you mean".
 //! - `raw`: the top of the serde layer, field paths, and the index of lines.
 //! - `check`: the checking pass and the field rules sections share.
 //!
-//! A new section (say `database`) is a new module with its typed value, its
+//! A new section (say `accessories`) is a new module with its typed value, its
 //! raw serde table, its `Check` method, its defaults and its tests; then one
 //! field in [`AppFile`] and one in `RawAppFile`, and one line in
 //! `Check::app_file` that calls the section's method.
@@ -43,6 +45,7 @@
 //! types ([`crate::job`]), so the file and the job cannot disagree on them.
 
 mod check;
+mod databases;
 mod environment;
 mod errors;
 #[cfg(test)]
@@ -63,6 +66,10 @@ use serde::Serialize;
 use toml::de::DeTable;
 
 pub use crate::job::{HttpCheck, PullPolicy, RestartPolicy, Strategy};
+pub use databases::{
+    BackupPolicy, CompareOp, CronSchedule, Database, DatabaseTarget, DbEngine, DbHost, DbLocation,
+    Expect, SqlCheck, check_table_name, check_time_zone,
+};
 pub use environment::{ALWAYS_PROTECTED, Environment};
 pub use errors::{AppFileError, Problem, format_problem};
 pub use healthcheck::{
@@ -77,6 +84,7 @@ pub use volumes::VolumeMount;
 
 use crate::rules::dns_name;
 use check::{Check, at_least_one};
+use databases::RawDatabase;
 use environment::RawEnvironment;
 use raw::{FieldPath, Index};
 use serde::Deserialize;
@@ -102,6 +110,8 @@ pub struct AppFile {
     pub secrets: BTreeMap<String, SecretRule>,
     /// Stopped releases each host keeps per service for a fast rollback.
     pub keep_releases: u32,
+    /// By name.
+    pub databases: BTreeMap<String, Database>,
 }
 
 /// `[rollout]`.
@@ -169,6 +179,8 @@ struct RawAppFile {
     #[serde(default)]
     secrets: BTreeMap<String, secrets::RawSecretRule>,
     keep_releases: Option<i64>,
+    #[serde(default)]
+    databases: BTreeMap<String, RawDatabase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,8 +305,18 @@ impl Check {
             .keep_releases
             .and_then(|n| self.ok(&root.key("keep_releases"), keep_releases(n)))
             .unwrap_or(crate::job::DEFAULT_KEEP_RELEASES);
+        let databases_path = root.key("databases");
+        let databases: BTreeMap<String, Database> = raw
+            .databases
+            .into_iter()
+            .map(|(name, d)| {
+                let db = self.database(&databases_path.key(&name), name.clone(), d);
+                (name, db)
+            })
+            .collect();
 
         self.across(&environments, &services);
+        self.database_services(&databases, &services);
         AppFile {
             app,
             rollout,
@@ -303,6 +325,7 @@ impl Check {
             smoke,
             secrets,
             keep_releases,
+            databases,
         }
     }
 

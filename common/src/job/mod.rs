@@ -14,6 +14,12 @@
 //! - [`logs`]: [`LogsSpec`], a service's container logs.
 //! - [`inspect`]: [`InspectSpec`], an app's containers on the host.
 //! - [`restart`]: [`RestartSpec`], a release's containers restarted in place.
+//! - [`backup`]: [`BackupSpec`], a database dumped to a checksummed file,
+//!   described by its [`BackupManifest`].
+//! - [`verify`]: [`VerifySpec`], a backup proved by a test restore.
+//! - [`restore`]: [`RestoreSpec`], a backup put back without ever leaving
+//!   the live database half-restored.
+//! - [`prune`]: [`PruneSpec`], expired backups deleted.
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -26,13 +32,18 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub mod backup;
 pub mod deploy;
 pub mod inspect;
 pub mod logs;
 pub mod probe;
+pub mod prune;
 pub mod restart;
+pub mod restore;
 pub mod smoke;
+pub mod verify;
 
+pub use backup::{BackupManifest, BackupSpec};
 pub use deploy::{
     DEFAULT_KEEP_RELEASES, DeploySpec, HealthCheck, HealthGate, MAX_KEEP_RELEASES, PortMapping,
     PullPolicy, RegistryAuth, RestartPolicy, ServiceDeploy, Strategy, VolumeMount, naming,
@@ -40,8 +51,11 @@ pub use deploy::{
 pub use inspect::{ContainerInfo, InspectSpec, Inspected};
 pub use logs::LogsSpec;
 pub use probe::ProbeSpec;
+pub use prune::{PruneItem, PruneReport, PruneSpec};
 pub use restart::{RestartService, RestartSpec};
+pub use restore::{RestoreMode, RestoreReport, RestoreSpec};
 pub use smoke::{HttpCheck, SmokeSpec};
+pub use verify::{VerifyReport, VerifySpec};
 
 /// What each job kind's spec type says about the kind. Everything a new
 /// kind needs outside the agent's executor lives in its impl of this.
@@ -238,6 +252,10 @@ registry! {
     Logs(LogsSpec),
     Inspect(InspectSpec),
     Restart(RestartSpec),
+    Backup(BackupSpec),
+    Verify(VerifySpec),
+    Restore(RestoreSpec),
+    Prune(PruneSpec),
 }
 
 impl JobSpec {
@@ -457,7 +475,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect, restart"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect, restart, backup, verify, restore, prune"
             ),
             "{err}"
         );

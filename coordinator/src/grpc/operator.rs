@@ -612,6 +612,163 @@ impl OperatorService for OperatorApi {
             .await?;
         Ok(Response::new(stream))
     }
+
+    async fn run_backup(
+        &self,
+        req: Request<pb::RunBackupRequest>,
+    ) -> Result<Response<pb::RunBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "run backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let jobs = crate::backups::run_backup(&self.core, &actor, req.into_inner()).await?;
+        let mut wire = Vec::new();
+        for job in jobs {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            wire.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::RunBackupResponse { jobs: wire }))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read backups")
+            .await?;
+        let r = req.into_inner();
+        let some = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        let filter = crate::store::BackupFilter {
+            app: some(r.app),
+            env: some(r.env),
+            database: some(r.database),
+        };
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
+        let backups = self
+            .core
+            .store
+            .list_backups(&filter, limit)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: backups.iter().map(crate::backups::to_wire).collect(),
+        }))
+    }
+
+    async fn get_backup(
+        &self,
+        req: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::GetBackupResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read backups")
+            .await?;
+        let id = parse_backup_id(&req.get_ref().id)?;
+        let backup = self
+            .core
+            .store
+            .get_backup(id)
+            .await
+            .map_err(CoordinatorError::from)?
+            .ok_or_else(|| CoordinatorError::from(StoreError::BackupNotFound(id)))?;
+        Ok(Response::new(pb::GetBackupResponse {
+            backup: Some(crate::backups::to_wire(&backup)),
+        }))
+    }
+
+    async fn verify_backup(
+        &self,
+        req: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::VerifyBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "verify backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let id = parse_backup_id(&req.get_ref().id)?;
+        let job = crate::backups::verify_backup(&self.core, &actor, id).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(job.id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::VerifyBackupResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
+
+    async fn restore_backup(
+        &self,
+        req: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "restore backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let id = parse_backup_id(&r.id)?;
+        let job = crate::backups::restore_backup(&self.core, &actor, id, &r.into, r.clean).await?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(job.id)
+            .await
+            .map_err(CoordinatorError::from)?;
+        Ok(Response::new(pb::RestoreBackupResponse {
+            job: Some(job_to_wire(job, tasks)),
+        }))
+    }
+
+    async fn prune_backups(
+        &self,
+        req: Request<pb::PruneBackupsRequest>,
+    ) -> Result<Response<pb::PruneBackupsResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "prune backups")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let r = req.into_inner();
+        let (expired, jobs) = crate::backups::prune_backups(
+            &self.core,
+            &actor,
+            r.app.trim(),
+            r.env.trim(),
+            r.dry_run,
+        )
+        .await?;
+        let mut wire = Vec::new();
+        for job in jobs {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            wire.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::PruneBackupsResponse {
+            expired: expired.iter().map(crate::backups::to_wire).collect(),
+            jobs: wire,
+        }))
+    }
+}
+
+fn parse_backup_id(text: &str) -> Result<Uuid, CoordinatorError> {
+    Uuid::parse_str(text.trim()).map_err(|_| {
+        CoordinatorError::invalid(
+            "backup id",
+            format!("{text:?} is not a backup id (see `ferry backup ls`)"),
+        )
+    })
 }
 
 impl OperatorApi {

@@ -1215,8 +1215,8 @@ fn services_of(job: &JobSpec) -> String {
     let names: Vec<&str> = match job {
         JobSpec::Deploy(d) => d.services.iter().map(|s| s.name.as_str()).collect(),
         JobSpec::Restart(r) => r.services.iter().map(|s| s.name.as_str()).collect(),
-        JobSpec::Logs(l) => vec![l.service.as_str()],
-        JobSpec::Probe(_) | JobSpec::Smoke(_) | JobSpec::Inspect(_) => Vec::new(),
+        // A rollout's batches are deploys or restarts only.
+        _ => Vec::new(),
     };
     names.join(", ")
 }

@@ -20,10 +20,11 @@ use uuid::Uuid;
 
 use super::ids::IdOf;
 use super::{
-    AgentHello, AgentRecord, AuditEntry, AuditFilter, Backend, Heartbeat, IncomingEvent, JobClaim,
-    JobEventRecord, JobFilter, JobRecord, JobStart, JoinTokenRecord, NewAgent, NewJob, NewTask,
-    Notification, OperatorRecord, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate,
-    SecretMeta, SecretRecord, Store, StoreError, TaskRecord,
+    AgentHello, AgentRecord, AuditEntry, AuditFilter, Backend, BackupFilter, BackupRecord,
+    Heartbeat, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart,
+    JoinTokenRecord, NewAgent, NewJob, NewTask, Notification, OperatorRecord, RolloutKind,
+    RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store, StoreError,
+    TaskRecord,
 };
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
@@ -2952,4 +2953,236 @@ pub async fn fresh_postgres_database(server: &str) -> Result<String, StoreError>
         .await?;
     admin.close().await?;
     Ok(database_url(server, &name))
+}
+
+// --- backups -------------------------------------------------------------
+
+fn manifest_json(app: &str, database: &str, task_id: Uuid, reason: &str) -> String {
+    serde_json::json!({
+        "id": task_id.to_string(), "app": app, "env": "production", "database": database,
+        "engine": "postgres", "server_version": "15.18", "dump_tool": "pg_dump 15.18",
+        "format": "pg_dump-custom", "compression": "zstd",
+        "path": format!("/var/lib/ferry/backups/{app}/production/{database}/{task_id}.dump.zst"),
+        "size_bytes": 1234, "dump_bytes": 9999, "sha256": "ab".repeat(32),
+        "tables": [], "row_counts": {"public.users": 3},
+        "started_at": "2023-11-14T22:13:20Z", "ended_at": "2023-11-14T22:13:21Z",
+        "job_id": "x", "reason": reason, "restore_hint": "zstd -dc …"
+    })
+    .to_string()
+}
+
+/// The catalogue: a backup task's success catalogues its manifest in the
+/// same transaction (with the expiry its database's settings give); a
+/// failed task catalogues nothing; listings filter and order; a
+/// verification is recorded; database settings are replaced per (app, env).
+pub async fn backups(store: &Store) {
+    let tag = &unique_tag();
+    let app = format!("shop-{tag}");
+    let agents = agents(store, "backup", tag, 1).await;
+    let one = [&agents[0]];
+    store
+        .put_database_settings(
+            &app,
+            "production",
+            &[
+                ("main".into(), r#"{"backup":{"keep_days":30}}"#.into()),
+                ("old".into(), "{}".into()),
+            ],
+            NOW,
+        )
+        .await
+        .expect("settings");
+    store
+        .put_database_settings(
+            &app,
+            "production",
+            &[("main".into(), r#"{"backup":{"keep_days":30}}"#.into())],
+            NOW + 1,
+        )
+        .await
+        .expect("settings replaced");
+    let settings = store
+        .database_settings(&app, "production")
+        .await
+        .expect("read settings");
+    assert_eq!(
+        settings.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["main"],
+        "the last app file's databases replace the earlier ones"
+    );
+    assert_eq!(settings[0].updated_at_ms, NOW + 1);
+    assert!(
+        store
+            .database_settings(&app, "staging")
+            .await
+            .expect("other env")
+            .is_empty()
+    );
+
+    // Succeeded: catalogued from the manifest, in the transaction.
+    let (good, tasks) = submit(store, new_job("backup", NOW, None), &one).await;
+    claim(store, &one).await;
+    let t = tasks[0].id;
+    let manifest = manifest_json(&app, "main", t, "manual");
+    let done = IncomingEvent {
+        result_json: Some(manifest.clone()),
+        ..finished(t, 1, Outcome::Succeeded)
+    };
+    store
+        .append_agent_events(&[done], NOW + 100)
+        .await
+        .expect("append");
+    let b = store
+        .get_backup(t)
+        .await
+        .expect("get backup")
+        .expect("catalogued");
+    assert_eq!(
+        (
+            b.job_id,
+            b.host.as_str(),
+            b.app.as_str(),
+            b.env.as_str(),
+            b.database.as_str()
+        ),
+        (
+            good.id,
+            agents[0].name.as_str(),
+            app.as_str(),
+            "production",
+            "main"
+        )
+    );
+    assert_eq!((b.size_bytes, b.sha256.len()), (1234, 64));
+    assert_eq!(b.reason, ferry_common::status::BackupReason::Manual);
+    assert_eq!(b.created_at_ms, NOW + 100);
+    assert_eq!(b.expires_at_ms, Some(NOW + 100 + 30 * DAY));
+    assert_eq!((b.verified_at_ms, b.verify_result), (None, None));
+    assert_eq!(
+        b.manifest().expect("manifest").row_counts["public.users"],
+        3
+    );
+    assert_eq!(b.manifest_json, manifest);
+
+    // Failed (even with a result), or another kind: nothing catalogued.
+    let (_, tasks) = submit(store, new_job("backup", NOW, None), &one).await;
+    claim(store, &one).await;
+    let bad = tasks[0].id;
+    let failed = IncomingEvent {
+        result_json: Some(manifest_json(&app, "main", bad, "manual")),
+        ..finished(bad, 1, Outcome::Failed)
+    };
+    store
+        .append_agent_events(&[failed], NOW + 200)
+        .await
+        .expect("append failure");
+    assert!(store.get_backup(bad).await.expect("get").is_none());
+    let (_, tasks) = submit(store, new_job("deploy", NOW, None), &one).await;
+    claim(store, &one).await;
+    let other = tasks[0].id;
+    store
+        .append_agent_events(&[finished(other, 1, Outcome::Succeeded)], NOW + 300)
+        .await
+        .expect("append deploy");
+    assert!(store.get_backup(other).await.expect("get").is_none());
+
+    // Added directly; listings filter and go newest first.
+    let extra = BackupRecord {
+        id: Uuid::now_v7(),
+        database: "audit".into(),
+        reason: ferry_common::status::BackupReason::PreDeploy,
+        created_at_ms: NOW + 500,
+        expires_at_ms: None,
+        ..b.clone()
+    };
+    store.add_backup(&extra).await.expect("add");
+    store
+        .add_backup(&extra)
+        .await
+        .expect("adding twice keeps the first");
+    let all = |filter: BackupFilter| async move {
+        store
+            .list_backups(&filter, 100)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|b| b.id)
+            .collect::<Vec<_>>()
+    };
+    let by_app = BackupFilter {
+        app: Some(app.clone()),
+        ..Default::default()
+    };
+    assert_eq!(all(by_app.clone()).await, [extra.id, t]);
+    assert_eq!(
+        all(BackupFilter {
+            database: Some("main".into()),
+            ..by_app.clone()
+        })
+        .await,
+        [t]
+    );
+    assert!(
+        all(BackupFilter {
+            env: Some("staging".into()),
+            ..by_app
+        })
+        .await
+        .is_empty()
+    );
+
+    // Verification.
+    assert!(
+        store
+            .record_verification(
+                t,
+                NOW + 900,
+                ferry_common::status::VerifyResult::Failed,
+                "table public.users: 2 rows, manifest says 3"
+            )
+            .await
+            .expect("record")
+    );
+    let b = store.get_backup(t).await.expect("get").expect("exists");
+    assert_eq!(b.verified_at_ms, Some(NOW + 900));
+    assert_eq!(
+        b.verify_result,
+        Some(ferry_common::status::VerifyResult::Failed)
+    );
+    assert_eq!(
+        b.verify_message,
+        "table public.users: 2 rows, manifest says 3"
+    );
+    assert!(
+        !store
+            .record_verification(
+                Uuid::now_v7(),
+                NOW,
+                ferry_common::status::VerifyResult::Passed,
+                ""
+            )
+            .await
+            .expect("record unknown")
+    );
+
+    // A prune task's success removes what it deleted, nothing else.
+    let (_, tasks) = submit(store, new_job("prune", NOW, None), &one).await;
+    claim(store, &one).await;
+    let prune = tasks[0].id;
+    let pruned = IncomingEvent {
+        result_json: Some(format!(
+            r#"{{"deleted":["{t}"],"missing":["{}"]}}"#,
+            extra.id
+        )),
+        ..finished(prune, 1, Outcome::Succeeded)
+    };
+    store
+        .append_agent_events(&[pruned], NOW + 1000)
+        .await
+        .expect("append prune");
+    assert!(store.get_backup(t).await.expect("get").is_none());
+    assert!(
+        store.get_backup(extra.id).await.expect("get").is_some(),
+        "a missing file's backup stays listed"
+    );
 }

@@ -19,6 +19,8 @@
 //! - [`operators`]: operators and their roles;
 //! - [`audit`]: the audit log;
 //! - [`ids`]: job and rollout ids given by a unique part;
+//! - [`backups`]: the backup catalogue and each (app, env)'s database
+//!   settings;
 //! - [`secrets`]: sealed secrets;
 //! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
 //!   holding the job logic once (state machines, locking order, seqs) over
@@ -46,6 +48,7 @@ use uuid::Uuid;
 
 pub use agents::{AgentHello, AgentRecord, Heartbeat};
 pub use audit::{AuditEntry, AuditFilter};
+pub use backups::{BackupFilter, BackupRecord, DatabaseSettings};
 pub use jobs::{
     AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
     NewTask, Notification, StartedJob, TaskRecord, Transition,
@@ -57,6 +60,7 @@ pub use tokens::{JoinTokenRecord, NewAgent};
 
 pub mod agents;
 pub mod audit;
+pub mod backups;
 mod db;
 pub mod ids;
 pub mod jobs;
@@ -128,6 +132,8 @@ pub enum StoreError {
     OperatorNotFound(String),
     #[error("no job with id {0}")]
     JobNotFound(Uuid),
+    #[error("no backup with id {0} (see `ferry backup ls`)")]
+    BackupNotFound(Uuid),
     #[error(
         "{app} {env} is being deployed: rollout {} ({} of version {}) by {}, started {}; \
          follow it with `ferry rollout {}`, or wait for it (`--wait`)",

@@ -68,6 +68,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "rollout_cancel_redeploy_restart",
         include_str!("../../../migrations/postgres/0009_rollout_cancel_redeploy_restart.sql"),
     ),
+    (
+        10,
+        "backups",
+        include_str!("../../../migrations/postgres/0010_backups.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

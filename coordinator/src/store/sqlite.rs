@@ -62,6 +62,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "rollout_cancel_redeploy_restart",
         include_str!("../../../migrations/sqlite/0009_rollout_cancel_redeploy_restart.sql"),
     ),
+    (
+        10,
+        "backups",
+        include_str!("../../../migrations/sqlite/0010_backups.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

@@ -290,6 +290,7 @@ conformance!(
     expiry,
     absent_agents,
     lost_then_reported,
+    backups,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -896,7 +897,7 @@ async fn sqlite_always_leads() {
     ));
 }
 
-/// SQLite rebuilds the rollouts table in migration 8 (to widen its
+/// SQLite rebuilds the rollouts table in migration 9 (to widen its
 /// CHECKs): a store of migration 7 keeps every rollout, the links between
 /// them and the deploy lock, and takes the new words.
 #[tokio::test]

@@ -578,6 +578,22 @@ impl Store {
         }
         let mut tx = self.pool.begin_jobs().await?;
         let outcome = engine::append_agent_events(&mut tx, events, now_ms).await?;
+        // A backup is catalogued with its task's success, never without it;
+        // a verification is recorded with its task's end.
+        for t in &outcome.transitions {
+            let succeeded = t.task.state == TaskState::Succeeded;
+            if succeeded || t.task.state == TaskState::Failed {
+                let finished = super::backups::Finished {
+                    task_id: t.task.id,
+                    job_id: t.task.job_id,
+                    host: &t.task.agent_name,
+                    succeeded,
+                    message: &t.task.message,
+                    result_json: t.task.result_json.as_deref(),
+                };
+                super::backups::on_task_finished(&mut tx, finished, now_ms).await?;
+            }
+        }
         tx.commit().await?;
         Ok(outcome)
     }
