@@ -58,8 +58,10 @@ pub enum BackupCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
+    /// App name, e.g. shop (default: the app of ./ferry.toml).
     #[arg(long)]
-    pub app: String,
+    pub app: Option<String>,
+    /// Environment, e.g. production.
     #[arg(long)]
     pub env: String,
     /// Only list what would be deleted.
@@ -105,8 +107,10 @@ pub struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LsArgs {
+    /// Only this app's backups.
     #[arg(long)]
     pub app: Option<String>,
+    /// Only this environment's backups.
     #[arg(long)]
     pub env: Option<String>,
     /// Only this database.
@@ -192,11 +196,12 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
             Ok(View::Restored(Box::new(Verified { id: args.id, job })))
         }
         BackupCommand::Prune(args) => {
+            let app = ctx.app(args.app)?;
             let mut s = ctx.connect().await?;
             let reply = s
                 .client
                 .prune_backups(pb::PruneBackupsRequest {
-                    app: args.app,
+                    app,
                     env: args.env,
                     dry_run: args.dry_run,
                 })

@@ -623,6 +623,13 @@ async fn a_cancelled_or_killed_backup_leaves_no_file() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let enrolled = agent.kill().await.unwrap();
+    // The aborted task's future is dropped (and its guard removes the
+    // partial file) when tokio next gets to it, and the blocking writer
+    // finishes its chunk first: shortly after the agent's run returned.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !files(dir.path()).is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
 
     // The agent process killed (SIGKILL) mid-dump: its partial file stays

@@ -555,6 +555,22 @@ impl Site {
         )
         .unwrap();
         self.reload();
+        // `nginx -s reload` returns once the master is signalled; the new
+        // server block listens once the master has read the configuration.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_err() {
+            if std::time::Instant::now() > until {
+                let t = self.nginx(&["-T"]);
+                let out = Command::new(&t[0]).args(&t[1..]).output().unwrap();
+                panic!(
+                    "nginx never listened on 127.0.0.1:{} after the reload: {}\n{}",
+                    self.listen,
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn url(&self) -> String {

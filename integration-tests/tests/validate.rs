@@ -109,7 +109,7 @@ fn a_bad_file_lists_every_problem_and_exits_2() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "bad.toml:4: environments.staging: unknown field `lables`, expected one of `agents`, `labels`, `protected`, `max_parallel`, `variables`\n"
+        "bad.toml:4: environments.staging: unknown field `lables`, expected one of `agents`, `labels`, `protected`, `max_parallel`, `variables`, `smoke`\n"
     );
 
     let out = validate(dir.path(), &["-f", "worse.toml"]);
