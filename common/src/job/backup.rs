@@ -67,6 +67,16 @@ pub enum DbLocation {
     Container(String),
 }
 
+impl DbLocation {
+    /// The secrets a task on this database needs: the URL's, if it is one.
+    pub fn secret_names(&self) -> Vec<String> {
+        match self {
+            DbLocation::UrlSecret(name) => vec![name.clone()],
+            DbLocation::Service(_) | DbLocation::Container(_) => Vec::new(),
+        }
+    }
+}
+
 /// `table` or `schema.table`, plain identifiers (what `pg_dump --table`
 /// and the row counts both read the same way).
 pub fn check_table_name(name: &str) -> Result<(), String> {
@@ -152,10 +162,7 @@ impl KindSpec for BackupSpec {
     }
 
     fn secret_names(&self) -> Vec<String> {
-        match &self.location {
-            DbLocation::UrlSecret(name) => vec![name.clone()],
-            DbLocation::Service(_) | DbLocation::Container(_) => Vec::new(),
-        }
+        self.location.secret_names()
     }
 
     fn secret_scope(&self) -> Option<(&str, &str)> {

@@ -87,10 +87,7 @@ impl KindSpec for RestoreSpec {
     }
 
     fn secret_names(&self) -> Vec<String> {
-        match &self.location {
-            DbLocation::UrlSecret(name) => vec![name.clone()],
-            DbLocation::Service(_) | DbLocation::Container(_) => Vec::new(),
-        }
+        self.location.secret_names()
     }
 
     fn secret_scope(&self) -> Option<(&str, &str)> {

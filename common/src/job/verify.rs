@@ -182,10 +182,7 @@ impl KindSpec for VerifySpec {
     }
 
     fn secret_names(&self) -> Vec<String> {
-        match &self.location {
-            DbLocation::UrlSecret(name) => vec![name.clone()],
-            DbLocation::Service(_) | DbLocation::Container(_) => Vec::new(),
-        }
+        self.location.secret_names()
     }
 
     fn secret_scope(&self) -> Option<(&str, &str)> {
