@@ -293,7 +293,7 @@ impl KindSpec for DeploySpec {
     /// Two deploys of one app's environment on one host would race for
     /// its containers, network and nginx upstreams.
     fn host_lock(&self) -> Option<String> {
-        Some(format!("deploy:{}/{}", self.app, self.env))
+        Some(naming::containers_lock(&self.app, &self.env))
     }
 }
 
@@ -370,6 +370,12 @@ pub mod naming {
             })
             .collect();
         format!("{app}-{env}-{service}-{release}")
+    }
+
+    /// The host lock of every task that changes an (app, env)'s containers
+    /// (deploy, restart): one key, so they never run at once on a host.
+    pub fn containers_lock(app: &str, env: &str) -> String {
+        format!("deploy:{app}/{env}")
     }
 
     pub fn network(app: &str, env: &str) -> String {

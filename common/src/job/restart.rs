@@ -75,7 +75,7 @@ impl KindSpec for RestartSpec {
     /// The deploy's lock: a restart and a deploy of one environment never
     /// touch its containers at once.
     fn host_lock(&self) -> Option<String> {
-        Some(format!("deploy:{}/{}", self.app, self.env))
+        Some(super::naming::containers_lock(&self.app, &self.env))
     }
 }
 

@@ -449,36 +449,14 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::RedeployRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
-        let op = self
-            .core
-            .require_operator(&req, Role::Deployer, "redeploy")
-            .await?;
-        let actor = caller_uri(&op, &self.core);
-        let rollout = self
-            .core
-            .again(&actor, req.into_inner(), RolloutKind::Redeploy)
-            .await?;
-        Ok(Response::new(pb::StartRolloutResponse {
-            rollout: Some(rollout),
-        }))
+        self.again(req, RolloutKind::Redeploy, "redeploy").await
     }
 
     async fn restart(
         &self,
         req: Request<pb::RedeployRequest>,
     ) -> Result<Response<pb::StartRolloutResponse>, Status> {
-        let op = self
-            .core
-            .require_operator(&req, Role::Deployer, "restart")
-            .await?;
-        let actor = caller_uri(&op, &self.core);
-        let rollout = self
-            .core
-            .again(&actor, req.into_inner(), RolloutKind::Restart)
-            .await?;
-        Ok(Response::new(pb::StartRolloutResponse {
-            rollout: Some(rollout),
-        }))
+        self.again(req, RolloutKind::Restart, "restart").await
     }
 
     async fn cancel_rollout(
@@ -775,6 +753,25 @@ impl OperatorApi {
     /// The job an id names: whole, or a unique part (see `store::ids`).
     async fn job_id(&self, text: &str) -> Result<Uuid, CoordinatorError> {
         Ok(self.core.store.resolve_id(IdOf::Job, text).await?)
+    }
+
+    /// `Redeploy` and `Restart`: the current release again, as a rollout
+    /// of `kind`; a deployer's.
+    async fn again(
+        &self,
+        req: Request<pb::RedeployRequest>,
+        kind: RolloutKind,
+        what: &str,
+    ) -> Result<Response<pb::StartRolloutResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, what)
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let rollout = self.core.again(&actor, req.into_inner(), kind).await?;
+        Ok(Response::new(pb::StartRolloutResponse {
+            rollout: Some(rollout),
+        }))
     }
 
     /// The rollout an id names: whole, or a unique part (see `store::ids`).
