@@ -14,6 +14,8 @@
 //!   renewal, revocation, join tokens, operators).
 //! - [`backups`]: `RunBackup` (databases kept per (app, env), one backup
 //!   job per database on its one agent) and the catalogue on the wire.
+//! - [`rollout`]: rollouts (deploy, rollback, redeploy, restart) and their
+//!   restartable driver; [`pipeline`]: the driver's decisions, without I/O.
 //! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
 //! - [`secrets`]: secrets per (app, env): setting, listing, deleting and
 //!   resolving them, and the start-time key check.
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod net;
 pub mod observe;
 pub mod operators;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod rollout;
 pub mod scheduler;

@@ -41,6 +41,7 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::error::CoordinatorError;
 use crate::job::{JobStatus, TaskState};
+use crate::pipeline::{self, Finish, StepKind};
 use crate::scheduler::Submission;
 use crate::store::{
     AgentRecord, Notification, RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate, StoreError,
@@ -88,21 +89,13 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub name: String,
-    /// One of the `STEP_*` words: "deploy", "smoke", "restart", "revert",
+    /// A [`StepKind`]'s word: "deploy", "smoke", "restart", "revert",
     /// "revert smoke".
     pub kind: String,
     pub job_id: Uuid,
     pub agents: Vec<String>,
     pub status: String,
 }
-
-/// The kinds of [`Step`]; a rollout cancel stops the first three, never a
-/// revert.
-const STEP_DEPLOY: &str = "deploy";
-const STEP_SMOKE: &str = "smoke";
-const STEP_RESTART: &str = "restart";
-const STEP_REVERT: &str = "revert";
-const STEP_REVERT_SMOKE: &str = "revert smoke";
 
 /// What starting a rollout needs once the request is resolved.
 struct Resolved {
@@ -302,7 +295,9 @@ impl Core {
             format!("app={} env={} version={}", r.app, r.env, r.version),
         )
         .await;
-        if let Some(step) = parse_steps(&r).last().filter(|s| cancellable(&s.kind))
+        if let Some(step) = parse_steps(&r)
+            .last()
+            .filter(|s| s.kind.parse::<StepKind>().is_ok_and(StepKind::cancellable))
             && let Err(e) = self.cancel_job(actor, step.job_id).await
         {
             // The driver cancels it too, on its next look.
@@ -558,11 +553,6 @@ fn each_once<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     seen
 }
 
-/// Whether a rollout cancel stops a step of this kind (a revert runs on).
-fn cancellable(kind: &str) -> bool {
-    [STEP_DEPLOY, STEP_SMOKE, STEP_RESTART].contains(&kind)
-}
-
 /// The job each batch of a rollout runs: the release (deploy, rollback),
 /// the release forced and narrowed to the named services (redeploy), or a
 /// restart of the named services' containers.
@@ -765,171 +755,149 @@ impl Driver {
             .into_iter()
             .map(|s| s.name)
             .collect();
-        let (verb, step_kind) = match kind {
-            RolloutKind::Restart => ("restart", STEP_RESTART),
-            RolloutKind::Redeploy => ("redeploy", STEP_DEPLOY),
-            RolloutKind::Deploy | RolloutKind::Rollback => ("deploy", STEP_DEPLOY),
+        let verb = match kind {
+            RolloutKind::Restart => "restart",
+            RolloutKind::Redeploy => "redeploy",
+            RolloutKind::Deploy | RolloutKind::Rollback => "deploy",
         };
         let total = plan.batches.len();
+        let smoke = !plan.smoke.is_empty();
+        let smoke_job = JobSpec::Smoke(SmokeSpec {
+            checks: plan.smoke.clone(),
+        });
+        let previous = self.previous_spec().await?;
+        let mut facts = pipeline::Facts {
+            kind,
+            plan: pipeline::forward(kind, total, smoke),
+            forward: Vec::new(),
+            changed: false,
+            has_previous: previous.is_some(),
+            smoke,
+            revert: None,
+            revert_smoke: None,
+        };
         let mut touched: Vec<Touched> = Vec::new();
-        let mut stop: Option<Stop> = None;
-        for (i, batch) in plan.batches.iter().enumerate() {
-            let agents: Vec<String> = batch.iter().map(|h| h.agent.clone()).collect();
-            let name = format!("{verb} batch {}/{total}: {}", i + 1, agents.join(", "));
-            self.record.message = format!("{name}: {verb} {}", spec.release);
-            let ran = self
-                .step(
-                    step_kind,
-                    &format!("{step_kind}-{i}"),
-                    name,
-                    &agents,
-                    job.clone(),
-                    &resumed,
-                )
-                .await?;
-            touched.extend(possibly_changed(&ran.tasks));
-            if ran.status != JobStatus::Succeeded {
-                stop = Some(self.stopped(&ran, verb).await?);
-                break;
-            }
-            if !plan.smoke.is_empty() {
-                let name = format!("smoke batch {}/{total}: {}", i + 1, agents.join(", "));
-                let ran = self
-                    .step(
-                        STEP_SMOKE,
-                        &format!("smoke-{i}"),
-                        name,
-                        &agents,
-                        JobSpec::Smoke(SmokeSpec {
-                            checks: plan.smoke.clone(),
-                        }),
-                        &resumed,
-                    )
-                    .await?;
-                if ran.status != JobStatus::Succeeded {
-                    stop = Some(self.stopped(&ran, "smoke checks").await?);
-                    break;
+        // Why the forward steps stopped; the revert's changed hosts and report.
+        let mut why = String::new();
+        let mut changed: Vec<String> = Vec::new();
+        let mut report = String::new();
+        let mut revert_smoke_failure = String::new();
+        let finish = loop {
+            let step = match pipeline::next(&facts) {
+                pipeline::Next::Finish(f) => break f,
+                pipeline::Next::Run(step) => step,
+            };
+            match step.kind {
+                StepKind::Deploy | StepKind::Restart | StepKind::Smoke => {
+                    let agents: Vec<String> = plan.batches[step.batch]
+                        .iter()
+                        .map(|h| h.agent.clone())
+                        .collect();
+                    let hosts = format!("{}/{total}: {}", step.batch + 1, agents.join(", "));
+                    let (name, job, what) = if step.kind == StepKind::Smoke {
+                        (format!("smoke batch {hosts}"), &smoke_job, "smoke checks")
+                    } else {
+                        self.record.message =
+                            format!("{verb} batch {hosts}: {verb} {}", spec.release);
+                        (format!("{verb} batch {hosts}"), &job, verb)
+                    };
+                    let ran = self
+                        .step(step, name, &agents, job.clone(), &resumed)
+                        .await?;
+                    if step.kind != StepKind::Smoke {
+                        touched.extend(possibly_changed(&ran.tasks));
+                        facts.changed = !touched.is_empty();
+                    }
+                    facts.forward.push(if ran.status == JobStatus::Succeeded {
+                        pipeline::Ended::Succeeded
+                    } else {
+                        let stop = self.stopped(&ran, what).await?;
+                        why = stop.why;
+                        if stop.cancelled {
+                            pipeline::Ended::Cancelled
+                        } else {
+                            pipeline::Ended::Failed
+                        }
+                    });
+                    changed = touched.iter().map(|t| t.agent.clone()).collect();
+                    changed.sort();
+                    changed.dedup();
+                }
+                StepKind::Revert => {
+                    let previous = previous.as_ref().ok_or_else(|| {
+                        Halt::Store("a revert was planned with no previous release".into())
+                    })?;
+                    let name = format!(
+                        "revert {} to {}",
+                        changed.join(", "),
+                        previous.release.as_str()
+                    );
+                    self.record.message = format!("{why}; {name}");
+                    // The revert waits (up to STEP_DEADLINE) for an agent
+                    // that went away: only it can say what its host runs.
+                    let reverted = self
+                        .step(
+                            step,
+                            name,
+                            &changed,
+                            JobSpec::Deploy(previous.clone()),
+                            &resumed,
+                        )
+                        .await?;
+                    report = revert_report(
+                        &self.record.app,
+                        &touched,
+                        &spec.release,
+                        &previous.release,
+                        &reverted.tasks,
+                    );
+                    facts.revert = Some(ended(reverted.status));
+                }
+                StepKind::RevertSmoke => {
+                    let name = format!("smoke after the revert: {}", changed.join(", "));
+                    let ran = self
+                        .step(step, name, &changed, smoke_job.clone(), &resumed)
+                        .await?;
+                    revert_smoke_failure = ran.failure("smoke checks");
+                    facts.revert_smoke = Some(ended(ran.status));
                 }
             }
-        }
-        let hosts = plan.batches.iter().flatten().count();
-        let Some(stop) = stop else {
-            let what = match kind {
-                RolloutKind::Restart => format!("restarted {}", services_of(&job)),
-                RolloutKind::Redeploy => format!("redeployed {}", services_of(&job)),
-                RolloutKind::Deploy | RolloutKind::Rollback => "runs".to_string(),
-            };
-            return self
-                .finish(
-                    RolloutStatus::Succeeded,
-                    format!(
-                        "{} {} {what} {} on {hosts} host(s)",
-                        spec.app, spec.env, spec.release
-                    ),
-                )
-                .await;
         };
-        let ended = if stop.cancelled {
-            RolloutStatus::Cancelled
-        } else {
-            RolloutStatus::Failed
-        };
-        let why = stop.why;
-        let mut changed: Vec<String> = touched.iter().map(|t| t.agent.clone()).collect();
-        changed.sort();
-        changed.dedup();
-        if kind == RolloutKind::Restart {
-            // A restart changes no release: there is nothing to revert to.
-            let done = if changed.is_empty() {
-                "no host was restarted".to_string()
-            } else {
-                format!("restarted before it: {}", changed.join(", "))
-            };
-            return self.finish(ended, format!("{why}; {done}")).await;
-        }
-        if changed.is_empty() {
-            return self
-                .finish(ended, format!("{why}; no host was changed"))
-                .await;
-        }
-        let Some(previous) = self.previous_spec().await? else {
-            return self
-                .finish(
-                    ended,
-                    format!(
-                        "{why}; {} (possibly) run {} and there is no earlier release to return them to",
-                        changed.join(", "),
-                        spec.release
-                    ),
+        let previous = previous.map(|p| p.release).unwrap_or_default();
+        let message = match finish {
+            Finish::Done => {
+                let hosts = plan.batches.iter().flatten().count();
+                let what = match kind {
+                    RolloutKind::Restart => format!("restarted {}", services_of(&job)),
+                    RolloutKind::Redeploy => format!("redeployed {}", services_of(&job)),
+                    RolloutKind::Deploy | RolloutKind::Rollback => "runs".to_string(),
+                };
+                format!(
+                    "{} {} {what} {} on {hosts} host(s)",
+                    spec.app, spec.env, spec.release
                 )
-                .await;
-        };
-        let name = format!(
-            "revert {} to {}",
-            changed.join(", "),
-            previous.release.as_str()
-        );
-        self.record.message = format!("{why}; {name}");
-        // The revert waits (up to STEP_DEADLINE) for an agent that went
-        // away: only it can say what its host runs.
-        let reverted = self
-            .step(
-                STEP_REVERT,
-                "revert",
-                name,
-                &changed,
-                JobSpec::Deploy(previous.clone()),
-                &resumed,
-            )
-            .await?;
-        let report = revert_report(
-            &self.record.app,
-            &touched,
-            &spec.release,
-            &previous.release,
-            &reverted.tasks,
-        );
-        if reverted.status != JobStatus::Succeeded {
-            return self
-                .finish(
-                    RolloutStatus::RevertFailed,
-                    format!("{why}; the revert to {} failed: {report}", previous.release),
-                )
-                .await;
-        }
-        if !plan.smoke.is_empty() {
-            let name = format!("smoke after the revert: {}", changed.join(", "));
-            let ran = self
-                .step(
-                    STEP_REVERT_SMOKE,
-                    "revert-smoke",
-                    name,
-                    &changed,
-                    JobSpec::Smoke(SmokeSpec {
-                        checks: plan.smoke.clone(),
-                    }),
-                    &resumed,
-                )
-                .await?;
-            if ran.status != JobStatus::Succeeded {
-                return self
-                    .finish(
-                        RolloutStatus::RevertFailed,
-                        format!(
-                            "{why}; {report}; but {} does not serve there: {}",
-                            previous.release,
-                            ran.failure("smoke checks")
-                        ),
-                    )
-                    .await;
             }
-        }
-        let ended = if stop.cancelled {
-            RolloutStatus::Cancelled
-        } else {
-            RolloutStatus::Reverted
+            Finish::RestartStopped { .. } if changed.is_empty() => {
+                format!("{why}; no host was restarted")
+            }
+            Finish::RestartStopped { .. } => {
+                format!("{why}; restarted before it: {}", changed.join(", "))
+            }
+            Finish::NothingChanged { .. } => format!("{why}; no host was changed"),
+            Finish::NoPrevious { .. } => format!(
+                "{why}; {} (possibly) run {} and there is no earlier release to return them to",
+                changed.join(", "),
+                spec.release
+            ),
+            Finish::RevertFailed => {
+                format!("{why}; the revert to {previous} failed: {report}")
+            }
+            Finish::RevertDoesNotServe => format!(
+                "{why}; {report}; but {previous} does not serve there: {revert_smoke_failure}"
+            ),
+            Finish::Reverted { .. } => format!("{why}; {report}"),
         };
-        self.finish(ended, format!("{why}; {report}")).await
+        self.finish(finish.status(), message).await
     }
 
     /// Why the rollout stops after a step that did not succeed: a cancel
@@ -986,14 +954,13 @@ impl Driver {
     /// rollout's cancel was requested, unless it ran before (`resumed`).
     async fn step(
         &mut self,
-        kind: &str,
-        key: &str,
+        step: pipeline::Step,
         name: String,
         agents: &[String],
         spec: JobSpec,
         resumed: &[String],
     ) -> Result<Ran, Halt> {
-        let stoppable = cancellable(kind);
+        let stoppable = step.kind.cancellable();
         if stoppable
             && !resumed.contains(&name)
             && let Some(by) = self.cancel_requested().await?
@@ -1014,7 +981,7 @@ impl Driver {
                 agents: agents.to_vec(),
                 labels: Default::default(),
             },
-            idempotency_key: Some(format!("rollout:{}:{key}", self.record.id)),
+            idempotency_key: Some(format!("rollout:{}:{}", self.record.id, step.key())),
             deadline: Some(STEP_DEADLINE),
             parent: Some(self.record.traceparent.clone()),
         };
@@ -1040,7 +1007,7 @@ impl Driver {
         };
         self.steps.push(Step {
             name: name.clone(),
-            kind: kind.into(),
+            kind: step.kind.as_str().into(),
             job_id: job.id,
             agents: agents.to_vec(),
             status: job.status.as_str().into(),
@@ -1208,6 +1175,15 @@ fn possibly_changed(tasks: &[crate::store::TaskRecord]) -> Vec<Touched> {
             state: t.state,
         })
         .collect()
+}
+
+/// A revert's (or its checks') job status as the pipeline reads it.
+fn ended(status: JobStatus) -> pipeline::Ended {
+    match status {
+        JobStatus::Succeeded => pipeline::Ended::Succeeded,
+        JobStatus::Cancelled => pipeline::Ended::Cancelled,
+        _ => pipeline::Ended::Failed,
+    }
 }
 
 /// The services a rollout's batch job names ("web, worker").
@@ -1485,9 +1461,6 @@ mod tests {
                 .unwrap_err()
                 .contains("no service \"nope\"")
         );
-        // Only the redeploy itself is forced: what it stored is the release.
-        assert!(cancellable(STEP_DEPLOY) && cancellable(STEP_RESTART));
-        assert!(!cancellable(STEP_REVERT) && !cancellable(STEP_REVERT_SMOKE));
     }
 
     #[test]
