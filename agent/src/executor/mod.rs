@@ -20,6 +20,7 @@ use ferry_common::job::{JobKind, JobSpec, Registered};
 
 pub mod backup;
 pub mod context;
+pub mod dbexec;
 pub mod deploy;
 pub mod health_gate;
 pub mod http;
