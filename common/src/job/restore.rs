@@ -126,6 +126,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn clean_is_refused_for_mariadb_and_containers_are_checked() {
+        let spec = |engine: &str, mode: &str| {
+            crate::job::JobSpec::parse(
+                "restore",
+                &format!(
+                    r#"{{"backup_id":"b","app":"shop","env":"prod","database":"main","engine":"{engine}","location":{{"service":{{"name":"db","database":"shop","user":"root","password_secret":"DB_PW"}}}},"path":"/b/x.dump.zst","sha256":"00","mode":{mode}}}"#
+                ),
+            )
+        };
+        let err = spec("mariadb", "\"clean\"").unwrap_err();
+        assert_eq!(err, MARIADB_CLEAN_REFUSED);
+        assert!(err.contains("not transactional") && err.contains("--into NAME"));
+        let ok = spec("mariadb", "\"swap\"").unwrap();
+        assert_eq!(ok.secret_names(), ["DB_PW"]);
+        assert!(spec("mariadb", r#"{"into":"shop_copy"}"#).is_ok());
+        assert!(spec("postgres", "\"clean\"").is_ok());
+        let err = crate::job::JobSpec::parse(
+            "restore",
+            r#"{"backup_id":"b","app":"shop","env":"prod","database":"main","location":{"service":{"name":"db","database":"shop","user":"-x"}},"path":"/b/x","sha256":"00","mode":"swap"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("restore spec: location.service.user: \"-x\" is not a user name"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn database_names_are_plain() {
         assert!(check_database_name("shop_copy_2").is_ok());
         assert!(check_database_name("Shop").is_err());
