@@ -176,6 +176,22 @@ async fn setup(
     (c, agent, creds)
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 fn flip_a_byte(path: &str) {
     let mut bytes = std::fs::read(path).unwrap();
     let middle = bytes.len() / 2;
@@ -422,6 +438,53 @@ user = "app"
         "{v}"
     );
 
+    // Rows written while the dump runs: the manifest counts what the dump's
+    // snapshot holds, which verify then finds exactly in the restored copy.
+    psql(
+        "appdb",
+        "CREATE TABLE ticks (id bigserial PRIMARY KEY, note text); \
+         INSERT INTO ticks (note) SELECT repeat('tick ', 20) || g FROM generate_series(1, 300000) g;",
+    );
+    let before: u64 = psql("appdb", "SELECT count(*) FROM ticks").parse().unwrap();
+    let writer = {
+        let container = db.0.clone();
+        std::thread::spawn(move || {
+            exec(
+                &container,
+                &[],
+                &[
+                    "psql",
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "app",
+                    "-d",
+                    "appdb",
+                ],
+                "DO $$ BEGIN FOR i IN 1..400 LOOP INSERT INTO ticks (note) VALUES ('during'); COMMIT; PERFORM pg_sleep(0.005); END LOOP; END $$;",
+            )
+        })
+    };
+    let v = ferry_json(
+        &creds,
+        &["backup", "run", "-f", &file, "--env", ENV, "--db", "main"],
+        0,
+    );
+    writer.join().unwrap();
+    let after: u64 = psql("appdb", "SELECT count(*) FROM ticks").parse().unwrap();
+    let counted = v[0]["backup"]["row_counts"]["public.ticks"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&counted),
+        "{before} <= {counted} <= {after}"
+    );
+    let during = v[0]["backup"]["id"].as_str().unwrap().to_string();
+    let v = ferry_json(&creds, &["backup", "verify", &during], 0);
+    assert_eq!(v["verify_result"], "passed", "{v}");
+
     // A service with no running container: a clear error naming it.
     let stopped = Command::new("docker")
         .args(["stop", "-t", "1", &db.0])
@@ -497,7 +560,12 @@ async fn mariadb_in_a_service_container_backs_up_verifies_and_restores_and_refus
     sql("shop", MARIADB_POPULATE);
 
     let dir = tempfile::tempdir().unwrap();
-    let (c, _agent, creds) = setup(dir.path(), &app, &[("DB_ROOT_PASSWORD", "r00t pw")]).await;
+    let (c, _agent, creds) = setup(
+        dir.path(),
+        &app,
+        &[("DB_ROOT_PASSWORD", "r00t pw"), ("WRONG_PASSWORD", "nope")],
+    )
+    .await;
     let file = dir.path().join("ferry.toml");
     std::fs::write(
         &file,
@@ -515,14 +583,52 @@ password_secret = "DB_ROOT_PASSWORD"
 [[databases.shop.checks]]
 sql = "SELECT COUNT(*) FROM customers WHERE city = 'Kraków 東京'"
 expect = "1200"
+[databases.wrongpw]
+engine = "mariadb"
+service = "db"
+name = "shop"
+user = "root"
+password_secret = "WRONG_PASSWORD"
+[databases.gone]
+engine = "mariadb"
+container = "{app}-no-such-container"
 "#
         ),
     )
     .unwrap();
     let file = file.display().to_string();
 
+    // A wrong password and a missing container: clear failures, no file.
+    let v = ferry_json(
+        &creds,
+        &[
+            "backup", "run", "-f", &file, "--env", ENV, "--db", "wrongpw",
+        ],
+        1,
+    );
+    let text = v.to_string();
+    assert!(text.contains("Access denied for user 'root'"), "{text}");
+    let v = ferry_json(
+        &creds,
+        &["backup", "run", "-f", &file, "--env", ENV, "--db", "gone"],
+        1,
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains(&format!(
+            "there is no container named {app}-no-such-container on this host"
+        )),
+        "{text}"
+    );
+    let leftovers: Vec<_> = walk(&dir.path().join("backups"));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
     // Backup: catalogued, rows counted in the dump exactly.
-    let v = ferry_json(&creds, &["backup", "run", "-f", &file, "--env", ENV], 0);
+    let v = ferry_json(
+        &creds,
+        &["backup", "run", "-f", &file, "--env", ENV, "--db", "shop"],
+        0,
+    );
     let b = &v[0]["backup"];
     let id = b["id"].as_str().unwrap().to_string();
     let path = b["path"].as_str().unwrap().to_string();
