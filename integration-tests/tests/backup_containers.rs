@@ -485,6 +485,72 @@ user = "app"
     let v = ferry_json(&creds, &["backup", "verify", &during], 0);
     assert_eq!(v["verify_result"], "passed", "{v}");
 
+    // Cancelled while pg_dump waits for a lock, in the container: the job
+    // ends cancelled, no file is left, and pg_dump is stopped (its session
+    // leaves the server).
+    let mut holder = Command::new("docker")
+        .args([
+            "exec", "-i", &db.0, "psql", "-X", "-q", "-U", "app", "-d", "appdb",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut holder_in = holder.stdin.take().unwrap();
+    holder_in
+        .write_all(b"BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT 1;\n")
+        .unwrap();
+    holder_in.flush().unwrap();
+    wait_until("the lock", || {
+        psql(
+            "appdb",
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'orders' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        ) != "0"
+    });
+    let files_before = walk(&dir.path().join("backups"));
+    let spec = serde_json::json!({
+        "app": app, "env": ENV, "database": "main",
+        "location": {"service": {"name": "db", "database": "appdb", "user": "app", "password_secret": "DB_PASSWORD"}},
+    });
+    let job = c
+        .submit("backup", &spec.to_string(), &["db-1"], 0)
+        .await
+        .unwrap();
+    let dump_waits = || {
+        psql(
+            "appdb",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+        ) != "0"
+    };
+    wait_until("pg_dump waiting for the lock", dump_waits);
+    c.operator()
+        .await
+        .unwrap()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap();
+    c.watch_to_end(&job.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(c.job(&job.id).await.unwrap().status, "cancelled");
+    wait_until("pg_dump stopped", || {
+        psql(
+            "appdb",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'",
+        ) == "0"
+    });
+    let mut files_after = walk(&dir.path().join("backups"));
+    let mut files_before = files_before;
+    files_before.sort();
+    files_after.sort();
+    assert_eq!(files_after, files_before, "no file was left");
+    holder_in.write_all(b"ROLLBACK;\n").unwrap();
+    drop(holder_in);
+    let _ = holder.wait();
+
     // A service with no running container: a clear error naming it.
     let stopped = Command::new("docker")
         .args(["stop", "-t", "1", &db.0])
