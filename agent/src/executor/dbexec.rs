@@ -504,6 +504,57 @@ const NULL_MARK: &str = "\u{1e}NULL";
 /// The line `psql` echoes after each query's output.
 const END_MARK: &str = "__ferry_end_of_result__";
 
+/// `psql`'s command line: unaligned, tuples only, fields split by
+/// [`FIELD_SEP`], NULL as [`NULL_MARK`], stopping at the first error.
+fn psql_cmd(login: &Login, database: &str) -> Vec<String> {
+    [
+        "psql",
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-F",
+        FIELD_SEP,
+        "-P",
+        &format!("null={NULL_MARK}"),
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        &login.user,
+        "-d",
+        database,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn psql_row(line: &str) -> Vec<Option<String>> {
+    line.split(FIELD_SEP)
+        .map(|f| (f != NULL_MARK).then(|| f.to_string()))
+        .collect()
+}
+
+/// Runs `sql`, text from the app file, as ONE command (`psql -c`, which
+/// sends it to the server whole) and returns its rows. A psql
+/// meta-command (`\! …` would run a shell in the container) is refused:
+/// checks are SQL.
+pub async fn psql_command(
+    docker: &Docker,
+    on: &Located,
+    login: &Login,
+    database: &str,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    if sql.trim_start().starts_with('\\') {
+        return Err("a psql meta-command is not SQL; a check is one SQL query".into());
+    }
+    let mut cmd = psql_cmd(login, database);
+    cmd.extend(["-c".to_string(), sql.to_string()]);
+    let out = run(docker, on, &cmd, &login.env()).await?.ok("psql")?;
+    Ok(out.lines().map(psql_row).collect())
+}
+
 /// A `psql` running in the container, fed queries on its stdin: the one
 /// connection whose transaction holds a snapshot for as long as the dump
 /// that uses it runs. A query that fails ends the session (`ON_ERROR_STOP`)
@@ -523,26 +574,7 @@ impl Psql {
         login: &Login,
         database: &str,
     ) -> Result<Psql, String> {
-        let cmd: Vec<String> = [
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-F",
-            FIELD_SEP,
-            "-P",
-            &format!("null={NULL_MARK}"),
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            &login.user,
-            "-d",
-            database,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let cmd = psql_cmd(login, database);
         let started = start(docker, on, &cmd, &login.env()).await?;
         Ok(Psql {
             started,
@@ -574,11 +606,7 @@ impl Psql {
                 if line == END_MARK {
                     return Ok(rows);
                 }
-                rows.push(
-                    line.split(FIELD_SEP)
-                        .map(|f| (f != NULL_MARK).then(|| f.to_string()))
-                        .collect(),
-                );
+                rows.push(psql_row(&line));
             }
             match self.started.output.next().await {
                 Some(Ok(LogOutput::StdOut { message }))
@@ -675,10 +703,13 @@ impl MariaTools {
     }
 
     /// The client's command line: `-N -B` (values only, tab-separated),
-    /// UTF-8, as the login's user; `extra` after.
+    /// UTF-8, as the login's user; `extra` after. `--binary-mode` turns
+    /// off the client's own commands (`system …` would run a shell in the
+    /// container) for SQL from the app file's checks and from dumps.
     pub fn client_cmd(&self, login: &Login, extra: &[&str]) -> Vec<String> {
         let mut cmd: Vec<String> = vec![
             self.client.into(),
+            "--binary-mode".into(),
             "--default-character-set=utf8mb4".into(),
             "-N".into(),
             "-B".into(),
@@ -949,6 +980,36 @@ INSERT INTO `we``ird` VALUES (1),(2);
         );
         // An INSERT outside the table's own data section is not its rows.
         assert_eq!(count("INSERT INTO `t` VALUES (1);\n", 5), BTreeMap::new());
+    }
+
+    #[tokio::test]
+    async fn a_psql_meta_command_is_never_run() {
+        // Refused before any engine is asked (this "socket" is a plain
+        // file that nothing listens on).
+        let socket = tempfile::NamedTempFile::new().unwrap();
+        let docker = Docker::connect_with_unix(
+            socket.path().to_str().unwrap(),
+            5,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
+        let on = Located {
+            id: "x".into(),
+            name: "db".into(),
+        };
+        let login = Login {
+            engine: DbEngine::Postgres,
+            user: "app".into(),
+            password: None,
+            database: "app".into(),
+        };
+        let err = psql_command(&docker, &on, &login, "app", "  \\! touch /tmp/owned")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "a psql meta-command is not SQL; a check is one SQL query"
+        );
     }
 
     #[test]

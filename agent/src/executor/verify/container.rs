@@ -12,7 +12,7 @@ use ferry_common::job::backup::DbEngine;
 use ferry_common::job::{VerifyReport, VerifySpec};
 
 use super::super::dbexec::{
-    self, Located, Login, MariaTools, PG_MAINTENANCE_DB, Psql, backquote, psql_query,
+    self, Located, Login, MariaTools, PG_MAINTENANCE_DB, Psql, backquote, psql_command, psql_query,
 };
 use super::{Done, TaskContext, TaskFailure, check_checksum, failed, quote_ident};
 
@@ -256,7 +256,7 @@ async fn verify_in(
     for (i, check) in spec.checks.iter().enumerate() {
         let label = format!("check {} ({})", i + 1, check.sql);
         let sql = check.sql.trim().trim_end_matches(';');
-        let value = match one_value(server, &mut psql, name, sql).await {
+        let value = match check_value(server, name, sql).await {
             Ok(v) => v,
             Err(e) => {
                 let why = format!("{label}: {e}");
@@ -287,6 +287,19 @@ async fn verify_in(
         rows,
         checks: spec.checks.len(),
     })
+}
+
+/// A check's value: its query (the app file's text) run as one command in
+/// database `name`.
+async fn check_value(server: &Server, name: &str, sql: &str) -> Result<Option<String>, String> {
+    let rows = match &server.tools {
+        Some(_) => server.query(Some(name), sql).await?,
+        None => psql_command(&server.docker, &server.on, &server.login, name, sql).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next().flatten()))
 }
 
 /// The first value of `sql`'s first row in database `name`.
