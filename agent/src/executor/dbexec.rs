@@ -18,6 +18,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use ferry_common::job::backup::{DbEngine, DbLocation, InContainer};
 use ferry_common::job::naming::{LABEL_APP, LABEL_ENV, LABEL_SERVICE};
@@ -26,7 +27,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::TaskContext;
-use super::backup::CHUNK;
+
+/// How much is read or written at once (as a host `pg_dump`'s output).
+const CHUNK: usize = 256 * 1024;
 
 /// The container a database runs in.
 #[derive(Debug, Clone)]
@@ -124,7 +127,7 @@ pub async fn locate(
             };
             let running = list
                 .iter()
-                .filter(|x| x.state.map(|s| s.to_string()).as_deref() == Some("running"))
+                .filter(|x| x.state == Some(ContainerSummaryStateEnum::RUNNING))
                 .max_by_key(|x| x.created.unwrap_or(0));
             match running {
                 Some(x) => Ok(Located {
