@@ -826,5 +826,44 @@ container = "{app}-no-such-container"
         message.contains("checksum mismatch") && message.contains(b["sha256"].as_str().unwrap()),
         "{message}"
     );
+    // A container with only the older names (mysqldump, mysql): used.
+    exec(
+        &db.0,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "rm /usr/bin/mysqldump /usr/bin/mysql && mv /usr/bin/mariadb-dump /usr/bin/mysqldump && mv /usr/bin/mariadb /usr/bin/mysql",
+        ],
+        "",
+    );
+    let v = ferry_json(
+        &creds,
+        &["backup", "run", "-f", &file, "--env", ENV, "--db", "shop"],
+        0,
+    );
+    let old_names = v[0]["backup"]["id"].as_str().unwrap().to_string();
+    assert_eq!(v[0]["backup"]["row_counts"]["orders"], 4000, "{v}");
+    let shown = ferry_json(&creds, &["backup", "show", &old_names], 0);
+    assert!(
+        shown["manifest"]["dump_tool"]
+            .as_str()
+            .unwrap()
+            .starts_with("mysqldump"),
+        "{shown}"
+    );
+    let v = ferry_json(
+        &creds,
+        &[
+            "backup",
+            "restore",
+            &old_names,
+            "--into",
+            "shop_old_names",
+            "--yes",
+        ],
+        0,
+    );
+    assert_eq!(v["report"]["restored_into"], "shop_old_names", "{v}");
     drop(c);
 }

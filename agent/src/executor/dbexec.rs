@@ -357,7 +357,19 @@ pub async fn run(
     cmd: &[String],
     env: &[String],
 ) -> Result<Ran, String> {
-    let mut s = start(docker, on, cmd, env).await?;
+    let mut s = match start(docker, on, cmd, env).await {
+        Ok(s) => s,
+        // Some engines refuse to start a program the container lacks
+        // instead of reporting its exit: the same answer either way.
+        Err(e) if e.contains("executable file not found") => {
+            return Ok(Ran {
+                code: 127,
+                stdout: String::new(),
+                stderr: e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let _ = s.input.shutdown().await;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     while let Some(frame) = s.output.next().await {
