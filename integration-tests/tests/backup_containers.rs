@@ -91,24 +91,32 @@ fn exec(container: &str, env: &[&str], args: &[&str], stdin: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Waits for `ready`, off the runtime's workers (the coordinator and the
+/// agent run on them meanwhile).
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{what} did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        while !ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{what} did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
 }
 
+/// Runs the `ferry` CLI, off the runtime's workers (it talks to the
+/// coordinator running on them).
 fn ferry(creds: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin::path("ferry"))
-        .arg("--credentials")
-        .arg(creds)
-        .args(args)
-        .output()
-        .unwrap()
+    tokio::task::block_in_place(|| {
+        Command::new(bin::path("ferry"))
+            .arg("--credentials")
+            .arg(creds)
+            .args(args)
+            .output()
+            .unwrap()
+    })
 }
 
 fn json_of(out: &std::process::Output) -> serde_json::Value {
