@@ -663,6 +663,14 @@ service = "db"
 name = "shop"
 user = "root"
 password_secret = "WRONG_PASSWORD"
+[databases.shopcheck]
+engine = "mariadb"
+service = "db"
+name = "shop"
+password_secret = "DB_ROOT_PASSWORD"
+[[databases.shopcheck.checks]]
+sql = "SELECT COUNT(*) FROM orders;"
+expect = "7"
 [databases.gone]
 engine = "mariadb"
 container = "{app}-no-such-container"
@@ -750,6 +758,31 @@ container = "{app}-no-such-container"
             "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'ferry_verify_%'"
         ),
         "0"
+    );
+
+    // A check that does not hold fails the verification, naming it.
+    let v = ferry_json(
+        &creds,
+        &[
+            "backup",
+            "run",
+            "-f",
+            &file,
+            "--env",
+            ENV,
+            "--db",
+            "shopcheck",
+        ],
+        0,
+    );
+    let checked = v[0]["backup"]["id"].as_str().unwrap().to_string();
+    let v = ferry_json(&creds, &["backup", "verify", &checked], 1);
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "check 1 (SELECT COUNT(*) FROM orders;): got \"4000\", expected exactly \"7\""
+        ),
+        "{message}"
     );
 
     // --clean is refused, saying why and what to use.
