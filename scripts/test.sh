@@ -8,9 +8,11 @@
 # on 127.0.0.1:55432 (scripts/ensure-postgres.sh), a static busybox for test
 # images, systemd-analyze for the unit checks, a Docker registry with basic
 # auth on 127.0.0.1:5000 (scripts/ensure-registry.sh), an nginx under
-# /tmp/ferry-nginx on 127.0.0.1:18080 (scripts/ensure-nginx.sh), and a
+# /tmp/ferry-nginx on 127.0.0.1:18080 (scripts/ensure-nginx.sh), a
 # second Docker engine standing in for a second host
-# (scripts/ensure-docker2.sh).
+# (scripts/ensure-docker2.sh), and PostgreSQL and MariaDB server images
+# built from Debian's packages, for the tests of databases in containers
+# (scripts/ensure-db-images.sh; minutes the first time, cached after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,9 @@ eval "$(bash scripts/ensure-nginx.sh)"
 
 echo "==> a second Docker engine, standing in for a second host in rollout tests" >&2
 eval "$(bash scripts/ensure-docker2.sh)"
+
+echo "==> PostgreSQL and MariaDB server images, for databases in containers" >&2
+eval "$(bash scripts/ensure-db-images.sh)"
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -260,3 +260,34 @@ impl Drop for AppCleanup {
         cleanup_app(&self.0);
     }
 }
+
+/// The database server images of `scripts/ensure-db-images.sh`
+/// (`FERRY_TEST_POSTGRES_IMAGE`, `FERRY_TEST_MARIADB_IMAGE`), present in
+/// the engine. In CI missing ones are a failure, not a skip.
+pub fn db_images() -> Option<(String, String)> {
+    let image = |var: &str| {
+        std::env::var(var).ok().filter(|i| {
+            !i.is_empty()
+                && Command::new("docker")
+                    .args(["image", "inspect", i])
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+        })
+    };
+    match (
+        image("FERRY_TEST_POSTGRES_IMAGE"),
+        image("FERRY_TEST_MARIADB_IMAGE"),
+    ) {
+        (Some(pg), Some(maria)) => Some((pg, maria)),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "no database server images; tests of databases in containers must run in CI: eval \"$(bash scripts/ensure-db-images.sh)\""
+        ),
+        _ => {
+            eprintln!(
+                "skipped: no database server images; run: eval \"$(bash scripts/ensure-db-images.sh)\""
+            );
+            None
+        }
+    }
+}

@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
+mod container;
+
 /// Runs `backup` tasks.
 pub struct Backup;
 
@@ -125,17 +127,45 @@ pub fn remove_partial_files(backup_dir: &Path) -> Vec<PathBuf> {
 }
 
 async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
-    let DbLocation::UrlSecret(secret) = &spec.location else {
-        return Err(failed(
-            "backups of service/container databases are not done yet; only url_secret",
-        ));
+    let manifest = match &spec.location {
+        DbLocation::UrlSecret(secret) => {
+            let url = ctx.secrets.get(secret).ok_or_else(|| {
+                failed(format!(
+                    "the secret {secret} (the URL of database {}) was not sent with the task; set it with `ferry secret set --app {} --env {} {secret}`",
+                    spec.database, spec.app, spec.env
+                ))
+            })?;
+            backup_postgres_url(&spec, url, ctx).await?
+        }
+        DbLocation::Service(_) | DbLocation::Container(_) => container::run(&spec, ctx).await?,
     };
-    let url = ctx.secrets.get(secret).ok_or_else(|| {
-        failed(format!(
-            "the secret {secret} (the URL of database {}) was not sent with the task; set it with `ferry secret set --app {} --env {} {secret}`",
-            spec.database, spec.app, spec.env
-        ))
-    })?;
+    Ok(Done {
+        message: format!(
+            "{}: {} ({} before compression), sha256 {}",
+            manifest.path,
+            human_bytes(manifest.size_bytes),
+            human_bytes(manifest.dump_bytes),
+            &manifest.sha256[..12]
+        ),
+        result_json: serde_json::to_string(&manifest)
+            .map_err(|e| failed(format!("manifest: {e}")))?,
+    })
+}
+
+/// A PostgreSQL database reached from the host at `url` (the value of
+/// `spec.location`'s secret) dumped by the host's `pg_dump` into the
+/// agent's backup folder; the manifest is written beside the file and
+/// returned. The entry point for every backup of a database given by URL
+/// (a `backup` task's, a pre-migration backup's).
+pub async fn backup_postgres_url(
+    spec: &BackupSpec,
+    url: &str,
+    ctx: &TaskContext,
+) -> Result<BackupManifest, TaskFailure> {
+    let secret = match &spec.location {
+        DbLocation::UrlSecret(s) => s.as_str(),
+        _ => "the URL",
+    };
     let target = PgTarget::parse(url).map_err(|e| {
         failed(format!(
             "the secret {secret} is not a PostgreSQL URL: {e}; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -201,20 +231,7 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
         .map_err(|e| failed(format!("database {}: {e}", spec.database)))?;
 
     // 3. Dump, compress, hash, count.
-    let dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-    let file = backup_file(&dir, &id);
-    let manifest_path = manifest_file(&dir, &id);
-    let guard = RemoveOnDrop(vec![
-        partial(&file),
-        file.clone(),
-        partial(&manifest_path),
-        manifest_path.clone(),
-    ]);
+    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id)?;
     let step = Instant::now();
     ctx.step_started(
         "dump",
@@ -317,23 +334,47 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
         reason: spec.reason,
         restore_hint: restore_hint(&path),
     };
+    write_manifest(&manifest, &manifest_path, guard)?;
+    Ok(manifest)
+}
+
+/// Writes `manifest` beside its file and disarms `guard` (which removes
+/// both unless both are written: a file without its manifest is not a
+/// backup anyone can trust).
+fn write_manifest(
+    manifest: &BackupManifest,
+    manifest_path: &Path,
+    guard: RemoveOnDrop,
+) -> Result<(), TaskFailure> {
     let json =
-        serde_json::to_string_pretty(&manifest).map_err(|e| failed(format!("manifest: {e}")))?;
-    // A file without its manifest is not a backup anyone can trust: the
-    // guard removes both unless both are written.
-    write_durably(&manifest_path, json.as_bytes()).map_err(failed)?;
+        serde_json::to_string_pretty(manifest).map_err(|e| failed(format!("manifest: {e}")))?;
+    write_durably(manifest_path, json.as_bytes()).map_err(failed)?;
     guard.disarm();
-    Ok(Done {
-        message: format!(
-            "{}: {} ({} before compression), sha256 {}",
-            file.display(),
-            human_bytes(manifest.size_bytes),
-            human_bytes(manifest.dump_bytes),
-            &manifest.sha256[..12]
-        ),
-        result_json: serde_json::to_string(&manifest)
-            .map_err(|e| failed(format!("manifest: {e}")))?,
-    })
+    Ok(())
+}
+
+/// The folder, file, manifest path and cleanup guard of a new backup
+/// `id` of `spec`'s database.
+fn prepare_files(
+    spec: &BackupSpec,
+    ctx: &TaskContext,
+    id: &str,
+) -> Result<(PathBuf, PathBuf, RemoveOnDrop), TaskFailure> {
+    let dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+    let file = backup_file(&dir, id);
+    let manifest_path = manifest_file(&dir, id);
+    let guard = RemoveOnDrop(vec![
+        partial(&file),
+        file.clone(),
+        partial(&manifest_path),
+        manifest_path.clone(),
+    ]);
+    Ok((file, manifest_path, guard))
 }
 
 /// A connection URL split so that the password travels in `PGPASSWORD`,
@@ -535,8 +576,14 @@ async fn snapshot_and_tables(
         .into_iter()
         .map(|(schema, name)| Table { schema, name })
         .collect();
+    Ok((snapshot, select_tables(all, wanted)?))
+}
+
+/// The tables of `all` that are `wanted` (each must exist); all of them
+/// if none is named.
+fn select_tables(all: Vec<Table>, wanted: &[String]) -> Result<Vec<Table>, String> {
     if wanted.is_empty() {
-        return Ok((snapshot, all));
+        return Ok(all);
     }
     let mut tables = Vec::new();
     for w in wanted {
@@ -551,7 +598,7 @@ async fn snapshot_and_tables(
             }
         }
     }
-    Ok((snapshot, tables))
+    Ok(tables)
 }
 
 fn list(tables: &[Table]) -> String {
@@ -583,7 +630,7 @@ async fn count_rows(
     Ok(counts)
 }
 
-struct Dumped {
+pub(super) struct Dumped {
     size_bytes: u64,
     dump_bytes: u64,
     sha256: String,
@@ -631,7 +678,7 @@ async fn dump_inner(
     let mut child = cmd
         .spawn()
         .map_err(|e| failed(format!("cannot run {}: {e}", pg_dump.display())))?;
-    let mut stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
+    let stdout = child.stdout.take().ok_or_else(|| failed("no stdout"))?;
     let stderr = child.stderr.take().ok_or_else(|| failed("no stderr"))?;
 
     // pg_dump --verbose names each table as it dumps it; other lines are
@@ -663,8 +710,104 @@ async fn dump_inner(
         })
     };
 
+    let source = Box::pin(futures::stream::unfold(stdout, |mut r| async move {
+        let mut chunk = vec![0u8; CHUNK];
+        match r.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(chunk), r))
+            }
+            Err(e) => Some((Err(format!("reading pg_dump's output: {e}")), r)),
+        }
+    }));
+    let pumped = pump(source, file, ctx, stop, "pg_dump", &mut |_| {
+        current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    })
+    .await;
+    if pumped.outcome.is_err() || pumped.written.is_err() {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await;
+    let kept = stderr_task.await.unwrap_or_default();
+    let tool = match status {
+        Err(e) => Err(failed(format!("waiting for pg_dump: {e}"))),
+        Ok(status) if !status.success() => {
+            let detail = if kept.is_empty() {
+                "no message".to_string()
+            } else {
+                kept.join("; ")
+            };
+            Err(failed(format!("pg_dump failed ({status}): {detail}")))
+        }
+        Ok(_) => Ok(()),
+    };
+    pumped.finish(tool, file)
+}
+
+/// What [`pump`] did: how its reading ended, the bytes read, and the
+/// writer's outcome (size and SHA-256 of the partial file).
+pub(super) struct Pumped {
+    outcome: Result<(), TaskFailure>,
+    raw: u64,
+    written: std::io::Result<(u64, String)>,
+}
+
+impl Pumped {
+    /// Whether the bytes were all read and written.
+    pub(super) fn is_ok(&self) -> bool {
+        self.outcome.is_ok() && self.written.is_ok()
+    }
+
+    /// The finished file moved into place at `file`, once the tool that
+    /// made the bytes said it succeeded (`tool`). The first failure wins:
+    /// the disk's (a full disk stops the tool too), the reading's, the
+    /// tool's.
+    pub(super) fn finish(
+        self,
+        tool: Result<(), TaskFailure>,
+        file: &Path,
+    ) -> Result<Dumped, TaskFailure> {
+        let part = partial(file);
+        if let Err(e) = &self.written
+            && self.outcome.is_ok()
+        {
+            return Err(failed(format!("writing {}: {e}", part.display())));
+        }
+        self.outcome?;
+        tool?;
+        let (size_bytes, sha256) = self
+            .written
+            .map_err(|e| failed(format!("writing {}: {e}", part.display())))?;
+        std::fs::rename(&part, file)
+            .and_then(|()| sync_dir(file))
+            .map_err(|e| failed(format!("moving {} into place: {e}", file.display())))?;
+        Ok(Dumped {
+            size_bytes,
+            dump_bytes: self.raw,
+            sha256,
+        })
+    }
+}
+
+/// The one writer path of every backup: the dump's bytes from `source`
+/// (a host `pg_dump`'s stdout, or a dump tool's stdout through `docker
+/// exec`) compressed with zstd and hashed on one pass into the partial
+/// file of `file`, fsynced; [`Pumped::finish`] renames it into place.
+/// `observe` sees every chunk and returns the table being dumped, for the
+/// progress events. On `stop` or a reading error the partial file is
+/// removed (the caller stops the tool).
+pub(super) async fn pump(
+    mut source: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send>>,
+    file: &Path,
+    ctx: &TaskContext,
+    stop: &CancellationToken,
+    tool: &str,
+    observe: &mut (dyn FnMut(&[u8]) -> String + Send),
+) -> Pumped {
+    use futures::StreamExt;
     let written = Arc::new(AtomicU64::new(0));
-    // Set only once pg_dump's output has been read to its end: a writer
+    // Set only once the dump's output has been read to its end: a writer
     // whose input stops without it (an error, a cancellation, the future
     // dropped) removes its file instead of finishing it.
     let complete = Arc::new(AtomicBool::new(false));
@@ -677,10 +820,8 @@ async fn dump_inner(
 
     let mut raw: u64 = 0;
     let mut last_progress = Instant::now();
-    let mut sender = Some(tx);
     let outcome: Result<(), TaskFailure> = loop {
-        let mut chunk = vec![0u8; CHUNK];
-        let n = tokio::select! {
+        let next = tokio::select! {
             _ = stop.cancelled() => {
                 break Err(if ctx.cancel.is_cancelled() {
                     TaskFailure::Cancelled
@@ -688,74 +829,45 @@ async fn dump_inner(
                     failed(STOPPED)
                 });
             }
-            r = stdout.read(&mut chunk) => r,
+            r = source.next() => r,
         };
-        match n {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                raw += n as u64;
-                chunk.truncate(n);
-                let sent = match &sender {
-                    Some(tx) => tx.send(chunk).await.is_ok(),
-                    None => false,
-                };
-                if !sent {
+        match next {
+            None => break Ok(()),
+            Some(Ok(chunk)) => {
+                raw += chunk.len() as u64;
+                let table = observe(&chunk);
+                if tx.send(chunk).await.is_err() {
                     // The writer stopped: its error says why.
                     break Ok(());
                 }
                 if last_progress.elapsed() >= PROGRESS_EVERY {
                     last_progress = Instant::now();
-                    let table = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     ctx.progress_bytes(
                         "dump",
                         written.load(Ordering::Relaxed),
                         0,
-                        &format!("{} read from pg_dump; table {table}", human_bytes(raw)),
+                        &format!("{} read from {tool}; table {table}", human_bytes(raw)),
                     );
                 }
             }
-            Err(e) => break Err(failed(format!("reading pg_dump's output: {e}"))),
+            Some(Err(e)) => break Err(failed(e)),
         }
     };
-    match &outcome {
-        Ok(()) => complete.store(true, Ordering::SeqCst),
-        Err(_) => {
-            let _ = child.start_kill();
-        }
+    if outcome.is_ok() {
+        complete.store(true, Ordering::SeqCst);
     }
-    drop(sender.take());
-    let written_result = writer
-        .await
-        .map_err(|e| failed(format!("the backup writer panicked: {e}")))?;
-    if let Err(e) = &written_result {
-        let _ = child.start_kill();
-        if outcome.is_ok() {
-            let _ = child.wait().await;
-            return Err(failed(format!("writing {}: {e}", part.display())));
-        }
+    drop(tx);
+    let written = match writer.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(format!(
+            "the backup writer panicked: {e}"
+        ))),
+    };
+    Pumped {
+        outcome,
+        raw,
+        written,
     }
-    let status = child.wait().await;
-    let kept = stderr_task.await.unwrap_or_default();
-    outcome?;
-    let status = status.map_err(|e| failed(format!("waiting for pg_dump: {e}")))?;
-    if !status.success() {
-        let detail = if kept.is_empty() {
-            "no message".to_string()
-        } else {
-            kept.join("; ")
-        };
-        return Err(failed(format!("pg_dump failed ({status}): {detail}")));
-    }
-    let (size_bytes, sha256) =
-        written_result.map_err(|e| failed(format!("writing {}: {e}", part.display())))?;
-    std::fs::rename(&part, file)
-        .and_then(|()| sync_dir(file))
-        .map_err(|e| failed(format!("moving {} into place: {e}", file.display())))?;
-    Ok(Dumped {
-        size_bytes,
-        dump_bytes: raw,
-        sha256,
-    })
 }
 
 /// Counts and hashes what passes through to the file.

@@ -9,7 +9,9 @@
 //! backups deleted).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
-//! its spec; [`http`] is the executors' HTTP client.
+//! its spec; [`http`] is the executors' HTTP client; [`dbexec`] runs a
+//! database's own client tools inside its container (`docker exec`) for
+//! backup, verify and restore of `service =`/`container =` databases.
 //!
 //! A new kind: its module here with a [`KindExecutor`] impl, and one line
 //! in [`executors`]. A test fails for a kind of [`JobKind::ALL`] with no
@@ -20,6 +22,7 @@ use ferry_common::job::{JobKind, JobSpec, Registered};
 
 pub mod backup;
 pub mod context;
+pub mod dbexec;
 pub mod deploy;
 pub mod health_gate;
 pub mod http;

@@ -17,6 +17,8 @@ use super::backup::{PgTarget, describe_sqlx, failed, quote_ident};
 use super::verify::{check_checksum, restore_file};
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
+mod container;
+
 /// Runs `restore` tasks.
 pub struct Restore;
 
@@ -59,9 +61,7 @@ async fn maintenance(url: &str) -> Result<PgConnection, TaskFailure> {
 
 async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     let DbLocation::UrlSecret(secret) = &spec.location else {
-        return Err(failed(
-            "only databases given by url_secret can be restored yet",
-        ));
+        return container::run(&spec, ctx).await;
     };
     let url = ctx
         .secrets
@@ -126,10 +126,7 @@ async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> 
             }
         }
         RestoreMode::Swap => {
-            let new = derived_name(
-                &live,
-                &format!("_restore_{}", &ctx.task_id.simple().to_string()[20..]),
-            );
+            let new = swap_name(&live, ctx);
             restore_new(ctx, &spec, &target, &mut admin, &live, &new, step).await?;
             let previous = swap(ctx, &mut admin, &live, &new).await?;
             RestoreReport {
@@ -143,6 +140,12 @@ async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> 
         ctx.step_finished("restore", true, &format!("{live} restored in place"), step);
     }
     let _ = admin.close().await;
+    done(&spec, &live, report)
+}
+
+/// The task's outcome: what now holds the backup, and what to drop when
+/// done with the previous data.
+fn done(spec: &RestoreSpec, live: &str, report: RestoreReport) -> Result<Done, TaskFailure> {
     let message = match &report.previous {
         Some(previous) => format!(
             "backup {} restored into {live}; the database it replaced is kept as {previous}: drop it when done with `DROP DATABASE {previous};`",
@@ -167,6 +170,32 @@ fn derived_name(live: &str, suffix: &str) -> String {
         end -= 1;
     }
     format!("{}{suffix}", &live[..end])
+}
+
+/// `<live>_before_restore_<time>`: what the live database (or its tables)
+/// is kept as after a swap.
+fn before_restore_name(live: &str) -> String {
+    let stamp = time::OffsetDateTime::now_utc();
+    derived_name(
+        live,
+        &format!(
+            "_before_restore_{:04}{:02}{:02}{:02}{:02}{:02}",
+            stamp.year(),
+            u8::from(stamp.month()),
+            stamp.day(),
+            stamp.hour(),
+            stamp.minute(),
+            stamp.second()
+        ),
+    )
+}
+
+/// The name of the new database a swap restores into first.
+fn swap_name(live: &str, ctx: &TaskContext) -> String {
+    derived_name(
+        live,
+        &format!("_restore_{}", &ctx.task_id.simple().to_string()[20..]),
+    )
 }
 
 /// Creates database `new` and restores the backup into it; on failure
@@ -225,19 +254,7 @@ async fn swap(
     new: &str,
 ) -> Result<String, TaskFailure> {
     let step = Instant::now();
-    let stamp = time::OffsetDateTime::now_utc();
-    let previous = derived_name(
-        live,
-        &format!(
-            "_before_restore_{:04}{:02}{:02}{:02}{:02}{:02}",
-            stamp.year(),
-            u8::from(stamp.month()),
-            stamp.day(),
-            stamp.hour(),
-            stamp.minute(),
-            stamp.second()
-        ),
-    );
+    let previous = before_restore_name(live);
     ctx.step_started("swap", &format!("{live} → {previous}, {new} → {live}"));
     let mut last = String::new();
     for _ in 0..SWAP_ATTEMPTS {

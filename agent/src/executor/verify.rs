@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::backup::{CHUNK, CONNECT_TIMEOUT, PgTarget, describe_sqlx, failed, quote_ident};
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
+mod container;
+
 /// Why reading or restoring stopped early: the task's cancellation.
 const STOPPED: &str = "stopped: the task was cancelled";
 
@@ -215,9 +217,7 @@ fn value_text(row: &sqlx::postgres::PgRow) -> Result<Option<String>, String> {
 
 async fn run(spec: VerifySpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     let DbLocation::UrlSecret(secret) = &spec.location else {
-        return Err(failed(
-            "only databases given by url_secret can be verified yet",
-        ));
+        return container::run(&spec, ctx).await;
     };
     let url = ctx
         .secrets

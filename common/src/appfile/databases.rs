@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::check::Check;
 use super::raw::{FieldPath, Scalar};
 use crate::job::Selector;
-pub use crate::job::backup::{DbEngine, DbLocation, check_table_name};
+pub use crate::job::backup::{DbEngine, DbLocation, InContainer, check_table_name};
+use crate::job::backup::{check_container_name, check_server_database_name, check_user_name};
 pub use crate::job::verify::{CompareOp, Expect, SqlCheck};
 use crate::rules::{dns_name, secret_name};
 
@@ -207,12 +208,26 @@ impl Check {
             .and_then(|e| self.ok(&path.key("engine"), e.parse()))
             .unwrap_or_default();
 
+        // The login inside a container: only for service/container.
+        let in_container = |n: String| InContainer {
+            name: n,
+            database: raw.name.clone().unwrap_or_else(|| name.clone()),
+            user: raw
+                .user
+                .clone()
+                .unwrap_or_else(|| default_user(engine).into()),
+            password_secret: raw.password_secret.clone(),
+        };
         let given: Vec<(&str, DbLocation)> = [
             raw.url_secret
+                .clone()
                 .map(|s| ("url_secret", DbLocation::UrlSecret(s))),
-            raw.service.map(|s| ("service", DbLocation::Service(s))),
+            raw.service
+                .clone()
+                .map(|s| ("service", DbLocation::Service(in_container(s)))),
             raw.container
-                .map(|s| ("container", DbLocation::Container(s))),
+                .clone()
+                .map(|s| ("container", DbLocation::Container(in_container(s)))),
         ]
         .into_iter()
         .flatten()
@@ -230,12 +245,44 @@ impl Check {
                 match location {
                     DbLocation::UrlSecret(s) => {
                         self.ok(&p, secret_name(s));
+                        for (f, given) in [
+                            ("user", raw.user.is_some()),
+                            ("password_secret", raw.password_secret.is_some()),
+                            ("name", raw.name.is_some()),
+                        ] {
+                            if given {
+                                self.err(
+                                    &path.key(f),
+                                    format!("is for a database in a container (service or container); with url_secret the URL in {s} says the user, password and database"),
+                                );
+                            }
+                        }
                     }
-                    DbLocation::Service(s) => {
-                        self.ok(&p, dns_name(s).map_err(|e| format!("service name {e}")));
-                    }
-                    DbLocation::Container(s) => {
-                        self.ok(&p, check_container_name(s));
+                    DbLocation::Service(c) | DbLocation::Container(c) => {
+                        if matches!(location, DbLocation::Service(_)) {
+                            self.ok(
+                                &p,
+                                dns_name(&c.name).map_err(|e| format!("service name {e}")),
+                            );
+                        } else {
+                            self.ok(&p, check_container_name(&c.name));
+                        }
+                        if raw.name.is_some() {
+                            self.ok(&path.key("name"), check_server_database_name(&c.database));
+                        } else {
+                            self.ok(
+                                path,
+                                check_server_database_name(&c.database).map_err(|e| {
+                                    format!("{e}; give the database's name inside the server with name = \"...\"")
+                                }),
+                            );
+                        }
+                        if raw.user.is_some() {
+                            self.ok(&path.key("user"), check_user_name(&c.user));
+                        }
+                        if let Some(s) = &c.password_secret {
+                            self.ok(&path.key("password_secret"), secret_name(s));
+                        }
                     }
                 }
                 location.clone()
@@ -295,8 +342,8 @@ impl Check {
         services: &[super::Service],
     ) {
         for (name, db) in databases {
-            if let DbLocation::Service(s) = &db.location
-                && !services.iter().any(|x| &x.name == s)
+            if let DbLocation::Service(c) = &db.location
+                && !services.iter().any(|x| x.name == c.name)
             {
                 let known: Vec<&str> = services.iter().map(|x| x.name.as_str()).collect();
                 self.err(
@@ -305,7 +352,8 @@ impl Check {
                         .key(name)
                         .key("service"),
                     format!(
-                        "{s:?} is not a service of this file; the services are {}",
+                        "{:?} is not a service of this file; the services are {}",
+                        c.name,
                         known.join(", ")
                     ),
                 );
@@ -391,19 +439,11 @@ fn parse_host(text: &str) -> Result<DbHost, String> {
     }
 }
 
-/// Docker's rule for container names.
-fn check_container_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if first_ok
-        && name.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a container name; Docker's are letters, digits, '_', '.' and '-', starting with a letter or digit"
-        ))
+/// Who the client tools log in as when the file does not say.
+fn default_user(engine: DbEngine) -> &'static str {
+    match engine {
+        DbEngine::Postgres => "postgres",
+        DbEngine::Mariadb => "root",
     }
 }
 
@@ -415,6 +455,12 @@ pub(super) struct RawDatabase {
     url_secret: Option<String>,
     service: Option<String>,
     container: Option<String>,
+    /// In a container: the database's name inside the server.
+    name: Option<String>,
+    /// In a container: who the client tools log in as.
+    user: Option<String>,
+    /// In a container: the secret holding `user`'s password.
+    password_secret: Option<String>,
     host: Option<String>,
     backup: Option<RawBackup>,
     #[serde(default)]
@@ -493,7 +539,15 @@ host = "role=db,region=eu"
         assert_eq!(main.checks[1].expect, Expect::Exact("42".into()));
         let t = &f.databases["tickets"];
         assert_eq!(t.engine, DbEngine::Mariadb);
-        assert_eq!(t.location, DbLocation::Service("web".into()));
+        assert_eq!(
+            t.location,
+            DbLocation::Service(InContainer {
+                name: "web".into(),
+                database: "tickets".into(),
+                user: "root".into(),
+                password_secret: None,
+            })
+        );
         assert_eq!(
             t.host.selector(&Selector::default()).labels,
             BTreeMap::from([("region".into(), "eu".into()), ("role".into(), "db".into())])
@@ -564,6 +618,56 @@ host = "role=db,region=eu"
         assert!(
             problem(&db("[databases.main]\nservice = \"web\"\nport = 5432"))
                 .contains("unknown field `port`")
+        );
+    }
+
+    #[test]
+    fn a_database_in_a_container_says_how_to_log_in() {
+        let f = ok(&db(r#"[databases.main]
+service = "web"
+name = "appdb"
+user = "app"
+password_secret = "DB_PASSWORD"
+[databases.tickets]
+engine = "mariadb"
+container = "tecket-mysql"
+"#));
+        assert_eq!(
+            f.databases["main"].location,
+            DbLocation::Service(InContainer {
+                name: "web".into(),
+                database: "appdb".into(),
+                user: "app".into(),
+                password_secret: Some("DB_PASSWORD".into()),
+            })
+        );
+        assert_eq!(f.databases["main"].location.secret_names(), ["DB_PASSWORD"]);
+        let t = &f.databases["tickets"].location;
+        assert_eq!(
+            t.in_container()
+                .map(|c| (c.name.as_str(), c.database.as_str(), c.user.as_str())),
+            Some(("tecket-mysql", "tickets", "root"))
+        );
+        assert!(t.secret_names().is_empty());
+        assert_eq!(
+            problem(&db("[databases.main]\nservice = \"web\"\nuser = \"-U\"")),
+            "9: databases.main.user: \"-U\" is not a user name; use letters, digits, '_', '-' and '.' (at most 63), not starting with '-'"
+        );
+        assert!(
+            problem(&db("[databases.main]\nservice = \"web\"\nname = \"a b\""))
+                .starts_with("9: databases.main.name: \"a b\" is not a database name")
+        );
+        assert!(
+            problem(&db(
+                "[databases.main]\nservice = \"web\"\npassword_secret = \"DB-PW\""
+            ))
+            .starts_with("9: databases.main.password_secret: ")
+        );
+        assert_eq!(
+            problem(&db(
+                "[databases.main]\nurl_secret = \"DATABASE_URL\"\nuser = \"app\""
+            )),
+            "9: databases.main.user: is for a database in a container (service or container); with url_secret the URL in DATABASE_URL says the user, password and database"
         );
     }
 

@@ -61,19 +61,144 @@ pub enum DbLocation {
     /// one the app itself uses), for a server the host reaches.
     UrlSecret(String),
     /// A database server in a container of this app and environment that
-    /// Ferry deployed (the service's name).
-    Service(String),
-    /// Any container on the host, by name.
-    Container(String),
+    /// Ferry deployed (`name` is the service's name): its running current
+    /// container, found by Ferry's labels.
+    Service(InContainer),
+    /// Any container on the host (`name` is the container's name).
+    Container(InContainer),
+}
+
+/// A database served from inside a container: the client tools of the
+/// container (`pg_dump`, `psql`, `pg_restore`; `mariadb-dump`, `mariadb`)
+/// are run there with `docker exec`, logging in as `user` (with the
+/// password of secret `password_secret`, if given) to database `database`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InContainer {
+    /// The service's name (`service =`) or the container's (`container =`).
+    pub name: String,
+    /// The database's name inside the server.
+    pub database: String,
+    /// The user the client tools log in as.
+    pub user: String,
+    /// The secret holding that user's password; none: the server lets
+    /// the user in without one from inside the container (PostgreSQL's
+    /// `trust` for local sockets, MariaDB's `unix_socket`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
 }
 
 impl DbLocation {
-    /// The secrets a task on this database needs: the URL's, if it is one.
+    /// The secrets a task on this database needs: the URL's, or the
+    /// password's if one is named.
     pub fn secret_names(&self) -> Vec<String> {
         match self {
             DbLocation::UrlSecret(name) => vec![name.clone()],
-            DbLocation::Service(_) | DbLocation::Container(_) => Vec::new(),
+            DbLocation::Service(c) | DbLocation::Container(c) => {
+                c.password_secret.iter().cloned().collect()
+            }
         }
+    }
+
+    /// The field of the app file this location came from.
+    pub fn field(&self) -> &'static str {
+        match self {
+            DbLocation::UrlSecret(_) => "url_secret",
+            DbLocation::Service(_) => "service",
+            DbLocation::Container(_) => "container",
+        }
+    }
+
+    /// The container's part, unless the database is given by URL.
+    pub fn in_container(&self) -> Option<&InContainer> {
+        match self {
+            DbLocation::UrlSecret(_) => None,
+            DbLocation::Service(c) | DbLocation::Container(c) => Some(c),
+        }
+    }
+
+    /// Checks the location for a database of `engine`; `Err` names the
+    /// field (`location.url_secret`, `location.service.user`, …) and why.
+    pub fn validate(&self, engine: DbEngine) -> Result<(), String> {
+        use crate::rules;
+        match self {
+            DbLocation::UrlSecret(name) => {
+                if engine == DbEngine::Mariadb {
+                    return Err("location.url_secret: a MariaDB database is dumped with the client tools inside its container; give service = \"db\" or container = \"NAME\" instead".into());
+                }
+                rules::secret_name(name).map_err(|e| format!("location.url_secret: {e}"))
+            }
+            DbLocation::Service(c) | DbLocation::Container(c) => {
+                let at = |f: &str, r: Result<(), String>| {
+                    r.map_err(|e| format!("location.{}.{f}: {e}", self.field()))
+                };
+                match self {
+                    DbLocation::Service(_) => at(
+                        "name",
+                        rules::dns_name(&c.name).map_err(|e| format!("service name {e}")),
+                    )?,
+                    _ => at("name", check_container_name(&c.name))?,
+                }
+                at("database", check_server_database_name(&c.database))?;
+                at("user", check_user_name(&c.user))?;
+                if let Some(s) = &c.password_secret {
+                    at("password_secret", rules::secret_name(s))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Docker's rule for container names.
+pub fn check_container_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a container name; Docker's are letters, digits, '_', '.' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// A database name inside a server (PostgreSQL or MariaDB): always quoted
+/// by Ferry, so letters, digits, '_' and '-'; at most 48 bytes, so that
+/// the names Ferry derives from it (`<db>_before_restore_<time>`) stay
+/// distinct within both servers' 63/64-byte limits.
+pub fn check_server_database_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a database name Ferry works on; use letters, digits, '_' and '-' (at most 48)"
+        ))
+    }
+}
+
+/// A user name given to the client tools as one argument.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name; use letters, digits, '_', '-' and '.' (at most 63), not starting with '-'"
+        ))
     }
 }
 
@@ -127,6 +252,10 @@ pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 /// `pg_restore` reads.
 pub const FORMAT_PG_CUSTOM: &str = "pg_dump-custom";
 
+/// `format` of a MariaDB backup: the SQL text `mariadb-dump` writes, which
+/// the `mariadb` client reads.
+pub const FORMAT_MARIADB_SQL: &str = "mariadb-dump-sql";
+
 /// `compression` of a backup file.
 pub const COMPRESSION_ZSTD: &str = "zstd";
 
@@ -146,19 +275,20 @@ impl KindSpec for BackupSpec {
         for (i, t) in self.tables.iter().enumerate() {
             at(&format!("tables[{i}]"), check_table_name(t))?;
         }
-        match (&self.engine, &self.location) {
-            (DbEngine::Postgres, DbLocation::UrlSecret(name)) => {
-                at("location.url_secret", rules::secret_name(name))
-            }
-            (engine, location) => Err(format!(
-                "backup spec: location: backups of {engine} databases given by {} are not done yet; only PostgreSQL with url_secret is",
-                match location {
-                    DbLocation::UrlSecret(_) => "url_secret",
-                    DbLocation::Service(_) => "service",
-                    DbLocation::Container(_) => "container",
-                }
-            )),
+        if self.engine == DbEngine::Mariadb
+            && let Some((i, t)) = self
+                .tables
+                .iter()
+                .enumerate()
+                .find(|(_, t)| t.contains('.'))
+        {
+            return Err(format!(
+                "backup spec: tables[{i}]: {t:?}: MariaDB tables are named without a schema (the database is the schema)"
+            ));
         }
+        self.location
+            .validate(self.engine)
+            .map_err(|e| format!("backup spec: {e}"))
     }
 
     fn secret_names(&self) -> Vec<String> {
@@ -197,9 +327,9 @@ pub struct BackupManifest {
     pub engine: DbEngine,
     /// The server's version, as it reports it (`SHOW server_version`).
     pub server_version: String,
-    /// `pg_dump --version`.
+    /// `pg_dump --version` or `mariadb-dump --version`.
     pub dump_tool: String,
-    /// [`FORMAT_PG_CUSTOM`].
+    /// [`FORMAT_PG_CUSTOM`] or [`FORMAT_MARIADB_SQL`].
     pub format: String,
     /// [`COMPRESSION_ZSTD`].
     pub compression: String,
@@ -214,8 +344,9 @@ pub struct BackupManifest {
     /// Only these tables were dumped (empty: all).
     #[serde(default)]
     pub tables: Vec<String>,
-    /// Every dumped table's exact row count (`schema.table` → rows),
-    /// counted in the dump's own snapshot.
+    /// Every dumped table's exact row count (PostgreSQL: `schema.table`
+    /// → rows, counted in the dump's own snapshot; MariaDB: `table` →
+    /// rows, counted in the dump's own text as it was written).
     pub row_counts: BTreeMap<String, u64>,
     /// RFC 3339.
     pub started_at: String,
@@ -234,11 +365,35 @@ impl BackupManifest {
 }
 
 /// The shell commands that check and restore the file at `path` without
-/// Ferry.
+/// Ferry (a PostgreSQL database reached by URL).
 pub fn restore_hint(path: &str) -> String {
     format!(
         "zstd -dc {path} | pg_restore --no-owner -d postgres://USER@HOST/NEW_DATABASE (create NEW_DATABASE first; check with: sha256sum {path})"
     )
+}
+
+/// [`restore_hint`] for any engine and location: for a database in a
+/// container, the client inside it reads the file from `docker exec -i`.
+pub fn restore_hint_for(engine: DbEngine, location: &DbLocation, path: &str) -> String {
+    let Some(c) = location.in_container() else {
+        return restore_hint(path);
+    };
+    let container = match location {
+        DbLocation::Service(_) => {
+            format!("CONTAINER (the running container of service {})", c.name)
+        }
+        _ => c.name.clone(),
+    };
+    match engine {
+        DbEngine::Postgres => format!(
+            "zstd -dc {path} | docker exec -i {container} pg_restore --no-owner -U {} -d NEW_DATABASE (create it first: docker exec {container} createdb -U {} NEW_DATABASE; check with: sha256sum {path})",
+            c.user, c.user
+        ),
+        DbEngine::Mariadb => format!(
+            "zstd -dc {path} | docker exec -i -e MYSQL_PWD {container} mariadb -u {} NEW_DATABASE (create it first: docker exec -e MYSQL_PWD {container} mariadb -u {} -e 'CREATE DATABASE NEW_DATABASE'; export MYSQL_PWD=the password first; check with: sha256sum {path})",
+            c.user, c.user
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -269,12 +424,31 @@ mod tests {
             err.starts_with("backup spec: tables[0]: \"a;b\" is not a table name"),
             "{err}"
         );
-        let err =
-            spec(r#"{"app":"shop","env":"prod","database":"main","location":{"service":"db"}}"#)
-                .unwrap_err();
-        assert_eq!(
-            err,
-            "backup spec: location: backups of postgres databases given by service are not done yet; only PostgreSQL with url_secret is"
+        let s = spec(
+            r#"{"app":"shop","env":"prod","database":"main","engine":"mariadb","location":{"service":{"name":"db","database":"shop","user":"root","password_secret":"DB_ROOT_PASSWORD"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.secret_names(), ["DB_ROOT_PASSWORD"]);
+        let err = spec(r#"{"app":"shop","env":"prod","database":"main","location":{"container":{"name":"-db","database":"shop","user":"root"}}}"#).unwrap_err();
+        assert!(
+            err.starts_with(
+                "backup spec: location.container.name: \"-db\" is not a container name"
+            ),
+            "{err}"
+        );
+        let err = spec(r#"{"app":"shop","env":"prod","database":"main","location":{"service":{"name":"db","database":"a;b","user":"root"}}}"#).unwrap_err();
+        assert!(
+            err.starts_with(
+                "backup spec: location.service.database: \"a;b\" is not a database name"
+            ),
+            "{err}"
+        );
+        let err = spec(r#"{"app":"shop","env":"prod","database":"main","engine":"mariadb","location":{"url_secret":"URL"}}"#).unwrap_err();
+        assert!(err.contains("inside its container"), "{err}");
+        let err = spec(r#"{"app":"shop","env":"prod","database":"main","engine":"mariadb","location":{"container":{"name":"db","database":"shop","user":"root"}},"tables":["public.t"]}"#).unwrap_err();
+        assert!(
+            err.contains("MariaDB tables are named without a schema"),
+            "{err}"
         );
         let err = spec(r#"{"app":"shop","env":"prod","database":"main","location":{"url_secret":"X"},"reason":"whim"}"#).unwrap_err();
         assert!(err.contains("unknown backup reason \"whim\""), "{err}");

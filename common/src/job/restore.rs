@@ -10,21 +10,26 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::KindSpec;
-use super::backup::{DbLocation, database_lock};
+use super::backup::{DbEngine, DbLocation, database_lock};
 
 /// How a restore treats the live database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestoreMode {
     /// Restore into a new database, then rename the live one to
-    /// `<db>_before_restore_<time>` and the new one to `<db>`.
+    /// `<db>_before_restore_<time>` and the new one to `<db>` (MariaDB,
+    /// which cannot rename a database: one atomic `RENAME TABLE` moving the
+    /// live tables to `<db>_before_restore_<time>` and the restored ones in).
     Swap,
     /// `pg_restore --clean --if-exists --single-transaction` into the live
-    /// database: a failure leaves it as it was.
+    /// database: a failure leaves it as it was. PostgreSQL only.
     Clean,
     /// Into a new database of this name; the live one is not touched.
     Into(String),
 }
+
+/// Why `--clean` is refused for MariaDB, and what to use instead.
+pub const MARIADB_CLEAN_REFUSED: &str = "restore spec: mode: --clean is refused for MariaDB: its DDL (DROP/CREATE TABLE) is not transactional, so a restore in place that fails halfway would leave the live database half-restored; use the default (restore into a new database, then one atomic RENAME TABLE swaps the tables in) or --into NAME";
 
 /// `restore`'s spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +39,8 @@ pub struct RestoreSpec {
     pub app: String,
     pub env: String,
     pub database: String,
+    #[serde(default)]
+    pub engine: DbEngine,
     pub location: DbLocation,
     pub path: String,
     pub sha256: String,
@@ -77,13 +84,12 @@ impl KindSpec for RestoreSpec {
         if !self.path.starts_with('/') {
             return Err("restore spec: path: an absolute path expected".into());
         }
-        match &self.location {
-            DbLocation::UrlSecret(name) => at("location.url_secret", rules::secret_name(name)),
-            _ => Err(
-                "restore spec: location: only databases given by url_secret can be restored yet"
-                    .into(),
-            ),
+        if self.engine == DbEngine::Mariadb && self.mode == RestoreMode::Clean {
+            return Err(MARIADB_CLEAN_REFUSED.into());
         }
+        self.location
+            .validate(self.engine)
+            .map_err(|e| format!("restore spec: {e}"))
     }
 
     fn secret_names(&self) -> Vec<String> {
@@ -118,6 +124,34 @@ pub struct RestoreReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_is_refused_for_mariadb_and_containers_are_checked() {
+        let spec = |engine: &str, mode: &str| {
+            crate::job::JobSpec::parse(
+                "restore",
+                &format!(
+                    r#"{{"backup_id":"b","app":"shop","env":"prod","database":"main","engine":"{engine}","location":{{"service":{{"name":"db","database":"shop","user":"root","password_secret":"DB_PW"}}}},"path":"/b/x.dump.zst","sha256":"00","mode":{mode}}}"#
+                ),
+            )
+        };
+        let err = spec("mariadb", "\"clean\"").unwrap_err();
+        assert_eq!(err, MARIADB_CLEAN_REFUSED);
+        assert!(err.contains("not transactional") && err.contains("--into NAME"));
+        let ok = spec("mariadb", "\"swap\"").unwrap();
+        assert_eq!(ok.secret_names(), ["DB_PW"]);
+        assert!(spec("mariadb", r#"{"into":"shop_copy"}"#).is_ok());
+        assert!(spec("postgres", "\"clean\"").is_ok());
+        let err = crate::job::JobSpec::parse(
+            "restore",
+            r#"{"backup_id":"b","app":"shop","env":"prod","database":"main","location":{"service":{"name":"db","database":"shop","user":"-x"}},"path":"/b/x","sha256":"00","mode":"swap"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("restore spec: location.service.user: \"-x\" is not a user name"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn database_names_are_plain() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::KindSpec;
-use super::backup::{DbLocation, database_lock};
+use super::backup::{DbEngine, DbLocation, database_lock};
 
 /// A comparison a check's single value must pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +136,8 @@ pub struct VerifySpec {
     pub app: String,
     pub env: String,
     pub database: String,
+    #[serde(default)]
+    pub engine: DbEngine,
     /// Where the server is: the scratch database is created there.
     pub location: DbLocation,
     /// The backup file on the host.
@@ -172,13 +174,9 @@ impl KindSpec for VerifySpec {
         if !self.path.starts_with('/') {
             return Err("verify spec: path: an absolute path expected".into());
         }
-        match &self.location {
-            DbLocation::UrlSecret(name) => at("location.url_secret", rules::secret_name(name)),
-            _ => Err(
-                "verify spec: location: only databases given by url_secret can be verified yet"
-                    .into(),
-            ),
-        }
+        self.location
+            .validate(self.engine)
+            .map_err(|e| format!("verify spec: {e}"))
     }
 
     fn secret_names(&self) -> Vec<String> {
