@@ -10,7 +10,6 @@
 //! stream as it passes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::TaskContext;
+use super::backup_file::CheckedChunks;
 
 /// How much is read or written at once (as a host `pg_dump`'s output).
 const CHUNK: usize = 256 * 1024;
@@ -423,18 +423,20 @@ pub fn stdout_stream(
 pub const STOPPED: &str = "stopped: the task was cancelled";
 
 /// Streams the zstd file at `path`, decompressed by the agent, into the
-/// stdin of `cmd` in the container; the command's failure says its
-/// stderr. Stops (and kills the command) on `cancel`.
+/// stdin of `cmd` in the container; with `sha256`, the file's checksum is
+/// checked on the same read and a damaged file never reaches its end
+/// ([`CheckedChunks`]). The command's failure says its stderr. Stops (and
+/// kills the command) on `cancel`.
 pub async fn stream_file_into(
     docker: &Docker,
     on: &Located,
     cmd: &[String],
     env: &[String],
     path: &str,
+    sha256: Option<&str>,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut decoder = zstd::Decoder::new(file).map_err(|e| format!("{path} is not zstd: {e}"))?;
+    let mut chunks = CheckedChunks::open(path, sha256)?;
     let started = start(docker, on, cmd, env).await?;
     let Started {
         id,
@@ -456,22 +458,16 @@ pub async fn stream_file_into(
         String::from_utf8_lossy(&err).into_owned()
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(4);
-    let path_owned = path.to_string();
     let reader = tokio::task::spawn_blocking(move || {
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            match decoder.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(format!("decompressing {path_owned}: {e}")));
-                    return;
-                }
+            let next = chunks.next_chunk();
+            let last = !matches!(next, Ok(Some(_)));
+            let sent = match next {
+                Ok(None) => return,
+                other => other.map(|c| c.unwrap_or_default()),
+            };
+            if tx.blocking_send(sent).is_err() || last {
+                return;
             }
         }
     });

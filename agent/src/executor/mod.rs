@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use ferry_common::job::{JobKind, JobSpec, Registered};
 
 pub mod backup;
+pub mod backup_file;
 pub mod context;
 pub mod dbexec;
 pub mod deploy;

@@ -74,16 +74,11 @@ async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> 
         return Err(failed(format!("the URL in {secret} names no database")));
     }
 
-    let step = Instant::now();
-    ctx.step_started("checksum", &spec.path);
-    if let Err(e) = check_checksum(&spec.path, &spec.sha256, &ctx.cancel).await {
-        if let TaskFailure::Failed(m) = &e {
-            ctx.step_finished("checksum", false, m, step);
-        }
-        return Err(e);
+    // In place, the file is checked before anything is touched; into a
+    // new database, on the same read as the restore.
+    if spec.mode == RestoreMode::Clean {
+        checksum_first(&spec, ctx).await?;
     }
-    ctx.step_finished("checksum", true, &format!("sha256 {}", spec.sha256), step);
-
     let pg_restore = ctx.host.pg_tool("pg_restore");
     let mut admin = maintenance(url).await?;
     let step = Instant::now();
@@ -101,6 +96,7 @@ async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> 
             restore_file(
                 &pg_restore,
                 &spec.path,
+                None,
                 args,
                 target.password.clone(),
                 &ctx.cancel,
@@ -198,6 +194,24 @@ fn swap_name(live: &str, ctx: &TaskContext) -> String {
     )
 }
 
+/// The `checksum` step: the whole file checked against the catalogue
+/// before a restore in place starts.
+pub(super) async fn checksum_first(
+    spec: &RestoreSpec,
+    ctx: &TaskContext,
+) -> Result<(), TaskFailure> {
+    let step = Instant::now();
+    ctx.step_started("checksum", &spec.path);
+    if let Err(e) = check_checksum(&spec.path, &spec.sha256, &ctx.cancel).await {
+        if let TaskFailure::Failed(m) = &e {
+            ctx.step_finished("checksum", false, m, step);
+        }
+        return Err(e);
+    }
+    ctx.step_finished("checksum", true, &format!("sha256 {}", spec.sha256), step);
+    Ok(())
+}
+
 /// Creates database `new` and restores the backup into it; on failure
 /// drops it again, leaving everything as it was.
 async fn restore_new(
@@ -225,6 +239,7 @@ async fn restore_new(
     if let Err(e) = restore_file(
         &pg_restore,
         &spec.path,
+        Some(&spec.sha256),
         args,
         target.password.clone(),
         &ctx.cancel,

@@ -26,7 +26,7 @@ use ferry_common::job::{RestoreMode, RestoreReport, RestoreSpec};
 use super::super::dbexec::{
     self, Located, Login, MariaTools, PG_MAINTENANCE_DB, backquote, psql_query,
 };
-use super::super::verify::check_checksum;
+use super::checksum_first;
 use super::{
     Done, SWAP_ATTEMPTS, TaskContext, TaskFailure, before_restore_name, done, failed, quote_ident,
     swap_name,
@@ -44,15 +44,9 @@ pub(super) async fn run(spec: &RestoreSpec, ctx: &TaskContext) -> Result<Done, T
     let login = Login::of(spec.engine, c, ctx, &spec.app, &spec.env).map_err(failed)?;
     let live = login.database.clone();
 
-    let step = Instant::now();
-    ctx.step_started("checksum", &spec.path);
-    if let Err(e) = check_checksum(&spec.path, &spec.sha256, &ctx.cancel).await {
-        if let TaskFailure::Failed(m) = &e {
-            ctx.step_finished("checksum", false, m, step);
-        }
-        return Err(e);
+    if spec.mode == RestoreMode::Clean {
+        checksum_first(spec, ctx).await?;
     }
-    ctx.step_finished("checksum", true, &format!("sha256 {}", spec.sha256), step);
     let on = dbexec::locate(&docker, &spec.app, &spec.env, &spec.location)
         .await
         .map_err(failed)?;
@@ -142,7 +136,7 @@ impl Restorer<'_> {
         cmd
     }
 
-    /// Streams the backup into `cmd`'s stdin.
+    /// Streams the backup into `cmd`'s stdin, its checksum checked.
     async fn stream(&self, cmd: &[String]) -> Result<(), String> {
         dbexec::stream_file_into(
             self.docker,
@@ -150,6 +144,8 @@ impl Restorer<'_> {
             cmd,
             &self.login.env(),
             &self.spec.path,
+            // In place it was checked first; into a new database, here.
+            (self.spec.mode != RestoreMode::Clean).then_some(self.spec.sha256.as_str()),
             &self.ctx.cancel,
         )
         .await

@@ -14,7 +14,7 @@ use ferry_common::job::{VerifyReport, VerifySpec};
 use super::super::dbexec::{
     self, Located, Login, MariaTools, PG_MAINTENANCE_DB, Psql, backquote, psql_command, psql_query,
 };
-use super::{Done, TaskContext, TaskFailure, check_checksum, failed, quote_ident};
+use super::{Done, TaskContext, TaskFailure, failed, quote_ident};
 
 /// The server the scratch database lives on, and how to reach it.
 #[derive(Clone)]
@@ -95,16 +95,6 @@ pub(super) async fn run(spec: &VerifySpec, ctx: &TaskContext) -> Result<Done, Ta
         .ok_or_else(|| failed("not a database in a container"))?;
     let docker = ctx.host.docker()?.clone();
     let login = Login::of(spec.engine, c, ctx, &spec.app, &spec.env).map_err(failed)?;
-
-    let step = Instant::now();
-    ctx.step_started("checksum", &spec.path);
-    if let Err(e) = check_checksum(&spec.path, &spec.sha256, &ctx.cancel).await {
-        if let TaskFailure::Failed(m) = &e {
-            ctx.step_finished("checksum", false, m, step);
-        }
-        return Err(e);
-    }
-    ctx.step_finished("checksum", true, &format!("sha256 {}", spec.sha256), step);
 
     let on = dbexec::locate(&docker, &spec.app, &spec.env, &spec.location)
         .await
@@ -192,6 +182,7 @@ async fn verify_in(
         &cmd,
         &server.login.env(),
         &spec.path,
+        Some(&spec.sha256),
         &ctx.cancel,
     )
     .await
