@@ -636,8 +636,8 @@ impl Core {
     }
 
     /// Time-based duties, on the leader only: expire tasks whose agents did
-    /// not come back before the deadline, and mark tasks of agents away
-    /// longer than the grace period as lost.
+    /// not come back before the deadline, mark tasks of agents away longer
+    /// than the grace period as lost, and fire the schedules that are due.
     async fn leader_duties(&self) -> Result<(), StoreError> {
         let leading = self.store.try_lead().await;
         let is_leader = matches!(leading, Ok(true));
@@ -666,6 +666,9 @@ impl Core {
         for job in jobs {
             self.store.notify(Notification::JobEvents(job)).await?;
         }
+        // Schedules last: a run that cannot start is recorded on its
+        // schedule, so only the store failing ends up here.
+        crate::schedules::fire_due(self, now_ms()).await?;
         Ok(())
     }
 
