@@ -55,6 +55,7 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
 async fn backup_gauges(core: &Core) -> Option<crate::metrics::BackupGauges> {
     let newest_backups = core.store.newest_backups().await.ok()?;
     let schedules = crate::schedules::all(core).await.ok()?;
+    let now = ferry_common::time::now_ms();
     Some(crate::metrics::BackupGauges {
         newest_backups,
         schedules_failed: schedules
@@ -65,7 +66,7 @@ async fn backup_gauges(core: &Core) -> Option<crate::metrics::BackupGauges> {
                     s.env.clone(),
                     s.database.clone(),
                     s.kind.as_str().to_string(),
-                    s.last_outcome() == Some(crate::store::RunOutcome::Failed),
+                    s.last_outcome(now) == Some(crate::store::RunOutcome::Failed),
                 )
             })
             .collect(),

@@ -636,11 +636,14 @@ impl Core {
     }
 
     /// Time-based duties, on the leader only: expire tasks whose agents did
-    /// not come back before the deadline, mark tasks of agents away longer
-    /// than the grace period as lost, and fire the schedules that are due.
+    /// not come back before the deadline, and mark tasks of agents away
+    /// longer than the grace period as lost. Whether this process leads is
+    /// kept in `Core::leading` for the other leader-only work (schedules).
     async fn leader_duties(&self) -> Result<(), StoreError> {
         let leading = self.store.try_lead().await;
         let is_leader = matches!(leading, Ok(true));
+        self.leading
+            .store(is_leader, std::sync::atomic::Ordering::Relaxed);
         if self.metrics.set_leader(is_leader) {
             if is_leader {
                 tracing::info!(coordinator = %self.coordinator_id, "gained the leadership: running deadlines and lost-agent checks");
@@ -666,9 +669,6 @@ impl Core {
         for job in jobs {
             self.store.notify(Notification::JobEvents(job)).await?;
         }
-        // Schedules last: a run that cannot start is recorded on its
-        // schedule, so only the store failing ends up here.
-        crate::schedules::fire_due(self, now_ms()).await?;
         Ok(())
     }
 

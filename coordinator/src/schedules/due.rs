@@ -107,8 +107,9 @@ mod tests {
         let utc = TimeZone::UTC;
         let c = cron("0 2 * * *");
         let two = at("2026-03-10T02:00:00Z");
-        // (next_run_at, now) -> fire?
-        let cases: &[(&str, i64, i64, Option<(i64, bool, &str)>)] = &[
+        // (what, next_run_at, now) -> (scheduled_for, late, next run)?
+        type Case<'a> = (&'a str, i64, i64, Option<(i64, bool, &'a str)>);
+        let cases: &[Case<'_>] = &[
             ("before its time: nothing", two, two - 1, None),
             (
                 "at its time: fires, on time, next tomorrow",

@@ -2,8 +2,11 @@
 //! env): registered from an app file's `[databases.NAME.backup]`
 //! ([`apply_app_file`], by `ApplySchedules` and by every `StartRollout`),
 //! or by hand ([`add`], [`remove`]); fired by the leading coordinator
-//! ([`fire_due`], from the scheduler's leader duties) through the same
-//! functions as `ferry backup run|verify|prune` ([`crate::backups`]).
+//! ([`start`]: [`fire_due`] every tick while the scheduler's leader duties
+//! say this process leads, `Core::leading`) through the same functions as
+//! `ferry backup run|verify|prune` ([`crate::backups`]). (Its own loop
+//! rather than a line in the scheduler's: the scheduler is below
+//! `backups`, which submits through it.)
 //!
 //! Firing never fires a run twice: each run is claimed in the store with a
 //! compare-and-set on its next run time, so of two coordinators that both
@@ -239,6 +242,32 @@ pub fn actor_of(id: Uuid) -> String {
     format!("schedule:{}", &text[text.len() - 8..])
 }
 
+/// How often the leader looks for due schedules.
+const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Starts the firing loop; it stops with `core.shutdown`. Only while this
+/// process leads does it fire; a stale "leads" (leadership just lost) is
+/// harmless, as every run is claimed by compare-and-set.
+pub fn start(core: &std::sync::Arc<Core>) {
+    let c = std::sync::Arc::clone(core);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if !c.leading.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            if let Err(e) = fire_due(&c, now_ms()).await {
+                tracing::warn!(error = %e, "firing schedules failed");
+            }
+        }
+    });
+}
+
 /// Fires every schedule due at `now` that this coordinator claims. Errors
 /// of one schedule's run are recorded on it; only the store failing to
 /// list or claim is returned.
@@ -366,7 +395,7 @@ pub fn to_wire(s: &ScheduleRecord, now: i64) -> pb::Schedule {
         last_late: s.last_late,
         last_job_id: s.last_job_id.map(|j| j.to_string()).unwrap_or_default(),
         last_outcome: s
-            .last_outcome()
+            .last_outcome(now)
             .map(|o| o.as_str().to_string())
             .unwrap_or_default(),
         last_error: s.last_error.clone(),
@@ -383,7 +412,7 @@ pub fn is_overdue(s: &ScheduleRecord, now: i64) -> bool {
 /// cancelled), or that are overdue.
 pub fn needs_attention(s: &ScheduleRecord, now: i64) -> bool {
     matches!(
-        s.last_outcome(),
+        s.last_outcome(now),
         Some(RunOutcome::Failed | RunOutcome::Cancelled)
     ) || is_overdue(s, now)
 }

@@ -3244,7 +3244,7 @@ pub async fn schedules(store: &Store) {
             backup.next_run_at_ms,
             backup.created_by.as_str(),
             backup.last_run_at_ms,
-            backup.last_outcome()
+            backup.last_outcome(NOW)
         ),
         ("0 2 * * *", "Europe/Paris", NOW + HOUR, actor, None, None)
     );
@@ -3310,17 +3310,21 @@ pub async fn schedules(store: &Store) {
             claimed.last_run_at_ms,
             claimed.last_scheduled_for_ms,
             claimed.last_late,
-            claimed.last_outcome()
+            claimed.last_outcome(NOW + HOUR + 5)
         ),
         (
             NOW + 25 * HOUR,
             Some(NOW + HOUR + 5),
             Some(NOW + HOUR),
             true,
-            // Claimed, no job recorded yet: a coordinator that stopped here
-            // leaves a failed run, not nothing.
-            Some(RunOutcome::Failed)
+            // Claimed, its job not recorded yet: being submitted.
+            Some(RunOutcome::Running)
         )
+    );
+    // A coordinator that stopped here leaves a failed run, not nothing.
+    assert_eq!(
+        claimed.last_outcome(NOW + 2 * HOUR),
+        Some(RunOutcome::Failed)
     );
     assert!(
         !store
@@ -3344,7 +3348,7 @@ pub async fn schedules(store: &Store) {
         .expect("get")
         .expect("exists");
     assert_eq!(running.last_job_id, Some(job.id));
-    assert_eq!(running.last_outcome(), Some(RunOutcome::Running));
+    assert_eq!(running.last_outcome(NOW + HOUR), Some(RunOutcome::Running));
     claim(store, &[&agents[0]]).await;
     store
         .append_agent_events(
@@ -3358,7 +3362,7 @@ pub async fn schedules(store: &Store) {
         .await
         .expect("get")
         .expect("exists");
-    assert_eq!(failed.last_outcome(), Some(RunOutcome::Failed));
+    assert_eq!(failed.last_outcome(NOW + HOUR), Some(RunOutcome::Failed));
     // A stale record (an earlier run's) changes nothing.
     store
         .record_schedule_run(backup.id, NOW, None, "stale")
@@ -3391,7 +3395,11 @@ pub async fn schedules(store: &Store) {
         .expect("get")
         .expect("exists");
     assert_eq!(
-        (p.last_outcome(), p.last_error.as_str(), p.last_job_id),
+        (
+            p.last_outcome(NOW + HOUR),
+            p.last_error.as_str(),
+            p.last_job_id
+        ),
         (Some(RunOutcome::Failed), "no enrolled agent matches", None)
     );
 

@@ -109,21 +109,27 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
+    /// Spelt as the job statuses it stands for.
     pub fn as_str(self) -> &'static str {
         match self {
-            RunOutcome::Running => "running",
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Running => JobStatus::Running.as_str(),
+            RunOutcome::Succeeded => JobStatus::Succeeded.as_str(),
+            RunOutcome::Failed => JobStatus::Failed.as_str(),
+            RunOutcome::Cancelled => JobStatus::Cancelled.as_str(),
         }
     }
 }
 
-/// What a claimed run says until its job is recorded: a coordinator that
-/// stops between the claim and the submission leaves this, so the run
-/// shows as failed rather than as nothing.
+/// What a claimed run says until its job is recorded. Within
+/// [`SUBMIT_WINDOW_MS`] of the claim the run is being submitted (running);
+/// after it, the coordinator that claimed it stopped before recording its
+/// job, and the run shows as failed with this, rather than as nothing.
 pub const RUN_INTERRUPTED: &str =
     "the coordinator stopped after claiming this run and before submitting its job";
+
+/// How long submitting a claimed run may take before it counts as
+/// interrupted (submission is a few store round trips).
+pub const SUBMIT_WINDOW_MS: i64 = 60_000;
 
 /// One schedule, with what its last run's job says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,11 +155,16 @@ pub struct ScheduleRecord {
 }
 
 impl ScheduleRecord {
-    /// None: never run. A run that could not submit its job failed; one
-    /// that needed no job (a prune with nothing expired) succeeded; else
-    /// its job's status says.
-    pub fn last_outcome(&self) -> Option<RunOutcome> {
-        self.last_run_at_ms?;
+    /// None: never run. A run being submitted is running (interrupted,
+    /// [`RUN_INTERRUPTED`], once [`SUBMIT_WINDOW_MS`] have passed: failed);
+    /// a run that could not submit its job failed; one that needed no job
+    /// (a prune with nothing expired) succeeded; else its job's status,
+    /// read with it, says.
+    pub fn last_outcome(&self, now_ms: i64) -> Option<RunOutcome> {
+        let ran_at = self.last_run_at_ms?;
+        if self.last_error == RUN_INTERRUPTED && now_ms - ran_at < SUBMIT_WINDOW_MS {
+            return Some(RunOutcome::Running);
+        }
         if !self.last_error.is_empty() {
             return Some(RunOutcome::Failed);
         }
@@ -528,7 +539,7 @@ mod tests {
     #[test]
     fn the_outcome_is_the_jobs() {
         let never = record();
-        assert_eq!(never.last_outcome(), None);
+        assert_eq!(never.last_outcome(5), None);
         let ran = ScheduleRecord {
             last_run_at_ms: Some(5),
             last_job_id: Some(Uuid::now_v7()),
@@ -546,19 +557,30 @@ mod tests {
                 last_job_status: status,
                 ..ran.clone()
             };
-            assert_eq!(r.last_outcome(), Some(outcome), "{status:?}");
+            assert_eq!(r.last_outcome(5), Some(outcome), "{status:?}");
         }
         let no_submit = ScheduleRecord {
             last_run_at_ms: Some(5),
             last_error: "no agent".into(),
             ..record()
         };
-        assert_eq!(no_submit.last_outcome(), Some(RunOutcome::Failed));
+        assert_eq!(no_submit.last_outcome(5), Some(RunOutcome::Failed));
+        // Claimed and being submitted; or interrupted, once the window passed.
+        let claimed = ScheduleRecord {
+            last_run_at_ms: Some(5),
+            last_error: RUN_INTERRUPTED.into(),
+            ..record()
+        };
+        assert_eq!(claimed.last_outcome(5), Some(RunOutcome::Running));
+        assert_eq!(
+            claimed.last_outcome(5 + SUBMIT_WINDOW_MS),
+            Some(RunOutcome::Failed)
+        );
         let nothing_to_do = ScheduleRecord {
             last_run_at_ms: Some(5),
             ..record()
         };
-        assert_eq!(nothing_to_do.last_outcome(), Some(RunOutcome::Succeeded));
+        assert_eq!(nothing_to_do.last_outcome(5), Some(RunOutcome::Succeeded));
         for k in ScheduleKind::ALL {
             assert_eq!(k.as_str().parse::<ScheduleKind>(), Ok(k));
         }
