@@ -6,7 +6,9 @@
 //! schedule with nothing to verify shows failed with why (in `ls`, `ferry
 //! status` and `/metrics`); two coordinators on one PostgreSQL store fire a
 //! run exactly once; a run missed while the coordinator was down fires once
-//! when it returns, marked late; a prune schedule applies `keep_last`.
+//! when it returns, marked late; a prune schedule applies `keep_last`;
+//! every deploy registers the app file's schedules (and a later file's
+//! replace them).
 //!
 //! Each test waits for at most one real minute boundary; they run in
 //! parallel. Nothing is timed beyond "fired within the minute".
@@ -694,4 +696,117 @@ async fn keep_last_is_applied_by_the_prune_schedule() {
             gone.path
         );
     }
+}
+
+/// (database, kind, source) of `app`'s production schedules, sorted.
+async fn listed(c: &TestCoordinator, app: &str) -> Vec<(String, String, String)> {
+    let mut ks: Vec<(String, String, String)> = c
+        .operator()
+        .await
+        .unwrap()
+        .list_schedules(pb::ListSchedulesRequest {
+            app: app.into(),
+            env: "production".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedules
+        .into_iter()
+        .map(|s| (s.database, s.kind, s.source))
+        .collect();
+    ks.sort();
+    ks
+}
+
+/// Starts a rollout of `file` to production and waits for its end.
+async fn deploy(c: &TestCoordinator, file: &str, version: &str, dry_run: bool) -> pb::Rollout {
+    let mut op = c.operator().await.unwrap();
+    let r = op
+        .start_rollout(pb::StartRolloutRequest {
+            app_file: file.into(),
+            file_name: "ferry.toml".into(),
+            env: "production".into(),
+            version: version.into(),
+            dry_run,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap();
+    if dry_run {
+        return r;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = op
+            .get_rollout(pb::GetRolloutRequest {
+                rollout_id: r.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rollout
+            .unwrap();
+        if r.status != "running" {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < until, "{r:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_deploy_registers_the_app_files_schedules() {
+    use ferry_integration_tests::docker::{self, AppCleanup};
+    if !docker::available() {
+        return;
+    }
+    let app = format!("sch{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    for v in ["v1", "v2"] {
+        docker::build_busybox_site(&format!("{app}:{v}"), &[("health", v)]).unwrap();
+    }
+    let c = TestCoordinator::start().await.unwrap();
+    let _a = c.enroll("vps-1", &[]).await.unwrap().start();
+    c.wait_for_agent("vps-1", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let file = |databases: &str| {
+        format!(
+            r#"app = "{app}"
+[environments.production]
+agents = ["vps-1"]
+[services.web]
+image = "{app}:{{version}}"
+pull = "never"
+ports = [8080]
+strategy = "recreate"
+[services.web.healthcheck]
+http = "/health"
+interval = "200ms"
+timeout = "1s"
+retries = 10
+{databases}"#
+        )
+    };
+    let with_schedules = file(
+        "[databases.main]\nurl_secret = \"DATABASE_URL\"\n[databases.main.backup]\nschedule = \"0 2 * * *\"\ntimezone = \"Europe/Paris\"\nverify_schedule = \"0 4 * * 0\"\n",
+    );
+
+    assert_eq!(
+        deploy(&c, &with_schedules, "v1", false).await.status,
+        "succeeded"
+    );
+    let owned = |k: &str| ("main".to_string(), k.to_string(), "app-file".to_string());
+    assert_eq!(
+        listed(&c, &app).await,
+        [owned("backup"), owned("prune"), owned("verify")]
+    );
+    // A dry run changes nothing; a deploy of a file without them removes them.
+    deploy(&c, &file(""), "v2", true).await;
+    assert_eq!(listed(&c, &app).await.len(), 3);
+    assert_eq!(deploy(&c, &file(""), "v2", false).await.status, "succeeded");
+    assert!(listed(&c, &app).await.is_empty());
 }
