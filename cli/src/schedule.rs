@@ -339,3 +339,51 @@ impl Render for View {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> pb::Schedule {
+        pb::Schedule {
+            id: "019af3c2-7d1e-7b4a-9c3e-5f1d2a3b4c5d".into(),
+            app: "shop".into(),
+            env: "production".into(),
+            database: "main".into(),
+            kind: "backup".into(),
+            cron: "0 2 * * *".into(),
+            timezone: "Europe/Paris".into(),
+            source: "app-file".into(),
+            next_run_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ls_says_never_or_the_last_run_with_its_outcome_lateness_and_error() {
+        let never = schedule();
+        assert_eq!(last_run(&never), "never");
+        let v = schedule_json(&never);
+        assert!(v["last_run_at"].is_null() && v["last_outcome"].is_null());
+        assert_eq!(v["next_run_at"], "2023-11-14T22:13:20Z");
+        let failed = pb::Schedule {
+            last_run_at_ms: 1_700_000_000_000,
+            last_outcome: "failed".into(),
+            last_late: true,
+            last_error: "no catalogued backup of database main of shop production to verify".into(),
+            overdue: true,
+            ..schedule()
+        };
+        assert_eq!(
+            last_run(&failed),
+            "2023-11-14T22:13:20Z failed (late): no catalogued backup of database main of shop production to verify"
+        );
+        assert!(next_run(&failed).ends_with(" OVERDUE"));
+        let v = schedule_json(&failed);
+        assert_eq!(
+            (v["last_outcome"].as_str(), v["last_late"].as_bool()),
+            (Some("failed"), Some(true))
+        );
+        assert!(v["last_job_id"].is_null());
+    }
+}
