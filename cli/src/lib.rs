@@ -9,7 +9,8 @@
 //!
 //! - [`status`], [`agents`], [`tokens`], [`operators`]: the coordinator,
 //!   its agents, join tokens and operators.
-//! - [`backup`]: `backup run|ls|show`, database backups and their catalogue.
+//! - [`backup`]: `backup run|ls|show`, database backups and their catalogue;
+//!   [`schedule`]: `schedule apply|add|rm|ls`, their schedules.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
@@ -40,6 +41,7 @@ pub mod logs;
 pub mod operators;
 pub mod render;
 pub mod rollout;
+pub mod schedule;
 pub mod secrets;
 pub mod status;
 pub mod tokens;
@@ -95,6 +97,8 @@ pub enum Command {
     Completions(completions::Command),
     #[command(flatten)]
     Backup(backup::Command),
+    #[command(flatten)]
+    Schedule(schedule::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -115,6 +119,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
         Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
+        Command::Schedule(c) => show(&ctx, schedule::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

@@ -104,6 +104,11 @@ impl Serialize for Coordinator {
             "caller": st.caller,
             "caller_role": role_name(st.caller_role),
             "started_at": opt_time(st.started_at_ms),
+            "schedules_needing_attention": st
+                .schedules_needing_attention
+                .iter()
+                .map(crate::schedule::schedule_json)
+                .collect::<Vec<_>>(),
         })
         .serialize(s)
     }
@@ -136,7 +141,30 @@ impl Render for Coordinator {
             "you           {} (role {})",
             st.caller,
             role_name(st.caller_role)
-        )
+        )?;
+        // A schedule that failed or does not fire is said where operators
+        // look first.
+        for s in &st.schedules_needing_attention {
+            let why = if s.overdue {
+                format!(
+                    "OVERDUE: due {} and not fired",
+                    opt_time(s.next_run_at_ms).unwrap_or_default()
+                )
+            } else {
+                format!("last run {}", crate::schedule::last_run(s))
+            };
+            writeln!(
+                out,
+                "schedule      {} {} {} {} {} ({}): {why}",
+                crate::render::short_id(&s.id),
+                s.app,
+                s.env,
+                s.database,
+                s.kind,
+                s.cron
+            )?;
+        }
+        Ok(())
     }
 }
 

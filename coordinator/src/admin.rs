@@ -45,7 +45,32 @@ async fn metrics(State(core): State<Arc<Core>>) -> String {
         .await
         .ok()
         .map(|agents| agents.iter().filter(|a| a.revoked_at_ms.is_none()).count());
-    core.metrics.render(core.sessions.online_count(), enrolled)
+    let backups = backup_gauges(&core).await;
+    core.metrics
+        .render(core.sessions.online_count(), enrolled, backups.as_ref())
+}
+
+/// The backup and schedule gauges, read from the store now; None if it
+/// cannot be read.
+async fn backup_gauges(core: &Core) -> Option<crate::metrics::BackupGauges> {
+    let newest_backups = core.store.newest_backups().await.ok()?;
+    let schedules = crate::schedules::all(core).await.ok()?;
+    let now = ferry_common::time::now_ms();
+    Some(crate::metrics::BackupGauges {
+        newest_backups,
+        schedules_failed: schedules
+            .iter()
+            .map(|s| {
+                (
+                    s.app.clone(),
+                    s.env.clone(),
+                    s.database.clone(),
+                    s.kind.as_str().to_string(),
+                    s.last_outcome(now) == Some(crate::store::RunOutcome::Failed),
+                )
+            })
+            .collect(),
+    })
 }
 
 pub async fn serve(

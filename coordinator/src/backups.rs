@@ -46,11 +46,14 @@ async fn agent_for(
         })
 }
 
-/// `RunBackup`: the jobs submitted, one per database, by database name.
+/// `RunBackup`: the jobs submitted, one per database, by database name;
+/// `reason` is `manual` for an operator's, `scheduled` for a schedule's
+/// (whose `actor` is `schedule:<id>`).
 pub async fn run_backup(
     core: &Core,
     actor: &str,
     req: pb::RunBackupRequest,
+    reason: BackupReason,
 ) -> Result<Vec<JobRecord>, CoordinatorError> {
     let app = req.app.trim();
     let env = req.env.trim();
@@ -114,7 +117,7 @@ pub async fn run_backup(
             } else {
                 req.tables.clone()
             },
-            reason: BackupReason::Manual,
+            reason,
         };
         spec.validate()
             .map_err(|e| CoordinatorError::invalid(format!("database {}", db.name), e))?;
@@ -255,13 +258,15 @@ pub fn expired(
     out
 }
 
-/// `PruneBackups`: what retention lets go, and (unless `dry_run`) one
+/// `PruneBackups`: what retention lets go, of every database of (app, env)
+/// or (a prune schedule's) only `database`, and (unless `dry_run`) one
 /// prune job per host holding some of it.
 pub async fn prune_backups(
     core: &Core,
     actor: &str,
     app: &str,
     env: &str,
+    database: Option<&str>,
     dry_run: bool,
 ) -> Result<(Vec<BackupRecord>, Vec<JobRecord>), CoordinatorError> {
     dns_name(app).map_err(|e| CoordinatorError::invalid("app", e))?;
@@ -276,7 +281,7 @@ pub async fn prune_backups(
     let filter = crate::store::BackupFilter {
         app: Some(app.to_string()),
         env: Some(env.to_string()),
-        database: None,
+        database: database.map(str::to_string),
     };
     let all = core.store.list_backups(&filter, 100_000).await?;
     let gone = expired(&all, &rules, now_ms());

@@ -44,6 +44,10 @@ pub struct Core {
     pub enroll_failures: FailureLimiter,
     /// Bounds the WARN lines failed enrollments write.
     pub enroll_failure_log: LogLimiter,
+    /// Whether this process led at the scheduler's last tick (set by its
+    /// leader duties), for time-based work that runs on the leader only,
+    /// such as firing schedules (`schedules::start`).
+    pub leading: std::sync::atomic::AtomicBool,
 }
 
 /// Failed enrollments one address may make in [`ENROLL_FAILURE_WINDOW`]

@@ -123,7 +123,8 @@ fn store_status(err: StoreError, message: String) -> Status {
         StoreError::AgentNotFound(_)
         | StoreError::OperatorNotFound(_)
         | StoreError::JobNotFound(_)
-        | StoreError::BackupNotFound(_) => Status::not_found(message),
+        | StoreError::BackupNotFound(_)
+        | StoreError::ScheduleNotFound(_) => Status::not_found(message),
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
         // A busy lock: clients may wait and try again.
         StoreError::RolloutInProgress { .. } => Status::aborted(message),

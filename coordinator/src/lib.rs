@@ -16,6 +16,9 @@
 //!   job per database on its one agent) and the catalogue on the wire.
 //! - [`rollout`]: rollouts (deploy, rollback, redeploy, restart) and their
 //!   restartable driver; [`pipeline`]: the driver's decisions, without I/O.
+//! - [`schedules`]: backup, verify and prune schedules: applying an app
+//!   file's (also on every deploy), adding and removing by hand, and
+//!   firing what is due on the leader (`schedules::due` is the pure timing).
 //! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
 //! - [`secrets`]: secrets per (app, env): setting, listing, deleting and
 //!   resolving them, and the start-time key check.
@@ -48,6 +51,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod rollout;
 pub mod scheduler;
+pub mod schedules;
 pub mod secrets;
 pub mod secrets_key;
 pub mod server;

@@ -10,7 +10,8 @@
 //! before it has been authenticated except as a refusal by reason.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -33,6 +34,30 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    app: String,
+    env: String,
+    database: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScheduleLabels {
+    app: String,
+    env: String,
+    database: String,
+    kind: String,
+}
+
+/// What the store says about backups at scrape time: the newest catalogued
+/// backup of each database (app, env, database, ms), and each schedule's
+/// (app, env, database, kind) whether its last run failed.
+#[derive(Debug, Clone, Default)]
+pub struct BackupGauges {
+    pub newest_backups: Vec<(String, String, String, i64)>,
+    pub schedules_failed: Vec<(String, String, String, String, bool)>,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +73,11 @@ pub struct Metrics {
     enroll_failures: Counter,
     sessions_opened: Counter,
     heartbeats: Counter,
+    backup_last_success: Family<DatabaseLabels, Gauge<f64, AtomicU64>>,
+    schedule_last_run_failed: Family<ScheduleLabels, Gauge<i64, AtomicI64>>,
+    /// Held while the store-derived families are cleared, refilled and
+    /// encoded, so two scrapes at once do not interleave.
+    scrape: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -98,6 +128,9 @@ impl Metrics {
             enroll_failures: Counter::default(),
             sessions_opened: Counter::default(),
             heartbeats: Counter::default(),
+            backup_last_success: Family::default(),
+            schedule_last_run_failed: Family::default(),
+            scrape: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +182,16 @@ impl Metrics {
             "ferry_agent_heartbeats",
             "Heartbeats received",
             m.heartbeats.clone(),
+        );
+        registry.register(
+            "ferry_backup_last_success_timestamp_seconds",
+            "When the newest catalogued backup of each database was made (Unix seconds); alert on time() minus this",
+            m.backup_last_success.clone(),
+        );
+        registry.register(
+            "ferry_schedule_last_run_failed",
+            "1 if the last run of a backup, verify or prune schedule failed (or could not start), else 0",
+            m.schedule_last_run_failed.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -204,11 +247,47 @@ impl Metrics {
     }
 
     /// The exposition (OpenMetrics text, which Prometheus reads), with the
-    /// gauges that are computed at scrape time set first.
-    pub fn render(&self, agents_online: usize, agents_enrolled: Option<usize>) -> String {
+    /// gauges that are computed at scrape time set first. `backups`: None
+    /// when the store could not be read (the last values stay).
+    pub fn render(
+        &self,
+        agents_online: usize,
+        agents_enrolled: Option<usize>,
+        backups: Option<&BackupGauges>,
+    ) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.agents_online.set(agents_online as i64);
         if let Some(n) = agents_enrolled {
             self.agents_enrolled.set(n as i64);
+        }
+        if let Some(b) = backups {
+            // Rebuilt from the store each time: a database or schedule that
+            // is gone leaves no stale series behind.
+            self.backup_last_success.clear();
+            for (app, env, database, ms) in &b.newest_backups {
+                self.backup_last_success
+                    .get_or_create(&DatabaseLabels {
+                        app: app.clone(),
+                        env: env.clone(),
+                        database: database.clone(),
+                    })
+                    .set(*ms as f64 / 1000.0);
+            }
+            self.schedule_last_run_failed.clear();
+            for (app, env, database, kind, failed) in &b.schedules_failed {
+                let g = self
+                    .schedule_last_run_failed
+                    .get_or_create(&ScheduleLabels {
+                        app: app.clone(),
+                        env: env.clone(),
+                        database: database.clone(),
+                        kind: kind.clone(),
+                    });
+                // Several schedules of one kind: failed if any failed.
+                if *failed {
+                    g.set(1);
+                }
+            }
         }
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -231,7 +310,7 @@ mod tests {
         m.count_refusal("role");
         assert!(m.set_leader(true));
         assert!(!m.set_leader(true));
-        let text = m.render(3, Some(4));
+        let text = m.render(3, Some(4), None);
         assert!(text.contains("ferry_agents_online 3"), "{text}");
         assert!(text.contains("ferry_agents_enrolled 4"), "{text}");
         assert!(text.contains("ferry_leader 1"), "{text}");
@@ -257,6 +336,59 @@ mod tests {
     }
 
     #[test]
+    fn backup_gauges_follow_the_store() {
+        let m = Metrics::new();
+        let gauges = BackupGauges {
+            newest_backups: vec![(
+                "shop".into(),
+                "prod".into(),
+                "main".into(),
+                1_700_000_000_500,
+            )],
+            schedules_failed: vec![
+                (
+                    "shop".into(),
+                    "prod".into(),
+                    "main".into(),
+                    "backup".into(),
+                    false,
+                ),
+                (
+                    "shop".into(),
+                    "prod".into(),
+                    "main".into(),
+                    "verify".into(),
+                    true,
+                ),
+                (
+                    "shop".into(),
+                    "prod".into(),
+                    "main".into(),
+                    "verify".into(),
+                    false,
+                ),
+            ],
+        };
+        let text = m.render(0, None, Some(&gauges));
+        assert!(
+            text.contains("ferry_backup_last_success_timestamp_seconds{app=\"shop\",env=\"prod\",database=\"main\"} 1700000000.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_schedule_last_run_failed{app=\"shop\",env=\"prod\",database=\"main\",kind=\"backup\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_schedule_last_run_failed{app=\"shop\",env=\"prod\",database=\"main\",kind=\"verify\"} 1"),
+            "{text}"
+        );
+        // The store unreadable: the last values stay; emptied: they go.
+        assert!(m.render(0, None, None).contains("1700000000.5"));
+        let text = m.render(0, None, Some(&BackupGauges::default()));
+        assert!(!text.contains("database=\"main\""), "{text}");
+    }
+
+    #[test]
     fn knows_every_service_method() {
         let m = Metrics::new();
         for path in [
@@ -274,11 +406,11 @@ mod tests {
     fn many_unknown_paths_do_not_grow_the_exposition() {
         let m = Metrics::new();
         m.count_rpc("/a");
-        let before = m.render(0, None).len();
+        let before = m.render(0, None, None).len();
         for i in 0..1000 {
             m.count_rpc(&format!("/unknown/{i}"));
         }
-        let after = m.render(0, None).len();
+        let after = m.render(0, None, None).len();
         // Only the count's digits change.
         assert!(after <= before + 4, "{before} -> {after}");
     }

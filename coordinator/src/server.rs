@@ -143,6 +143,7 @@ pub async fn serve(
         heartbeats: Default::default(),
         enroll_failures: crate::core::enroll_failure_limiter(),
         enroll_failure_log: crate::core::enroll_failure_log(),
+        leading: Default::default(),
         coordinator_id: format!(
             "{}-{}",
             ferry_common::host::hostname(),
@@ -161,6 +162,7 @@ pub async fn serve(
 
     crate::scheduler::start(&core, ingest_rx);
     crate::rollout::start(&core);
+    crate::schedules::start(&core);
 
     let admin_task = listeners.admin.map(|listener| {
         let core = Arc::clone(&core);

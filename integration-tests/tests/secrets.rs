@@ -69,6 +69,7 @@ async fn core_with_key(c: &TestCoordinator, key: SecretsKey) -> Core {
         heartbeats: Default::default(),
         enroll_failures: ferry_coordinator::core::enroll_failure_limiter(),
         enroll_failure_log: ferry_coordinator::core::enroll_failure_log(),
+        leading: Default::default(),
     }
 }
 

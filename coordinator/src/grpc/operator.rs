@@ -45,6 +45,9 @@ impl OperatorService for OperatorApi {
             .await
             .map_err(CoordinatorError::from)?;
         let now = now_ms();
+        let schedules = crate::schedules::all(&self.core)
+            .await
+            .map_err(CoordinatorError::from)?;
         let active: Vec<_> = agents
             .iter()
             .filter(|a| a.revoked_at_ms.is_none())
@@ -64,6 +67,11 @@ impl OperatorService for OperatorApi {
             caller_role: pb::Role::from(op.role) as i32,
             started_at_ms: self.core.started_at_ms,
             server_time_ms: now,
+            schedules_needing_attention: schedules
+                .iter()
+                .filter(|s| crate::schedules::needs_attention(s, now))
+                .map(|s| crate::schedules::to_wire(s, now))
+                .collect(),
         }))
     }
 
@@ -600,7 +608,13 @@ impl OperatorService for OperatorApi {
             .require_operator(&req, Role::Deployer, "run backups")
             .await?;
         let actor = caller_uri(&op, &self.core);
-        let jobs = crate::backups::run_backup(&self.core, &actor, req.into_inner()).await?;
+        let jobs = crate::backups::run_backup(
+            &self.core,
+            &actor,
+            req.into_inner(),
+            ferry_common::status::BackupReason::Manual,
+        )
+        .await?;
         let mut wire = Vec::new();
         for job in jobs {
             let tasks = self
@@ -720,6 +734,7 @@ impl OperatorService for OperatorApi {
             &actor,
             r.app.trim(),
             r.env.trim(),
+            None,
             r.dry_run,
         )
         .await?;
@@ -736,6 +751,89 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(pb::PruneBackupsResponse {
             expired: expired.iter().map(crate::backups::to_wire).collect(),
             jobs: wire,
+        }))
+    }
+
+    async fn apply_schedules(
+        &self,
+        req: Request<pb::ApplySchedulesRequest>,
+    ) -> Result<Response<pb::ApplySchedulesResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "apply schedules")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let applied = crate::schedules::apply(&self.core, &actor, req.into_inner()).await?;
+        let now = now_ms();
+        let wire = |v: &[crate::store::ScheduleRecord]| {
+            v.iter()
+                .map(|s| crate::schedules::to_wire(s, now))
+                .collect()
+        };
+        let ids = |v: &[Uuid]| v.iter().map(Uuid::to_string).collect();
+        Ok(Response::new(pb::ApplySchedulesResponse {
+            schedules: wire(&applied.schedules),
+            added: ids(&applied.added),
+            changed: ids(&applied.changed),
+            removed: wire(&applied.removed),
+        }))
+    }
+
+    async fn add_schedule(
+        &self,
+        req: Request<pb::AddScheduleRequest>,
+    ) -> Result<Response<pb::AddScheduleResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "add schedules")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let added = crate::schedules::add(&self.core, &actor, req.into_inner()).await?;
+        Ok(Response::new(pb::AddScheduleResponse {
+            schedule: Some(crate::schedules::to_wire(&added, now_ms())),
+        }))
+    }
+
+    async fn remove_schedule(
+        &self,
+        req: Request<pb::RemoveScheduleRequest>,
+    ) -> Result<Response<pb::RemoveScheduleResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "remove schedules")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let removed = crate::schedules::remove(&self.core, &actor, &req.get_ref().id).await?;
+        Ok(Response::new(pb::RemoveScheduleResponse {
+            removed: Some(crate::schedules::to_wire(&removed, now_ms())),
+        }))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read schedules")
+            .await?;
+        let r = req.into_inner();
+        let some = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        let filter = crate::store::ScheduleFilter {
+            app: some(r.app),
+            env: some(r.env),
+        };
+        let schedules = self
+            .core
+            .store
+            .list_schedules(&filter)
+            .await
+            .map_err(CoordinatorError::from)?;
+        let now = now_ms();
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: schedules
+                .iter()
+                .map(|s| crate::schedules::to_wire(s, now))
+                .collect(),
         }))
     }
 }

@@ -149,7 +149,18 @@ impl Core {
             previous,
             rollback_of: None,
         };
-        self.begin(actor, resolved, req.dry_run).await
+        let rollout = self.begin(actor, resolved, req.dry_run).await?;
+        if !req.dry_run {
+            // Every deploy gives the coordinator the app file: its
+            // databases and schedules become the (app, env)'s, as
+            // `ferry schedule apply` would make them. The rollout has
+            // started; a failure here is the store's, and is reported
+            // without failing the deploy it does not concern.
+            if let Err(e) = crate::schedules::apply_app_file(self, actor, &app, env).await {
+                tracing::error!(app = %app.app, env, error = %e, "could not apply the app file's databases and schedules on deploy");
+            }
+        }
+        Ok(rollout)
     }
 
     /// `Rollback`: redeploys an earlier release of (app, env).

@@ -637,10 +637,13 @@ impl Core {
 
     /// Time-based duties, on the leader only: expire tasks whose agents did
     /// not come back before the deadline, and mark tasks of agents away
-    /// longer than the grace period as lost.
+    /// longer than the grace period as lost. Whether this process leads is
+    /// kept in `Core::leading` for the other leader-only work (schedules).
     async fn leader_duties(&self) -> Result<(), StoreError> {
         let leading = self.store.try_lead().await;
         let is_leader = matches!(leading, Ok(true));
+        self.leading
+            .store(is_leader, std::sync::atomic::Ordering::Relaxed);
         if self.metrics.set_leader(is_leader) {
             if is_leader {
                 tracing::info!(coordinator = %self.coordinator_id, "gained the leadership: running deadlines and lost-agent checks");

@@ -205,6 +205,38 @@ async fn catalogue(tx: &mut Tx, task: Finished<'_>, now_ms: i64) -> Result<(), S
     insert(tx, &record).await
 }
 
+/// Replaces (app, env)'s database settings in `tx` (see
+/// [`Store::put_database_settings`]); also used by
+/// [`Store::apply_app_file`], which changes the schedules in the same
+/// transaction.
+pub(crate) async fn replace_database_settings(
+    tx: &mut Tx,
+    app: &str,
+    env: &str,
+    settings: &[(String, String)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    query("DELETE FROM database_settings WHERE app = $1 AND env = $2")
+        .bind(app)
+        .bind(env)
+        .execute(&mut *tx)
+        .await?;
+    for (name, json) in settings {
+        query(
+            "INSERT INTO database_settings (app, env, name, settings_json, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(app)
+        .bind(env)
+        .bind(name)
+        .bind(json)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Records a verification's outcome; returns whether the backup exists.
 async fn set_verification<'c>(
     on: impl Into<On<'c>>,
@@ -320,25 +352,29 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        query("DELETE FROM database_settings WHERE app = $1 AND env = $2")
-            .bind(app)
-            .bind(env)
-            .execute(&mut tx)
-            .await?;
-        for (name, json) in settings {
-            query(
-                "INSERT INTO database_settings (app, env, name, settings_json, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(app)
-            .bind(env)
-            .bind(name)
-            .bind(json)
-            .bind(now_ms)
-            .execute(&mut tx)
-            .await?;
-        }
+        replace_database_settings(&mut tx, app, env, settings, now_ms).await?;
         tx.commit().await
+    }
+
+    /// The newest catalogued backup of every database: (app, env,
+    /// database, created_at_ms), for `/metrics`.
+    pub async fn newest_backups(&self) -> Result<Vec<(String, String, String, i64)>, StoreError> {
+        query(
+            "SELECT app, env, database_name, MAX(created_at_ms) AS newest FROM backups \
+             GROUP BY app, env, database_name ORDER BY app, env, database_name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.text("app")?,
+                row.text("env")?,
+                row.text("database_name")?,
+                row.int("newest")?,
+            ))
+        })
+        .collect()
     }
 
     /// (app, env)'s database settings, by name.

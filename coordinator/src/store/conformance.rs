@@ -26,6 +26,7 @@ use super::{
     RolloutRecord, RolloutStatus, RolloutUpdate, SecretMeta, SecretRecord, Store, StoreError,
     TaskRecord,
 };
+use super::{Claim, NewSchedule, RunOutcome, ScheduleFilter, ScheduleKind, ScheduleSource};
 use crate::job::{JobStatus, Outcome, TaskEffect, TaskEvent, TaskState};
 
 /// A fixed "now": the store never reads the clock, callers pass time in.
@@ -3184,5 +3185,351 @@ pub async fn backups(store: &Store) {
     assert!(
         store.get_backup(extra.id).await.expect("get").is_some(),
         "a missing file's backup stays listed"
+    );
+}
+
+// --- schedules -----------------------------------------------------------
+
+fn new_schedule(database: &str, kind: ScheduleKind, cron: &str, next: i64) -> NewSchedule {
+    NewSchedule {
+        database: database.into(),
+        kind,
+        cron: cron.into(),
+        timezone: "Europe/Paris".into(),
+        next_run_at_ms: next,
+    }
+}
+
+/// Schedules: an app file's replace the (app, env)'s earlier app-file ones
+/// with its database settings in one transaction (unchanged ones keep id
+/// and history), manual ones stay; a run is claimed once by
+/// compare-and-set however many claim it at once; its outcome is read from
+/// its job; an earlier run's record never overwrites a later one's.
+pub async fn schedules(store: &Store) {
+    let tag = &unique_tag();
+    let app = format!("shop-{tag}");
+    let actor = "spiffe://test/operator/alice";
+    let settings = [(
+        "main".to_string(),
+        r#"{"backup":{"keep_last":2}}"#.to_string(),
+    )];
+    let file = [
+        new_schedule("main", ScheduleKind::Backup, "0 2 * * *", NOW + HOUR),
+        new_schedule("main", ScheduleKind::Prune, "0 2 * * *", NOW + HOUR),
+        new_schedule("main", ScheduleKind::Verify, "0 4 * * 0", NOW + 2 * HOUR),
+    ];
+    let first = store
+        .apply_app_file(&app, "production", &settings, &file, actor, NOW)
+        .await
+        .expect("apply");
+    assert_eq!(first.added.len(), 3);
+    assert!(first.changed.is_empty() && first.removed.is_empty());
+    assert_eq!(
+        first
+            .schedules
+            .iter()
+            .map(|s| (s.database.as_str(), s.kind, s.source))
+            .collect::<Vec<_>>(),
+        [
+            ("main", ScheduleKind::Backup, ScheduleSource::AppFile),
+            ("main", ScheduleKind::Prune, ScheduleSource::AppFile),
+            ("main", ScheduleKind::Verify, ScheduleSource::AppFile),
+        ]
+    );
+    let backup = first.schedules[0].clone();
+    assert_eq!(
+        (
+            backup.cron.as_str(),
+            backup.timezone.as_str(),
+            backup.next_run_at_ms,
+            backup.created_by.as_str(),
+            backup.last_run_at_ms,
+            backup.last_outcome(NOW)
+        ),
+        ("0 2 * * *", "Europe/Paris", NOW + HOUR, actor, None, None)
+    );
+    assert_eq!(
+        store
+            .database_settings(&app, "production")
+            .await
+            .expect("settings")
+            .len(),
+        1,
+        "the file's databases are kept with its schedules"
+    );
+    let manual = store
+        .add_schedule(
+            &app,
+            "production",
+            &new_schedule("main", ScheduleKind::Backup, "*/5 * * * *", NOW + 60_000),
+            actor,
+            NOW,
+        )
+        .await
+        .expect("add");
+    assert_eq!(manual.source, ScheduleSource::Manual);
+
+    // The same file again: nothing changes, ids stay.
+    let again = store
+        .apply_app_file(&app, "production", &settings, &file, actor, NOW + 1)
+        .await
+        .expect("apply again");
+    assert!(again.added.is_empty() && again.changed.is_empty() && again.removed.is_empty());
+    assert_eq!(
+        again.schedules.iter().map(|s| s.id).collect::<Vec<_>>(),
+        first.schedules.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+
+    // Claims: of many at once, exactly one wins; the history is set.
+    let run = Claim {
+        expected_next_run_at_ms: NOW + HOUR,
+        scheduled_for_ms: NOW + HOUR,
+        late: true,
+        next_run_at_ms: NOW + 25 * HOUR,
+    };
+    let due = store.due_schedules(NOW + HOUR).await.expect("due");
+    assert!(due.iter().any(|s| s.id == backup.id));
+    assert!(
+        !due.iter()
+            .any(|s| s.kind == ScheduleKind::Verify && s.app == app)
+    );
+    let wins = join_all((0..8).map(|_| store.claim_schedule_run(backup.id, run, NOW + HOUR + 5)))
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().expect("claim"))
+        .count();
+    assert_eq!(wins, 1, "a run is claimed exactly once");
+    let claimed = store
+        .get_schedule(backup.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (
+            claimed.next_run_at_ms,
+            claimed.last_run_at_ms,
+            claimed.last_scheduled_for_ms,
+            claimed.last_late,
+            claimed.last_outcome(NOW + HOUR + 5)
+        ),
+        (
+            NOW + 25 * HOUR,
+            Some(NOW + HOUR + 5),
+            Some(NOW + HOUR),
+            true,
+            // Claimed, its job not recorded yet: being submitted.
+            Some(RunOutcome::Running)
+        )
+    );
+    // A coordinator that stopped here leaves a failed run, not nothing.
+    assert_eq!(
+        claimed.last_outcome(NOW + 2 * HOUR),
+        Some(RunOutcome::Failed)
+    );
+    assert!(
+        !store
+            .due_schedules(NOW + HOUR + 5)
+            .await
+            .expect("due")
+            .iter()
+            .any(|s| s.id == backup.id)
+    );
+
+    // Its job: the outcome is the job's, read now.
+    let agents = agents(store, "sched", tag, 1).await;
+    let (job, tasks) = submit(store, new_job("backup", NOW, None), &[&agents[0]]).await;
+    store
+        .record_schedule_run(backup.id, NOW + HOUR, Some(job.id), "")
+        .await
+        .expect("record");
+    let running = store
+        .get_schedule(backup.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(running.last_job_id, Some(job.id));
+    assert_eq!(running.last_outcome(NOW + HOUR), Some(RunOutcome::Running));
+    claim(store, &[&agents[0]]).await;
+    store
+        .append_agent_events(
+            &[finished(tasks[0].id, 1, Outcome::Failed)],
+            NOW + HOUR + 50,
+        )
+        .await
+        .expect("fail the task");
+    let failed = store
+        .get_schedule(backup.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(failed.last_outcome(NOW + HOUR), Some(RunOutcome::Failed));
+    // A stale record (an earlier run's) changes nothing.
+    store
+        .record_schedule_run(backup.id, NOW, None, "stale")
+        .await
+        .expect("stale record");
+    assert_eq!(
+        store
+            .get_schedule(backup.id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .last_error,
+        ""
+    );
+    // A run that could not submit: failed, with why.
+    let prune = &first.schedules[1];
+    assert!(
+        store
+            .claim_schedule_run(prune.id, run, NOW + HOUR)
+            .await
+            .expect("claim")
+    );
+    store
+        .record_schedule_run(prune.id, NOW + HOUR, None, "no enrolled agent matches")
+        .await
+        .expect("record");
+    let p = store
+        .get_schedule(prune.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (
+            p.last_outcome(NOW + HOUR),
+            p.last_error.as_str(),
+            p.last_job_id
+        ),
+        (Some(RunOutcome::Failed), "no enrolled agent matches", None)
+    );
+
+    // A new file: backup's cron changed (same id, history kept), verify
+    // gone; the manual one stays.
+    let file2 = [
+        new_schedule("main", ScheduleKind::Backup, "0 3 * * *", NOW + 3 * HOUR),
+        new_schedule("main", ScheduleKind::Prune, "0 2 * * *", NOW + HOUR),
+    ];
+    let second = store
+        .apply_app_file(&app, "production", &settings, &file2, actor, NOW + 2)
+        .await
+        .expect("apply changed");
+    assert_eq!(second.changed, [backup.id]);
+    assert!(second.added.is_empty());
+    assert_eq!(
+        second.removed.iter().map(|s| s.kind).collect::<Vec<_>>(),
+        [ScheduleKind::Verify]
+    );
+    let b = store
+        .get_schedule(backup.id)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(
+        (b.cron.as_str(), b.next_run_at_ms, b.last_job_id),
+        ("0 3 * * *", NOW + 3 * HOUR, Some(job.id))
+    );
+    let listed = store
+        .list_schedules(&ScheduleFilter {
+            app: Some(app.clone()),
+            env: None,
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().any(|s| s.id == manual.id));
+    assert!(
+        store
+            .list_schedules(&ScheduleFilter {
+                app: Some(app.clone()),
+                env: Some("staging".into()),
+            })
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    // Ids by their last 8 characters; removal.
+    let text = manual.id.to_string();
+    assert_eq!(
+        store
+            .resolve_id(IdOf::Schedule, &text[text.len() - 8..])
+            .await
+            .expect("resolve"),
+        manual.id
+    );
+    assert_eq!(
+        store.remove_schedule(manual.id).await.expect("remove").id,
+        manual.id
+    );
+    assert!(matches!(
+        store.remove_schedule(manual.id).await,
+        Err(StoreError::ScheduleNotFound(_))
+    ));
+
+    // A file without schedules removes the rest (its databases go too).
+    let empty = store
+        .apply_app_file(&app, "production", &[], &[], actor, NOW + 3)
+        .await
+        .expect("apply empty");
+    assert_eq!(empty.removed.len(), 2);
+    assert!(
+        store
+            .list_schedules(&ScheduleFilter {
+                app: Some(app.clone()),
+                env: None,
+            })
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .database_settings(&app, "production")
+            .await
+            .expect("settings")
+            .is_empty()
+    );
+}
+
+/// `/metrics`' newest backup per database.
+pub async fn newest_backups(store: &Store) {
+    let tag = &unique_tag();
+    let app = format!("shop-{tag}");
+    let record = |database: &str, at: i64| BackupRecord {
+        id: Uuid::now_v7(),
+        job_id: Uuid::now_v7(),
+        host: "db-1".into(),
+        app: app.clone(),
+        env: "production".into(),
+        database: database.into(),
+        engine: "postgres".into(),
+        path: format!("/b/{at}"),
+        size_bytes: 1,
+        sha256: "ab".repeat(32),
+        reason: ferry_common::status::BackupReason::Scheduled,
+        created_at_ms: at,
+        expires_at_ms: None,
+        verified_at_ms: None,
+        verify_result: None,
+        verify_message: String::new(),
+        manifest_json: "{}".into(),
+    };
+    for (db, at) in [("main", NOW), ("main", NOW + 10), ("audit", NOW + 5)] {
+        store.add_backup(&record(db, at)).await.expect("add");
+    }
+    let newest: Vec<_> = store
+        .newest_backups()
+        .await
+        .expect("newest")
+        .into_iter()
+        .filter(|(a, ..)| *a == app)
+        .map(|(_, env, db, at)| (env, db, at))
+        .collect();
+    assert_eq!(
+        newest,
+        [
+            ("production".to_string(), "audit".to_string(), NOW + 5),
+            ("production".to_string(), "main".to_string(), NOW + 10),
+        ]
     );
 }

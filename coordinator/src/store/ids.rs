@@ -18,6 +18,7 @@ pub const MIN_ID_CHARS: usize = 8;
 pub enum IdOf {
     Job,
     Rollout,
+    Schedule,
 }
 
 impl IdOf {
@@ -25,6 +26,7 @@ impl IdOf {
         match self {
             IdOf::Job => "job",
             IdOf::Rollout => "rollout",
+            IdOf::Schedule => "schedule",
         }
     }
 
@@ -33,6 +35,7 @@ impl IdOf {
         match self {
             IdOf::Job => "ferry jobs",
             IdOf::Rollout => "ferry releases",
+            IdOf::Schedule => "ferry schedule ls",
         }
     }
 
@@ -41,6 +44,9 @@ impl IdOf {
             IdOf::Job => "SELECT id FROM jobs WHERE id LIKE $1 OR id LIKE $2 ORDER BY id LIMIT 6",
             IdOf::Rollout => {
                 "SELECT id FROM rollouts WHERE id LIKE $1 OR id LIKE $2 ORDER BY id LIMIT 6"
+            }
+            IdOf::Schedule => {
+                "SELECT id FROM schedules WHERE id LIKE $1 OR id LIKE $2 ORDER BY id LIMIT 6"
             }
         }
     }

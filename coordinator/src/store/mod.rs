@@ -21,6 +21,8 @@
 //! - [`ids`]: job and rollout ids given by a unique part;
 //! - [`backups`]: the backup catalogue and each (app, env)'s database
 //!   settings;
+//! - [`schedules`]: cron schedules of backup, verify and prune runs,
+//!   claimed by compare-and-set;
 //! - [`secrets`]: sealed secrets;
 //! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
 //!   holding the job logic once (state machines, locking order, seqs) over
@@ -55,6 +57,10 @@ pub use jobs::{
 };
 pub use operators::OperatorRecord;
 pub use rollouts::{RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate};
+pub use schedules::{
+    Applied, Claim, NewSchedule, RunOutcome, ScheduleFilter, ScheduleKind, ScheduleRecord,
+    ScheduleSource,
+};
 pub use secrets::{SecretMeta, SecretRecord};
 pub use tokens::{JoinTokenRecord, NewAgent};
 
@@ -70,6 +76,7 @@ pub mod operators;
 pub mod postgres;
 pub mod rollouts;
 mod rows;
+pub mod schedules;
 pub mod secrets;
 pub mod sqlite;
 pub mod tokens;
@@ -142,6 +149,8 @@ pub enum StoreError {
         app = running.app, env = running.env
     )]
     RolloutInProgress { running: Box<RolloutRecord> },
+    #[error("no schedule with id {0} (see `ferry schedule ls`)")]
+    ScheduleNotFound(Uuid),
     #[error("no rollout with id {0}")]
     RolloutNotFound(Uuid),
     #[error(

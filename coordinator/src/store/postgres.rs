@@ -73,6 +73,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "backups",
         include_str!("../../../migrations/postgres/0010_backups.sql"),
     ),
+    (
+        11,
+        "schedules",
+        include_str!("../../../migrations/postgres/0011_schedules.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

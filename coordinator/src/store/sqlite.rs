@@ -67,6 +67,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "backups",
         include_str!("../../../migrations/sqlite/0010_backups.sql"),
     ),
+    (
+        11,
+        "schedules",
+        include_str!("../../../migrations/sqlite/0011_schedules.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

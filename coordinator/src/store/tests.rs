@@ -291,6 +291,8 @@ conformance!(
     absent_agents,
     lost_then_reported,
     backups,
+    schedules,
+    newest_backups,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
