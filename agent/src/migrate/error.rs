@@ -56,13 +56,6 @@ pub enum MigrateError {
 }
 
 impl MigrateError {
-    pub(crate) fn layout(file: impl Into<String>, reason: impl Into<String>) -> Self {
-        MigrateError::Layout {
-            file: file.into(),
-            reason: reason.into(),
-        }
-    }
-
     pub(crate) fn config(what: impl Into<String>, reason: impl Into<String>) -> Self {
         MigrateError::Config {
             what: what.into(),
