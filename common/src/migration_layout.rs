@@ -12,7 +12,6 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-
 /// A migrations folder (or the files a job carried) that does not have the
 /// layout's shape; `file` is the path relative to the folder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +71,33 @@ crate::string_enum!(Layout "migration layout" {
     Plain => "plain",
 });
 
+impl serde::Serialize for Layout {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Layout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One fingerprint of a whole folder: SHA-256 over every file's name and
+/// bytes in name order (each length-prefixed, so no two folders share one).
+/// The CLI puts it in the job; the agent recomputes it before applying.
+pub fn files_sha256(files: &Files) -> String {
+    let mut h = Sha256::new();
+    for (name, bytes) in files {
+        h.update((name.len() as u64).to_be_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    hex::encode(h.finalize())
+}
+
 /// One migration as its tool would run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
@@ -130,8 +156,8 @@ pub fn read_dir(dir: &Path) -> Result<Files, LayoutError> {
         let entries = std::fs::read_dir(&path)
             .map_err(|e| LayoutError::new(path.display().to_string(), e.to_string()))?;
         for entry in entries {
-            let entry = entry
-                .map_err(|e| LayoutError::new(path.display().to_string(), e.to_string()))?;
+            let entry =
+                entry.map_err(|e| LayoutError::new(path.display().to_string(), e.to_string()))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 return Err(LayoutError::new(
@@ -164,8 +190,8 @@ pub fn read_dir(dir: &Path) -> Result<Files, LayoutError> {
                     ),
                 ));
             }
-            let bytes = std::fs::read(entry.path())
-                .map_err(|e| LayoutError::new(&rel, e.to_string()))?;
+            let bytes =
+                std::fs::read(entry.path()).map_err(|e| LayoutError::new(&rel, e.to_string()))?;
             files.insert(rel, bytes);
         }
     }
