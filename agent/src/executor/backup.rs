@@ -136,12 +136,75 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
             spec.database, spec.app, spec.env
         ))
     })?;
+    let manifest = backup_to_file(&spec, url, secret, None, ctx.task_id.to_string(), ctx).await?;
+    let file = Path::new(&manifest.path);
+    Ok(Done {
+        message: format!(
+            "{}: {} ({} before compression), sha256 {}",
+            file.display(),
+            human_bytes(manifest.size_bytes),
+            human_bytes(manifest.dump_bytes),
+            &manifest.sha256[..12]
+        ),
+        result_json: serde_json::to_string(&manifest)
+            .map_err(|e| failed(format!("manifest: {e}")))?,
+    })
+}
+
+/// A backup of the PostgreSQL database at `url`, for other executors (the
+/// `migrate` job's pre-migration backups): the same dump, file, manifest
+/// and cleanup as a `backup` task, under a new id, in the folder of
+/// (`app`, `env`, `database`) — a tenant's in `tenants/<tenant>` below it.
+/// The manifest is returned; the caller reports it for cataloguing.
+pub async fn backup_url(
+    url: &str,
+    app: &str,
+    env: &str,
+    database: &str,
+    tenant: Option<&str>,
+    reason: ferry_common::status::BackupReason,
+    ctx: &TaskContext,
+) -> Result<BackupManifest, TaskFailure> {
+    let spec = BackupSpec {
+        app: app.to_string(),
+        env: env.to_string(),
+        database: database.to_string(),
+        engine: ferry_common::job::backup::DbEngine::Postgres,
+        location: DbLocation::UrlSecret(String::new()),
+        tables: Vec::new(),
+        reason,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    backup_to_file(&spec, url, "the database URL", tenant, id, ctx).await
+}
+
+/// A tenant's name as a folder name: bytes outside `[A-Za-z0-9_.-]`
+/// percent-encoded, and never `.` or `..`.
+fn tenant_folder(tenant: &str) -> String {
+    let mut out = String::new();
+    for b in tenant.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn backup_to_file(
+    spec: &BackupSpec,
+    url: &str,
+    secret: &str,
+    tenant: Option<&str>,
+    id: String,
+    ctx: &TaskContext,
+) -> Result<BackupManifest, TaskFailure> {
     let target = PgTarget::parse(url).map_err(|e| {
         failed(format!(
             "the secret {secret} is not a PostgreSQL URL: {e}; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         ))
     })?;
-    let id = ctx.task_id.to_string();
     let started_at = ferry_common::time::rfc3339(time::OffsetDateTime::now_utc());
 
     // 1. The server, and a pg_dump that can dump it.
@@ -201,7 +264,10 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
         .map_err(|e| failed(format!("database {}: {e}", spec.database)))?;
 
     // 3. Dump, compress, hash, count.
-    let dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
+    let mut dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
+    if let Some(t) = tenant {
+        dir = dir.join("tenants").join(tenant_folder(t));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -300,6 +366,7 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
         app: spec.app.clone(),
         env: spec.env.clone(),
         database: spec.database.clone(),
+        tenant: tenant.map(str::to_string),
         engine: spec.engine,
         server_version: server.text,
         dump_tool: format!("pg_dump {}", tool.text),
@@ -323,17 +390,7 @@ async fn run(spec: BackupSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
     // guard removes both unless both are written.
     write_durably(&manifest_path, json.as_bytes()).map_err(failed)?;
     guard.disarm();
-    Ok(Done {
-        message: format!(
-            "{}: {} ({} before compression), sha256 {}",
-            file.display(),
-            human_bytes(manifest.size_bytes),
-            human_bytes(manifest.dump_bytes),
-            &manifest.sha256[..12]
-        ),
-        result_json: serde_json::to_string(&manifest)
-            .map_err(|e| failed(format!("manifest: {e}")))?,
-    })
+    Ok(manifest)
 }
 
 /// A connection URL split so that the password travels in `PGPASSWORD`,

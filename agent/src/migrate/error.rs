@@ -51,6 +51,10 @@ pub enum MigrateError {
     Database { database: String, reason: String },
     #[error("tenants of {database}: {reason}")]
     Tenants { database: String, reason: String },
+    /// The backup taken before changing the database failed: the database
+    /// was not changed.
+    #[error("database {database}: not migrated, its pre-migration backup failed: {reason}")]
+    Backup { database: String, reason: String },
     #[error("the run was cancelled")]
     Cancelled,
 }
