@@ -24,7 +24,7 @@ use uuid::Uuid;
 /// The agent that works on a database: the first (by name) of the
 /// enrolled, unrevoked agents its selector matches, so one database is
 /// always worked on by one agent.
-async fn agent_for(
+pub(crate) async fn agent_for(
     core: &Core,
     database: &str,
     selector: &Selector,
@@ -382,6 +382,7 @@ pub fn to_wire(b: &BackupRecord) -> pb::Backup {
             .unwrap_or_default(),
         verify_message: b.verify_message.clone(),
         manifest_json: b.manifest_json.clone(),
+        tenant: b.tenant.clone().unwrap_or_default(),
     }
 }
 
@@ -403,6 +404,7 @@ mod tests {
             app: "shop".into(),
             env: "prod".into(),
             database: database.into(),
+            tenant: None,
             engine: "postgres".into(),
             path: format!("/b/{created}.dump.zst"),
             size_bytes: 1,

@@ -12,6 +12,8 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
+//! - [`migrations`]: `RunMigrate` (one migrate job per database, claimed
+//!   in the store so one runs at a time per database), `MigrateStatus`.
 //! - [`backups`]: `RunBackup` (databases kept per (app, env), one backup
 //!   job per database on its one agent) and the catalogue on the wire.
 //! - [`secrets_key`]: the key every secret is sealed with; sealing and opening.
@@ -39,6 +41,7 @@ pub mod grpc;
 pub mod init;
 pub mod job;
 pub mod metrics;
+pub mod migrations;
 pub mod net;
 pub mod observe;
 pub mod operators;

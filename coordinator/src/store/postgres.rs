@@ -73,6 +73,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "backups",
         include_str!("../../../migrations/postgres/0010_backups.sql"),
     ),
+    (
+        12,
+        "migrations",
+        include_str!("../../../migrations/postgres/0012_migrations.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

@@ -67,6 +67,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "backups",
         include_str!("../../../migrations/sqlite/0010_backups.sql"),
     ),
+    (
+        12,
+        "migrations",
+        include_str!("../../../migrations/sqlite/0012_migrations.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

@@ -291,6 +291,7 @@ conformance!(
     absent_agents,
     lost_then_reported,
     backups,
+    migration_runs,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
