@@ -10,6 +10,8 @@
 //! - [`status`], [`agents`], [`tokens`], [`operators`]: the coordinator,
 //!   its agents, join tokens and operators.
 //! - [`backup`]: `backup run|ls|show`, database backups and their catalogue.
+//! - [`migrate`]: `migrate`, `migrate status`: schema migrations of the
+//!   main and tenant databases, with a per-database report.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
@@ -37,6 +39,7 @@ pub mod error;
 pub mod follow;
 pub mod jobs;
 pub mod logs;
+pub mod migrate;
 pub mod operators;
 pub mod render;
 pub mod rollout;
@@ -95,6 +98,8 @@ pub enum Command {
     Completions(completions::Command),
     #[command(flatten)]
     Backup(backup::Command),
+    #[command(flatten)]
+    Migrate(migrate::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -115,6 +120,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
         Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
+        Command::Migrate(c) => show(&ctx, migrate::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

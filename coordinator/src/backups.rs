@@ -197,6 +197,12 @@ pub async fn restore_backup(
         path: backup.path.clone(),
         sha256: backup.sha256.clone(),
         mode,
+        tenant: backup.tenant.clone(),
+        tenant_url_template: backup
+            .tenant
+            .as_ref()
+            .and(target.database.tenants.as_ref())
+            .and_then(|t| t.url_template.clone()),
     };
     spec.validate()
         .map_err(|e| CoordinatorError::invalid(format!("backup {id}"), e))?;
@@ -207,7 +213,13 @@ pub async fn restore_backup(
         at_ms: now_ms(),
         actor: actor.to_string(),
         action: "backup.restore".into(),
-        target: format!("{}/{}/{}", backup.app, backup.env, backup.database),
+        target: match &backup.tenant {
+            None => format!("{}/{}/{}", backup.app, backup.env, backup.database),
+            Some(t) => format!(
+                "{}/{}/{} tenant {t}",
+                backup.app, backup.env, backup.database
+            ),
+        },
         detail: format!(
             "backup {id}, mode {}, job {}",
             serde_json::to_string(&spec.mode).unwrap_or_default(),
