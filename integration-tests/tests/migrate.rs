@@ -691,3 +691,194 @@ async fn the_cli_migrates_reports_status_and_refuses_a_bad_folder_before_submitt
         "{stderr}"
     );
 }
+
+/// Whether Docker answers; outside CI, a missing engine skips the test.
+fn docker_available(test: &str) -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: docker is not reachable, and command-mode tests must run in CI");
+        }
+        eprintln!("skipped {test}: docker is not reachable");
+    }
+    ok
+}
+
+/// The example app's image (`deploy/example/build-image.sh`), whose
+/// `migrate` subcommand applies its embedded migrations to `DATABASE_URL`.
+fn example_image() -> String {
+    let tag = format!("it-migrate-{}", std::process::id());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("deploy/example/build-image.sh"))
+        .arg(&tag)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run build-image.sh");
+    assert!(
+        out.status.success(),
+        "build-image.sh failed (its log is above)"
+    );
+    format!("ferry-example:{tag}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_mode_runs_the_apps_own_tool_per_tenant_in_one_off_containers() {
+    if !docker_available("command_mode") {
+        return;
+    }
+    let Some(f) = fleet(2).await else { return };
+    // A third tenant whose database does not exist: the tool fails there.
+    let missing = format!("{}_missing", database_name(&f.main));
+    psql(
+        &f.main,
+        &format!("INSERT INTO tenant VALUES (103, '{missing}')"),
+    );
+    std::fs::write(
+        f.app_file(),
+        r#"app = "erp"
+[environments.staging]
+agents = ["db-1"]
+[services.web]
+image = "erp:{version}"
+[databases.main]
+url_secret = "DATABASE_URL"
+[databases.main.migrations]
+command = ["migrate"]
+concurrency = 2
+[databases.main.tenants]
+query = "SELECT db_name, id FROM tenant ORDER BY id"
+id_column = "id"
+"#,
+    )
+    .unwrap();
+    let image = example_image();
+    let s = setup(&f.main).await;
+    let text = std::fs::read_to_string(f.app_file()).unwrap();
+    let file = ferry_common::appfile::parse("ferry.toml", &text).unwrap();
+    let env = file.environment(ENV).unwrap();
+    let req = pb::RunMigrateRequest {
+        app: APP.into(),
+        env: ENV.into(),
+        databases_json: file
+            .databases
+            .values()
+            .map(|d| serde_json::to_string(&d.target(env)).unwrap())
+            .collect(),
+        image: image.clone(),
+        continue_on_error: true,
+        ..Default::default()
+    };
+    let jobs =
+        s.c.operator()
+            .await
+            .unwrap()
+            .run_migrate(req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+    let events =
+        s.c.watch_to_end(&jobs[0].id, Duration::from_secs(180))
+            .await
+            .unwrap();
+    let job = s.c.job(&jobs[0].id).await.unwrap();
+    assert_eq!(job.status, "failed", "{job:?}");
+    let report = MigrateReport::from_json(&job.tasks[0].result_json).unwrap();
+    let status: Vec<(&str, &str)> = report
+        .databases
+        .iter()
+        .map(|d| (d.database.as_str(), d.status.as_str()))
+        .collect();
+    let main = database_name(&f.main);
+    assert_eq!(
+        status,
+        [
+            (main.as_str(), "applied"),
+            (f.tenants[0].as_str(), "applied"),
+            (f.tenants[1].as_str(), "applied"),
+            (missing.as_str(), "failed"),
+        ]
+    );
+    let error = report.databases[3].error.as_deref().unwrap();
+    assert!(
+        error.contains("pre-migration backup failed") && error.contains("does not exist"),
+        "{error}"
+    );
+    // Each database backed up first; the missing one's backup failed, so
+    // it was never migrated.
+    assert!(report.databases[..3].iter().all(|d| d.backup_id.is_some()));
+    assert_eq!(report.backups.len(), 3);
+    // The tool really ran on each: its tables and its own ledger.
+    for url in [f.main.clone(), f.tenant_url(0), f.tenant_url(1)] {
+        assert_eq!(
+            psql(&url, "SELECT to_regclass('visits') IS NOT NULL"),
+            "t",
+            "{url}"
+        );
+    }
+    // Its output was streamed, per database.
+    let logs: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e.body.as_ref().and_then(|b| b.body.as_ref()) {
+            Some(pb::event_body::Body::Log(l)) => Some(l.line.clone()),
+            _ => None,
+        })
+        .collect();
+    for db in [&main, &f.tenants[0], &f.tenants[1]] {
+        assert!(
+            logs.iter()
+                .any(|l| l.starts_with(&format!("{db}: "))
+                    && l.contains("applied 0001_create_visits")),
+            "{db}: {logs:?}"
+        );
+    }
+    assert!(
+        !logs.iter().any(|l| l.contains("ferry:ferry@")),
+        "the URL's password is redacted"
+    );
+    // No container is left behind.
+    let left = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=ferry.migrate.job={}", job.id),
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty());
+
+    // The missing tenant alone with --no-backup: the tool's own exit code
+    // fails it.
+    let jobs =
+        s.c.operator()
+            .await
+            .unwrap()
+            .run_migrate(pb::RunMigrateRequest {
+                no_backup: true,
+                skip_main: true,
+                tenants: vec![missing.clone()],
+                ..req
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .jobs;
+    s.c.watch_to_end(&jobs[0].id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let job = s.c.job(&jobs[0].id).await.unwrap();
+    assert_eq!(job.status, "failed");
+    let report = MigrateReport::from_json(&job.tasks[0].result_json).unwrap();
+    assert_eq!(report.databases.len(), 1);
+    let error = report.databases[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("migrate exited with code") && error.contains(&missing),
+        "{error}"
+    );
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+}
