@@ -882,3 +882,91 @@ id_column = "id"
     );
     let _ = Command::new("docker").args(["rmi", &image]).output();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_path_copies_the_folder_out_of_the_image() {
+    if !docker_available("image_path") {
+        return;
+    }
+    let Some(f) = fleet(1).await else { return };
+    // An image holding the main and tenant folders, built from nothing.
+    let ctx = f.dir.path().join("image");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let copy = |from: &str, to: &str| {
+        let status = Command::new("cp").args(["-r", from, to]).status().unwrap();
+        assert!(status.success());
+    };
+    copy(
+        f.dir.path().join("migrations").to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    );
+    std::fs::write(
+        ctx.join("migrations/tenant/2_blocker.sql"),
+        "CREATE TABLE two_a (x int);",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY migrations /app/migrations\n",
+    )
+    .unwrap();
+    let image = format!("ferry-migrations:it-{}", std::process::id());
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &image])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        f.app_file(),
+        r#"app = "erp"
+[environments.staging]
+agents = ["db-1"]
+[services.web]
+image = "erp:{version}"
+[databases.main]
+url_secret = "DATABASE_URL"
+[databases.main.migrations]
+image_path = "/app/migrations/main"
+layout = "sqlx"
+[databases.main.tenants]
+query = "SELECT db_name, id FROM tenant ORDER BY id"
+[databases.main.tenants.migrations]
+image_path = "/app/migrations/tenant"
+layout = "sqlx"
+"#,
+    )
+    .unwrap();
+    let s = setup(&f.main).await;
+    let text = std::fs::read_to_string(f.app_file()).unwrap();
+    let file = ferry_common::appfile::parse("ferry.toml", &text).unwrap();
+    let env = file.environment(ENV).unwrap();
+    let (job, report) = migrate(
+        &s.c,
+        pb::RunMigrateRequest {
+            app: APP.into(),
+            env: ENV.into(),
+            databases_json: file
+                .databases
+                .values()
+                .map(|d| serde_json::to_string(&d.target(env)).unwrap())
+                .collect(),
+            image: image.clone(),
+            no_backup: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert!(
+        report.databases.iter().all(|d| d.applied == ["1", "2"]),
+        "{report:?}"
+    );
+    assert_eq!(ledger(&f.main), ["1", "2"]);
+    assert_eq!(ledger(&f.tenant_url(0)), ["1", "2"]);
+}
