@@ -76,8 +76,12 @@ pub fn untar(tar: &[u8]) -> Result<Files, String> {
     let mut files = Files::new();
     let mut at = 0usize;
     let mut long_name: Option<String> = None;
-    while at + 512 <= tar.len() {
-        let header = &tar[at..at + 512];
+    loop {
+        // An archive ends with zero blocks; running out before one is a
+        // truncated copy, not a shorter folder.
+        let Some(header) = tar.get(at..at + 512) else {
+            return Err("the archive ends early".into());
+        };
         if header.iter().all(|&b| b == 0) {
             break;
         }
