@@ -19,11 +19,13 @@ use ferry_common::appfile::{AppFile, Database, Migrations, MigrationsMode};
 use ferry_common::exit;
 use ferry_common::job::{DatabaseOutcome, MigrateReport};
 use ferry_common::migration_layout;
+use ferry_common::status::MigrationStatus;
 use ferry_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::follow::follow;
+
 use crate::render::{Render, Text};
 use crate::{CliError, Ctx};
 
@@ -428,20 +430,39 @@ impl View {
     }
 
     fn row_json(&self, d: &DatabaseOutcome) -> Value {
-        if self.status {
-            json!({
-                "database": d.database, "role": d.role, "tenant_id": d.tenant_id,
-                "applied": d.previously_applied.iter().chain(&d.adopted).collect::<Vec<_>>(),
-                "pending": d.pending, "drift": d.drift, "status": d.status, "error": d.error,
-            })
-        } else {
-            json!({
-                "database": d.database, "role": d.role, "tenant_id": d.tenant_id,
-                "applied": d.applied, "pending": d.pending, "status": d.status,
-                "error": d.error, "backup_id": d.backup_id,
-                "adopted": d.adopted, "drift": d.drift,
-            })
+        // A struct, not `json!`: its field names are the JSON contract.
+        #[derive(Serialize)]
+        struct Row<'a> {
+            database: &'a str,
+            role: &'a str,
+            tenant_id: &'a Option<String>,
+            applied: Vec<&'a String>,
+            pending: &'a [String],
+            status: &'a str,
+            error: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            backup_id: Option<&'a Option<String>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            adopted: Option<&'a [String]>,
+            drift: &'a [String],
         }
+        let row = Row {
+            database: &d.database,
+            role: &d.role,
+            tenant_id: &d.tenant_id,
+            applied: if self.status {
+                d.previously_applied.iter().chain(&d.adopted).collect()
+            } else {
+                d.applied.iter().collect()
+            },
+            pending: &d.pending,
+            status: &d.status,
+            error: &d.error,
+            backup_id: (!self.status).then_some(&d.backup_id),
+            adopted: (!self.status).then_some(d.adopted.as_slice()),
+            drift: &d.drift,
+        };
+        serde_json::to_value(row).unwrap_or(Value::Null)
     }
 }
 
@@ -537,7 +558,10 @@ impl Render for View {
                 }),
             )?;
         }
-        let failed = rows.iter().filter(|d| d.status == "failed").count();
+        let failed = rows
+            .iter()
+            .filter(|d| d.status == MigrationStatus::Failed.as_str())
+            .count();
         if failed > 0 {
             writeln!(
                 t.out,
@@ -550,7 +574,10 @@ impl Render for View {
 
     fn exit_code(&self) -> i32 {
         let worst = self.runs.iter().map(|r| r.code).max().unwrap_or(exit::OK);
-        if self.rows().any(|d| d.status == "failed") {
+        if self
+            .rows()
+            .any(|d| d.status == MigrationStatus::Failed.as_str())
+        {
             worst.max(exit::FAILED)
         } else {
             worst

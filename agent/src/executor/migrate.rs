@@ -204,7 +204,7 @@ async fn load_source(source: &MigrationSource, ctx: &TaskContext) -> Result<Migr
         } => {
             let docker = ctx.host.docker().map_err(|e| match e {
                 TaskFailure::Failed(m) | TaskFailure::Undone(m) => m,
-                TaskFailure::Cancelled => "cancelled".into(),
+                TaskFailure::Cancelled => "the task was cancelled".into(),
             })?;
             let files = image::copy_folder(docker, image, path, &ctx.cancel).await?;
             (*layout, files)
@@ -258,7 +258,9 @@ fn pre_migration_backup(
                     backups.lock().unwrap_or_else(|p| p.into_inner()).push(m);
                     Ok(id)
                 }
-                Err(TaskFailure::Cancelled) => Err("cancelled".into()),
+                Err(TaskFailure::Cancelled) => {
+                    Err("the backup was stopped: the task was cancelled".into())
+                }
                 Err(TaskFailure::Failed(m) | TaskFailure::Undone(m)) => Err(m),
             }
         }) as migrate::BeforeChangeFuture

@@ -356,7 +356,9 @@ impl MigrateReport {
     }
 
     pub fn failed(&self) -> impl Iterator<Item = &DatabaseOutcome> {
-        self.databases.iter().filter(|d| d.status == "failed")
+        self.databases
+            .iter()
+            .filter(|d| d.status == crate::status::MigrationStatus::Failed.as_str())
     }
 }
 

@@ -55,7 +55,7 @@ pub async fn copy_folder(
     };
     let result = tokio::select! {
         r = copy => r,
-        () = cancel.cancelled() => Err("cancelled".to_string()),
+        () = cancel.cancelled() => Err("the copy was stopped: the task was cancelled".to_string()),
     };
     let _ = docker
         .remove_container(
