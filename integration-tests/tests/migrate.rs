@@ -282,6 +282,28 @@ async fn main_and_tenants_migrate_each_backed_up_first_and_a_rerun_is_a_noop() {
     let s = setup(&f.main).await;
     let (job, report) = migrate(&s.c, request(&f)).await;
     assert_eq!(job.status, "succeeded", "{job:?}");
+    // Progress: databases done / total, and each one's migration.
+    let events =
+        s.c.watch_to_end(&job.id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let progress: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e.body.as_ref().and_then(|b| b.body.as_ref()) {
+            Some(pb::event_body::Body::Progress(p)) => Some(p.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        progress.iter().any(|m| m.starts_with("4/4 databases")),
+        "{progress:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|m| m.contains(&format!("{}: 1 items", f.tenants[2]))),
+        "{progress:?}"
+    );
     let names: Vec<&str> = report
         .databases
         .iter()
@@ -690,6 +712,63 @@ async fn the_cli_migrates_reports_status_and_refuses_a_bad_folder_before_submitt
         stderr.contains("create_users.sql") && stderr.contains("not a sqlx migration name"),
         "{stderr}"
     );
+    std::fs::remove_file(f.dir.path().join("migrations/main/create_users.sql")).unwrap();
+
+    // A protected environment: the dry run is shown, and without a
+    // terminal to confirm on nothing runs; --yes runs it.
+    write(
+        f.dir.path(),
+        &[("migrations/main/3_more.sql", "CREATE TABLE more (x int);")],
+    );
+    let text = std::fs::read_to_string(f.app_file()).unwrap();
+    std::fs::write(
+        f.app_file(),
+        text.replace(
+            "agents = [\"db-1\"]",
+            "agents = [\"db-1\"]\nprotected = true",
+        ),
+    )
+    .unwrap();
+    let out = ferry(&creds, &["migrate", "-f", file, "--env", ENV]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is protected") && stderr.contains("pass --yes") && stderr.contains("3"),
+        "{stderr}"
+    );
+    assert_eq!(ledger(&f.main), ["1", "2"], "nothing ran unconfirmed");
+    let out = ferry(
+        &creds,
+        &["migrate", "-f", file, "--env", ENV, "--yes", "--main-only"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ledger(&f.main), ["1", "2", "3"]);
+
+    // The coordinator keeps each database's last run and its report.
+    let runs =
+        s.c.operator()
+            .await
+            .unwrap()
+            .migrate_status(pb::MigrateStatusRequest {
+                app: APP.into(),
+                env: ENV.into(),
+                database: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].database, "main");
+    let job = runs[0].job.as_ref().unwrap();
+    let report = MigrateReport::from_json(&job.tasks[0].result_json).unwrap();
+    assert_eq!(report.databases.len(), 1, "the --main-only run is the last");
+    assert_eq!(report.databases[0].applied, ["3"]);
 }
 
 /// Whether Docker answers; outside CI, a missing engine skips the test.
