@@ -194,10 +194,10 @@ impl Runner {
                     Err(TaskFailure::Cancelled) => (
                         pb::TaskOutcome::Cancelled,
                         Outcome::Cancelled.as_str().to_string(),
-                        String::new(),
+                        failure_result,
                     ),
                     Err(TaskFailure::Undone(msg)) => {
-                        (pb::TaskOutcome::Cancelled, msg, String::new())
+                        (pb::TaskOutcome::Cancelled, msg, failure_result)
                     }
                     Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, failure_result),
                 };

@@ -67,7 +67,7 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    /// Sets the result sent if the task then fails (a `migrate` task's
+    /// Sets the result sent if the task then fails or is cancelled (a `migrate` task's
     /// per-database report, which says which database failed and which
     /// backups were taken); a success sends its own.
     pub fn fail_with_result(&self, result_json: String) {

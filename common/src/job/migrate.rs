@@ -244,6 +244,9 @@ impl KindSpec for MigrateSpec {
             }
         }
         self.source.check("source")?;
+        if matches!(self.source, MigrationSource::Command { .. }) && self.target_version.is_some() {
+            return Err("migrate spec: target_version: --version needs SQL mode; in command mode the app's own tool decides what it applies".into());
+        }
         if let Some(t) = &self.tenants {
             if t.query.trim().is_empty() {
                 return Err("migrate spec: tenants.query: empty".into());

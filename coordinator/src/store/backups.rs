@@ -103,6 +103,9 @@ pub(crate) struct Finished<'a> {
     pub job_id: Uuid,
     pub host: &'a str,
     pub succeeded: bool,
+    /// Cancelled (neither succeeded nor failed): only a `migrate` task's
+    /// end is acted on then (its claim, the backups it took before).
+    pub cancelled: bool,
     pub message: &'a str,
     pub result_json: Option<&'a str>,
 }
@@ -124,6 +127,9 @@ pub(crate) async fn on_task_finished(
         return Ok(());
     };
     let kind = row.text("kind")?;
+    if task.cancelled && kind != MigrateSpec::NAME {
+        return Ok(());
+    }
     if kind == BackupSpec::NAME && task.succeeded {
         let manifest = match BackupManifest::from_json(task.result_json.unwrap_or_default()) {
             Ok(m) => m,

@@ -3321,4 +3321,39 @@ pub async fn migration_runs(store: &Store) {
         .claim_migration(&app, "staging", "main", "bob", NOW + 400)
         .await
         .expect("a cancelled job's claim is over");
+
+    // A run cancelled by its agent mid-way: the backups it took before
+    // are catalogued all the same, and its claim ends.
+    let (job, tasks) = submit(store, new_job("migrate", NOW, None), &one).await;
+    store
+        .set_migration_job(&app, "staging", "main", job.id)
+        .await
+        .expect("set job");
+    claim(store, &one).await;
+    let taken = Uuid::now_v7();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&manifest_json(&app, "main", taken, "pre-migration"))
+            .expect("manifest");
+    let report = serde_json::json!({
+        "databases": [{"database": "erp_main", "role": "main", "status": "cancelled", "backup_id": taken.to_string()}],
+        "backups": [manifest],
+    });
+    let cancelled = IncomingEvent {
+        result_json: Some(report.to_string()),
+        ..finished(tasks[0].id, 1, Outcome::Cancelled)
+    };
+    store
+        .append_agent_events(&[cancelled], NOW + 500)
+        .await
+        .expect("append");
+    assert!(store.get_backup(taken).await.expect("get").is_some());
+    assert!(
+        !store
+            .migration_claims()
+            .await
+            .expect("claims")
+            .iter()
+            .any(|c| c.job_id == Some(job.id)),
+        "the cancelled run's claim is released"
+    );
 }

@@ -192,10 +192,13 @@ async fn one_database(
 ) -> Result<MigrationStatus, String> {
     let db = &target.database;
     let Some(command) = &plan.command else {
-        // A dry run without status_command: the tool is not asked.
-        report.error =
-            Some("no status_command: a dry run does not run the migration command".into());
-        return Ok(MigrationStatus::Skipped);
+        // A dry run without status_command: the tool is not asked, so what
+        // is pending is not known.
+        report.error = Some(
+            "no status_command: a dry run does not run the migration command, so what is pending is unknown"
+                .into(),
+        );
+        return Ok(MigrationStatus::Pending);
     };
     if !dry_run && let Some(hook) = hook {
         // The tool says nothing about what is pending before it runs: every
