@@ -1049,3 +1049,109 @@ layout = "sqlx"
     assert_eq!(ledger(&f.main), ["1", "2"]);
     assert_eq!(ledger(&f.tenant_url(0)), ["1", "2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_command_mode_run_kills_and_removes_its_container() {
+    if !docker_available("command_mode_cancel") {
+        return;
+    }
+    let Some(f) = fleet(1).await else { return };
+    std::fs::write(
+        f.app_file(),
+        r#"app = "erp"
+[environments.staging]
+agents = ["db-1"]
+[services.web]
+image = "erp:{version}"
+[databases.main]
+url_secret = "DATABASE_URL"
+[databases.main.migrations]
+command = ["migrate"]
+"#,
+    )
+    .unwrap();
+    let image = example_image();
+    let s = setup(&f.main).await;
+    // The example's migrate waits for its advisory lock, held here: the
+    // tool runs until it is stopped.
+    use sqlx::Connection;
+    let mut holder = sqlx::PgConnection::connect(&f.main).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(7378429400504558968)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(f.app_file()).unwrap();
+    let file = ferry_common::appfile::parse("ferry.toml", &text).unwrap();
+    let env = file.environment(ENV).unwrap();
+    let mut op = s.c.operator().await.unwrap();
+    let job = op
+        .run_migrate(pb::RunMigrateRequest {
+            app: APP.into(),
+            env: ENV.into(),
+            databases_json: file
+                .databases
+                .values()
+                .map(|d| serde_json::to_string(&d.target(env)).unwrap())
+                .collect(),
+            image: image.clone(),
+            no_backup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    let containers = || {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=ferry.migrate.job={}", job.id),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while containers().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no container started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    op.cancel_job(pb::CancelJobRequest {
+        job_id: job.id.clone(),
+    })
+    .await
+    .unwrap();
+    s.c.watch_to_end(&job.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let job = s.c.job(&job.id).await.unwrap();
+    assert_eq!(job.status, "cancelled", "{job:?}");
+    assert!(containers().is_empty(), "the container was removed");
+    let report = MigrateReport::from_json(&job.tasks[0].result_json).unwrap();
+    assert_eq!(report.databases[0].status, "cancelled", "{report:?}");
+    assert_eq!(
+        psql(&f.main, "SELECT to_regclass('visits') IS NULL"),
+        "t",
+        "the tool never got to migrate"
+    );
+    let _ = holder.close().await;
+    // The run is over: the next one starts, and migrates.
+    let (job, report) = migrate(
+        &s.c,
+        pb::RunMigrateRequest {
+            app: APP.into(),
+            env: ENV.into(),
+            image: image.clone(),
+            no_backup: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+    assert_eq!(job.status, "succeeded", "{job:?}");
+    assert_eq!(report.databases[0].status, "applied");
+}
