@@ -295,6 +295,14 @@ fn read_folder(
     layout: migration_layout::Layout,
 ) -> Result<migration_layout::Files, String> {
     let files = migration_layout::read_dir(folder).map_err(|e| e.to_string())?;
+    let bytes: usize = files.values().map(Vec::len).sum();
+    let most = ferry_common::job::migrate::MAX_CARRIED_BYTES;
+    if bytes > most {
+        return Err(format!(
+            "holds {bytes} bytes of files, more than the {} MiB a job carries; build them into the image and use image_path",
+            most / 1024 / 1024
+        ));
+    }
     let set = migration_layout::load(layout, &files).map_err(|e| e.to_string())?;
     if set.migrations.is_empty() {
         return Err(format!(

@@ -25,6 +25,10 @@ pub const DEFAULT_MIGRATE_CONCURRENCY: u32 = 4;
 /// The most databases migrated at once: each holds a connection (and a
 /// backup a `pg_dump`), which the server's `max_connections` bounds.
 pub const MAX_MIGRATE_CONCURRENCY: u32 = 64;
+/// The most bytes of SQL a job carries (`dir`): the job travels in gRPC
+/// messages (4 MiB at most, and base64 adds a third); a larger folder goes
+/// in the image (`image_path`).
+pub const MAX_CARRIED_BYTES: usize = 2 * 1024 * 1024;
 /// A run over many tenants, each backed up first, can take a long time;
 /// this stops one that hangs after a working day.
 pub const MIGRATE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
@@ -111,6 +115,13 @@ impl MigrationSource {
             MigrationSource::Files { files, .. } => {
                 if files.is_empty() {
                     return Err(at("no migration files were sent".into()));
+                }
+                let encoded: usize = files.values().map(String::len).sum();
+                if encoded / 4 * 3 > MAX_CARRIED_BYTES {
+                    return Err(at(format!(
+                        "the migration files hold more than {} MiB, more than a job carries; put them in the image and use image_path",
+                        MAX_CARRIED_BYTES / 1024 / 1024
+                    )));
                 }
                 Ok(())
             }
