@@ -182,22 +182,24 @@ impl Runner {
             spool: Arc::clone(&self.spool),
             span: span.clone(),
             steps: Arc::default(),
+            failure_result: Arc::default(),
         };
         let runner = Arc::clone(self);
         let handle = tokio::spawn(
             async move {
                 let outcome = runner.execute(&task.kind, &task.spec_json, &ctx).await;
+                let failure_result = ctx.take_failure_result();
                 let (outcome, message, result) = match outcome {
                     Ok(done) => (pb::TaskOutcome::Succeeded, done.message, done.result_json),
                     Err(TaskFailure::Cancelled) => (
                         pb::TaskOutcome::Cancelled,
                         Outcome::Cancelled.as_str().to_string(),
-                        String::new(),
+                        failure_result,
                     ),
                     Err(TaskFailure::Undone(msg)) => {
-                        (pb::TaskOutcome::Cancelled, msg, String::new())
+                        (pb::TaskOutcome::Cancelled, msg, failure_result)
                     }
-                    Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, String::new()),
+                    Err(TaskFailure::Failed(msg)) => (pb::TaskOutcome::Failed, msg, failure_result),
                 };
                 if let Err(e) = runner.spool.finish(task_id, outcome, &message, result) {
                     tracing::error!(%task_id, error = %e, "cannot record the end of the task");

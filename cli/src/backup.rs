@@ -410,6 +410,7 @@ pub fn backup_json(b: &pb::Backup) -> Value {
         "app": b.app,
         "env": b.env,
         "database": b.database,
+        "tenant": if b.tenant.is_empty() { None } else { Some(&b.tenant) },
         "host": b.host,
         "engine": b.engine,
         "reason": b.reason,
@@ -527,7 +528,11 @@ impl Render for View {
                             b.id.clone(),
                             b.app.clone(),
                             b.env.clone(),
-                            b.database.clone(),
+                            if b.tenant.is_empty() {
+                                b.database.clone()
+                            } else {
+                                format!("{} (tenant {})", b.database, b.tenant)
+                            },
                             b.reason.clone(),
                             human_bytes(b.size_bytes),
                             or_dash(opt_time(b.created_at_ms)),

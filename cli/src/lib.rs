@@ -11,6 +11,8 @@
 //!   its agents, join tokens and operators.
 //! - [`backup`]: `backup run|ls|show`, database backups and their catalogue;
 //!   [`schedule`]: `schedule apply|add|rm|ls`, their schedules.
+//! - [`migrate`]: `migrate`, `migrate status`: schema migrations of the
+//!   main and tenant databases, with a per-database report.
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
@@ -38,6 +40,7 @@ pub mod error;
 pub mod follow;
 pub mod jobs;
 pub mod logs;
+pub mod migrate;
 pub mod operators;
 pub mod render;
 pub mod rollout;
@@ -99,6 +102,8 @@ pub enum Command {
     Backup(backup::Command),
     #[command(flatten)]
     Schedule(schedule::Command),
+    #[command(flatten)]
+    Migrate(migrate::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -120,6 +125,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
         Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
         Command::Schedule(c) => show(&ctx, schedule::run(c, &ctx).await),
+        Command::Migrate(c) => show(&ctx, migrate::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

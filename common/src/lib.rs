@@ -24,6 +24,8 @@
 //!   the app file and by the deploy spec's own validation.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`fsutil`]: atomic, private file writes.
+//! - [`migration_layout`]: an app's migrations folder read in its tool's
+//!   order (sqlx, Prisma, Drizzle, plain), by the CLI and the agent alike.
 //! - [`health`], [`host`]: host health as stored and shown, local host facts.
 //! - [`exit`]: process exit codes; [`shutdown`]: SIGINT/SIGTERM handling.
 //! - [`redact`]: replacing secret values in log lines with `[redacted:NAME]`.
@@ -41,6 +43,7 @@ pub mod identity;
 pub mod job;
 pub mod labels;
 pub mod limits;
+pub mod migration_layout;
 pub mod pki;
 pub mod redact;
 pub mod rules;

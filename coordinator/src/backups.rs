@@ -24,7 +24,7 @@ use uuid::Uuid;
 /// The agent that works on a database: the first (by name) of the
 /// enrolled, unrevoked agents its selector matches, so one database is
 /// always worked on by one agent.
-async fn agent_for(
+pub(crate) async fn agent_for(
     core: &Core,
     database: &str,
     selector: &Selector,
@@ -202,6 +202,12 @@ pub async fn restore_backup(
         path: backup.path.clone(),
         sha256: backup.sha256.clone(),
         mode,
+        tenant: backup.tenant.clone(),
+        tenant_url_template: backup
+            .tenant
+            .as_ref()
+            .and(target.database.tenants.as_ref())
+            .and_then(|t| t.url_template.clone()),
     };
     spec.validate()
         .map_err(|e| CoordinatorError::invalid(format!("backup {id}"), e))?;
@@ -212,7 +218,13 @@ pub async fn restore_backup(
         at_ms: now_ms(),
         actor: actor.to_string(),
         action: "backup.restore".into(),
-        target: format!("{}/{}/{}", backup.app, backup.env, backup.database),
+        target: match &backup.tenant {
+            None => format!("{}/{}/{}", backup.app, backup.env, backup.database),
+            Some(t) => format!(
+                "{}/{}/{} tenant {t}",
+                backup.app, backup.env, backup.database
+            ),
+        },
         detail: format!(
             "backup {id}, mode {}, job {}",
             serde_json::to_string(&spec.mode).unwrap_or_default(),
@@ -389,6 +401,7 @@ pub fn to_wire(b: &BackupRecord) -> pb::Backup {
             .unwrap_or_default(),
         verify_message: b.verify_message.clone(),
         manifest_json: b.manifest_json.clone(),
+        tenant: b.tenant.clone().unwrap_or_default(),
     }
 }
 
@@ -410,6 +423,7 @@ mod tests {
             app: "shop".into(),
             env: "prod".into(),
             database: database.into(),
+            tenant: None,
             engine: "postgres".into(),
             path: format!("/b/{created}.dump.zst"),
             size_bytes: 1,

@@ -127,7 +127,9 @@ fn store_status(err: StoreError, message: String) -> Status {
         | StoreError::ScheduleNotFound(_) => Status::not_found(message),
         StoreError::AgentAlreadyRevoked { .. } => Status::failed_precondition(message),
         // A busy lock: clients may wait and try again.
-        StoreError::RolloutInProgress { .. } => Status::aborted(message),
+        StoreError::RolloutInProgress { .. } | StoreError::MigrationRunning { .. } => {
+            Status::aborted(message)
+        }
         StoreError::RolloutNotFound(_) | StoreError::IdNotFound { .. } => {
             Status::not_found(message)
         }

@@ -12,6 +12,8 @@
 //! - [`grpc`]: thin `AgentService` / `OperatorService` adapters.
 //! - [`agents`], [`operators`]: what those RPCs do (enrollment, sessions,
 //!   renewal, revocation, join tokens, operators).
+//! - [`migrations`]: `RunMigrate` (one migrate job per database, claimed
+//!   in the store so one runs at a time per database), `MigrateStatus`.
 //! - [`backups`]: `RunBackup` (databases kept per (app, env), one backup
 //!   job per database on its one agent) and the catalogue on the wire.
 //! - [`rollout`]: rollouts (deploy, rollback, redeploy, restart) and their
@@ -44,6 +46,7 @@ pub mod grpc;
 pub mod init;
 pub mod job;
 pub mod metrics;
+pub mod migrations;
 pub mod net;
 pub mod observe;
 pub mod operators;

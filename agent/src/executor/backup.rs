@@ -166,12 +166,65 @@ pub async fn backup_postgres_url(
         DbLocation::UrlSecret(s) => s.as_str(),
         _ => "the URL",
     };
+    backup_to_file(spec, url, secret, None, ctx.task_id.to_string(), ctx).await
+}
+
+/// A backup of the PostgreSQL database at `url`, for other executors (the
+/// `migrate` job's pre-migration backups): the same dump, file, manifest
+/// and cleanup as a `backup` task, under a new id, in the folder of
+/// (`app`, `env`, `database`) — a tenant's in `tenants/<tenant>` below it.
+/// The manifest is returned; the caller reports it for cataloguing.
+pub async fn backup_url(
+    url: &str,
+    app: &str,
+    env: &str,
+    database: &str,
+    tenant: Option<&str>,
+    reason: ferry_common::status::BackupReason,
+    ctx: &TaskContext,
+) -> Result<BackupManifest, TaskFailure> {
+    let spec = BackupSpec {
+        app: app.to_string(),
+        env: env.to_string(),
+        database: database.to_string(),
+        engine: ferry_common::job::backup::DbEngine::Postgres,
+        location: DbLocation::UrlSecret(String::new()),
+        tables: Vec::new(),
+        reason,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    backup_to_file(&spec, url, "the database URL", tenant, id, ctx).await
+}
+
+/// A tenant's name as a folder name: bytes outside `[A-Za-z0-9_.-]`
+/// percent-encoded, and never `.` or `..`.
+fn tenant_folder(tenant: &str) -> String {
+    let mut out = String::new();
+    for b in tenant.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The dump of `backup_postgres_url` and `backup_url`: backup `id`, of
+/// the tenant `tenant` of the database when it is one.
+async fn backup_to_file(
+    spec: &BackupSpec,
+    url: &str,
+    secret: &str,
+    tenant: Option<&str>,
+    id: String,
+    ctx: &TaskContext,
+) -> Result<BackupManifest, TaskFailure> {
     let target = PgTarget::parse(url).map_err(|e| {
         failed(format!(
             "the secret {secret} is not a PostgreSQL URL: {e}; expected postgres://USER:PASSWORD@HOST:PORT/DATABASE"
         ))
     })?;
-    let id = ctx.task_id.to_string();
     let started_at = ferry_common::time::rfc3339(time::OffsetDateTime::now_utc());
 
     // 1. The server, and a pg_dump that can dump it.
@@ -231,7 +284,7 @@ pub async fn backup_postgres_url(
         .map_err(|e| failed(format!("database {}: {e}", spec.database)))?;
 
     // 3. Dump, compress, hash, count.
-    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id)?;
+    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id, tenant)?;
     let step = Instant::now();
     ctx.step_started(
         "dump",
@@ -317,6 +370,7 @@ pub async fn backup_postgres_url(
         app: spec.app.clone(),
         env: spec.env.clone(),
         database: spec.database.clone(),
+        tenant: tenant.map(str::to_string),
         engine: spec.engine,
         server_version: server.text,
         dump_tool: format!("pg_dump {}", tool.text),
@@ -354,13 +408,18 @@ fn write_manifest(
 }
 
 /// The folder, file, manifest path and cleanup guard of a new backup
-/// `id` of `spec`'s database.
+/// `id` of `spec`'s database (of its tenant `tenant`, in `tenants/<tenant>`
+/// below the database's folder).
 fn prepare_files(
     spec: &BackupSpec,
     ctx: &TaskContext,
     id: &str,
+    tenant: Option<&str>,
 ) -> Result<(PathBuf, PathBuf, RemoveOnDrop), TaskFailure> {
-    let dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
+    let mut dir = database_dir(&ctx.host.backup_dir, &spec.app, &spec.env, &spec.database);
+    if let Some(t) = tenant {
+        dir = dir.join("tenants").join(tenant_folder(t));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

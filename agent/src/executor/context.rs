@@ -62,9 +62,29 @@ pub struct TaskContext {
     /// The task's trace span, and its open step spans by step name.
     pub(crate) span: tracing::Span,
     pub(crate) steps: Arc<Mutex<HashMap<String, tracing::Span>>>,
+    /// A result reported with a failure ([`TaskContext::fail_with_result`]).
+    pub(crate) failure_result: Arc<Mutex<Option<String>>>,
 }
 
 impl TaskContext {
+    /// Sets the result sent if the task then fails or is cancelled (a `migrate` task's
+    /// per-database report, which says which database failed and which
+    /// backups were taken); a success sends its own.
+    pub fn fail_with_result(&self, result_json: String) {
+        *self
+            .failure_result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(result_json);
+    }
+
+    pub(crate) fn take_failure_result(&self) -> String {
+        self.failure_result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
     fn emit(&self, body: pb::event_body::Body) {
         if let Err(e) = self.spool.append(self.task_id, body) {
             tracing::error!(task_id = %self.task_id, error = %e, "cannot write to the spool");

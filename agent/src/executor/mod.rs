@@ -6,7 +6,8 @@
 //! restart gate containers through [`health_gate`]), [`backup`] (a
 //! database dumped to a checksummed file), [`verify`] (a backup proved by
 //! a test restore), [`restore`] (a backup put back), [`prune`] (expired
-//! backups deleted).
+//! backups deleted), [`migrate`] (an app's migrations applied to its main
+//! and tenant databases, each backed up first).
 //! [`executors`] lists them: it is what the runner dispatches to and what
 //! the agent advertises. [`context`] is what an executor is handed besides
 //! its spec; [`http`] is the executors' HTTP client; [`dbexec`] runs a
@@ -29,6 +30,7 @@ pub mod health_gate;
 pub mod http;
 pub mod inspect;
 pub mod logs;
+pub mod migrate;
 pub mod probe;
 pub mod prune;
 pub mod restart;
@@ -101,6 +103,7 @@ pub fn executors() -> &'static [&'static dyn Executor] {
         &verify::Verify,
         &restore::Restore,
         &prune::Prune,
+        &migrate::Migrate,
     ]
 }
 

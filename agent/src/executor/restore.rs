@@ -67,6 +67,8 @@ async fn run(spec: RestoreSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> 
         .secrets
         .get(secret)
         .ok_or_else(|| failed(format!("the secret {secret} was not sent with the task")))?;
+    let tenant_url = tenant_url(&spec, url)?;
+    let url = tenant_url.as_deref().unwrap_or(url);
     let target = PgTarget::parse(url)
         .map_err(|e| failed(format!("the secret {secret} is not a PostgreSQL URL: {e}")))?;
     let live = target.database.clone();
@@ -325,6 +327,22 @@ async fn swap(
     );
     ctx.step_finished("swap", false, &why, step);
     Err(failed(why))
+}
+
+/// The URL of the tenant database a tenant's backup goes back into (the
+/// main database's URL with the tenant's name, or the tenants'
+/// `url_template`); `None` for a backup of the database itself.
+fn tenant_url(spec: &RestoreSpec, main_url: &str) -> Result<Option<String>, TaskFailure> {
+    let Some(tenant) = &spec.tenant else {
+        return Ok(None);
+    };
+    let t = crate::migrate::Tenant {
+        database: tenant.clone(),
+        id: None,
+    };
+    crate::migrate::tenants::tenant_url(main_url, &t, spec.tenant_url_template.as_deref())
+        .map(Some)
+        .map_err(|e| failed(format!("tenant {tenant}: {e}")))
 }
 
 #[cfg(test)]

@@ -36,6 +36,25 @@ pub struct Settings {
     pub job_id: Option<String>,
     /// Apply up to and including this version only.
     pub target_version: Option<String>,
+    /// Called (not on dry runs) once the database's lock is held and its
+    /// plan has migrations to apply, before anything is written: the
+    /// `migrate` job's pre-migration backup. `Ok` names what it made (the
+    /// report's `backup_id`); `Err` fails the database, unchanged.
+    pub before_change: Option<BeforeChange>,
+}
+
+/// What [`BeforeChange`] returns.
+pub type BeforeChangeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+
+/// A hook run before a database is changed (see [`Settings::before_change`]).
+#[derive(Clone)]
+pub struct BeforeChange(pub std::sync::Arc<dyn Fn(&Target) -> BeforeChangeFuture + Send + Sync>);
+
+impl std::fmt::Debug for BeforeChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeChange(..)")
+    }
 }
 
 impl Default for Settings {
@@ -49,6 +68,7 @@ impl Default for Settings {
             ledger: LedgerName::default(),
             job_id: None,
             target_version: None,
+            before_change: None,
         }
     }
 }
@@ -134,7 +154,7 @@ async fn run(
         });
     }
     let mut locked = lock::acquire(conn, db, settings.lock_wait, cancel).await?;
-    let result = migrate(&mut locked, db, set, settings, progress, report).await;
+    let result = migrate(&mut locked, target, set, settings, progress, report).await;
     locked.release().await;
     result
 }
@@ -175,12 +195,13 @@ fn refuse_changed(db: &str, p: &Plan) -> Result<(), MigrateError> {
 
 async fn migrate(
     conn: &mut PgConnection,
-    db: &str,
+    target: &Target,
     set: &MigrationSet,
     settings: &Settings,
     progress: &ProgressFn,
     report: &mut DatabaseReport,
 ) -> Result<MigrationStatus, MigrateError> {
+    let db = target.database.as_str();
     // Read after the lock is held: a run that waited for another sees what
     // that one applied.
     let (p, table) = inspect(conn, db, set, settings, report).await?;
@@ -198,6 +219,19 @@ async fn migrate(
     refuse_changed(db, &p)?;
     if p.adopt.is_empty() && p.pending.is_empty() {
         return Ok(MigrationStatus::UpToDate);
+    }
+    if !p.pending.is_empty()
+        && let Some(hook) = &settings.before_change
+    {
+        match (hook.0)(target).await {
+            Ok(id) => report.backup_id = Some(id),
+            Err(reason) => {
+                return Err(MigrateError::Backup {
+                    database: db.to_owned(),
+                    reason,
+                });
+            }
+        }
     }
     let db_err = |what: &str, e: sqlx::Error| MigrateError::Database {
         database: db.to_owned(),

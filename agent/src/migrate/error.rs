@@ -51,18 +51,15 @@ pub enum MigrateError {
     Database { database: String, reason: String },
     #[error("tenants of {database}: {reason}")]
     Tenants { database: String, reason: String },
+    /// The backup taken before changing the database failed: the database
+    /// was not changed.
+    #[error("database {database}: not migrated, its pre-migration backup failed: {reason}")]
+    Backup { database: String, reason: String },
     #[error("the run was cancelled")]
     Cancelled,
 }
 
 impl MigrateError {
-    pub(crate) fn layout(file: impl Into<String>, reason: impl Into<String>) -> Self {
-        MigrateError::Layout {
-            file: file.into(),
-            reason: reason.into(),
-        }
-    }
-
     pub(crate) fn config(what: impl Into<String>, reason: impl Into<String>) -> Self {
         MigrateError::Config {
             what: what.into(),

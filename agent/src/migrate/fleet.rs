@@ -72,10 +72,37 @@ impl RunReport {
     }
 }
 
+/// What migrates one database (given its migrations): the engine's
+/// [`run_database`] for SQL files, or the `migrate` job's one-off container
+/// of the app's own tool. The fleet's order, concurrency and failure policy
+/// are the same for both.
+pub type RunOne = dyn Fn(
+        Target,
+        Arc<MigrationSet>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DatabaseReport> + Send>>
+    + Send
+    + Sync;
+
 /// Runs `req`. An `Err` is a run that could not start (bad options, no
 /// tenant list); each database's own failure is in its report.
 pub async fn run(
     req: Request,
+    progress: Arc<ProgressFn>,
+    cancel: CancellationToken,
+) -> Result<RunReport, MigrateError> {
+    let settings = Arc::new(req.settings.clone());
+    let (p, c) = (progress.clone(), cancel.clone());
+    let one: Arc<RunOne> = Arc::new(move |target: Target, set: Arc<MigrationSet>| {
+        let (settings, p, c) = (settings.clone(), p.clone(), c.clone());
+        Box::pin(async move { run_database(&target, &set, &settings, &*p, &c).await })
+    });
+    run_with(req, one, progress, cancel).await
+}
+
+/// [`run`], each database migrated by `one`.
+pub async fn run_with(
+    req: Request,
+    one: Arc<RunOne>,
     progress: Arc<ProgressFn>,
     cancel: CancellationToken,
 ) -> Result<RunReport, MigrateError> {
@@ -98,7 +125,7 @@ pub async fn run(
     let mut main_failed = false;
     if req.filter.wants_main() {
         progress(Progress::Planned { total: 1 });
-        let r = run_database(&main, &req.migrations, &req.settings, &*progress, &cancel).await;
+        let r = one(main.clone(), req.migrations.clone()).await;
         main_failed = !r.status.is_ok();
         progress(Progress::DatabaseFinished {
             database: r.database.clone(),
@@ -151,7 +178,6 @@ pub async fn run(
     ));
     let done = Arc::new(AtomicUsize::new(before));
     let slots = Arc::new(Semaphore::new(req.concurrency));
-    let settings = Arc::new(req.settings.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let mut tenant_reports: Vec<Option<DatabaseReport>> = vec![None; total - before];
     let finished = |r: &DatabaseReport| {
@@ -186,17 +212,12 @@ pub async fn run(
             tenant_reports[i] = Some(r);
             continue;
         }
-        let (set, settings, progress, cancel) = (
-            set.clone(),
-            settings.clone(),
-            progress.clone(),
-            cancel.clone(),
-        );
+        let (set, one, progress) = (set.clone(), one.clone(), progress.clone());
         let (stop, done) = (stop.clone(), done.clone());
         let on_failure = req.on_failure;
         tasks.spawn(async move {
             let _slot = slot;
-            let r = run_database(&target, &set, &settings, &*progress, &cancel).await;
+            let r = one(target, set).await;
             if r.status == MigrationStatus::Failed && on_failure == OnFailure::Stop {
                 stop.store(true, Ordering::SeqCst);
             }

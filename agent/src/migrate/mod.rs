@@ -36,9 +36,11 @@ pub mod report;
 pub mod script;
 pub mod tenants;
 
-pub use database::{Settings, Target, run_database};
+pub use database::{BeforeChange, BeforeChangeFuture, Settings, Target, run_database};
 pub use error::MigrateError;
-pub use fleet::{DEFAULT_CONCURRENCY, OnFailure, Request, RunReport, Tenants, run};
+pub use fleet::{
+    DEFAULT_CONCURRENCY, OnFailure, Request, RunOne, RunReport, Tenants, run, run_with,
+};
 pub use layout::{Files, Layout, Migration, MigrationSet, load, load_dir};
 pub use ledger::LedgerName;
 pub use report::{DatabaseReport, Progress, ProgressFn, Role};

@@ -47,6 +47,8 @@ pub struct DatabaseReport {
     pub pending: Vec<String>,
     pub drift: Vec<Drift>,
     pub error: Option<String>,
+    /// The backup taken just before this run changed it.
+    pub backup_id: Option<String>,
     pub duration_ms: i64,
 }
 
@@ -63,6 +65,7 @@ impl DatabaseReport {
             pending: Vec::new(),
             drift: Vec::new(),
             error: None,
+            backup_id: None,
             duration_ms: 0,
         }
     }

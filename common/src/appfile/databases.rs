@@ -7,9 +7,9 @@
 //! valid. Cron expressions are read by `croner` (five fields, as crontab)
 //! and must fire at least once; time zones are IANA names known to `jiff`.
 //!
-//! The app's schema migrations will be a `migrations` sub-table of
-//! `[databases.NAME]`: a field of [`RawDatabase`] and a module of its own
-//! beside this one, checked by a method called from [`Check::database`].
+//! The app's schema migrations are the `migrations` and `tenants`
+//! sub-tables of `[databases.NAME]`: fields of [`RawDatabase`], read and
+//! checked by `migrations.rs` beside this one from [`Check::database`].
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -168,6 +168,12 @@ pub struct Database {
     pub host: DbHost,
     pub backup: BackupPolicy,
     pub checks: Vec<SqlCheck>,
+    /// `[databases.NAME.migrations]`.
+    #[serde(default)]
+    pub migrations: Option<super::migrations::Migrations>,
+    /// `[databases.NAME.tenants]`.
+    #[serde(default)]
+    pub tenants: Option<super::migrations::Tenants>,
 }
 
 impl Database {
@@ -325,6 +331,13 @@ impl Check {
             .filter_map(|(i, c)| self.sql_check(&path.key("checks").index(i), c))
             .collect();
 
+        let migrations = raw
+            .migrations
+            .and_then(|m| self.migrations(&path.key("migrations"), m));
+        let tenants = raw
+            .tenants
+            .and_then(|t| self.tenants(&path.key("tenants"), t, migrations.as_ref()));
+
         Database {
             name,
             engine,
@@ -332,6 +345,8 @@ impl Check {
             host,
             backup,
             checks,
+            migrations,
+            tenants,
         }
     }
 
@@ -465,6 +480,8 @@ pub(super) struct RawDatabase {
     backup: Option<RawBackup>,
     #[serde(default)]
     checks: Vec<RawCheck>,
+    migrations: Option<super::migrations::RawMigrations>,
+    tenants: Option<super::migrations::RawTenants>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,9 @@
 //! - `smoke`: `[[smoke]]` checks (the smoke job's [`HttpCheck`]).
 //! - `databases`: `[databases.NAME]` ([`Database`]: engine, where it is,
 //!   which host works on it, its backup policy and verification checks).
+//! - `migrations`: `[databases.NAME.migrations]` and `.tenants`
+//!   ([`Migrations`], [`Tenants`]: where the migrations are, SQL or command
+//!   mode, timeouts, concurrency; the tenant query).
 //! - `release`: a release of the file as a deploy job's spec
 //!   ([`AppFile::deploy_spec`], [`validate_version`]).
 //! - `errors`: [`Problem`], [`AppFileError`], their formatting, "did you mean".
@@ -51,6 +54,7 @@ mod errors;
 #[cfg(test)]
 mod fuzz;
 mod healthcheck;
+mod migrations;
 mod ports;
 mod raw;
 mod release;
@@ -76,6 +80,7 @@ pub use healthcheck::{
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, HealthCheckKind,
     Healthcheck,
 };
+pub use migrations::{Migrations, MigrationsMode, Tenants};
 pub use ports::PortSpec;
 pub use release::validate_version;
 pub use secrets::{MAX_SECRET_NAME_LEN, MAX_SECRET_RULE_LENGTH, RegistryAuth, SecretRule};
@@ -317,6 +322,7 @@ impl Check {
 
         self.across(&environments, &services);
         self.database_services(&databases, &services);
+        self.migration_services(&databases, &services);
         AppFile {
             app,
             rollout,

@@ -324,6 +324,10 @@ pub struct BackupManifest {
     pub app: String,
     pub env: String,
     pub database: String,
+    /// A tenant database of `database` (its name on the server), for the
+    /// backups a `migrate` run takes of tenants; none: `database` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub engine: DbEngine,
     /// The server's version, as it reports it (`SHOW server_version`).
     pub server_version: String,

@@ -20,6 +20,8 @@
 //! - [`restore`]: [`RestoreSpec`], a backup put back without ever leaving
 //!   the live database half-restored.
 //! - [`prune`]: [`PruneSpec`], expired backups deleted.
+//! - [`migrate`]: [`MigrateSpec`], an app's migrations applied to a main
+//!   database and its tenants, reported per database ([`MigrateReport`]).
 //!
 //! `docs/job-kinds.md` documents every kind; a test here fails for a kind
 //! it does not describe. The agent's executor registry has a test of its
@@ -36,6 +38,7 @@ pub mod backup;
 pub mod deploy;
 pub mod inspect;
 pub mod logs;
+pub mod migrate;
 pub mod probe;
 pub mod prune;
 pub mod restart;
@@ -50,6 +53,7 @@ pub use deploy::{
 };
 pub use inspect::{ContainerInfo, InspectSpec, Inspected};
 pub use logs::LogsSpec;
+pub use migrate::{DatabaseOutcome, MigrateReport, MigrateSpec, MigrationSource};
 pub use probe::ProbeSpec;
 pub use prune::{PruneItem, PruneReport, PruneSpec};
 pub use restart::{RestartService, RestartSpec};
@@ -256,6 +260,7 @@ registry! {
     Verify(VerifySpec),
     Restore(RestoreSpec),
     Prune(PruneSpec),
+    Migrate(MigrateSpec),
 }
 
 impl JobSpec {
@@ -475,7 +480,7 @@ mod tests {
         let err = serde_json::from_str::<JobKind>("\"shell\"").unwrap_err();
         assert!(
             err.to_string().contains(
-                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect, restart, backup, verify, restore, prune"
+                "unknown job kind \"shell\"; expected one of probe, smoke, deploy, logs, inspect, restart, backup, verify, restore, prune, migrate"
             ),
             "{err}"
         );

@@ -45,6 +45,14 @@ pub struct RestoreSpec {
     pub path: String,
     pub sha256: String,
     pub mode: RestoreMode,
+    /// A pre-migration backup of a tenant database of `database`: its name
+    /// on the server, which is restored instead of `database`'s own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `[databases.NAME.tenants] url_template`, for a tenant on another
+    /// server than the main database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_url_template: Option<String>,
 }
 
 /// A PostgreSQL database name Ferry creates or renames to: plain

@@ -628,6 +628,55 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(pb::RunBackupResponse { jobs: wire }))
     }
 
+    async fn run_migrate(
+        &self,
+        req: Request<pb::RunMigrateRequest>,
+    ) -> Result<Response<pb::RunMigrateResponse>, Status> {
+        let op = self
+            .core
+            .require_operator(&req, Role::Deployer, "run migrations")
+            .await?;
+        let actor = caller_uri(&op, &self.core);
+        let jobs = crate::migrations::run_migrate(&self.core, &actor, req.into_inner()).await?;
+        let mut wire = Vec::new();
+        for job in jobs {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            wire.push(job_to_wire(job, tasks));
+        }
+        Ok(Response::new(pb::RunMigrateResponse { jobs: wire }))
+    }
+
+    async fn migrate_status(
+        &self,
+        req: Request<pb::MigrateStatusRequest>,
+    ) -> Result<Response<pb::MigrateStatusResponse>, Status> {
+        self.core
+            .require_operator(&req, Role::Viewer, "read migration runs")
+            .await?;
+        let req = req.into_inner();
+        let last = crate::migrations::migrate_status(&self.core, &req.app, &req.env, &req.database)
+            .await?;
+        let mut runs = Vec::new();
+        for (database, job) in last {
+            let tasks = self
+                .core
+                .store
+                .list_tasks(job.id)
+                .await
+                .map_err(CoordinatorError::from)?;
+            runs.push(pb::MigrateRun {
+                database,
+                job: Some(job_to_wire(job, tasks)),
+            });
+        }
+        Ok(Response::new(pb::MigrateStatusResponse { runs }))
+    }
+
     async fn list_backups(
         &self,
         req: Request<pb::ListBackupsRequest>,

@@ -9,7 +9,10 @@
 //! succeeded, and a failed task leaves the catalogue unchanged. A `prune`
 //! task's success removes what it deleted, in the same way.
 
-use ferry_common::job::{BackupManifest, BackupSpec, KindSpec, PruneReport, PruneSpec, VerifySpec};
+use ferry_common::job::{
+    BackupManifest, BackupSpec, KindSpec, MigrateReport, MigrateSpec, PruneReport, PruneSpec,
+    VerifySpec,
+};
 use ferry_common::status::{BackupReason, VerifyResult};
 use uuid::Uuid;
 
@@ -32,6 +35,9 @@ pub struct BackupRecord {
     pub app: String,
     pub env: String,
     pub database: String,
+    /// A tenant database of `database` (its name on the server), for the
+    /// pre-migration backups of tenants; none: `database` itself.
+    pub tenant: Option<String>,
     pub engine: String,
     pub path: String,
     pub size_bytes: u64,
@@ -97,6 +103,9 @@ pub(crate) struct Finished<'a> {
     pub job_id: Uuid,
     pub host: &'a str,
     pub succeeded: bool,
+    /// Cancelled (neither succeeded nor failed): only a `migrate` task's
+    /// end is acted on then (its claim, the backups it took before).
+    pub cancelled: bool,
     pub message: &'a str,
     pub result_json: Option<&'a str>,
 }
@@ -118,8 +127,42 @@ pub(crate) async fn on_task_finished(
         return Ok(());
     };
     let kind = row.text("kind")?;
+    if task.cancelled && kind != MigrateSpec::NAME {
+        return Ok(());
+    }
     if kind == BackupSpec::NAME && task.succeeded {
-        catalogue(tx, task, now_ms).await
+        let manifest = match BackupManifest::from_json(task.result_json.unwrap_or_default()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(task_id = %task.task_id, error = %e, "a backup task succeeded without a manifest; not catalogued");
+                return Ok(());
+            }
+        };
+        let raw = task.result_json.unwrap_or_default().to_string();
+        catalogue(tx, task, task.task_id, &manifest, raw, now_ms).await
+    } else if kind == MigrateSpec::NAME {
+        // The run is over: the next one may start. Its pre-migration
+        // backups (taken also when a database then failed) are catalogued.
+        super::migrations::release_job(&mut *tx, task.job_id).await?;
+        let Some(json) = task.result_json.filter(|j| !j.is_empty()) else {
+            return Ok(());
+        };
+        let report = match MigrateReport::from_json(json) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(task_id = %task.task_id, error = %e, "a migrate task's report does not parse; its backups are not catalogued");
+                return Ok(());
+            }
+        };
+        for manifest in &report.backups {
+            let Ok(id) = Uuid::parse_str(&manifest.id) else {
+                tracing::error!(task_id = %task.task_id, id = %manifest.id, "a pre-migration backup without a uuid; not catalogued");
+                continue;
+            };
+            let raw = serde_json::to_string(manifest).unwrap_or_default();
+            catalogue(tx, task, id, manifest, raw, now_ms).await?;
+        }
+        Ok(())
     } else if kind == PruneSpec::NAME && task.succeeded {
         // What the agent deleted leaves the catalogue; a missing file stays
         // listed (its task reported it).
@@ -160,19 +203,19 @@ pub(crate) async fn on_task_finished(
     }
 }
 
-/// Catalogues the backup a succeeded `backup` task's result describes. A
-/// result that is not a manifest is logged, not catalogued: failing the
-/// transaction would refuse the agent's events forever.
-async fn catalogue(tx: &mut Tx, task: Finished<'_>, now_ms: i64) -> Result<(), StoreError> {
-    let (task_id, job_id, host, result_json) =
-        (task.task_id, task.job_id, task.host, task.result_json);
-    let manifest = match BackupManifest::from_json(result_json.unwrap_or_default()) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(%task_id, error = %e, "a backup task succeeded without a manifest; not catalogued");
-            return Ok(());
-        }
-    };
+/// Catalogues backup `id` of `manifest`, made by `task` (a `backup` task's
+/// result, or one of a `migrate` task's pre-migration backups). A result
+/// that is not a manifest is logged by the caller, not catalogued: failing
+/// the transaction would refuse the agent's events forever.
+async fn catalogue(
+    tx: &mut Tx,
+    task: Finished<'_>,
+    id: Uuid,
+    manifest: &BackupManifest,
+    manifest_json: String,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let (job_id, host) = (task.job_id, task.host);
     let settings = query(
         "SELECT settings_json FROM database_settings WHERE app = $1 AND env = $2 AND name = $3",
     )
@@ -184,12 +227,13 @@ async fn catalogue(tx: &mut Tx, task: Finished<'_>, now_ms: i64) -> Result<(), S
     .map(|row| row.text("settings_json"))
     .transpose()?;
     let record = BackupRecord {
-        id: task_id,
+        id,
         job_id,
         host: host.to_string(),
         app: manifest.app.clone(),
         env: manifest.env.clone(),
         database: manifest.database.clone(),
+        tenant: manifest.tenant.clone(),
         engine: manifest.engine.as_str().to_string(),
         path: manifest.path.clone(),
         size_bytes: manifest.size_bytes,
@@ -200,7 +244,7 @@ async fn catalogue(tx: &mut Tx, task: Finished<'_>, now_ms: i64) -> Result<(), S
         verified_at_ms: None,
         verify_result: None,
         verify_message: String::new(),
-        manifest_json: result_json.unwrap_or_default().to_string(),
+        manifest_json,
     };
     insert(tx, &record).await
 }
@@ -264,8 +308,8 @@ async fn insert<'c>(on: impl Into<On<'c>>, b: &BackupRecord) -> Result<(), Store
     query(
         "INSERT INTO backups (id, job_id, host, app, env, database_name, engine, path, size_bytes, \
          sha256, reason, created_at_ms, expires_at_ms, verified_at_ms, verify_result, \
-         verify_message, manifest_json) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         verify_message, manifest_json, tenant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(b.id.to_string())
@@ -285,6 +329,7 @@ async fn insert<'c>(on: impl Into<On<'c>>, b: &BackupRecord) -> Result<(), Store
     .bind(b.verify_result.map(VerifyResult::as_str))
     .bind(&b.verify_message)
     .bind(&b.manifest_json)
+    .bind(b.tenant.as_deref())
     .execute(on)
     .await?;
     Ok(())
@@ -357,10 +402,12 @@ impl Store {
     }
 
     /// The newest catalogued backup of every database: (app, env,
-    /// database, created_at_ms), for `/metrics`.
+    /// database, created_at_ms), for `/metrics`. A tenant's backup (taken
+    /// before a migration) is not one of its main database.
     pub async fn newest_backups(&self) -> Result<Vec<(String, String, String, i64)>, StoreError> {
         query(
             "SELECT app, env, database_name, MAX(created_at_ms) AS newest FROM backups \
+             WHERE tenant IS NULL \
              GROUP BY app, env, database_name ORDER BY app, env, database_name",
         )
         .fetch_all(&self.pool)
@@ -413,6 +460,7 @@ pub(crate) fn backup(row: &impl Columns) -> Result<BackupRecord, StoreError> {
         app: row.text("app")?,
         env: row.text("env")?,
         database: row.text("database_name")?,
+        tenant: row.opt_text("tenant")?,
         engine: row.text("engine")?,
         path: row.text("path")?,
         size_bytes: rows::unsigned(TABLE, "size_bytes", row.int("size_bytes")?)?,

@@ -3496,6 +3496,7 @@ pub async fn newest_backups(store: &Store) {
     let tag = &unique_tag();
     let app = format!("shop-{tag}");
     let record = |database: &str, at: i64| BackupRecord {
+        tenant: None,
         id: Uuid::now_v7(),
         job_id: Uuid::now_v7(),
         host: "db-1".into(),
@@ -3517,6 +3518,12 @@ pub async fn newest_backups(store: &Store) {
     for (db, at) in [("main", NOW), ("main", NOW + 10), ("audit", NOW + 5)] {
         store.add_backup(&record(db, at)).await.expect("add");
     }
+    // A tenant's pre-migration backup is not one of the main database.
+    let tenant = BackupRecord {
+        tenant: Some("acme".into()),
+        ..record("main", NOW + 20)
+    };
+    store.add_backup(&tenant).await.expect("add");
     let newest: Vec<_> = store
         .newest_backups()
         .await
@@ -3531,5 +3538,176 @@ pub async fn newest_backups(store: &Store) {
             ("production".to_string(), "audit".to_string(), NOW + 5),
             ("production".to_string(), "main".to_string(), NOW + 10),
         ]
+    );
+}
+
+/// Migration runs: one claim per (app, env, database); a second is refused
+/// naming the first; the claim ends with its task (also a failed one), and
+/// a claim whose job was cancelled or whose submission never happened
+/// blocks nothing. A migrate task's pre-migration backups (also of a
+/// failed task) are catalogued, a tenant's with its tenant.
+pub async fn migration_runs(store: &Store) {
+    let tag = &unique_tag();
+    let app = format!("erp-{tag}");
+    let agents = agents(store, "migrate", tag, 1).await;
+    let one = [&agents[0]];
+    let alice = "spiffe://ferry.test/operator/alice";
+    store
+        .claim_migration(&app, "production", "main", alice, NOW)
+        .await
+        .expect("first claim");
+    // Another database, another env: their own claims.
+    store
+        .claim_migration(&app, "production", "audit", alice, NOW)
+        .await
+        .expect("another database");
+    store
+        .claim_migration(&app, "staging", "main", alice, NOW)
+        .await
+        .expect("another env");
+    let (job, tasks) = submit(store, new_job("migrate", NOW, None), &one).await;
+    store
+        .set_migration_job(&app, "production", "main", job.id)
+        .await
+        .expect("set job");
+    let err = store
+        .claim_migration(&app, "production", "main", "bob", NOW + 1)
+        .await
+        .expect_err("a second run is refused");
+    match &err {
+        StoreError::MigrationRunning { running } => {
+            assert_eq!(running.job_id, Some(job.id));
+            assert_eq!(running.claimed_by, alice);
+        }
+        other => panic!("expected MigrationRunning, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&format!("job {}", job.id)),
+        "{err}"
+    );
+    // A claim never given a job goes after a minute; within it, it holds.
+    assert!(
+        store
+            .claim_migration(&app, "production", "audit", "bob", NOW + 1_000)
+            .await
+            .is_err()
+    );
+    store
+        .claim_migration(&app, "production", "audit", "bob", NOW + 61_000)
+        .await
+        .expect("an unsubmitted claim is stale after a minute");
+    store
+        .release_migration(&app, "production", "audit")
+        .await
+        .expect("release");
+    store
+        .claim_migration(&app, "production", "audit", "bob", NOW + 61_001)
+        .await
+        .expect("released");
+
+    // The task fails (one tenant broke) with its report: the claim is
+    // released and both backups are catalogued.
+    claim(store, &one).await;
+    let t = tasks[0].id;
+    let main_backup = Uuid::now_v7();
+    let tenant_backup = Uuid::now_v7();
+    let mut tenant_manifest: serde_json::Value =
+        serde_json::from_str(&manifest_json(&app, "main", tenant_backup, "pre-migration"))
+            .expect("manifest");
+    tenant_manifest["tenant"] = "erp_t1".into();
+    let main_manifest: serde_json::Value =
+        serde_json::from_str(&manifest_json(&app, "main", main_backup, "pre-migration"))
+            .expect("manifest");
+    let report = serde_json::json!({
+        "databases": [
+            {"database": "erp_main", "role": "main", "status": "applied", "backup_id": main_backup.to_string()},
+            {"database": "erp_t1", "role": "tenant", "status": "failed", "error": "boom", "backup_id": tenant_backup.to_string()},
+        ],
+        "backups": [main_manifest, tenant_manifest],
+    });
+    let done = IncomingEvent {
+        result_json: Some(report.to_string()),
+        ..finished(t, 1, Outcome::Failed)
+    };
+    store
+        .append_agent_events(&[done], NOW + 100)
+        .await
+        .expect("append");
+    let b = store
+        .get_backup(tenant_backup)
+        .await
+        .expect("get")
+        .expect("the tenant's backup is catalogued");
+    assert_eq!(b.tenant.as_deref(), Some("erp_t1"));
+    assert_eq!(b.job_id, job.id);
+    assert_eq!(b.reason, ferry_common::status::BackupReason::PreMigration);
+    assert_eq!(b.expires_at_ms, None);
+    let m = store
+        .get_backup(main_backup)
+        .await
+        .expect("get")
+        .expect("the main database's backup is catalogued");
+    assert_eq!(m.tenant, None);
+    store
+        .claim_migration(&app, "production", "main", "bob", NOW + 200)
+        .await
+        .expect("released when the task ended");
+    assert!(
+        store
+            .migration_claims()
+            .await
+            .expect("claims")
+            .iter()
+            .any(|c| c.app == app && c.database == "main" && c.claimed_by == "bob")
+    );
+
+    // A job cancelled before its task ran: its claim blocks nothing.
+    let (job, _) = submit(store, new_job("migrate", NOW, None), &one).await;
+    store
+        .set_migration_job(&app, "staging", "main", job.id)
+        .await
+        .expect("set job");
+    store
+        .request_cancel(job.id, NOW + 300)
+        .await
+        .expect("cancel");
+    store
+        .claim_migration(&app, "staging", "main", "bob", NOW + 400)
+        .await
+        .expect("a cancelled job's claim is over");
+
+    // A run cancelled by its agent mid-way: the backups it took before
+    // are catalogued all the same, and its claim ends.
+    let (job, tasks) = submit(store, new_job("migrate", NOW, None), &one).await;
+    store
+        .set_migration_job(&app, "staging", "main", job.id)
+        .await
+        .expect("set job");
+    claim(store, &one).await;
+    let taken = Uuid::now_v7();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&manifest_json(&app, "main", taken, "pre-migration"))
+            .expect("manifest");
+    let report = serde_json::json!({
+        "databases": [{"database": "erp_main", "role": "main", "status": "cancelled", "backup_id": taken.to_string()}],
+        "backups": [manifest],
+    });
+    let cancelled = IncomingEvent {
+        result_json: Some(report.to_string()),
+        ..finished(tasks[0].id, 1, Outcome::Cancelled)
+    };
+    store
+        .append_agent_events(&[cancelled], NOW + 500)
+        .await
+        .expect("append");
+    assert!(store.get_backup(taken).await.expect("get").is_some());
+    assert!(
+        !store
+            .migration_claims()
+            .await
+            .expect("claims")
+            .iter()
+            .any(|c| c.job_id == Some(job.id)),
+        "the cancelled run's claim is released"
     );
 }

@@ -23,6 +23,7 @@
 //!   settings;
 //! - [`schedules`]: cron schedules of backup, verify and prune runs,
 //!   claimed by compare-and-set;
+//! - [`migrations`]: one migrate job per (app, env, database) at a time;
 //! - [`secrets`]: sealed secrets;
 //! - [`jobs`]: jobs, tasks and job events, with its child `jobs::engine`
 //!   holding the job logic once (state machines, locking order, seqs) over
@@ -55,6 +56,7 @@ pub use jobs::{
     AppendOutcome, IncomingEvent, JobClaim, JobEventRecord, JobFilter, JobRecord, JobStart, NewJob,
     NewTask, Notification, StartedJob, TaskRecord, Transition,
 };
+pub use migrations::MigrationClaim;
 pub use operators::OperatorRecord;
 pub use rollouts::{RolloutKind, RolloutRecord, RolloutStatus, RolloutUpdate};
 pub use schedules::{
@@ -71,6 +73,7 @@ mod db;
 pub mod ids;
 pub mod jobs;
 mod meta;
+pub mod migrations;
 mod notify;
 pub mod operators;
 pub mod postgres;
@@ -153,6 +156,13 @@ pub enum StoreError {
     ScheduleNotFound(Uuid),
     #[error("no rollout with id {0}")]
     RolloutNotFound(Uuid),
+    #[error(
+        "database {} of {} {} is being migrated: {}, claimed by {} at {}; follow it with `ferry watch JOB`, or wait for it to end and run again",
+        running.database, running.app, running.env,
+        running.job_id.map(|j| format!("job {j}")).unwrap_or_else(|| "a job being submitted".into()),
+        running.claimed_by, ferry_common::time::rfc3339_ms(running.claimed_at_ms)
+    )]
+    MigrationRunning { running: Box<MigrationClaim> },
     #[error(
         "{text:?} is not a {what} id: give the whole id or at least 8 of its characters (hex digits and dashes; see `{listed_by}`)"
     )]

@@ -78,6 +78,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "schedules",
         include_str!("../../../migrations/postgres/0011_schedules.sql"),
     ),
+    (
+        12,
+        "migrations",
+        include_str!("../../../migrations/postgres/0012_migrations.sql"),
+    ),
 ];
 
 /// How long a leader's lease lasts without renewal. The scheduler renews

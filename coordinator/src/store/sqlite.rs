@@ -72,6 +72,11 @@ pub(crate) const MIGRATIONS: &[EmbeddedMigration] = &[
         "schedules",
         include_str!("../../../migrations/sqlite/0011_schedules.sql"),
     ),
+    (
+        12,
+        "migrations",
+        include_str!("../../../migrations/sqlite/0012_migrations.sql"),
+    ),
 ];
 
 /// Writers wait this long for the write lock (another connection, or

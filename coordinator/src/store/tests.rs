@@ -293,6 +293,7 @@ conformance!(
     backups,
     schedules,
     newest_backups,
+    migration_runs,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

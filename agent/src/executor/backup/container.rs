@@ -178,7 +178,7 @@ async fn postgres(
     let (snapshot, tables) = snapshot.map_err(|e| failed(in_db(e)))?;
 
     // 3. Dump (in the container), compress, hash, count (in the session).
-    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id)?;
+    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id, None)?;
     let step = Instant::now();
     ctx.step_started(
         "dump",
@@ -246,6 +246,7 @@ async fn postgres(
     ctx.step_finished("dump", true, &summary(&dumped, &row_counts), step);
     let path = file.display().to_string();
     let manifest = BackupManifest {
+        tenant: None,
         id,
         app: spec.app.clone(),
         env: spec.env.clone(),
@@ -435,7 +436,7 @@ async fn mariadb(
         step,
     );
 
-    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id)?;
+    let (file, manifest_path, guard) = prepare_files(spec, ctx, &id, None)?;
     let step = Instant::now();
     ctx.step_started(
         "dump",
@@ -491,6 +492,7 @@ async fn mariadb(
     ctx.step_finished("dump", true, &summary(&dumped, &row_counts), step);
     let path = file.display().to_string();
     let manifest = BackupManifest {
+        tenant: None,
         id,
         app: spec.app.clone(),
         env: spec.env.clone(),

@@ -579,15 +579,19 @@ impl Store {
         let mut tx = self.pool.begin_jobs().await?;
         let outcome = engine::append_agent_events(&mut tx, events, now_ms).await?;
         // A backup is catalogued with its task's success, never without it;
-        // a verification is recorded with its task's end.
+        // a verification is recorded with its task's end; a migrate task's
+        // end (also a cancelled one) releases its claim and catalogues the
+        // pre-migration backups it reports.
         for t in &outcome.transitions {
             let succeeded = t.task.state == TaskState::Succeeded;
-            if succeeded || t.task.state == TaskState::Failed {
+            let cancelled = t.task.state == TaskState::Cancelled;
+            if succeeded || cancelled || t.task.state == TaskState::Failed {
                 let finished = super::backups::Finished {
                     task_id: t.task.id,
                     job_id: t.task.job_id,
                     host: &t.task.agent_name,
                     succeeded,
+                    cancelled,
                     message: &t.task.message,
                     result_json: t.task.result_json.as_deref(),
                 };
