@@ -679,6 +679,65 @@ pub mod bin {
 
 /// A fresh PostgreSQL database for one test.
 pub mod postgres {
+    use std::process::Command;
+
+    /// The result of `sql` run by `psql` on `url`: unaligned, tuples only,
+    /// trimmed. A failing statement fails the test, with psql's message.
+    pub fn psql(url: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                url,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The URL of database `name` on the server of `url`.
+    pub fn with_database(url: &str, name: &str) -> String {
+        let (base, _) = url.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    }
+
+    /// The database a URL names.
+    pub fn database_name(url: &str) -> String {
+        url.rsplit_once('/').unwrap().1.to_string()
+    }
+
+    /// The schema of the database at `url` as `pg_dump` prints it, without
+    /// the random `\restrict` lines of pg_dump 15.14+.
+    pub fn schema(url: &str) -> String {
+        let out = Command::new("pg_dump")
+            .args(["--schema-only", "--no-owner", "-d", url])
+            .output()
+            .expect("pg_dump runs (apt-get install postgresql-client)");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The URL of a brand-new database on the server at
     /// `FERRY_TEST_DATABASE_URL`, or `None` (after saying why) when that is
     /// unset outside CI. In CI (`CI` set) a missing server fails the test.

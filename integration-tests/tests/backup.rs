@@ -8,6 +8,7 @@
 //! or too old, a full disk, cancellation, an agent killed mid-dump) ending
 //! clearly with no file left.
 
+use ferry_integration_tests::postgres::{database_name, psql, schema, with_database};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,40 +24,6 @@ use sqlx::Connection;
 
 const APP: &str = "shop";
 const ENV: &str = "staging";
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The URL of database `name` on the server of `url`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
-fn database_name(url: &str) -> String {
-    url.rsplit_once('/').unwrap().1.to_string()
-}
 
 /// Several tables (two schemas), an index, a sequence, a function with a
 /// dollar-quoted body, non-ASCII text; `orders` rows are `rows`.
@@ -95,21 +62,6 @@ fn table_digest(url: &str, table: &str, filter: &str) -> String {
             "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t {filter}"
         ),
     )
-}
-
-/// The schema as pg_dump prints it, without its random `\restrict` lines.
-fn schema(url: &str) -> String {
-    let out = Command::new("pg_dump")
-        .args(["--schema-only", "--no-owner", "-d", url])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Restores `file` into a new database by hand, as the docs say.

@@ -15,6 +15,7 @@
 //! - `ferry migrate` / `ferry migrate status` through the real binary: the
 //!   JSON contract, exit codes, a bad folder refused before submitting.
 
+use ferry_integration_tests::postgres::{database_name, psql, schema, with_database};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -28,54 +29,6 @@ use ferry_proto::v1 as pb;
 
 const APP: &str = "erp";
 const ENV: &str = "staging";
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
-fn database_name(url: &str) -> String {
-    url.rsplit_once('/').unwrap().1.to_string()
-}
-
-/// The schema as pg_dump prints it, without its random `\restrict` lines.
-fn schema(url: &str) -> String {
-    let out = Command::new("pg_dump")
-        .args(["--schema-only", "--no-owner", "-d", url])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
     for (name, text) in files {

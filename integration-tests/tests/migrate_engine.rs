@@ -744,21 +744,7 @@ async fn each_layout_runs_in_its_tools_order() {
 /// `pg_dump -s` of `db`, without the `\restrict` lines (a random key per
 /// dump, newer pg_dump versions).
 fn schema_dump(pg: &Pg, db: &str) -> String {
-    let out = std::process::Command::new("pg_dump")
-        .args(["--schema-only", "--no-owner", "-d", &pg.url(db)])
-        .output()
-        .expect("pg_dump runs (apt-get install postgresql-client)");
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    ferry_integration_tests::postgres::schema(&pg.url(db))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 //! Each test waits for at most one real minute boundary; they run in
 //! parallel. Nothing is timed beyond "fired within the minute".
 
+use ferry_integration_tests::postgres::psql;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -27,30 +28,6 @@ const APP: &str = "shop";
 const ENV: &str = "staging";
 /// A minute boundary, the backup it starts, and slack for a loaded machine.
 const FIRES_WITHIN: Duration = Duration::from_secs(150);
-
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            url,
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// A small database to back up.
 fn populate(url: &str) {
