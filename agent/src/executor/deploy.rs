@@ -46,7 +46,7 @@ use bollard::query_parameters::{
 };
 use ferry_common::fsutil::{self, Mode};
 use ferry_common::job::naming::{
-    self, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_RELEASE, LABEL_SERVICE,
+    self, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_HOST, LABEL_RELEASE, LABEL_SERVICE,
 };
 use ferry_common::job::{
     DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RestartPolicy, ServiceDeploy,
@@ -353,6 +353,7 @@ impl Deployer<'_> {
             (LABEL_APP.to_string(), self.spec.app.clone()),
             (LABEL_ENV.to_string(), self.spec.env.clone()),
             (LABEL_SERVICE.to_string(), service.to_string()),
+            (LABEL_HOST.to_string(), self.ctx.host.name.clone()),
             (LABEL_RELEASE.to_string(), self.spec.release.clone()),
             (LABEL_HASH.to_string(), hash.to_string()),
             (LABEL_CREATED.to_string(), created.to_string()),
@@ -428,7 +429,8 @@ impl Deployer<'_> {
         }
     }
 
-    /// This service's containers, any state.
+    /// This service's containers on this host (this agent's, and those
+    /// from before the `ferry.host` label), any state.
     async fn existing(&self, service: &str) -> Result<Vec<Existing>, TaskFailure> {
         let filters = HashMap::from([(
             "label".to_string(),
@@ -449,6 +451,7 @@ impl Deployer<'_> {
             .map_err(|e| docker_err("list containers", e))?;
         Ok(list
             .into_iter()
+            .filter(|c| self.ctx.host.owns(c.labels.as_ref()))
             .map(|c| {
                 let labels = c.labels.unwrap_or_default();
                 let host_port = c
@@ -495,13 +498,17 @@ impl Deployer<'_> {
         let image_id = self.ensure_image(svc).await?;
         let (hash, _) =
             settings_hash(svc, &image_id, &self.ctx.secrets).map_err(TaskFailure::Failed)?;
-        let name = naming::container(
-            &self.spec.app,
-            &self.spec.env,
-            &svc.name,
-            &self.spec.release,
-            &hash,
-        );
+        let name = naming::Instance {
+            app: &self.spec.app,
+            env: &self.spec.env,
+            service: &svc.name,
+            replica: 1,
+            replicas: 1,
+            release: &self.spec.release,
+            hash: &hash,
+            host: &self.ctx.host.name,
+        }
+        .container_name();
         let existing = self.existing(&svc.name).await?;
         let blue_green = svc.strategy == Strategy::BlueGreen && svc.http_port().is_some();
         let upstream = if blue_green {

@@ -85,7 +85,7 @@ async fn restart_service(
     svc: &RestartService,
     ctx: &TaskContext,
 ) -> Result<Restarted, TaskFailure> {
-    let (id, name) = running_container(docker, spec, svc).await?;
+    let (id, name) = running_container(docker, spec, svc, ctx).await?;
     let step = format!("restart {}", svc.name);
     let started = Instant::now();
     ctx.step_started(&step, &name);
@@ -140,6 +140,7 @@ async fn running_container(
     docker: &Docker,
     spec: &RestartSpec,
     svc: &RestartService,
+    ctx: &TaskContext,
 ) -> Result<(String, String), TaskFailure> {
     let filters = HashMap::from([(
         "label".to_string(),
@@ -158,7 +159,10 @@ async fn running_container(
         .await
         .map_err(|e| TaskFailure::Failed(format!("list containers: {e}")))?;
     let mut others = Vec::new();
-    for c in list {
+    for c in list
+        .into_iter()
+        .filter(|c| ctx.host.owns(c.labels.as_ref()))
+    {
         let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
         let release = c
             .labels

@@ -512,9 +512,66 @@ mod tests {
         );
         let names: Vec<&str> = f.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["zz", "aa"]);
+        let one = naming::Instance {
+            app: "shop",
+            env: "prod",
+            service: "web",
+            replica: 1,
+            replicas: 1,
+            release: "7+b",
+            hash: "0123456789abcdef",
+            host: "web-1",
+        };
+        let name = one.container_name();
+        assert!(name.starts_with("shop-prod-web-7-b-"), "{name}");
         assert_eq!(
-            naming::container("shop", "prod", "web", "7+b", "0123456789abcdef"),
-            "shop-prod-web-7-b-0123456789ab"
+            name.len(),
+            "shop-prod-web-7-b-".len() + naming::NAME_HASH_LEN
+        );
+        // Another host on the same engine, another replica, other
+        // settings: another name.
+        let other_host = naming::Instance {
+            host: "web-2",
+            ..one
+        }
+        .container_name();
+        assert_ne!(other_host, name);
+        let third = naming::Instance {
+            replica: 3,
+            replicas: 4,
+            ..one
+        }
+        .container_name();
+        assert!(third.starts_with("shop-prod-web-r3-7-b-"), "{third}");
+        assert_ne!(
+            naming::Instance { hash: "ff", ..one }.container_name(),
+            name
+        );
+        // Long names are cut to one DNS label, and stay distinct.
+        let long = "a".repeat(40);
+        let a = naming::Instance {
+            app: &long,
+            service: &long,
+            ..one
+        }
+        .container_name();
+        let b = naming::Instance {
+            app: &long,
+            service: &long,
+            replica: 2,
+            replicas: 2,
+            ..one
+        }
+        .container_name();
+        assert!(
+            a.len() <= naming::MAX_NAME_LEN && b.len() <= naming::MAX_NAME_LEN,
+            "{a} {b}"
+        );
+        assert_ne!(a, b);
+        assert!(!a.contains("--"), "{a}");
+        assert_eq!(
+            naming::accessory_container("shop", "prod", "db", "abc", "web-1").len(),
+            "shop-prod-db-".len() + naming::NAME_HASH_LEN
         );
         assert_eq!(naming::network("shop", "prod"), "shop-prod");
         assert_eq!(
