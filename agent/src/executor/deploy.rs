@@ -269,7 +269,8 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
     d.ensure_network().await?;
     let mut switched: Vec<Switched> = Vec::new();
     let mut results = Vec::new();
-    for service in &spec.services {
+    let host = ctx.host.name.as_str();
+    for service in spec.services.iter().filter(|s| s.runs_on(host)) {
         match d.deploy_service(service).await {
             Ok((result, switch)) => {
                 results.push(result);
@@ -296,7 +297,32 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
     for s in &switched {
         d.retire_old(s).await?;
     }
-    let message = format!(
+    // Services placed elsewhere: whatever of theirs runs here stops (kept,
+    // stopped, like an earlier release).
+    let mut elsewhere = Vec::new();
+    let mut stopped = Vec::new();
+    for service in spec.services.iter().filter(|s| !s.runs_on(host)) {
+        for c in d
+            .existing(&service.name)
+            .await?
+            .iter()
+            .filter(|c| c.running)
+        {
+            stopped.push(c.name.clone());
+            d.stop(
+                &c.id,
+                &format!(
+                    "stop {} {} (placed on {})",
+                    service.name,
+                    c.release,
+                    service.hosts.join(", ")
+                ),
+            )
+            .await;
+        }
+        elsewhere.push(service.name.as_str());
+    }
+    let mut message = format!(
         "release {} of {} ({}) running: {}",
         spec.release,
         spec.app,
@@ -307,8 +333,16 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let result_json =
-        serde_json::json!({ "release": spec.release, "services": results }).to_string();
+    if !elsewhere.is_empty() {
+        message.push_str(&format!("; not placed here: {}", elsewhere.join(", ")));
+    }
+    let result_json = serde_json::json!({
+        "release": spec.release,
+        "services": results,
+        "not_placed": elsewhere,
+        "stopped_not_placed": stopped,
+    })
+    .to_string();
     Ok(Done {
         message,
         result_json,
@@ -390,6 +424,7 @@ impl Deployer<'_> {
             .spec
             .services
             .iter()
+            .filter(|s| s.runs_on(&self.ctx.host.name))
             .map(|s| s.name.as_str())
             .filter(|n| !before.iter().any(|(s, _)| s == n))
             .collect();

@@ -55,7 +55,12 @@ pub async fn run(spec: &RestartSpec, ctx: &TaskContext) -> Result<Done, TaskFail
     let docker = ctx.host.docker()?.clone();
     let http = HttpClient::default();
     let mut done = Vec::new();
-    for svc in &spec.services {
+    // A service placed on other hosts has no container here to restart.
+    for svc in spec
+        .services
+        .iter()
+        .filter(|s| s.hosts.is_empty() || s.hosts.contains(&ctx.host.name))
+    {
         if ctx.cancel.is_cancelled() {
             return Err(TaskFailure::Cancelled);
         }

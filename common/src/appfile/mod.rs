@@ -51,6 +51,7 @@ mod errors;
 #[cfg(test)]
 mod fuzz;
 mod healthcheck;
+mod placement;
 mod ports;
 mod raw;
 mod release;

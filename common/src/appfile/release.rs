@@ -78,6 +78,9 @@ impl AppFile {
                     health,
                     strategy: svc.strategy(),
                     nginx_url: svc.nginx_url.clone(),
+                    replicas: svc.replicas,
+                    // Resolved when a rollout is planned (`AppFile::place`).
+                    hosts: Vec::new(),
                 }
             })
             .collect();

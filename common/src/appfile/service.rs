@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::check::Check;
 use super::environment::Environment;
 use super::healthcheck::{Healthcheck, RawHealthcheck};
+use super::placement::Placement;
 use super::ports::PortSpec;
 use super::raw::{self, FieldPath};
 use super::secrets::{RawRegistryAuth, RegistryAuth};
@@ -53,6 +54,10 @@ pub struct Service {
     /// Blue-green: the service as this host's nginx serves it, used to
     /// confirm that a switch reached the new container.
     pub nginx_url: Option<String>,
+    /// `hosts` / `labels`: which of the environment's hosts it runs on.
+    pub placement: Placement,
+    /// Containers per host (1 to [`crate::job::MAX_REPLICAS`]).
+    pub replicas: u32,
 }
 
 impl Service {
@@ -212,7 +217,20 @@ impl Check {
             strategy,
             healthcheck,
             nginx_url: raw.nginx_url,
+            placement: self.placement(path, raw.hosts, raw.labels),
+            replicas: self.replicas(path, raw.replicas),
         };
+        if service.replicas > 1
+            && let Some(host) = service.ports.iter().find_map(|p| p.host_port)
+        {
+            self.err(
+                &path.key("replicas"),
+                format!(
+                    "{} replicas on one host cannot all publish host port {host}; publish no host port (nginx reaches each replica on its own loopback port) or use replicas = 1",
+                    service.replicas
+                ),
+            );
+        }
         if let Some(url) = &service.nginx_url {
             let p = path.key("nginx_url");
             if self.ok(&p, rules::nginx_url(url)).is_some()
@@ -311,6 +329,9 @@ pub(super) struct RawService {
     pub(super) strategy: Option<String>,
     pub(super) healthcheck: Option<RawHealthcheck>,
     pub(super) nginx_url: Option<String>,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) replicas: Option<i64>,
 }
 
 /// `command`: an array of arguments, or a command line (refused by the

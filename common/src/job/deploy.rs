@@ -33,6 +33,8 @@ pub struct DeploySpec {
 /// The app file's `keep_releases` when it says nothing (and a spec from
 /// before the field existed).
 pub const DEFAULT_KEEP_RELEASES: u32 = 3;
+/// The most containers of one service a host runs.
+pub const MAX_REPLICAS: u32 = 32;
 /// The most stopped releases a host keeps per service.
 pub const MAX_KEEP_RELEASES: u32 = 50;
 
@@ -75,6 +77,22 @@ pub struct ServiceDeploy {
     /// nginx's `X-Ferry-Upstream` header names the new container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nginx_url: Option<String>,
+    /// Containers of the service on each host it runs on (1 to 32).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replicas: u32,
+    /// The agents it runs on (its placement, resolved by the coordinator);
+    /// empty: every host of the job. On any other host the deploy stops
+    /// its containers instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// When to pull a service's image.
@@ -267,6 +285,16 @@ impl KindSpec for DeploySpec {
             if let Some(url) = &svc.nginx_url {
                 at(field("nginx_url"), rules::nginx_url(url))?;
             }
+            if !(1..=MAX_REPLICAS).contains(&svc.replicas) {
+                return Err(format!(
+                    "deploy spec: {}: must be 1 to {MAX_REPLICAS}, got {}",
+                    field("replicas"),
+                    svc.replicas
+                ));
+            }
+            for h in &svc.hosts {
+                at(field("hosts"), crate::identity::validate_name(h))?;
+            }
         }
         Ok(())
     }
@@ -328,6 +356,11 @@ impl DeploySpec {
 }
 
 impl ServiceDeploy {
+    /// Whether the service runs on the agent `host` (its placement).
+    pub fn runs_on(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
+    }
+
     /// The port health checks and blue-green switching use.
     pub fn http_port(&self) -> Option<u16> {
         self.ports.first().map(|p| p.container)

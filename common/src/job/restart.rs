@@ -32,6 +32,10 @@ pub struct RestartService {
     /// loopback port, so the file is pointed at it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upstream: bool,
+    /// The agents the service runs on (its placement); empty: every host.
+    /// Other hosts skip it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// What a restart may take besides its health gates: stops (each up to
@@ -105,6 +109,7 @@ impl RestartSpec {
                     name: s.name.clone(),
                     health: s.health.clone(),
                     upstream: s.strategy == super::Strategy::BlueGreen && s.http_port().is_some(),
+                    hosts: s.hosts.clone(),
                 })
                 .collect(),
         })

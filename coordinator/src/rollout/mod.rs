@@ -83,6 +83,9 @@ pub struct Host {
     pub agent: String,
     pub online: bool,
     pub last_seen_ms: i64,
+    /// The agent's labels when planned: what services' placement selects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One job a rollout ran, as stored in `steps_json`.
@@ -124,7 +127,7 @@ impl Core {
             .map_err(|e| CoordinatorError::invalid("app file", e.to_string()))?;
         let env = req.env.trim();
         let version = req.version.trim();
-        let spec = app
+        let mut spec = app
             .deploy_spec(env, version)
             .map_err(|e| CoordinatorError::invalid("deploy", e.to_string()))?;
         let environment = app
@@ -139,6 +142,15 @@ impl Core {
                 app.smoke_checks(env),
             )
             .await?;
+        // Which of the environment's hosts each service runs on.
+        let hosts: Vec<(String, BTreeMap<String, String>)> = plan
+            .batches
+            .iter()
+            .flatten()
+            .map(|h| (h.agent.clone(), h.labels.clone()))
+            .collect();
+        app.place(&mut spec, &hosts)
+            .map_err(|e| CoordinatorError::invalid("placement", e))?;
         plan.secret_rules = app.secrets.clone();
         let previous = self.current_release(&spec.app, env).await?;
         let resolved = Resolved {
@@ -353,6 +365,7 @@ impl Core {
                 agent: a.name.clone(),
                 online: self.agent_online(a, now),
                 last_seen_ms: a.last_seen_ms,
+                labels: a.labels.clone(),
             })
             .collect();
         let max_parallel = max_parallel.max(1);
@@ -597,6 +610,8 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
                     ferry_common::job::Strategy::BlueGreen => "blue-green".into(),
                     ferry_common::job::Strategy::Recreate => "recreate".into(),
                 },
+                replicas: s.replicas,
+                hosts: s.hosts.clone(),
             })
             .collect(),
         batches: plan
@@ -1267,6 +1282,9 @@ fn changed_anything(result_json: Option<&str>) -> bool {
     v["services"]
         .as_array()
         .is_some_and(|s| s.iter().any(|svc| svc["changed"].as_bool() == Some(true)))
+        || v["stopped_not_placed"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
 }
 
 /// "deploy failed on web-2: health check ...", from a job's tasks.

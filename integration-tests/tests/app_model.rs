@@ -1,0 +1,213 @@
+//! The app model real stacks need, on the real Docker engine: per-service
+//! placement (`hosts` / `labels` within the environment's hosts, resolved
+//! when the rollout is planned and shown in the plan) and `replicas`. The
+//! agents here share one engine, which the `ferry.host` label makes safe.
+//! Images are built locally from scratch (busybox httpd).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ferry_integration_tests::docker::{self, AppCleanup};
+use ferry_integration_tests::{TestAgent, TestCoordinator};
+use ferry_proto::v1 as pb;
+
+fn unique_app(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::now_v7().simple().to_string()[24..]
+    )
+}
+
+async fn start(
+    c: &TestCoordinator,
+    file: &str,
+    env: &str,
+    version: &str,
+    dry_run: bool,
+) -> Result<pb::Rollout, tonic::Status> {
+    let mut op = c.operator().await.unwrap();
+    Ok(op
+        .start_rollout(pb::StartRolloutRequest {
+            app_file: file.to_string(),
+            file_name: "ferry.toml".into(),
+            env: env.into(),
+            version: version.into(),
+            dry_run,
+        })
+        .await?
+        .into_inner()
+        .rollout
+        .unwrap())
+}
+
+async fn wait_end(c: &TestCoordinator, id: &str) -> pb::Rollout {
+    let mut op = c.operator().await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let r = op
+            .get_rollout(pb::GetRolloutRequest {
+                rollout_id: id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .rollout
+            .unwrap();
+        if r.status != "running" {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "rollout still running: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn deploy(c: &TestCoordinator, file: &str, env: &str, version: &str) -> pb::Rollout {
+    let r = start(c, file, env, version, false).await.unwrap();
+    wait_end(c, &r.id).await
+}
+
+/// An agent on this machine's engine with its own upstream directory (no
+/// nginx: its reload is `true`).
+async fn agent(
+    c: &TestCoordinator,
+    name: &str,
+    labels: &[(&str, &str)],
+    upstreams: &std::path::Path,
+) -> TestAgent {
+    let env = HashMap::from([
+        (
+            "FERRY_NGINX_UPSTREAM_DIR".to_string(),
+            upstreams.display().to_string(),
+        ),
+        ("FERRY_NGINX_RELOAD".to_string(), "true".to_string()),
+    ]);
+    let agent = c.enroll(name, labels).await.unwrap().start_with_env(env);
+    c.wait_for_agent(name, "online", Duration::from_secs(10))
+        .await
+        .unwrap();
+    agent
+}
+
+/// `service STATE` of the app's containers an agent started, sorted.
+fn on_host(app: &str, host: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=ferry.app={app}"),
+            "--filter",
+            &format!("label=ferry.host={host}"),
+            "--format",
+            "{{.Label \"ferry.service\"}} {{.Label \"ferry.release\"}} {{.State}}",
+        ])
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn placed_file(app: &str, worker_hosts: &str) -> String {
+    format!(
+        r#"app = "{app}"
+[environments.production]
+labels = {{ stack = "{app}" }}
+[services.web]
+image = "{app}:{{version}}"
+pull = "never"
+ports = [8080]
+strategy = "recreate"
+labels = {{ role = "web" }}
+[services.web.healthcheck]
+http = "/health"
+interval = "200ms"
+timeout = "1s"
+retries = 10
+[services.worker]
+image = "{app}:{{version}}"
+pull = "never"
+hosts = {worker_hosts}
+"#
+    )
+}
+
+/// A service runs only on the hosts its placement selects, the plan says
+/// where, moving it stops it where it no longer runs, and a placement
+/// selecting none of the environment's hosts is refused naming the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_where_they_are_placed_and_the_plan_says_where() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("pl");
+    let _cleanup = AppCleanup(app.clone());
+    for v in ["1.0.0", "1.1.0"] {
+        docker::build_busybox_site(&format!("{app}:{v}"), &[("health", "ok")]).unwrap();
+    }
+    let c = TestCoordinator::start().await.unwrap();
+    let (u1, u2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _web = agent(&c, "web-1", &[("stack", &app), ("role", "web")], u1.path()).await;
+    let _jobs = agent(
+        &c,
+        "jobs-1",
+        &[("stack", &app), ("role", "jobs")],
+        u2.path(),
+    )
+    .await;
+
+    let file = placed_file(&app, r#"["jobs-1"]"#);
+    let plan = start(&c, &file, "production", "1.0.0", true).await.unwrap();
+    let placed: Vec<(String, Vec<String>)> = plan
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.hosts.clone()))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("web".to_string(), vec!["web-1".to_string()]),
+            ("worker".to_string(), vec!["jobs-1".to_string()])
+        ]
+    );
+
+    let r = deploy(&c, &file, "production", "1.0.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(on_host(&app, "web-1"), ["web 1.0.0 running"]);
+    assert_eq!(on_host(&app, "jobs-1"), ["worker 1.0.0 running"]);
+
+    // The worker moves to web-1: it starts there and stops on jobs-1.
+    let file = placed_file(&app, r#"["web-1"]"#);
+    let r = deploy(&c, &file, "production", "1.1.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(
+        on_host(&app, "web-1"),
+        [
+            "web 1.0.0 exited",
+            "web 1.1.0 running",
+            "worker 1.1.0 running"
+        ]
+    );
+    assert_eq!(on_host(&app, "jobs-1"), ["worker 1.0.0 exited"]);
+
+    // A placement with none of the environment's hosts: refused, before
+    // anything runs, naming the service.
+    let file = placed_file(&app, r#"["db-9"]"#);
+    let err = start(&c, &file, "production", "1.2.0", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("service worker: its placement (agents db-9) selects none of the hosts")
+            && err.message().contains("jobs-1, web-1"),
+        "{}",
+        err.message()
+    );
+}
