@@ -211,3 +211,152 @@ async fn services_run_where_they_are_placed_and_the_plan_says_where() {
         err.message()
     );
 }
+
+/// A recreate service with 2 replicas and a worker with 3: each replica has
+/// its own container (`ferry.replica`, `-r<i>` in the name), a release
+/// replaces them one by one (stop r1, start r1, its health, then r2), the
+/// previous release is kept stopped per replica, and a restart restarts
+/// every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_recreated_one_by_one_and_restarted_all() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("rc");
+    let _cleanup = AppCleanup(app.clone());
+    for v in ["1.0.0", "1.1.0"] {
+        docker::build_busybox_site(&format!("{app}:{v}"), &[("health", v)]).unwrap();
+    }
+    let c = TestCoordinator::start().await.unwrap();
+    let u = tempfile::tempdir().unwrap();
+    let _web = agent(&c, "web-1", &[("stack", &app)], u.path()).await;
+    let file = format!(
+        r#"app = "{app}"
+[environments.production]
+labels = {{ stack = "{app}" }}
+[services.web]
+image = "{app}:{{version}}"
+pull = "never"
+ports = [8080]
+strategy = "recreate"
+replicas = 2
+[services.web.healthcheck]
+http = "/health"
+interval = "200ms"
+timeout = "1s"
+retries = 10
+[services.worker]
+image = "{app}:{{version}}"
+pull = "never"
+replicas = 3
+"#
+    );
+    let plan = start(&c, &file, "production", "1.0.0", true).await.unwrap();
+    let counts: Vec<u32> = plan.services.iter().map(|s| s.replicas).collect();
+    assert_eq!(counts, [2, 3]);
+
+    let r = deploy(&c, &file, "production", "1.0.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(
+        on_host(&app, "web-1"),
+        [
+            "web 1.0.0 running",
+            "web 1.0.0 running",
+            "worker 1.0.0 running",
+            "worker 1.0.0 running",
+            "worker 1.0.0 running"
+        ]
+    );
+    let names = docker::containers(&format!("ferry.app={app}"));
+    for i in 1..=2 {
+        let prefix = format!("{app}-production-web-r{i}-1.0.0 running");
+        assert!(names.contains(&prefix), "{prefix} in {names:?}");
+    }
+    let job = c.job(&r.steps[0].job_id).await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(
+        result["services"][0]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        result["services"][1]["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let r = deploy(&c, &file, "production", "1.1.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let events = c
+        .watch_to_end(&r.steps[0].job_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let steps: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e.body.as_ref().and_then(|b| b.body.as_ref()) {
+            Some(pb::event_body::Body::StepStarted(s))
+                if s.step.starts_with("stop web") || s.step.starts_with("start web") =>
+            {
+                Some(s.step.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "stop web r1 1.0.0",
+            "start web r1",
+            "stop web r2 1.0.0",
+            "start web r2"
+        ],
+        "one replica at a time"
+    );
+    assert_eq!(
+        on_host(&app, "web-1"),
+        [
+            "web 1.0.0 exited",
+            "web 1.0.0 exited",
+            "web 1.1.0 running",
+            "web 1.1.0 running",
+            "worker 1.0.0 exited",
+            "worker 1.0.0 exited",
+            "worker 1.0.0 exited",
+            "worker 1.1.0 running",
+            "worker 1.1.0 running",
+            "worker 1.1.0 running"
+        ]
+    );
+
+    // The same release again: every replica already runs.
+    let r = deploy(&c, &file, "production", "1.1.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let job = c.job(&r.steps[0].job_id).await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(result["services"][0]["changed"], false, "{result}");
+    assert_eq!(result["services"][1]["changed"], false, "{result}");
+
+    // `ferry restart`: every replica of every service, gated.
+    let mut op = c.operator().await.unwrap();
+    let r = op
+        .restart(pb::RedeployRequest {
+            app: app.clone(),
+            env: "production".into(),
+            services: vec![],
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap();
+    let r = wait_end(&c, &r.id).await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let job = c.job(&r.steps[0].job_id).await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(result["services"].as_array().unwrap().len(), 5, "{result}");
+}

@@ -98,6 +98,9 @@ async fn containers(
                 .and_then(ferry_common::time::parse_rfc3339_ms)
                 .unwrap_or(0),
             hash: labels.get(LABEL_HASH).cloned(),
+            replica: labels
+                .get(naming::LABEL_REPLICA)
+                .and_then(|r| r.parse().ok()),
         });
     }
     out.sort_by(|a, b| (&a.env, &a.service, &a.name).cmp(&(&b.env, &b.service, &b.name)));
