@@ -360,3 +360,127 @@ replicas = 3
     let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
     assert_eq!(result["services"].as_array().unwrap().len(), 5, "{result}");
 }
+
+/// `docker exec NAME ARGS...`: its output, trimmed.
+fn exec(container: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The id and name of the app's running accessory `name`.
+fn accessory(app: &str, name: &str) -> (String, String) {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=ferry.app={app}"),
+            "--filter",
+            &format!("label=ferry.accessory={name}"),
+            "--format",
+            "{{.ID}} {{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one running accessory {name}: {text:?}");
+    let (id, n) = lines[0].split_once(' ').unwrap();
+    (id.to_string(), n.to_string())
+}
+
+fn accessory_file(app: &str, mode: &str) -> String {
+    format!(
+        r#"app = "{app}"
+[environments.production]
+labels = {{ stack = "{app}" }}
+[accessories.db]
+image = "{app}-db:1"
+pull = "never"
+env = {{ MODE = "{mode}" }}
+volumes = ["dbdata:/data"]
+ports = [8080]
+[accessories.db.healthcheck]
+http = "/health"
+interval = "200ms"
+timeout = "1s"
+retries = 10
+[services.web]
+image = "{app}:{{version}}"
+pull = "never"
+ports = [8080]
+[services.web.healthcheck]
+http = "/health"
+interval = "200ms"
+timeout = "1s"
+retries = 10
+"#
+    )
+}
+
+/// An accessory is started before the services, reachable by its name on
+/// the environment's network; a release bump leaves its container (same
+/// id) and its data alone; a change to its own settings recreates it on
+/// the same volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume() {
+    if !docker::available() {
+        return;
+    }
+    let app = unique_app("ac");
+    let _cleanup = AppCleanup(app.clone());
+    docker::build_busybox_site(&format!("{app}-db:1"), &[("health", "db")]).unwrap();
+    for v in ["1.0.0", "1.1.0", "1.2.0"] {
+        docker::build_busybox_site(&format!("{app}:{v}"), &[("health", v)]).unwrap();
+    }
+    let c = TestCoordinator::start().await.unwrap();
+    let u = tempfile::tempdir().unwrap();
+    let _web = agent(&c, "web-1", &[("stack", &app)], u.path()).await;
+
+    let r = deploy(&c, &accessory_file(&app, "a"), "production", "1.0.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let (id, name) = accessory(&app, "db");
+    assert!(name.starts_with(&format!("{app}-production-db-")), "{name}");
+    exec(
+        &name,
+        &["/bin/busybox", "sh", "-c", "echo kept > /data/row"],
+    );
+    // The services reach it by its name.
+    let web = docker::full_name(&format!("{app}-production-web-1.0.0"));
+    assert_eq!(
+        exec(
+            &web,
+            &["/bin/busybox", "wget", "-qO-", "http://db:8080/health"]
+        ),
+        "db"
+    );
+
+    // A release bump: the same accessory container, untouched.
+    let r = deploy(&c, &accessory_file(&app, "a"), "production", "1.1.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let job = c.job(&r.steps[0].job_id).await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(result["accessories"][0]["changed"], false, "{result}");
+    assert_eq!(accessory(&app, "db").0, id, "same container");
+    assert_eq!(exec(&name, &["/bin/busybox", "cat", "/data/row"]), "kept");
+
+    // Its own settings change: a new container, the same volume.
+    let r = deploy(&c, &accessory_file(&app, "b"), "production", "1.2.0").await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    let (id2, name2) = accessory(&app, "db");
+    assert_ne!(id2, id, "recreated");
+    assert_eq!(exec(&name2, &["/bin/busybox", "cat", "/data/row"]), "kept");
+    assert!(
+        exec(&name2, &["/bin/busybox", "env"]).contains("MODE=b"),
+        "the new settings"
+    );
+    let all = docker::containers("ferry.accessory=db")
+        .into_iter()
+        .filter(|l| l.starts_with(&app))
+        .count();
+    assert_eq!(all, 1, "the old accessory container is removed");
+}

@@ -544,7 +544,10 @@ async fn a_host_revoked_mid_rollout_fails_the_rollout_and_reverts_the_others() {
     // v1 on each host: web-1's switched back, web-2's never replaced.
     assert_eq!(
         running(None, &app),
-        [format!("{app}-staging-web-v1"), format!("{app}-staging-web-v1")]
+        [
+            format!("{app}-staging-web-v1"),
+            format!("{app}-staging-web-v1")
+        ]
     );
     for host in ["web-1", "web-2"] {
         let on_host = docker::containers(&format!("ferry.host={host}"))

@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding,
-    RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
@@ -46,7 +47,8 @@ use bollard::query_parameters::{
 };
 use ferry_common::fsutil::{self, Mode};
 use ferry_common::job::naming::{
-    self, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_HOST, LABEL_RELEASE, LABEL_REPLICA, LABEL_SERVICE,
+    self, LABEL_ACCESSORY, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_HOST, LABEL_RELEASE,
+    LABEL_REPLICA, LABEL_SERVICE,
 };
 use ferry_common::job::{
     DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RestartPolicy, ServiceDeploy,
@@ -98,6 +100,17 @@ pub struct ServiceResult {
     pub changed: bool,
 }
 
+/// What the task reports per accessory.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessoryResult {
+    pub accessory: String,
+    pub container: String,
+    pub image: String,
+    pub hash: String,
+    /// False when a container with these settings already ran.
+    pub changed: bool,
+}
+
 /// A service after its step of the deploy, and how to undo it.
 struct Switched {
     service: ServiceDeploy,
@@ -128,6 +141,8 @@ struct Existing {
     hash: String,
     /// `ferry.replica` (1 for a container from before replicas).
     replica: u32,
+    /// Carries `ferry.accessory`.
+    accessory: bool,
     running: bool,
     host_port: Option<u16>,
     /// Nanoseconds since the epoch.
@@ -322,9 +337,14 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         unrestored: Mutex::default(),
     };
     d.ensure_network().await?;
+    let host = ctx.host.name.as_str();
+    // Accessories first: the services may need them (a database).
+    let mut accessories = Vec::new();
+    for acc in spec.accessories.iter().filter(|a| a.runs_on(host)) {
+        accessories.push(d.deploy_accessory(acc).await?);
+    }
     let mut switched: Vec<Switched> = Vec::new();
     let mut results = Vec::new();
-    let host = ctx.host.name.as_str();
     for service in spec.services.iter().filter(|s| s.runs_on(host)) {
         match d.deploy_service(service).await {
             Ok((result, switch)) => {
@@ -394,6 +414,7 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
     let result_json = serde_json::json!({
         "release": spec.release,
         "services": results,
+        "accessories": accessories,
         "not_placed": elsewhere,
         "stopped_not_placed": stopped,
     })
@@ -440,8 +461,25 @@ impl Deployer<'_> {
         self.redactor.redact(line).into_owned()
     }
 
+    /// Whether `name` is one of the spec's accessories.
+    fn is_accessory(&self, name: &str) -> bool {
+        self.spec.accessories.iter().any(|a| a.name == name)
+    }
+
     fn labels(&self, service: &str, hash: &str, replica: u32) -> HashMap<String, String> {
         let created = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        if self.is_accessory(service) {
+            // No release: an accessory outlives them.
+            return HashMap::from([
+                (LABEL_APP.to_string(), self.spec.app.clone()),
+                (LABEL_ENV.to_string(), self.spec.env.clone()),
+                (LABEL_SERVICE.to_string(), service.to_string()),
+                (LABEL_ACCESSORY.to_string(), service.to_string()),
+                (LABEL_HOST.to_string(), self.ctx.host.name.clone()),
+                (LABEL_HASH.to_string(), hash.to_string()),
+                (LABEL_CREATED.to_string(), created.to_string()),
+            ]);
+        }
         HashMap::from([
             (LABEL_APP.to_string(), self.spec.app.clone()),
             (LABEL_ENV.to_string(), self.spec.env.clone()),
@@ -535,6 +573,18 @@ impl Deployer<'_> {
                 format!("{LABEL_SERVICE}={service}"),
             ],
         )]);
+        let mut list = self.list(filters).await?;
+        // An accessory carries its name as `ferry.service` too (for logs and
+        // database lookups); it is never one of the service's containers.
+        list.retain(|c| !c.accessory);
+        Ok(list)
+    }
+
+    /// The containers matching `filters` on this host, any state.
+    async fn list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<Existing>, TaskFailure> {
         let list = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -569,6 +619,7 @@ impl Deployer<'_> {
                         .unwrap_or_default(),
                     release: labels.get(LABEL_RELEASE).cloned().unwrap_or_default(),
                     hash: labels.get(LABEL_HASH).cloned().unwrap_or_default(),
+                    accessory: labels.contains_key(LABEL_ACCESSORY),
                     replica: labels
                         .get(LABEL_REPLICA)
                         .and_then(|r| r.parse().ok())
@@ -751,6 +802,116 @@ impl Deployer<'_> {
             },
             switched,
         ))
+    }
+
+    /// An accessory's containers on this host (`ferry.accessory`).
+    async fn accessory_containers(&self, name: &str) -> Result<Vec<Existing>, TaskFailure> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_APP}={}", self.spec.app),
+                format!("{LABEL_ENV}={}", self.spec.env),
+                format!("{LABEL_ACCESSORY}={name}"),
+            ],
+        )]);
+        self.list(filters).await
+    }
+
+    /// Starts an accessory when none with its settings (`ferry.hash`) runs
+    /// here: a stopped one with them is started again (same container);
+    /// otherwise the old container is stopped, the new one started on the
+    /// same volumes and gated on health, and the old one removed (its
+    /// volumes never are). A failed gate removes the new one and starts
+    /// the old one again. The release plays no part.
+    async fn deploy_accessory(&self, acc: &ServiceDeploy) -> Result<AccessoryResult, TaskFailure> {
+        self.cancelled()?;
+        let image_id = self.ensure_image(acc).await?;
+        let (hash, _) =
+            settings_hash(acc, &image_id, &self.ctx.secrets).map_err(TaskFailure::Failed)?;
+        let existing = self.accessory_containers(&acc.name).await?;
+        let result = |container: &str, changed: bool| AccessoryResult {
+            accessory: acc.name.clone(),
+            container: container.to_string(),
+            image: acc.image.clone(),
+            hash: hash.clone(),
+            changed,
+        };
+        if let Some(c) = existing.iter().find(|c| c.running && c.hash == hash) {
+            let step = format!("{} already running", acc.name);
+            let started = Instant::now();
+            self.ctx.step_started(&step, &c.name);
+            self.ctx.step_finished(
+                &step,
+                true,
+                &format!(
+                    "accessory with these settings (hash {}) runs here",
+                    &hash[..naming::NAME_HASH_LEN]
+                ),
+                started,
+            );
+            return Ok(result(&c.name, false));
+        }
+        self.ensure_volumes(acc).await?;
+        let old: Vec<&Existing> = existing.iter().filter(|c| c.running).collect();
+        for o in &old {
+            self.stop(&o.id, &format!("stop {} (settings changed)", acc.name))
+                .await;
+        }
+        let name = naming::accessory_container(
+            &self.spec.app,
+            &self.spec.env,
+            &acc.name,
+            &hash,
+            &self.ctx.host.name,
+        );
+        let same = existing.iter().find(|c| c.hash == hash && !c.running);
+        let id = match same {
+            Some(c) => {
+                let step = format!("start {}", acc.name);
+                let started = Instant::now();
+                self.ctx.step_started(&step, &c.name);
+                match self
+                    .docker
+                    .start_container(&c.id, None::<StartContainerOptions>)
+                    .await
+                {
+                    Ok(()) => {
+                        self.ctx
+                            .step_finished(&step, true, "started again", started);
+                        c.id.clone()
+                    }
+                    Err(e) => {
+                        self.ctx
+                            .step_finished(&step, false, &e.to_string(), started);
+                        for o in &old {
+                            self.restart_old(acc, o).await;
+                        }
+                        return Err(docker_err(&format!("start {}", c.name), e));
+                    }
+                }
+            }
+            None => match self.start_new(acc, &name, &hash, 1).await {
+                Ok(id) => id,
+                Err(e) => {
+                    for o in &old {
+                        self.restart_old(acc, o).await;
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(why) = self.health_gate(acc, &id).await {
+            let failure = self.fail_new(acc, &id, why, 1).await;
+            for o in &old {
+                self.restart_old(acc, o).await;
+            }
+            return Err(failure);
+        }
+        for o in existing.iter().filter(|c| c.id != id) {
+            self.remove(&o.id).await;
+        }
+        let container = self.container_name(&id).await;
+        Ok(result(&container, true))
     }
 
     /// A container's name, from the engine.
@@ -1013,6 +1174,17 @@ impl Deployer<'_> {
                 }),
                 network_mode: Some(naming::network(&self.spec.app, &self.spec.env)),
                 ..Default::default()
+            }),
+            // An accessory is reached by its name (`db`) on the network,
+            // whatever its container is called.
+            networking_config: self.is_accessory(&svc.name).then(|| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    naming::network(&self.spec.app, &self.spec.env),
+                    EndpointSettings {
+                        aliases: Some(vec![svc.name.clone()]),
+                        ..Default::default()
+                    },
+                )])),
             }),
             ..Default::default()
         };
@@ -1728,6 +1900,7 @@ mod tests {
             release: release.into(),
             hash: "h".into(),
             replica: 1,
+            accessory: false,
             running,
             host_port: port,
             created,

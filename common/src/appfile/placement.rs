@@ -93,12 +93,17 @@ impl AppFile {
         spec: &mut DeploySpec,
         hosts: &[(String, BTreeMap<String, String>)],
     ) -> Result<(), String> {
-        for svc in &mut spec.services {
-            let Some(placement) = self
-                .service(&svc.name)
-                .map(|s| &s.placement)
-                .filter(|p| !p.is_everywhere())
-            else {
+        let (app, env) = (spec.app.clone(), spec.env.clone());
+        let services = spec.services.iter_mut().map(|s| {
+            let file = self.service(&s.name);
+            (s, file)
+        });
+        let accessories = spec.accessories.iter_mut().map(|s| {
+            let file = self.accessory(&s.name);
+            (s, file)
+        });
+        for (svc, file) in services.chain(accessories) {
+            let Some(placement) = file.map(|s| &s.placement).filter(|p| !p.is_everywhere()) else {
                 svc.hosts.clear();
                 continue;
             };
@@ -111,13 +116,10 @@ impl AppFile {
             if on.is_empty() {
                 let all: Vec<&str> = hosts.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(format!(
-                    "service {}: its placement ({}) selects none of the hosts of {} {} ({}); fix services.{}.hosts / labels or the environment",
+                    "service {}: its placement ({}) selects none of the hosts of {app} {env} ({}); fix its hosts / labels or the environment",
                     svc.name,
                     selector.describe(),
-                    spec.app,
-                    spec.env,
                     all.join(", "),
-                    svc.name
                 ));
             }
             svc.hosts = on;

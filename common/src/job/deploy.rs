@@ -19,6 +19,10 @@ pub struct DeploySpec {
     /// The release (version) being deployed, e.g. "1.4.2".
     pub release: String,
     pub services: Vec<ServiceDeploy>,
+    /// `[accessories.NAME]`, started before the services: recreated only
+    /// when their own settings (`ferry.hash`) changed, never for a release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accessories: Vec<ServiceDeploy>,
     /// Replace every service's container even when one of this release
     /// with the same settings already runs (`ferry redeploy`: a crashed
     /// container, an image tag pushed again).
@@ -248,8 +252,18 @@ impl KindSpec for DeploySpec {
                 self.keep_releases
             ));
         }
-        for (i, svc) in self.services.iter().enumerate() {
-            let field = |name: &str| format!("services[{i}].{name}");
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("services", i, s));
+        let accessories = self
+            .accessories
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("accessories", i, s));
+        for (list, i, svc) in services.chain(accessories) {
+            let field = |name: &str| format!("{list}[{i}].{name}");
             at(field("name"), rules::dns_name(&svc.name))?;
             at(field("image"), rules::image(&svc.image))?;
             if svc.image.contains('{') {
@@ -314,6 +328,7 @@ impl KindSpec for DeploySpec {
             + self
                 .services
                 .iter()
+                .chain(&self.accessories)
                 .map(|s| s.health.longest())
                 .sum::<Duration>()
     }
@@ -342,7 +357,7 @@ impl DeploySpec {
     /// credentials), sorted, without repeats.
     pub fn secret_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for svc in &self.services {
+        for svc in self.services.iter().chain(&self.accessories) {
             names.extend(svc.secrets.iter().cloned());
             if let Some(auth) = &svc.registry_auth {
                 names.push(auth.username_secret.clone());
