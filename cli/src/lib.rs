@@ -27,6 +27,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod accessory;
 pub mod agents;
 pub mod audit;
 pub mod backup;
@@ -95,6 +96,8 @@ pub enum Command {
     Completions(completions::Command),
     #[command(flatten)]
     Backup(backup::Command),
+    #[command(flatten)]
+    Accessory(accessory::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -115,6 +118,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Validate(c) => show(&ctx, validate::run(c, &ctx).await),
         Command::Completions(c) => show(&ctx, completions::run(c, &ctx).await),
         Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
+        Command::Accessory(c) => show(&ctx, accessory::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

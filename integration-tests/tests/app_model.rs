@@ -459,6 +459,24 @@ async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume()
         "db"
     );
 
+    // `ferry accessory ls` reads this: the host's inspection names it.
+    let mut op = c.operator().await.unwrap();
+    let status = op
+        .get_app_status(pb::GetAppStatusRequest {
+            app: app.clone(),
+            env: "production".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: Vec<(String, String)> = status.environments[0].hosts[0]
+        .containers
+        .iter()
+        .filter(|c| !c.accessory.is_empty())
+        .map(|c| (c.accessory.clone(), c.name.clone()))
+        .collect();
+    assert_eq!(listed, [("db".to_string(), name.clone())]);
+
     // A release bump: the same accessory container, untouched.
     let r = deploy(&c, &accessory_file(&app, "a"), "production", "1.1.0").await;
     assert_eq!(r.status, "succeeded", "{r:#?}");

@@ -101,6 +101,7 @@ async fn containers(
             replica: labels
                 .get(naming::LABEL_REPLICA)
                 .and_then(|r| r.parse().ok()),
+            accessory: labels.get(naming::LABEL_ACCESSORY).cloned(),
         });
     }
     out.sort_by(|a, b| (&a.env, &a.service, &a.name).cmp(&(&b.env, &b.service, &b.name)));
