@@ -24,6 +24,49 @@ pub enum Action {
     /// List the accessories each host runs: name, host, container, image,
     /// state, settings hash.
     Ls(LsArgs),
+    /// Restart the accessories' containers in place (same containers, same
+    /// volumes), host batch by host batch, each gated on its health check.
+    /// Exit 0 when every one is back and healthy, 1 otherwise.
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    /// The app (as `app` in ferry.toml).
+    #[arg(long)]
+    pub app: String,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Only these accessories (default: every one).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub flags: crate::deploy::Flags,
+}
+
+/// What `ferry accessory` shows.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum View {
+    Ls(Accessories),
+    Restart(Box<crate::deploy::View>),
+}
+
+impl Render for View {
+    fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
+        match self {
+            View::Ls(v) => v.text(t),
+            View::Restart(v) => v.text(t),
+        }
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self {
+            View::Ls(v) => v.exit_code(),
+            View::Restart(v) => v.exit_code(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -38,8 +81,16 @@ pub struct LsArgs {
     pub name: Option<String>,
 }
 
-pub async fn run(command: Command, ctx: &Ctx) -> Result<Accessories, CliError> {
-    let Command::Accessory(Action::Ls(args)) = command;
+pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
+    let Command::Accessory(action) = command;
+    let args = match action {
+        Action::Ls(args) => args,
+        Action::Restart(a) => {
+            return crate::deploy::restart_accessories(ctx, a.app, a.env, a.names, &a.flags)
+                .await
+                .map(|v| View::Restart(Box::new(v)));
+        }
+    };
     let mut s = ctx.connect().await?;
     let status = s
         .client
@@ -49,7 +100,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<Accessories, CliError> {
         })
         .await?
         .into_inner();
-    Ok(Accessories::of(&status, args.name.as_deref()))
+    Ok(View::Ls(Accessories::of(&status, args.name.as_deref())))
 }
 
 /// One accessory container on one host.
@@ -136,6 +187,49 @@ impl Render for Accessories {
 mod tests {
     use super::*;
     use crate::render::{json_of, text_of};
+
+    #[test]
+    fn accessory_commands_parse() {
+        use clap::Parser;
+        let parse = |args: &[&str]| crate::Cli::try_parse_from(args).map(|c| c.command);
+        match parse(&[
+            "ferry",
+            "accessory",
+            "ls",
+            "--app",
+            "shop",
+            "--env",
+            "prod",
+            "db",
+        ]) {
+            Ok(crate::Command::Accessory(Command::Accessory(Action::Ls(a)))) => {
+                assert_eq!((a.app.as_str(), a.name.as_deref()), ("shop", Some("db")))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "ferry",
+            "accessory",
+            "restart",
+            "--app",
+            "shop",
+            "--env",
+            "prod",
+            "db",
+            "redis",
+            "--yes",
+        ]) {
+            Ok(crate::Command::Accessory(Command::Accessory(Action::Restart(a)))) => {
+                assert_eq!(a.names, ["db", "redis"]);
+                assert!(a.flags.yes);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["ferry", "accessory", "ls", "--app", "shop"]).is_err(),
+            "--env is required"
+        );
+    }
 
     #[test]
     fn ls_shows_each_accessory_per_host_and_hosts_that_could_not_say() {

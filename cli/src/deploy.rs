@@ -124,6 +124,8 @@ enum Start {
         app: String,
         env: String,
         services: Vec<String>,
+        /// `services` names accessories (`ferry accessory restart`).
+        accessories: bool,
     },
 }
 
@@ -165,8 +167,28 @@ fn again(restart: bool, a: AgainArgs) -> (Start, Flags) {
         app: a.app,
         env: a.env,
         services: a.services,
+        accessories: false,
     };
     (what, a.flags)
+}
+
+/// `ferry accessory restart`: a restart rollout of the current release's
+/// accessories named (every one if none), host batch by host batch.
+pub async fn restart_accessories(
+    ctx: &Ctx,
+    app: String,
+    env: String,
+    names: Vec<String>,
+    flags: &Flags,
+) -> Result<View, CliError> {
+    let what = Start::Again {
+        restart: true,
+        app,
+        env,
+        services: names,
+        accessories: true,
+    };
+    start(ctx, &what, flags).await
 }
 
 async fn start(ctx: &Ctx, what: &Start, flags: &Flags) -> Result<View, CliError> {
@@ -237,12 +259,14 @@ async fn request(
             app,
             env,
             services,
+            accessories,
         } => {
             let req = pb::RedeployRequest {
                 app: app.clone(),
                 env: env.clone(),
                 services: services.clone(),
                 dry_run,
+                accessories: *accessories,
             };
             if *restart {
                 client.restart(req).await?

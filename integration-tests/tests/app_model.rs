@@ -344,6 +344,7 @@ replicas = 3
     let mut op = c.operator().await.unwrap();
     let r = op
         .restart(pb::RedeployRequest {
+            accessories: false,
             app: app.clone(),
             env: "production".into(),
             services: vec![],
@@ -501,4 +502,51 @@ async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume()
         .filter(|l| l.starts_with(&app))
         .count();
     assert_eq!(all, 1, "the old accessory container is removed");
+
+    // `ferry accessory restart`: the same container, started again, gated.
+    let started = || {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.StartedAt}}", &name2])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = started();
+    let restart = |names: Vec<String>| pb::RedeployRequest {
+        app: app.clone(),
+        env: "production".into(),
+        services: names,
+        dry_run: false,
+        accessories: true,
+    };
+    let err = op.restart(restart(vec!["nope".into()])).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("has no accessory \"nope\"; it has db"),
+        "{}",
+        err.message()
+    );
+    let r = op
+        .restart(restart(vec![]))
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap();
+    let r = wait_end(&c, &r.id).await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(accessory(&app, "db").0, id2, "restarted in place");
+    assert_ne!(started(), before, "started again");
+    let job = c.job(&r.steps[0].job_id).await.unwrap();
+    let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+    assert_eq!(
+        result["services"][0]["container"],
+        name2.as_str(),
+        "{result}"
+    );
+    assert_eq!(
+        result["services"].as_array().unwrap().len(),
+        1,
+        "the web service is not restarted: {result}"
+    );
 }

@@ -600,6 +600,7 @@ async fn again(
 ) -> Result<pb::Rollout, tonic::Status> {
     let mut op = c.operator().await.unwrap();
     let req = pb::RedeployRequest {
+        accessories: false,
         app: app.into(),
         env: env.into(),
         services: services.iter().map(|s| s.to_string()).collect(),

@@ -166,12 +166,17 @@ async fn running_containers(
     svc: &RestartService,
     ctx: &TaskContext,
 ) -> Result<Vec<(String, String)>, TaskFailure> {
+    let by = if svc.accessory {
+        naming::LABEL_ACCESSORY
+    } else {
+        LABEL_SERVICE
+    };
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
             format!("{LABEL_APP}={}", spec.app),
             format!("{LABEL_ENV}={}", spec.env),
-            format!("{LABEL_SERVICE}={}", svc.name),
+            format!("{by}={}", svc.name),
         ],
     )]);
     let list = docker
@@ -194,7 +199,18 @@ async fn running_containers(
             .as_ref()
             .and_then(|l| l.get(LABEL_RELEASE).cloned())
             .unwrap_or_default();
-        if running && release == spec.release {
+        let accessory = c
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(naming::LABEL_ACCESSORY));
+        // A service's containers of the release; an accessory's whatever
+        // the release (it has none).
+        let wanted = if svc.accessory {
+            accessory
+        } else {
+            !accessory && release == spec.release
+        };
+        if running && wanted {
             let name = c
                 .names
                 .iter()

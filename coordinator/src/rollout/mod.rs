@@ -76,6 +76,10 @@ pub struct Plan {
     /// A redeploy or restart of only these services (empty: every one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// A restart of accessories: `services` names accessories (empty:
+    /// every one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accessories: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,14 +260,26 @@ impl Core {
         .into_iter()
         .map(str::to_string)
         .collect();
-        // Unknown service names are refused here, before anything is stored.
-        RestartSpec::of_release(&spec, &services)
-            .map_err(|e| CoordinatorError::invalid("services", e))?;
+        // Unknown names are refused here, before anything is stored.
+        if req.accessories {
+            if kind != RolloutKind::Restart {
+                return Err(CoordinatorError::invalid(
+                    "accessories",
+                    "only a restart takes accessories; a deploy recreates an accessory whose settings changed",
+                ));
+            }
+            RestartSpec::of_accessories(&spec, &services)
+                .map_err(|e| CoordinatorError::invalid("accessories", e))?;
+        } else {
+            RestartSpec::of_release(&spec, &services)
+                .map_err(|e| CoordinatorError::invalid("services", e))?;
+        }
         let old = parse_plan(&current)?;
         let mut plan = self
             .plan_hosts(app, env, old.selector, old.max_parallel, old.smoke)
             .await?;
         plan.services = services;
+        plan.accessories = req.accessories;
         plan.secret_rules = old.secret_rules;
         let resolved = Resolved {
             spec,
@@ -379,6 +395,7 @@ impl Core {
             smoke,
             secret_rules: BTreeMap::new(),
             services: Vec::new(),
+            accessories: false,
         })
     }
 
@@ -583,6 +600,9 @@ fn batch_job(kind: RolloutKind, spec: &DeploySpec, plan: &Plan) -> Result<JobSpe
                 .collect(),
             ..spec.clone()
         }),
+        RolloutKind::Restart if plan.accessories => {
+            JobSpec::Restart(RestartSpec::of_accessories(spec, &plan.services)?)
+        }
         RolloutKind::Restart => JobSpec::Restart(RestartSpec::of_release(spec, &plan.services)?),
     })
 }
@@ -1449,6 +1469,7 @@ mod tests {
             smoke: Vec::new(),
             secret_rules: BTreeMap::new(),
             services: Vec::new(),
+            accessories: false,
         };
         assert_eq!(
             batch_job(RolloutKind::Deploy, &spec, &plan).unwrap(),
