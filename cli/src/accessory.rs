@@ -28,6 +28,26 @@ pub enum Action {
     /// volumes), host batch by host batch, each gated on its health check.
     /// Exit 0 when every one is back and healthy, 1 otherwise.
     Restart(RestartArgs),
+    /// Roll the current release out again with the app file's settings of
+    /// these accessories (default: every one): a changed accessory is
+    /// recreated on its volumes, health-gated; services that run are left
+    /// alone. Exit 0 when it is out, 1 otherwise.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// The app file.
+    #[arg(short = 'f', long = "file", default_value = "ferry.toml")]
+    pub file: std::path::PathBuf,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Only these accessories (default: every one).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub flags: crate::deploy::Flags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,21 +70,22 @@ pub struct RestartArgs {
 #[serde(untagged)]
 pub enum View {
     Ls(Accessories),
-    Restart(Box<crate::deploy::View>),
+    /// A restart or upgrade rollout.
+    Rollout(Box<crate::deploy::View>),
 }
 
 impl Render for View {
     fn text(&self, t: &mut Text<'_>) -> io::Result<()> {
         match self {
             View::Ls(v) => v.text(t),
-            View::Restart(v) => v.text(t),
+            View::Rollout(v) => v.text(t),
         }
     }
 
     fn exit_code(&self) -> i32 {
         match self {
             View::Ls(v) => v.exit_code(),
-            View::Restart(v) => v.exit_code(),
+            View::Rollout(v) => v.exit_code(),
         }
     }
 }
@@ -88,7 +109,12 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
         Action::Restart(a) => {
             return crate::deploy::restart_accessories(ctx, a.app, a.env, a.names, &a.flags)
                 .await
-                .map(|v| View::Restart(Box::new(v)));
+                .map(|v| View::Rollout(Box::new(v)));
+        }
+        Action::Upgrade(a) => {
+            return crate::deploy::upgrade_accessories(ctx, &a.file, a.env, a.names, &a.flags)
+                .await
+                .map(|v| View::Rollout(Box::new(v)));
         }
     };
     let mut s = ctx.connect().await?;
@@ -229,6 +255,13 @@ mod tests {
             parse(&["ferry", "accessory", "ls", "--app", "shop"]).is_err(),
             "--env is required"
         );
+        match parse(&["ferry", "accessory", "upgrade", "--env", "prod", "db"]) {
+            Ok(crate::Command::Accessory(Command::Accessory(Action::Upgrade(a)))) => {
+                assert_eq!(a.file, std::path::PathBuf::from("ferry.toml"));
+                assert_eq!(a.names, ["db"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -112,6 +112,9 @@ enum Start {
         app_file: String,
         env: String,
         version: String,
+        /// `ferry accessory upgrade`: the current release with these
+        /// accessories of the file (every one if empty).
+        accessories: Option<Vec<String>>,
     },
     Rollback {
         app: String,
@@ -144,6 +147,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
                 app_file,
                 env: a.env,
                 version: a.version,
+                accessories: None,
             };
             (what, a.flags)
         }
@@ -170,6 +174,30 @@ fn again(restart: bool, a: AgainArgs) -> (Start, Flags) {
         accessories: false,
     };
     (what, a.flags)
+}
+
+/// `ferry accessory upgrade`: the current release rolled out again with
+/// the app file's accessories `names` (every one if none) in place of the
+/// release's; services that already run are left alone.
+pub async fn upgrade_accessories(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    env: String,
+    names: Vec<String>,
+    flags: &Flags,
+) -> Result<View, CliError> {
+    let file_name = file.display().to_string();
+    let app_file = ferry_common::appfile::read(file).map_err(|e| CliError::usage(e.to_string()))?;
+    ferry_common::appfile::parse(&file_name, &app_file)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let what = Start::Deploy {
+        file_name,
+        app_file,
+        env,
+        version: String::new(),
+        accessories: Some(names),
+    };
+    start(ctx, &what, flags).await
 }
 
 /// `ferry accessory restart`: a restart rollout of the current release's
@@ -233,6 +261,7 @@ async fn request(
             app_file,
             env,
             version,
+            accessories,
         } => {
             client
                 .start_rollout(pb::StartRolloutRequest {
@@ -241,6 +270,8 @@ async fn request(
                     env: env.clone(),
                     version: version.clone(),
                     dry_run,
+                    accessories_only: accessories.is_some(),
+                    accessories: accessories.clone().unwrap_or_default(),
                 })
                 .await?
         }

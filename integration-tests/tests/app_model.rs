@@ -28,6 +28,8 @@ async fn start(
     let mut op = c.operator().await.unwrap();
     Ok(op
         .start_rollout(pb::StartRolloutRequest {
+            accessories_only: false,
+            accessories: Vec::new(),
             app_file: file.to_string(),
             file_name: "ferry.toml".into(),
             env: env.into(),
@@ -373,6 +375,15 @@ fn exec(container: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A container's id.
+fn inspect_id(name: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.Id}}", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The id and name of the app's running accessory `name`.
 fn accessory(app: &str, name: &str) -> (String, String) {
     let out = std::process::Command::new("docker")
@@ -549,4 +560,36 @@ async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume()
         1,
         "the web service is not restarted: {result}"
     );
+
+    // `ferry accessory upgrade`: the current release again with the file's
+    // new accessory settings; the accessory is recreated, the service is
+    // left alone.
+    let web_id = |release: &str| {
+        let name = docker::full_name(&format!("{app}-production-web-{release}"));
+        inspect_id(&name)
+    };
+    let web_before = web_id("1.2.0");
+    let r = op
+        .start_rollout(pb::StartRolloutRequest {
+            app_file: accessory_file(&app, "c"),
+            file_name: "ferry.toml".into(),
+            env: "production".into(),
+            version: String::new(),
+            dry_run: false,
+            accessories_only: true,
+            accessories: vec!["db".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap();
+    let r = wait_end(&c, &r.id).await;
+    assert_eq!(r.status, "succeeded", "{r:#?}");
+    assert_eq!(r.version, "1.2.0", "the current release");
+    let (id3, name3) = accessory(&app, "db");
+    assert_ne!(id3, id2, "recreated");
+    assert!(exec(&name3, &["/bin/busybox", "env"]).contains("MODE=c"));
+    assert_eq!(exec(&name3, &["/bin/busybox", "cat", "/data/row"]), "kept");
+    assert_eq!(web_id("1.2.0"), web_before, "the service is left alone");
 }

@@ -274,6 +274,8 @@ async fn deploy_release(c: &TestCoordinator, t: &Target, release: Option<&str>) 
     let rollout = match release {
         Some(version) => op
             .start_rollout(pb::StartRolloutRequest {
+                accessories_only: false,
+                accessories: Vec::new(),
                 app_file: app_file(t),
                 file_name: "ferry.toml".into(),
                 env: ENV.into(),

@@ -64,6 +64,8 @@ async fn start(
     let mut op = c.operator().await.unwrap();
     Ok(op
         .start_rollout(pb::StartRolloutRequest {
+            accessories_only: false,
+            accessories: Vec::new(),
             app_file: file.to_string(),
             file_name: "ferry.toml".into(),
             env: env.into(),

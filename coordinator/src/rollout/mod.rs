@@ -130,7 +130,21 @@ impl Core {
         let app = appfile::parse(file_name, &req.app_file)
             .map_err(|e| CoordinatorError::invalid("app file", e.to_string()))?;
         let env = req.env.trim();
-        let version = req.version.trim();
+        let current = self.current_release(&app.app, env).await?;
+        let version = match (&current, req.accessories_only) {
+            (Some(c), true) => c.version.clone(),
+            (None, true) => {
+                return Err(CoordinatorError::invalid(
+                    "accessory upgrade",
+                    format!(
+                        "{} {env} has no successful release to upgrade the accessories of; deploy one with `ferry deploy`",
+                        app.app
+                    ),
+                ));
+            }
+            (_, false) => req.version.trim().to_string(),
+        };
+        let version = version.as_str();
         let mut spec = app
             .deploy_spec(env, version)
             .map_err(|e| CoordinatorError::invalid("deploy", e.to_string()))?;
@@ -155,8 +169,14 @@ impl Core {
             .collect();
         app.place(&mut spec, &hosts)
             .map_err(|e| CoordinatorError::invalid("placement", e))?;
+        if req.accessories_only
+            && let Some(c) = &current
+        {
+            spec = upgraded_accessories(release_spec(c)?, spec, &req.accessories)
+                .map_err(|e| CoordinatorError::invalid("accessories", e))?;
+        }
         plan.secret_rules = app.secrets.clone();
-        let previous = self.current_release(&spec.app, env).await?;
+        let previous = current;
         let resolved = Resolved {
             spec,
             plan,
@@ -570,6 +590,40 @@ fn release_spec(r: &RolloutRecord) -> Result<DeploySpec, CoordinatorError> {
     let mut spec = parse_spec(r)?;
     spec.force = false;
     Ok(spec)
+}
+
+/// `ferry accessory upgrade`: the current release's stored spec with the
+/// accessories `names` (every one if empty) of the app file's spec `new`
+/// in place of its own; the services stay as the release has them.
+fn upgraded_accessories(
+    mut stored: DeploySpec,
+    new: DeploySpec,
+    names: &[String],
+) -> Result<DeploySpec, String> {
+    let known: Vec<&str> = new.accessories.iter().map(|a| a.name.as_str()).collect();
+    if known.is_empty() {
+        return Err(format!(
+            "the app file has no accessories for {} {}",
+            new.app, new.env
+        ));
+    }
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(format!(
+            "the app file has no accessory {unknown:?}; it has {}",
+            known.join(", ")
+        ));
+    }
+    for acc in new
+        .accessories
+        .into_iter()
+        .filter(|a| names.is_empty() || names.contains(&a.name))
+    {
+        match stored.accessories.iter_mut().find(|a| a.name == acc.name) {
+            Some(old) => *old = acc,
+            None => stored.accessories.push(acc),
+        }
+    }
+    Ok(stored)
 }
 
 /// Each item once, in first-seen order (`dedup` only drops adjacent ones).
