@@ -226,6 +226,9 @@ pub fn rollout_json(r: &pb::Rollout) -> Value {
             "name": s.name, "image": s.image, "strategy": s.strategy,
             "replicas": s.replicas.max(1), "hosts": s.hosts,
         })).collect::<Vec<_>>(),
+        "accessories": r.accessories.iter().map(|s| json!({
+            "name": s.name, "image": s.image, "hosts": s.hosts,
+        })).collect::<Vec<_>>(),
         "batches": r.batches.iter().map(|b| b.hosts.iter().map(|h| json!({
             "agent": h.agent, "online": h.online,
         })).collect::<Vec<_>>()).collect::<Vec<_>>(),
@@ -302,6 +305,26 @@ impl Render for Plan {
                 line.push_str(&format!(" on {}", s.hosts.join(", ")));
             }
             writeln!(out, "{line}")?;
+        }
+        // A restart names what it restarts in `only_services`: services,
+        // or (a restart of accessories) accessories.
+        let restart_of_accessories = r.kind == "restart"
+            && !r.only_services.is_empty()
+            && r.only_services
+                .iter()
+                .all(|n| r.accessories.iter().any(|a| &a.name == n));
+        if r.kind != "restart" || restart_of_accessories {
+            for a in r
+                .accessories
+                .iter()
+                .filter(|a| !restart_of_accessories || r.only_services.contains(&a.name))
+            {
+                let mut line = format!("  accessory {:<10} {}", a.name, a.image);
+                if !a.hosts.is_empty() {
+                    line.push_str(&format!(" on {}", a.hosts.join(", ")));
+                }
+                writeln!(out, "{line}")?;
+            }
         }
         let now = now_ms();
         for (i, b) in r.batches.iter().enumerate() {
@@ -554,6 +577,13 @@ mod tests {
                 hosts: vec!["web-1".into()],
             },
         ];
+        r.accessories = vec![pb::RolloutService {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            strategy: "accessory".into(),
+            replicas: 1,
+            hosts: vec!["db-1".into()],
+        }];
         r.batches = vec![pb::RolloutBatch {
             hosts: vec![pb::RolloutHost {
                 agent: "web-1".into(),
@@ -567,6 +597,7 @@ mod tests {
             "Plan: deploy shop 1.2 to staging — 1 host(s) in 1 batch(es) of up to 1\n\
              \x20 service web          shop:1.2  (blue-green)\n\
              \x20 service api          shop-api:1.2  (blue-green) ×4 on web-1\n\
+             \x20 accessory db         postgres:16 on db-1\n\
              \x20 batch 1: web-1\n\
              \x20 smoke: 2 check(s) after each batch\n\
              \x20 previous release: 1.1 (restored on failure)\n"

@@ -453,6 +453,15 @@ async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume()
     let u = tempfile::tempdir().unwrap();
     let _web = agent(&c, "web-1", &[("stack", &app)], u.path()).await;
 
+    let plan = start(&c, &accessory_file(&app, "a"), "production", "1.0.0", true)
+        .await
+        .unwrap();
+    let planned: Vec<(&str, &str)> = plan
+        .accessories
+        .iter()
+        .map(|a| (a.name.as_str(), a.image.as_str()))
+        .collect();
+    assert_eq!(planned, [("db", format!("{app}-db:1").as_str())]);
     let r = deploy(&c, &accessory_file(&app, "a"), "production", "1.0.0").await;
     assert_eq!(r.status, "succeeded", "{r:#?}");
     let (id, name) = accessory(&app, "db");
@@ -544,6 +553,7 @@ async fn an_accessory_outlives_releases_and_a_settings_change_keeps_its_volume()
         .into_inner()
         .rollout
         .unwrap();
+    assert_eq!(r.only_services, ["db"], "the plan names what it restarts");
     let r = wait_end(&c, &r.id).await;
     assert_eq!(r.status, "succeeded", "{r:#?}");
     assert_eq!(accessory(&app, "db").0, id2, "restarted in place");

@@ -280,6 +280,12 @@ impl Core {
         .into_iter()
         .map(str::to_string)
         .collect();
+        // A restart of every accessory names them, so the plan says which.
+        let services = if req.accessories && services.is_empty() {
+            spec.accessories.iter().map(|a| a.name.clone()).collect()
+        } else {
+            services
+        };
         // Unknown names are refused here, before anything is stored.
         if req.accessories {
             if kind != RolloutKind::Restart {
@@ -674,6 +680,17 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
         status: r.status.as_str().into(),
         protected: r.protected,
         previous_version: r.previous_version.clone().unwrap_or_default(),
+        accessories: spec
+            .accessories
+            .iter()
+            .map(|s| pb::RolloutService {
+                name: s.name.clone(),
+                image: s.image.clone(),
+                strategy: "accessory".into(),
+                replicas: 1,
+                hosts: s.hosts.clone(),
+            })
+            .collect(),
         services: spec
             .services
             .iter()
