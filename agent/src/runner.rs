@@ -360,6 +360,7 @@ mod tests {
         spool.attach(tx);
         let probe = Arc::new(HealthProbe::new("/nonexistent.sock", None, vec![]));
         let host = Arc::new(HostEnv {
+            name: "web-1".into(),
             docker: Err("no Docker in unit tests".into()),
             nginx: Default::default(),
             backup_dir: std::env::temp_dir().join("ferry-runner-tests-no-backups"),

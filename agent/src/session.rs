@@ -71,6 +71,7 @@ impl Agent {
         // file; its task is reported lost (the spool), its file goes here.
         executor::backup::remove_partial_files(&backup_dir);
         let host = Arc::new(HostEnv {
+            name: config.name.clone(),
             docker: crate::health::connect_docker(&config.docker_socket),
             nginx: config.nginx.clone(),
             backup_dir,

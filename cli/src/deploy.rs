@@ -112,6 +112,9 @@ enum Start {
         app_file: String,
         env: String,
         version: String,
+        /// `ferry accessory upgrade`: the current release with these
+        /// accessories of the file (every one if empty).
+        accessories: Option<Vec<String>>,
     },
     Rollback {
         app: String,
@@ -124,6 +127,8 @@ enum Start {
         app: String,
         env: String,
         services: Vec<String>,
+        /// `services` names accessories (`ferry accessory restart`).
+        accessories: bool,
     },
 }
 
@@ -142,6 +147,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> Result<View, CliError> {
                 app_file,
                 env: a.env,
                 version: a.version,
+                accessories: None,
             };
             (what, a.flags)
         }
@@ -165,8 +171,52 @@ fn again(restart: bool, a: AgainArgs) -> (Start, Flags) {
         app: a.app,
         env: a.env,
         services: a.services,
+        accessories: false,
     };
     (what, a.flags)
+}
+
+/// `ferry accessory upgrade`: the current release rolled out again with
+/// the app file's accessories `names` (every one if none) in place of the
+/// release's; services that already run are left alone.
+pub async fn upgrade_accessories(
+    ctx: &Ctx,
+    file: &std::path::Path,
+    env: String,
+    names: Vec<String>,
+    flags: &Flags,
+) -> Result<View, CliError> {
+    let file_name = file.display().to_string();
+    let app_file = ferry_common::appfile::read(file).map_err(|e| CliError::usage(e.to_string()))?;
+    ferry_common::appfile::parse(&file_name, &app_file)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let what = Start::Deploy {
+        file_name,
+        app_file,
+        env,
+        version: String::new(),
+        accessories: Some(names),
+    };
+    start(ctx, &what, flags).await
+}
+
+/// `ferry accessory restart`: a restart rollout of the current release's
+/// accessories named (every one if none), host batch by host batch.
+pub async fn restart_accessories(
+    ctx: &Ctx,
+    app: String,
+    env: String,
+    names: Vec<String>,
+    flags: &Flags,
+) -> Result<View, CliError> {
+    let what = Start::Again {
+        restart: true,
+        app,
+        env,
+        services: names,
+        accessories: true,
+    };
+    start(ctx, &what, flags).await
 }
 
 async fn start(ctx: &Ctx, what: &Start, flags: &Flags) -> Result<View, CliError> {
@@ -211,6 +261,7 @@ async fn request(
             app_file,
             env,
             version,
+            accessories,
         } => {
             client
                 .start_rollout(pb::StartRolloutRequest {
@@ -219,6 +270,8 @@ async fn request(
                     env: env.clone(),
                     version: version.clone(),
                     dry_run,
+                    accessories_only: accessories.is_some(),
+                    accessories: accessories.clone().unwrap_or_default(),
                 })
                 .await?
         }
@@ -237,12 +290,14 @@ async fn request(
             app,
             env,
             services,
+            accessories,
         } => {
             let req = pb::RedeployRequest {
                 app: app.clone(),
                 env: env.clone(),
                 services: services.clone(),
                 dry_run,
+                accessories: *accessories,
             };
             if *restart {
                 client.restart(req).await?

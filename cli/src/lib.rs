@@ -16,7 +16,8 @@
 //! - [`jobs`]: `probe`, `jobs`, `job show|cancel`, `watch`; [`follow`]
 //!   streams a job's events (shared with rollouts).
 //! - [`deploy`]: `deploy`, `rollback`, `redeploy`, `restart`; [`rollout`]:
-//!   `releases`, `rollout`, `rollout cancel`.
+//!   `releases`, `rollout`, `rollout cancel`; [`accessory`]: `accessory
+//!   ls|restart|upgrade`, the long-lived containers beside the services.
 //! - [`logs`]: a service's container logs; [`audit`]: the audit log;
 //!   `status --app` (in [`status`]): what runs where.
 //! - [`secrets`], [`validate`], [`completions`].
@@ -30,6 +31,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod accessory;
 pub mod agents;
 pub mod audit;
 pub mod backup;
@@ -104,6 +106,8 @@ pub enum Command {
     Schedule(schedule::Command),
     #[command(flatten)]
     Migrate(migrate::Command),
+    #[command(flatten)]
+    Accessory(accessory::Command),
 }
 
 /// Runs one CLI invocation and returns its exit code; output goes to
@@ -126,6 +130,7 @@ pub async fn run(cli: Cli, env: CliEnv) -> i32 {
         Command::Backup(c) => show(&ctx, backup::run(c, &ctx).await),
         Command::Schedule(c) => show(&ctx, schedule::run(c, &ctx).await),
         Command::Migrate(c) => show(&ctx, migrate::run(c, &ctx).await),
+        Command::Accessory(c) => show(&ctx, accessory::run(c, &ctx).await),
     };
     match result {
         Ok(code) => code,

@@ -224,6 +224,10 @@ pub fn rollout_json(r: &pb::Rollout) -> Value {
         "previous_version": Some(&r.previous_version).filter(|v| !v.is_empty()),
         "services": r.services.iter().map(|s| json!({
             "name": s.name, "image": s.image, "strategy": s.strategy,
+            "replicas": s.replicas.max(1), "hosts": s.hosts,
+        })).collect::<Vec<_>>(),
+        "accessories": r.accessories.iter().map(|s| json!({
+            "name": s.name, "image": s.image, "hosts": s.hosts,
         })).collect::<Vec<_>>(),
         "batches": r.batches.iter().map(|b| b.hosts.iter().map(|h| json!({
             "agent": h.agent, "online": h.online,
@@ -293,11 +297,34 @@ impl Render for Plan {
             .iter()
             .filter(|s| r.only_services.is_empty() || r.only_services.contains(&s.name))
         {
-            writeln!(
-                out,
-                "  service {:<12} {}  ({})",
-                s.name, s.image, s.strategy
-            )?;
+            let mut line = format!("  service {:<12} {}  ({})", s.name, s.image, s.strategy);
+            if s.replicas > 1 {
+                line.push_str(&format!(" ×{}", s.replicas));
+            }
+            if !s.hosts.is_empty() {
+                line.push_str(&format!(" on {}", s.hosts.join(", ")));
+            }
+            writeln!(out, "{line}")?;
+        }
+        // A restart names what it restarts in `only_services`: services,
+        // or (a restart of accessories) accessories.
+        let restart_of_accessories = r.kind == "restart"
+            && !r.only_services.is_empty()
+            && r.only_services
+                .iter()
+                .all(|n| r.accessories.iter().any(|a| &a.name == n));
+        if r.kind != "restart" || restart_of_accessories {
+            for a in r
+                .accessories
+                .iter()
+                .filter(|a| !restart_of_accessories || r.only_services.contains(&a.name))
+            {
+                let mut line = format!("  accessory {:<10} {}", a.name, a.image);
+                if !a.hosts.is_empty() {
+                    line.push_str(&format!(" on {}", a.hosts.join(", ")));
+                }
+                writeln!(out, "{line}")?;
+            }
         }
         let now = now_ms();
         for (i, b) in r.batches.iter().enumerate() {
@@ -535,10 +562,27 @@ mod tests {
         let mut r = rollout();
         r.max_parallel = 1;
         r.smoke_checks = 2;
-        r.services = vec![pb::RolloutService {
-            name: "web".into(),
-            image: "shop:1.2".into(),
-            strategy: "blue-green".into(),
+        r.services = vec![
+            pb::RolloutService {
+                name: "web".into(),
+                image: "shop:1.2".into(),
+                strategy: "blue-green".into(),
+                ..Default::default()
+            },
+            pb::RolloutService {
+                name: "api".into(),
+                image: "shop-api:1.2".into(),
+                strategy: "blue-green".into(),
+                replicas: 4,
+                hosts: vec!["web-1".into()],
+            },
+        ];
+        r.accessories = vec![pb::RolloutService {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            strategy: "accessory".into(),
+            replicas: 1,
+            hosts: vec!["db-1".into()],
         }];
         r.batches = vec![pb::RolloutBatch {
             hosts: vec![pb::RolloutHost {
@@ -552,6 +596,8 @@ mod tests {
             text,
             "Plan: deploy shop 1.2 to staging — 1 host(s) in 1 batch(es) of up to 1\n\
              \x20 service web          shop:1.2  (blue-green)\n\
+             \x20 service api          shop-api:1.2  (blue-green) ×4 on web-1\n\
+             \x20 accessory db         postgres:16 on db-1\n\
              \x20 batch 1: web-1\n\
              \x20 smoke: 2 check(s) after each batch\n\
              \x20 previous release: 1.1 (restored on failure)\n"
@@ -603,6 +649,7 @@ mod tests {
                 name: n.to_string(),
                 image: format!("shop-{n}:1.2"),
                 strategy: "recreate".into(),
+                ..Default::default()
             })
             .collect();
         let text = text_of(&Plan(r.clone()));

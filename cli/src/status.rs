@@ -220,6 +220,8 @@ impl Serialize for AppStatus {
                             "health": Some(&c.health).filter(|h| !h.is_empty()),
                             "started_at": opt_time(c.started_at_ms),
                             "hash": Some(&c.hash).filter(|h| !h.is_empty()),
+                            "accessory": Some(&c.accessory).filter(|a| !a.is_empty()),
+                            "replica": Some(c.replica).filter(|r| *r > 0),
                         })).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 })

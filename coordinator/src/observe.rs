@@ -518,6 +518,8 @@ fn host_status(
                         health: c.health,
                         started_at_ms: c.started_at_ms,
                         hash: c.hash.unwrap_or_default(),
+                        accessory: c.accessory.unwrap_or_default(),
+                        replica: c.replica.unwrap_or_default(),
                     })
                     .collect();
             }

@@ -1,5 +1,7 @@
 //! Blue-green through a real nginx under continuous HTTP load: zero failed
-//! requests across a deploy (v1 → v2) and across a rollback (v2 → v1).
+//! requests across a deploy (v1 → v2) and across a rollback (v2 → v1), with
+//! one container and with `replicas = 4` (all four answering, switched at
+//! once).
 //!
 //! Both go through rollouts (`ferry deploy`, then `ferry rollback`): the
 //! agent (in-process, with a coordinator) switches the upstream file of
@@ -47,14 +49,33 @@ use ferry_proto::v1 as pb;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// The app, env and service this test deploys; names its containers, its
-/// site file and its upstream file (`bgload-production-web.conf`).
-const APP: &str = "bgload";
 const ENV: &str = "production";
 const SERVICE: &str = "web";
-/// The port of this test's server block in the shared nginx (its main
-/// server is on 18080).
-const LISTEN: &str = "127.0.0.1:18090";
+
+/// What one test deploys and where nginx serves it.
+struct Target {
+    /// Names its containers, its site file and its upstream file
+    /// (`bgload-production-web.conf`).
+    app: &'static str,
+    /// The port of this test's server block in the shared nginx (its main
+    /// server is on 18080).
+    listen: &'static str,
+    /// The service's `replicas`.
+    replicas: u32,
+}
+
+/// One container behind nginx.
+const ONE: Target = Target {
+    app: "bgload",
+    listen: "127.0.0.1:18090",
+    replicas: 1,
+};
+/// Four replicas behind nginx.
+const FOUR: Target = Target {
+    app: "bgfour",
+    listen: "127.0.0.1:18091",
+    replicas: 4,
+};
 /// Load: this many clients, each sending its next request this long after
 /// the previous answer.
 const CLIENTS: usize = 8;
@@ -139,36 +160,40 @@ impl Nginx {
         Ok(())
     }
 
-    fn site_file(&self) -> PathBuf {
+    fn site_file(&self, t: &Target) -> PathBuf {
         self.prefix
             .join("sites")
-            .join(format!("{APP}-{ENV}-{SERVICE}.conf"))
+            .join(format!("{}-{ENV}-{SERVICE}.conf", t.app))
     }
 
-    fn upstream_file(&self) -> PathBuf {
+    fn upstream_file(&self, t: &Target) -> PathBuf {
         self.prefix
             .join("upstreams")
-            .join(ferry_common::job::naming::upstream_file(APP, ENV, SERVICE))
+            .join(ferry_common::job::naming::upstream_file(
+                t.app, ENV, SERVICE,
+            ))
     }
 
     /// This test's site: an upstream whose body is the file the agent
-    /// rewrites, and a server on [`LISTEN`] proxying to it (nginx defaults
-    /// otherwise, as an operator's site would be).
-    fn write_site(&self) -> Result<()> {
+    /// rewrites, and a server on the target's `listen` proxying to it,
+    /// saying which backend answered (nginx defaults otherwise, as an
+    /// operator's site would be).
+    fn write_site(&self, t: &Target) -> Result<()> {
+        let (app, listen) = (t.app, t.listen);
         let site = format!(
             "# Written by integration-tests/tests/blue_green_nginx.rs; removed when it ends.\n\
-             upstream ferry_{APP}_{ENV}_{SERVICE} {{\n    include {};\n}}\n\
-             server {{\n    listen {LISTEN};\n    location / {{\n        proxy_pass http://ferry_{APP}_{ENV}_{SERVICE};\n    }}\n}}\n",
-            self.upstream_file().display()
+             upstream ferry_{app}_{ENV}_{SERVICE} {{\n    include {};\n}}\n\
+             server {{\n    listen {listen};\n    location / {{\n        proxy_pass http://ferry_{app}_{ENV}_{SERVICE};\n        add_header X-Ferry-Upstream $upstream_addr always;\n    }}\n}}\n",
+            self.upstream_file(t).display()
         );
-        std::fs::write(self.site_file(), site)?;
+        std::fs::write(self.site_file(t), site)?;
         Ok(())
     }
 
     /// Removes the site and upstream files (of this run or an earlier,
     /// failed one) and reloads, so the listen port is free again.
-    fn remove_site(&self) -> Result<()> {
-        for f in [self.site_file(), self.upstream_file()] {
+    fn remove_site(&self, t: &Target) -> Result<()> {
+        for f in [self.site_file(t), self.upstream_file(t)] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -183,12 +208,13 @@ impl Nginx {
 /// the test ends.
 struct Cleanup<'a> {
     nginx: &'a Nginx,
+    target: &'a Target,
     _app: AppCleanup,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.nginx.remove_site() {
+        if let Err(e) = self.nginx.remove_site(self.target) {
             eprintln!("cleanup: {e:#}");
         }
     }
@@ -217,9 +243,9 @@ fn build_image(tag: &str) {
 
 /// The deploy spec of release `release` (image `ferry-example:bg-RELEASE`).
 /// The app file: one blue-green web service of the example image.
-fn app_file() -> String {
+fn app_file(t: &Target) -> String {
     format!(
-        r#"app = "{APP}"
+        r#"app = "{}"
 [environments.{ENV}]
 agents = ["web-1"]
 [services.{SERVICE}]
@@ -228,25 +254,29 @@ pull = "never"
 ports = [8080]
 strategy = "blue-green"
 restart = "unless-stopped"
+replicas = {}
 [services.{SERVICE}.healthcheck]
 http = "/health"
 interval = "100ms"
 timeout = "1s"
 retries = 100
-"#
+"#,
+        t.app, t.replicas
     )
 }
 
 /// Deploys `release` with a rollout (`ferry deploy`), or rolls back to the
 /// release before the current one (`ferry rollback`) when `release` is
 /// None; returns the deploy job of the (single-host) rollout.
-async fn deploy_release(c: &TestCoordinator, release: Option<&str>) -> pb::Job {
+async fn deploy_release(c: &TestCoordinator, t: &Target, release: Option<&str>) -> pb::Job {
     let started = Instant::now();
     let mut op = c.operator().await.unwrap();
     let rollout = match release {
         Some(version) => op
             .start_rollout(pb::StartRolloutRequest {
-                app_file: app_file(),
+                accessories_only: false,
+                accessories: Vec::new(),
+                app_file: app_file(t),
                 file_name: "ferry.toml".into(),
                 env: ENV.into(),
                 version: version.into(),
@@ -256,7 +286,7 @@ async fn deploy_release(c: &TestCoordinator, release: Option<&str>) -> pb::Job {
             .unwrap(),
         None => op
             .rollback(pb::RollbackRequest {
-                app: APP.into(),
+                app: t.app.into(),
                 env: ENV.into(),
                 to_version: String::new(),
                 dry_run: false,
@@ -299,8 +329,8 @@ async fn deploy_release(c: &TestCoordinator, release: Option<&str>) -> pb::Job {
 }
 
 /// `name state` of the app's containers, sorted.
-fn containers() -> Vec<String> {
-    let mut names = docker::containers(&format!("ferry.app={APP}"));
+fn containers(t: &Target) -> Vec<String> {
+    let mut names = docker::containers(&format!("ferry.app={}", t.app));
     names.sort();
     names
 }
@@ -315,6 +345,8 @@ struct Answer {
     body: String,
     /// The server said `Connection: close` (or the answer ended at EOF).
     close: bool,
+    /// `X-Ferry-Upstream`: the backend nginx sent the request to.
+    upstream: Option<String>,
 }
 
 enum Failure {
@@ -328,8 +360,8 @@ struct Conn {
     reader: BufReader<TcpStream>,
 }
 
-async fn connect() -> std::io::Result<Conn> {
-    let stream = TcpStream::connect(LISTEN).await?;
+async fn connect(listen: &str) -> std::io::Result<Conn> {
+    let stream = TcpStream::connect(listen).await?;
     stream.set_nodelay(true)?;
     Ok(Conn {
         reader: BufReader::new(stream),
@@ -338,9 +370,14 @@ async fn connect() -> std::io::Result<Conn> {
 
 /// Sends `GET /version` on `conn` and reads the answer. `reused`: the
 /// connection carried an earlier request.
-async fn exchange(conn: &mut Conn, keep_alive: bool, reused: bool) -> Result<Answer, Failure> {
+async fn exchange(
+    conn: &mut Conn,
+    listen: &str,
+    keep_alive: bool,
+    reused: bool,
+) -> Result<Answer, Failure> {
     let request = format!(
-        "GET /version HTTP/1.1\r\nHost: {LISTEN}\r\nConnection: {}\r\n\r\n",
+        "GET /version HTTP/1.1\r\nHost: {listen}\r\nConnection: {}\r\n\r\n",
         if keep_alive { "keep-alive" } else { "close" }
     );
     let nothing = |what: String| {
@@ -367,6 +404,7 @@ async fn exchange(conn: &mut Conn, keep_alive: bool, reused: bool) -> Result<Ans
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| other("not an HTTP status line".into()))?;
     let (mut length, mut chunked, mut close) = (None, false, false);
+    let mut upstream = None;
     loop {
         let mut line = String::new();
         match conn.reader.read_line(&mut line).await {
@@ -386,6 +424,7 @@ async fn exchange(conn: &mut Conn, keep_alive: bool, reused: bool) -> Result<Ans
             "content-length" => length = value.parse::<usize>().ok(),
             "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
             "connection" => close = value.eq_ignore_ascii_case("close"),
+            "x-ferry-upstream" => upstream = Some(value.to_string()),
             _ => {}
         }
     }
@@ -426,6 +465,7 @@ async fn exchange(conn: &mut Conn, keep_alive: bool, reused: bool) -> Result<Ans
         status,
         body: String::from_utf8_lossy(&body).trim().to_string(),
         close,
+        upstream,
     })
 }
 
@@ -447,6 +487,8 @@ struct Tally {
     retried: Vec<Vec<String>>,
     /// Version → answers, per phase.
     versions: Vec<BTreeMap<String, usize>>,
+    /// The backends (`X-Ferry-Upstream`) that answered, per phase.
+    upstreams: Vec<std::collections::BTreeSet<String>>,
     /// The first failures, with when and where.
     failures: Vec<String>,
 }
@@ -464,6 +506,9 @@ impl Load {
         match outcome {
             Ok(a) if a.status == 200 && a.body.starts_with("bg-") => {
                 t.ok += 1;
+                if let Some(u) = a.upstream {
+                    t.upstreams[phase].insert(u);
+                }
                 *t.versions[phase].entry(a.body).or_default() += 1;
             }
             Ok(a) => {
@@ -490,7 +535,7 @@ impl Load {
 
 /// One client: GETs until told to stop, over one keep-alive connection
 /// (opened again when the server closes it) or a new connection each time.
-async fn client(load: Arc<Load>, keep_alive: bool) {
+async fn client(load: Arc<Load>, listen: &'static str, keep_alive: bool) {
     let mut conn: Option<Conn> = None;
     while !load.stop.load(Ordering::Relaxed) {
         let phase = load.phase.load(Ordering::SeqCst);
@@ -498,16 +543,16 @@ async fn client(load: Arc<Load>, keep_alive: bool) {
             let reused = conn.is_some();
             let mut c = match conn.take() {
                 Some(c) => c,
-                None => connect().await.map_err(|e| format!("connect: {e}"))?,
+                None => connect(listen).await.map_err(|e| format!("connect: {e}"))?,
             };
-            let answer = match exchange(&mut c, keep_alive, reused).await {
+            let answer = match exchange(&mut c, listen, keep_alive, reused).await {
                 Ok(a) => a,
                 Err(Failure::NothingOnReused(why)) => {
                     load.tally.lock().unwrap().retried[phase].push(why.clone());
-                    c = connect()
+                    c = connect(listen)
                         .await
                         .map_err(|e| format!("connect (retry after {why}): {e}"))?;
-                    match exchange(&mut c, keep_alive, false).await {
+                    match exchange(&mut c, listen, keep_alive, false).await {
                         Ok(a) => a,
                         Err(Failure::NothingOnReused(e) | Failure::Other(e)) => {
                             return Err(format!("retry after {why}: {e}"));
@@ -533,11 +578,11 @@ async fn client(load: Arc<Load>, keep_alive: bool) {
 
 /// GET /version through nginx until it answers `version` (nginx applies a
 /// reload asynchronously).
-async fn wait_for_version(version: &str) {
+async fn wait_for_version(listen: &str, version: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got = match connect().await {
-            Ok(mut c) => match exchange(&mut c, false, false).await {
+        let got = match connect(listen).await {
+            Ok(mut c) => match exchange(&mut c, listen, false, false).await {
                 Ok(a) => format!("{} {}", a.status, a.body),
                 Err(Failure::NothingOnReused(e) | Failure::Other(e)) => e,
             },
@@ -548,7 +593,7 @@ async fn wait_for_version(version: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "nginx on {LISTEN} answers {got:?}, not {version}"
+            "nginx on {listen} answers {got:?}, not {version}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -556,22 +601,52 @@ async fn wait_for_version(version: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_through_nginx_loses_no_request_across_a_deploy_and_a_rollback() {
+    run(&ONE).await;
+}
+
+/// `replicas = 4`: the four new containers all healthy before the upstream
+/// file lists them (four `server` lines, one switch), nginx spreads the
+/// load over all four, and no request fails across the deploy and the
+/// rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_behind_nginx_lose_no_request_across_a_deploy_and_a_rollback() {
+    run(&FOUR).await;
+}
+
+/// `name state` of every replica of `release`, as [`containers`] shows them.
+fn expected(t: &Target, release: &str, state: &str) -> Vec<String> {
+    if t.replicas == 1 {
+        return vec![format!("{}-{ENV}-{SERVICE}-{release} {state}", t.app)];
+    }
+    (1..=t.replicas)
+        .map(|i| format!("{}-{ENV}-{SERVICE}-r{i}-{release} {state}", t.app))
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn run(t: &'static Target) {
     let nginx = Nginx::from_env();
     if !docker::available() {
         return;
     }
     // Whatever an earlier, failed run left behind.
-    docker::cleanup_app(APP);
+    docker::cleanup_app(t.app);
     nginx
-        .remove_site()
+        .remove_site(t)
         .expect("nginx must reload without this test's site");
     assert!(
-        std::net::TcpStream::connect(LISTEN).is_err(),
-        "something still listens on {LISTEN}, which this test's nginx site needs"
+        std::net::TcpStream::connect(t.listen).is_err(),
+        "something still listens on {}, which this test's nginx site needs",
+        t.listen
     );
     let _cleanup = Cleanup {
         nginx: &nginx,
-        _app: AppCleanup(APP.into()),
+        target: t,
+        _app: AppCleanup(t.app.into()),
     };
     build_image("bg-v1");
     build_image("bg-v2");
@@ -593,10 +668,10 @@ async fn blue_green_through_nginx_loses_no_request_across_a_deploy_and_a_rollbac
         .unwrap();
 
     // v1, then the site in front of it.
-    deploy_release(&c, Some("v1")).await;
-    nginx.write_site().unwrap();
+    deploy_release(&c, t, Some("v1")).await;
+    nginx.write_site(t).unwrap();
     nginx.reload().unwrap();
-    wait_for_version("bg-v1").await;
+    wait_for_version(t.listen, "bg-v1").await;
 
     let load = Arc::new(Load {
         phase: AtomicUsize::new(0),
@@ -604,43 +679,52 @@ async fn blue_green_through_nginx_loses_no_request_across_a_deploy_and_a_rollbac
         tally: Mutex::new(Tally {
             versions: vec![BTreeMap::new(); PHASES.len()],
             retried: vec![Vec::new(); PHASES.len()],
+            upstreams: vec![Default::default(); PHASES.len()],
             ..Default::default()
         }),
         started: Instant::now(),
     });
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(client(Arc::clone(&load), i % 2 == 0)))
+        .map(|i| tokio::spawn(client(Arc::clone(&load), t.listen, i % 2 == 0)))
         .collect();
     tokio::time::sleep(SETTLE).await;
 
     // The deploy, under load.
     load.phase.store(1, Ordering::SeqCst);
-    let job = deploy_release(&c, Some("v2")).await;
+    let job = deploy_release(&c, t, Some("v2")).await;
     load.phase.store(2, Ordering::SeqCst);
     let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
     assert_eq!(result["services"][0]["previous_release"], "v1");
     assert_eq!(
-        containers(),
-        vec![
-            format!("{APP}-{ENV}-{SERVICE}-v1 exited"),
-            format!("{APP}-{ENV}-{SERVICE}-v2 running"),
-        ],
+        containers(t),
+        sorted([expected(t, "v1", "exited"), expected(t, "v2", "running")].concat()),
         "v1 is stopped (kept for a rollback) once the deploy of v2 has succeeded"
+    );
+    assert_eq!(
+        result["services"][0]["host_ports"].as_array().map(Vec::len),
+        Some(t.replicas as usize),
+        "{result}"
+    );
+    let upstream = std::fs::read_to_string(nginx.upstream_file(t)).unwrap();
+    assert_eq!(
+        upstream
+            .lines()
+            .filter(|l| l.starts_with("server "))
+            .count(),
+        t.replicas as usize,
+        "{upstream}"
     );
     tokio::time::sleep(SETTLE).await;
 
     // `ferry rollback` (to v1, the release before the current one), under load.
     load.phase.store(3, Ordering::SeqCst);
-    let job = deploy_release(&c, None).await;
+    let job = deploy_release(&c, t, None).await;
     load.phase.store(4, Ordering::SeqCst);
     let result: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
     assert_eq!(result["services"][0]["previous_release"], "v2");
     assert_eq!(
-        containers(),
-        vec![
-            format!("{APP}-{ENV}-{SERVICE}-v1 running"),
-            format!("{APP}-{ENV}-{SERVICE}-v2 exited"),
-        ],
+        containers(t),
+        sorted([expected(t, "v1", "running"), expected(t, "v2", "exited")].concat()),
         "v2 is stopped once the rollback to v1 has succeeded"
     );
     tokio::time::sleep(SETTLE).await;
@@ -650,6 +734,7 @@ async fn blue_green_through_nginx_loses_no_request_across_a_deploy_and_a_rollbac
         c.await.unwrap();
     }
     let elapsed = load.started.elapsed();
+    let t_replicas = t.replicas as usize;
     let t = load.tally.lock().unwrap();
     let total = t.ok + t.failed;
     let retried: usize = t.retried.iter().map(Vec::len).sum();
@@ -682,6 +767,16 @@ async fn blue_green_through_nginx_loses_no_request_across_a_deploy_and_a_rollbac
     only(0, "bg-v1");
     only(2, "bg-v2");
     only(4, "bg-v1");
+    // Every replica served: as many backends answered after each switch.
+    for phase in [0, 2, 4] {
+        assert_eq!(
+            t.upstreams[phase].len(),
+            t_replicas,
+            "{}: answered by {:?}",
+            PHASES[phase],
+            t.upstreams[phase]
+        );
+    }
     let seen: std::collections::BTreeSet<&String> =
         t.versions.iter().flat_map(|v| v.keys()).collect();
     assert_eq!(seen.len(), 2, "both versions answered: {seen:?}");

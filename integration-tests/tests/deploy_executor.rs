@@ -320,3 +320,125 @@ async fn a_secret_reaches_only_the_container_environment() {
     assert!(walk_contains(agent.state_dir(), value.as_bytes()).is_empty());
     assert!(walk_contains(&c.data_dir, value.as_bytes()).is_empty());
 }
+
+/// `docker inspect -f FORMAT NAME`, trimmed.
+fn inspect_container(name: &str, format: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", format, name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Two agents on ONE Docker engine (as the tests run them) deploying the
+/// same app, environment and release: each starts, finds, stops and lists
+/// only its own containers (the `ferry.host` label), and their names
+/// never collide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_one_engine_never_touch_each_others_containers() {
+    if !docker::available() {
+        return;
+    }
+    let app = format!("tw{}", &uuid::Uuid::now_v7().simple().to_string()[24..]);
+    let _cleanup = AppCleanup(app.clone());
+    let (v1, v2) = (format!("{app}:v1"), format!("{app}:v2"));
+    docker::build_busybox_site(&v1, &[("health", "ok v1")]).unwrap();
+    docker::build_busybox_site(&v2, &[("health", "ok v2")]).unwrap();
+    let c = TestCoordinator::start().await.unwrap();
+    let mut dirs = Vec::new();
+    let mut agents = Vec::new();
+    for name in ["web-1", "web-2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([
+            (
+                "FERRY_NGINX_UPSTREAM_DIR".to_string(),
+                dir.path().display().to_string(),
+            ),
+            ("FERRY_NGINX_RELOAD".to_string(), "true".to_string()),
+        ]);
+        agents.push(c.enroll(name, &[]).await.unwrap().start_with_env(env));
+        c.wait_for_agent(name, "online", Duration::from_secs(10))
+            .await
+            .unwrap();
+        dirs.push(dir);
+    }
+    let on = |agent: &'static str, spec: String| {
+        let c = &c;
+        async move {
+            let job = c.submit("deploy", &spec, &[agent], 0).await.unwrap();
+            c.watch_to_end(&job.id, Duration::from_secs(60))
+                .await
+                .unwrap();
+            c.job(&job.id).await.unwrap()
+        }
+    };
+    let result = |job: &pb::Job| -> serde_json::Value {
+        serde_json::from_str(&job.tasks[0].result_json).unwrap()
+    };
+
+    let j1 = on("web-1", spec(&app, "production", "v1", &v1, "blue-green")).await;
+    assert_eq!(j1.status, "succeeded", "{j1:#?}");
+    let j2 = on("web-2", spec(&app, "production", "v1", &v1, "blue-green")).await;
+    assert_eq!(j2.status, "succeeded", "{j2:#?}");
+    let (r1, r2) = (result(&j1), result(&j2));
+    assert_eq!(
+        r2["services"][0]["changed"], true,
+        "web-2 started its own container rather than taking web-1's as already running: {r2}"
+    );
+    let (n1, n2) = (
+        r1["services"][0]["container"].as_str().unwrap().to_string(),
+        r2["services"][0]["container"].as_str().unwrap().to_string(),
+    );
+    assert_ne!(n1, n2, "one engine, two agents: two names");
+    assert!(n1.len() <= 63 && n2.len() <= 63);
+    assert_eq!(
+        inspect_container(&n1, "{{index .Config.Labels \"ferry.host\"}}"),
+        "web-1"
+    );
+    assert_eq!(
+        inspect_container(&n2, "{{index .Config.Labels \"ferry.host\"}}"),
+        "web-2"
+    );
+    let id2 = inspect_container(&n2, "{{.Id}}");
+    assert!(get(upstream_port(dirs[1].path(), &app), "/health").contains("ok v1"));
+
+    // web-1 moves to v2: its v1 stops; web-2's v1 runs on, untouched.
+    let j = on("web-1", spec(&app, "production", "v2", &v2, "blue-green")).await;
+    assert_eq!(j.status, "succeeded", "{j:#?}");
+    assert_eq!(result(&j)["services"][0]["previous_release"], "v1");
+    assert_eq!(inspect_container(&n1, "{{.State.Status}}"), "exited");
+    assert_eq!(inspect_container(&n2, "{{.State.Status}}"), "running");
+    assert_eq!(inspect_container(&n2, "{{.Id}}"), id2);
+    let web1 = docker::containers("ferry.host=web-1")
+        .into_iter()
+        .filter(|l| l.starts_with(&app))
+        .count();
+    assert_eq!(web1, 2, "web-1 has its v1 (stopped) and v2");
+
+    // Each agent's status lists its own containers only.
+    for (agent, want) in [("web-1", 2), ("web-2", 1)] {
+        let job = c
+            .submit("inspect", &json!({"app": app}).to_string(), &[agent], 0)
+            .await
+            .unwrap();
+        c.watch_to_end(&job.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let job = c.job(&job.id).await.unwrap();
+        let found: serde_json::Value = serde_json::from_str(&job.tasks[0].result_json).unwrap();
+        assert_eq!(
+            found["containers"].as_array().unwrap().len(),
+            want,
+            "{agent}: {found}"
+        );
+    }
+    // And a redeploy of v1 on web-2 finds its own v1 already running.
+    let j = on("web-2", spec(&app, "production", "v1", &v1, "blue-green")).await;
+    assert_eq!(j.status, "succeeded", "{j:#?}");
+    assert_eq!(
+        result(&j)["services"][0]["changed"],
+        false,
+        "{}",
+        result(&j)
+    );
+}

@@ -64,6 +64,8 @@ async fn start(
     let mut op = c.operator().await.unwrap();
     Ok(op
         .start_rollout(pb::StartRolloutRequest {
+            accessories_only: false,
+            accessories: Vec::new(),
             app_file: file.to_string(),
             file_name: "ferry.toml".into(),
             env: env.into(),
@@ -511,8 +513,7 @@ async fn a_host_revoked_mid_rollout_fails_the_rollout_and_reverts_the_others() {
     )
     .unwrap();
     let c = TestCoordinator::start().await.unwrap();
-    // Two agents on one engine: web-2's deploys find web-1's containers and
-    // change nothing, which is all this test needs of it.
+    // Two agents on one engine, each with its own containers (`ferry.host`).
     let _a1 = agent_on(&c, "web-1", &[("env", "staging")], None).await;
     let _a2 = agent_on(&c, "web-2", &[("env", "staging")], None).await;
     let file = app_file(
@@ -542,7 +543,21 @@ async fn a_host_revoked_mid_rollout_fails_the_rollout_and_reverts_the_others() {
         "{}",
         r.message
     );
-    assert_eq!(running(None, &app), [format!("{app}-staging-web-v1")]);
+    // v1 on each host: web-1's switched back, web-2's never replaced.
+    assert_eq!(
+        running(None, &app),
+        [
+            format!("{app}-staging-web-v1"),
+            format!("{app}-staging-web-v1")
+        ]
+    );
+    for host in ["web-1", "web-2"] {
+        let on_host = docker::containers(&format!("ferry.host={host}"))
+            .into_iter()
+            .filter(|l| l.starts_with(&format!("{app}-staging-web-v1 running")))
+            .count();
+        assert_eq!(on_host, 1, "{host}");
+    }
 }
 
 /// The audit log's (action, target) pairs whose target is one of `ids`.
@@ -587,6 +602,7 @@ async fn again(
 ) -> Result<pb::Rollout, tonic::Status> {
     let mut op = c.operator().await.unwrap();
     let req = pb::RedeployRequest {
+        accessories: false,
         app: app.into(),
         env: env.into(),
         services: services.iter().map(|s| s.to_string()).collect(),

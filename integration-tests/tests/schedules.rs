@@ -706,6 +706,7 @@ async fn deploy(c: &TestCoordinator, file: &str, version: &str, dry_run: bool) -
             env: "production".into(),
             version: version.into(),
             dry_run,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -773,6 +773,8 @@ required = true
 "#;
     let mut op = c.operator().await.unwrap();
     let rollout = |dry_run: bool| pb::StartRolloutRequest {
+        accessories_only: false,
+        accessories: Vec::new(),
         app_file: file.into(),
         file_name: "ferry.toml".into(),
         env: "production".into(),

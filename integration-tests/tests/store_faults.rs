@@ -209,6 +209,8 @@ running_for = "20s"
     let mut op = a.operator().await.unwrap();
     let rollout = op
         .start_rollout(pb::StartRolloutRequest {
+            accessories_only: false,
+            accessories: Vec::new(),
             app_file: file,
             file_name: "ferry.toml".into(),
             env: "staging".into(),

@@ -18,6 +18,10 @@ use crate::spool::Spool;
 
 /// What executors need from the host besides the task itself.
 pub struct HostEnv {
+    /// The agent's name (`agent.toml`'s `name`): the `ferry.host` label of
+    /// every container it starts, and how it tells its own from another
+    /// agent's on a shared engine.
+    pub name: String,
     pub docker: Result<bollard::Docker, String>,
     pub nginx: NginxConfig,
     /// Where backups are written (`agent.toml`'s `backup_dir`).
@@ -37,6 +41,12 @@ impl HostEnv {
 }
 
 impl HostEnv {
+    /// Whether a container with these labels is this agent's
+    /// ([`ferry_common::job::naming::is_mine`]: its `ferry.host`, or none).
+    pub fn owns(&self, labels: Option<&std::collections::HashMap<String, String>>) -> bool {
+        ferry_common::job::naming::is_mine(labels, &self.name)
+    }
+
     /// The Docker engine, or why it cannot be used.
     pub fn docker(&self) -> Result<&bollard::Docker, TaskFailure> {
         self.docker

@@ -20,7 +20,7 @@ use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use ferry_common::job::backup::{DbEngine, DbLocation, InContainer};
-use ferry_common::job::naming::{LABEL_APP, LABEL_ENV, LABEL_SERVICE};
+use ferry_common::job::naming::{self, LABEL_APP, LABEL_ENV, LABEL_SERVICE};
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -89,11 +89,13 @@ impl Login {
 }
 
 /// The running container of the database: for `service =`, the newest
-/// running container Ferry deployed for that service of (app, env) (found
-/// by its labels; during a switch the new one); for `container =`, the
-/// container of that name. Not found or not running: an error naming it.
+/// running container this agent (`host`) deployed for that service or
+/// accessory of (app, env) (found by its labels; during a switch the new
+/// one); for `container =`, the container of that name. Not found or not
+/// running: an error naming it.
 pub async fn locate(
     docker: &Docker,
+    host: &str,
     app: &str,
     env: &str,
     location: &DbLocation,
@@ -116,7 +118,10 @@ pub async fn locate(
                     ..Default::default()
                 }))
                 .await
-                .map_err(|e| format!("listing containers: {e}"))?;
+                .map_err(|e| format!("listing containers: {e}"))?
+                .into_iter()
+                .filter(|x| naming::is_mine(x.labels.as_ref(), host))
+                .collect::<Vec<_>>();
             let name_of = |c: &bollard::models::ContainerSummary| {
                 c.names
                     .iter()

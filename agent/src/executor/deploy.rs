@@ -37,8 +37,9 @@ use std::time::{Duration, Instant};
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest, PortBinding,
-    RestartPolicy as DockerRestart, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
@@ -46,7 +47,8 @@ use bollard::query_parameters::{
 };
 use ferry_common::fsutil::{self, Mode};
 use ferry_common::job::naming::{
-    self, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_RELEASE, LABEL_SERVICE,
+    self, LABEL_ACCESSORY, LABEL_APP, LABEL_ENV, LABEL_HASH, LABEL_HOST, LABEL_RELEASE,
+    LABEL_REPLICA, LABEL_SERVICE,
 };
 use ferry_common::job::{
     DeploySpec, HealthCheck, HealthGate, PortMapping, PullPolicy, RestartPolicy, ServiceDeploy,
@@ -79,30 +81,56 @@ const LABEL_CREATED: &str = "ferry.created";
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceResult {
     pub service: String,
+    /// The first replica's container.
     pub container: String,
+    /// Every replica's container, replica 1 first.
+    pub containers: Vec<String>,
     pub image: String,
     pub release: String,
-    /// The container's `ferry.hash`: what its settings were.
+    /// The containers' `ferry.hash`: what their settings were.
     pub hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_port: Option<u16>,
+    /// Every replica's loopback port, for a service with a port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_release: Option<String>,
     /// False when this release was already running.
     pub changed: bool,
 }
 
+/// What the task reports per accessory.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessoryResult {
+    pub accessory: String,
+    pub container: String,
+    pub image: String,
+    pub hash: String,
+    /// False when a container with these settings already ran.
+    pub changed: bool,
+}
+
 /// A service after its step of the deploy, and how to undo it.
 struct Switched {
     service: ServiceDeploy,
-    /// The container that serves the service now.
-    new_id: String,
-    /// False when it already served (nothing to undo).
+    /// The containers that serve the service now, replica 1 first.
+    new_ids: Vec<String>,
+    /// False when they already served (nothing to undo).
     changed: bool,
-    /// The container that served before.
-    old: Option<Existing>,
+    /// The containers that served before.
+    old: Vec<Existing>,
     /// What the upstream file said before a blue-green switch.
     upstream_before: Option<String>,
+}
+
+impl Switched {
+    /// The new containers that did not serve before (what an undo removes).
+    fn fresh(&self) -> impl Iterator<Item = &String> {
+        self.new_ids
+            .iter()
+            .filter(|id| !self.old.iter().any(|o| &o.id == *id))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +139,10 @@ struct Existing {
     name: String,
     release: String,
     hash: String,
+    /// `ferry.replica` (1 for a container from before replicas).
+    replica: u32,
+    /// Carries `ferry.accessory`.
+    accessory: bool,
     running: bool,
     host_port: Option<u16>,
     /// Nanoseconds since the epoch.
@@ -129,6 +161,8 @@ struct Existing {
 ///   secret changes the hash, and the value is never in the hashed text
 ///   (nor in the label).
 ///
+/// - `replicas` when above 1: a new count replaces the whole set.
+///
 /// Not in it: the release (the container's name and `ferry.release`
 /// carry it), the strategy and `nginx_url` (how it is switched, not what
 /// runs), and the pull policy.
@@ -146,6 +180,14 @@ struct Settings<'a> {
     cpus: Option<f64>,
     restart: RestartPolicy,
     health: &'a HealthGate,
+    /// Only when above 1, so a single container's hash is what it was
+    /// before replicas existed (no redeploy on upgrade).
+    #[serde(skip_serializing_if = "is_one")]
+    replicas: u32,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// `(sha256 hex, the canonical text hashed)` of `svc`'s container with
@@ -183,40 +225,54 @@ pub fn settings_hash(
         cpus: svc.cpus,
         restart: svc.restart,
         health: &svc.health,
+        replicas: svc.replicas,
     };
     let text = serde_json::to_string(&settings).map_err(|e| e.to_string())?;
     Ok((hex::encode(Sha256::digest(text.as_bytes())), text))
 }
 
-/// The container that serves a service: for a blue-green service (`nginx`
-/// is the port its upstream file names) the running container published on
-/// that port, none if no running container is; otherwise the newest
-/// running one.
-fn current(existing: &[Existing], blue_green: bool, upstream: Option<u16>) -> Option<&Existing> {
-    if blue_green {
-        let port = upstream?;
-        return existing
+/// The containers that serve a service, replica 1 first: for a blue-green
+/// service (`upstream`: the ports its upstream file names) the running
+/// containers published on those ports, none without a file; otherwise
+/// the newest running container of each replica.
+fn current(existing: &[Existing], blue_green: bool, upstream: &[u16]) -> Vec<Existing> {
+    let mut out: Vec<Existing> = if blue_green {
+        existing
             .iter()
-            .find(|c| c.running && c.host_port == Some(port));
-    }
-    existing
-        .iter()
-        .filter(|c| c.running)
-        .max_by_key(|c| c.created)
+            .filter(|c| c.running && c.host_port.is_some_and(|p| upstream.contains(&p)))
+            .cloned()
+            .collect()
+    } else {
+        let mut newest: BTreeMap<u32, &Existing> = BTreeMap::new();
+        for c in existing.iter().filter(|c| c.running) {
+            match newest.get(&c.replica) {
+                Some(n) if n.created >= c.created => {}
+                _ => {
+                    newest.insert(c.replica, c);
+                }
+            }
+        }
+        newest.into_values().cloned().collect()
+    };
+    out.sort_by_key(|c| (c.replica, c.created));
+    out
 }
 
 /// Of the stopped containers (`stopped`, any order), those to remove:
-/// every one but the newest of each of the newest `keep` releases other
-/// than `release` (the one now running; its stopped containers had other
-/// settings and are no rollback target).
+/// every one but the newest of each replica of each of the newest `keep`
+/// releases other than `release` (the one now running; its stopped
+/// containers had other settings and are no rollback target).
 fn to_prune<'a>(stopped: &[&'a Existing], release: &str, keep: u32) -> Vec<&'a Existing> {
     let mut newest_first: Vec<&Existing> = stopped.to_vec();
     newest_first.sort_by_key(|c| std::cmp::Reverse(c.created));
     let mut kept: BTreeSet<&str> = BTreeSet::new();
+    let mut seen: BTreeSet<(&str, u32)> = BTreeSet::new();
     let mut prune = Vec::new();
     for c in newest_first {
-        if c.release != release && !kept.contains(c.release.as_str()) && kept.len() < keep as usize
-        {
+        let keep_it = c.release != release
+            && (kept.contains(c.release.as_str()) || kept.len() < keep as usize)
+            && seen.insert((c.release.as_str(), c.replica));
+        if keep_it {
             kept.insert(&c.release);
         } else {
             prune.push(c);
@@ -225,11 +281,25 @@ fn to_prune<'a>(stopped: &[&'a Existing], release: &str, keep: u32) -> Vec<&'a E
     prune
 }
 
-/// The port a `server 127.0.0.1:PORT;` line of an upstream file names.
-fn upstream_port(text: &str) -> Option<u16> {
+/// The ports the `server 127.0.0.1:PORT;` lines of an upstream file name.
+fn upstream_ports(text: &str) -> Vec<u16> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("server 127.0.0.1:"))
-        .find_map(|rest| rest.trim_end_matches(';').trim().parse().ok())
+        .filter_map(|rest| {
+            rest.split([';', ' '])
+                .next()
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// An upstream file sending the service's traffic to `ports`.
+pub(super) fn upstream_body(header: &str, ports: &[u16]) -> String {
+    let mut body = format!("# Written by ferry: {header}\n");
+    for port in ports {
+        body.push_str(&format!("server 127.0.0.1:{port};\n"));
+    }
+    body
 }
 
 /// Whether an `nginx -T` dump holds `path` (`# configuration file PATH:`).
@@ -267,9 +337,15 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
         unrestored: Mutex::default(),
     };
     d.ensure_network().await?;
+    let host = ctx.host.name.as_str();
+    // Accessories first: the services may need them (a database).
+    let mut accessories = Vec::new();
+    for acc in spec.accessories.iter().filter(|a| a.runs_on(host)) {
+        accessories.push(d.deploy_accessory(acc).await?);
+    }
     let mut switched: Vec<Switched> = Vec::new();
     let mut results = Vec::new();
-    for service in &spec.services {
+    for service in spec.services.iter().filter(|s| s.runs_on(host)) {
         match d.deploy_service(service).await {
             Ok((result, switch)) => {
                 results.push(result);
@@ -296,7 +372,32 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
     for s in &switched {
         d.retire_old(s).await?;
     }
-    let message = format!(
+    // Services placed elsewhere: whatever of theirs runs here stops (kept,
+    // stopped, like an earlier release).
+    let mut elsewhere = Vec::new();
+    let mut stopped = Vec::new();
+    for service in spec.services.iter().filter(|s| !s.runs_on(host)) {
+        for c in d
+            .existing(&service.name)
+            .await?
+            .iter()
+            .filter(|c| c.running)
+        {
+            stopped.push(c.name.clone());
+            d.stop(
+                &c.id,
+                &format!(
+                    "stop {} {} (placed on {})",
+                    service.name,
+                    c.release,
+                    service.hosts.join(", ")
+                ),
+            )
+            .await;
+        }
+        elsewhere.push(service.name.as_str());
+    }
+    let mut message = format!(
         "release {} of {} ({}) running: {}",
         spec.release,
         spec.app,
@@ -307,8 +408,17 @@ pub async fn run(spec: &DeploySpec, ctx: &TaskContext) -> Result<Done, TaskFailu
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let result_json =
-        serde_json::json!({ "release": spec.release, "services": results }).to_string();
+    if !elsewhere.is_empty() {
+        message.push_str(&format!("; not placed here: {}", elsewhere.join(", ")));
+    }
+    let result_json = serde_json::json!({
+        "release": spec.release,
+        "services": results,
+        "accessories": accessories,
+        "not_placed": elsewhere,
+        "stopped_not_placed": stopped,
+    })
+    .to_string();
     Ok(Done {
         message,
         result_json,
@@ -337,7 +447,11 @@ fn docker_err(what: &str, e: bollard::errors::Error) -> TaskFailure {
 /// How the container that is to serve comes about.
 enum Candidate<'a> {
     /// Create and start it under this name, with this settings hash.
-    New { name: &'a str, hash: &'a str },
+    New {
+        name: String,
+        hash: &'a str,
+        replica: u32,
+    },
     /// It already runs (an earlier attempt started it): gate and switch.
     Adopt(&'a Existing),
 }
@@ -347,12 +461,31 @@ impl Deployer<'_> {
         self.redactor.redact(line).into_owned()
     }
 
-    fn labels(&self, service: &str, hash: &str) -> HashMap<String, String> {
+    /// Whether `name` is one of the spec's accessories.
+    fn is_accessory(&self, name: &str) -> bool {
+        self.spec.accessories.iter().any(|a| a.name == name)
+    }
+
+    fn labels(&self, service: &str, hash: &str, replica: u32) -> HashMap<String, String> {
         let created = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        if self.is_accessory(service) {
+            // No release: an accessory outlives them.
+            return HashMap::from([
+                (LABEL_APP.to_string(), self.spec.app.clone()),
+                (LABEL_ENV.to_string(), self.spec.env.clone()),
+                (LABEL_SERVICE.to_string(), service.to_string()),
+                (LABEL_ACCESSORY.to_string(), service.to_string()),
+                (LABEL_HOST.to_string(), self.ctx.host.name.clone()),
+                (LABEL_HASH.to_string(), hash.to_string()),
+                (LABEL_CREATED.to_string(), created.to_string()),
+            ]);
+        }
         HashMap::from([
             (LABEL_APP.to_string(), self.spec.app.clone()),
             (LABEL_ENV.to_string(), self.spec.env.clone()),
             (LABEL_SERVICE.to_string(), service.to_string()),
+            (LABEL_HOST.to_string(), self.ctx.host.name.clone()),
+            (LABEL_REPLICA.to_string(), replica.to_string()),
             (LABEL_RELEASE.to_string(), self.spec.release.clone()),
             (LABEL_HASH.to_string(), hash.to_string()),
             (LABEL_CREATED.to_string(), created.to_string()),
@@ -389,6 +522,7 @@ impl Deployer<'_> {
             .spec
             .services
             .iter()
+            .filter(|s| s.runs_on(&self.ctx.host.name))
             .map(|s| s.name.as_str())
             .filter(|n| !before.iter().any(|(s, _)| s == n))
             .collect();
@@ -428,7 +562,8 @@ impl Deployer<'_> {
         }
     }
 
-    /// This service's containers, any state.
+    /// This service's containers on this host (this agent's, and those
+    /// from before the `ferry.host` label), any state.
     async fn existing(&self, service: &str) -> Result<Vec<Existing>, TaskFailure> {
         let filters = HashMap::from([(
             "label".to_string(),
@@ -438,6 +573,18 @@ impl Deployer<'_> {
                 format!("{LABEL_SERVICE}={service}"),
             ],
         )]);
+        let mut list = self.list(filters).await?;
+        // An accessory carries its name as `ferry.service` too (for logs and
+        // database lookups); it is never one of the service's containers.
+        list.retain(|c| !c.accessory);
+        Ok(list)
+    }
+
+    /// The containers matching `filters` on this host, any state.
+    async fn list(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<Existing>, TaskFailure> {
         let list = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -449,6 +596,7 @@ impl Deployer<'_> {
             .map_err(|e| docker_err("list containers", e))?;
         Ok(list
             .into_iter()
+            .filter(|c| self.ctx.host.owns(c.labels.as_ref()))
             .map(|c| {
                 let labels = c.labels.unwrap_or_default();
                 let host_port = c
@@ -471,6 +619,11 @@ impl Deployer<'_> {
                         .unwrap_or_default(),
                     release: labels.get(LABEL_RELEASE).cloned().unwrap_or_default(),
                     hash: labels.get(LABEL_HASH).cloned().unwrap_or_default(),
+                    accessory: labels.contains_key(LABEL_ACCESSORY),
+                    replica: labels
+                        .get(LABEL_REPLICA)
+                        .and_then(|r| r.parse().ok())
+                        .unwrap_or(1),
                     running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
                     host_port,
                     created,
@@ -495,83 +648,117 @@ impl Deployer<'_> {
         let image_id = self.ensure_image(svc).await?;
         let (hash, _) =
             settings_hash(svc, &image_id, &self.ctx.secrets).map_err(TaskFailure::Failed)?;
-        let name = naming::container(
-            &self.spec.app,
-            &self.spec.env,
-            &svc.name,
-            &self.spec.release,
-            &hash,
-        );
+        let replicas = svc.replicas.max(1);
+        let name_of = |replica: u32| {
+            naming::Instance {
+                app: &self.spec.app,
+                env: &self.spec.env,
+                service: &svc.name,
+                replica,
+                replicas,
+                release: &self.spec.release,
+                hash: &hash,
+                host: &self.ctx.host.name,
+            }
+            .container_name()
+        };
         let existing = self.existing(&svc.name).await?;
         let blue_green = svc.strategy == Strategy::BlueGreen && svc.http_port().is_some();
         let upstream = if blue_green {
             std::fs::read_to_string(self.upstream_path(&svc.name))
-                .ok()
-                .and_then(|t| upstream_port(&t))
+                .map(|t| upstream_ports(&t))
+                .unwrap_or_default()
         } else {
-            None
+            Vec::new()
         };
-        let serving = current(&existing, blue_green, upstream).cloned();
-        self.before.lock().unwrap_or_else(|p| p.into_inner()).push((
-            svc.name.clone(),
-            serving.as_ref().map(|s| s.release.clone()),
-        ));
+        let serving = current(&existing, blue_green, &upstream);
+        let serving_release = serving.first().map(|s| s.release.clone());
+        self.before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((svc.name.clone(), serving_release.clone()));
         let wanted = |c: &Existing| c.release == self.spec.release && c.hash == hash;
-        let result = |container: &Existing, changed: bool| ServiceResult {
-            service: svc.name.clone(),
-            container: container.name.clone(),
-            image: svc.image.clone(),
-            release: self.spec.release.clone(),
-            hash: hash.clone(),
-            host_port: container.host_port,
-            previous_release: serving
-                .as_ref()
-                .filter(|_| changed)
-                .map(|s| s.release.clone()),
-            changed,
+        let all_replicas = |set: &[&Existing]| {
+            let mut seen: Vec<u32> = set.iter().map(|c| c.replica).collect();
+            seen.sort_unstable();
+            seen == (1..=replicas).collect::<Vec<_>>()
         };
-        if !self.spec.force {
-            if let Some(current) = serving.as_ref().filter(|c| wanted(c)) {
-                let step = format!("{} already running", svc.name);
-                let started = Instant::now();
-                self.ctx.step_started(&step, &current.name);
-                self.ctx.step_finished(
-                    &step,
-                    true,
-                    &format!(
-                        "release {} with these settings (hash {}) already serves here",
-                        self.spec.release,
-                        &hash[..naming::NAME_HASH_LEN]
-                    ),
-                    started,
-                );
-                return Ok((
-                    result(current, false),
-                    Switched {
-                        service: svc.clone(),
-                        new_id: current.id.clone(),
-                        changed: false,
-                        old: None,
-                        upstream_before: None,
-                    },
-                ));
-            }
-            if let Some(adopt) = existing.iter().find(|c| c.running && wanted(c)) {
-                let switched = self
-                    .replace(svc, Candidate::Adopt(adopt), serving.clone())
-                    .await?;
-                let mut r = result(adopt, true);
-                r.host_port = self.host_port(&switched.new_id).await;
-                return Ok((r, switched));
+        let serving_refs: Vec<&Existing> = serving.iter().collect();
+        if !self.spec.force && serving.iter().all(wanted) && all_replicas(&serving_refs) {
+            let step = format!("{} already running", svc.name);
+            let started = Instant::now();
+            let names: Vec<String> = serving.iter().map(|c| c.name.clone()).collect();
+            self.ctx.step_started(&step, &names.join(", "));
+            self.ctx.step_finished(
+                &step,
+                true,
+                &format!(
+                    "release {} with these settings (hash {}) already serves here",
+                    self.spec.release,
+                    &hash[..naming::NAME_HASH_LEN]
+                ),
+                started,
+            );
+            let result = ServiceResult {
+                service: svc.name.clone(),
+                container: names[0].clone(),
+                containers: names,
+                image: svc.image.clone(),
+                release: self.spec.release.clone(),
+                hash: hash.clone(),
+                host_port: serving[0].host_port,
+                host_ports: serving.iter().filter_map(|c| c.host_port).collect(),
+                previous_release: None,
+                changed: false,
+            };
+            return Ok((
+                result,
+                Switched {
+                    service: svc.clone(),
+                    new_ids: serving.iter().map(|c| c.id.clone()).collect(),
+                    changed: false,
+                    old: Vec::new(),
+                    upstream_before: None,
+                },
+            ));
+        }
+        // Per replica: a running container of this release and settings
+        // (an earlier attempt cut short, or one nginx no longer points at)
+        // is taken over, never started twice; otherwise a new one.
+        let mut candidates = Vec::new();
+        let mut new_names = Vec::new();
+        for replica in 1..=replicas {
+            let adopt = existing
+                .iter()
+                .filter(|_| !self.spec.force)
+                .find(|c| c.running && wanted(c) && c.replica == replica);
+            match adopt {
+                Some(c) => candidates.push(Candidate::Adopt(c)),
+                None => {
+                    new_names.push(name_of(replica));
+                    candidates.push(Candidate::New {
+                        name: String::new(),
+                        hash: &hash,
+                        replica,
+                    });
+                }
             }
         }
-        self.ensure_volumes(svc).await?;
-        for c in existing.iter().filter(|c| c.name == name) {
+        let mut names = new_names.iter();
+        for c in &mut candidates {
+            if let Candidate::New { name, .. } = c {
+                *name = names.next().cloned().unwrap_or_default();
+            }
+        }
+        if !new_names.is_empty() {
+            self.ensure_volumes(svc).await?;
+        }
+        for c in existing.iter().filter(|c| new_names.contains(&c.name)) {
             if c.running {
                 // `force`: the container of this very release and hash runs
                 // (and may serve): out of the new one's way, kept until the
                 // new one has taken over.
-                let aside = format!("{name}-replaced-{}", &c.id[..12.min(c.id.len())]);
+                let aside = format!("{}-replaced-{}", c.name, &c.id[..12.min(c.id.len())]);
                 self.docker
                     .rename_container(
                         &c.id,
@@ -580,67 +767,181 @@ impl Deployer<'_> {
                         },
                     )
                     .await
-                    .map_err(|e| docker_err(&format!("rename {name} to {aside}"), e))?;
+                    .map_err(|e| docker_err(&format!("rename {} to {aside}", c.name), e))?;
             } else {
                 // Left over, stopped, by an earlier attempt.
                 self.remove(&c.id).await;
             }
         }
         self.cancelled()?;
-        let switched = self
-            .replace(
-                svc,
-                Candidate::New {
-                    name: &name,
-                    hash: &hash,
-                },
-                serving.clone(),
-            )
-            .await?;
-        let host_port = self.host_port(&switched.new_id).await;
+        let switched = if blue_green {
+            self.blue_green(svc, candidates, serving).await?
+        } else {
+            self.recreate(svc, candidates, serving).await?
+        };
+        let mut containers = Vec::new();
+        let mut host_ports = Vec::new();
+        for id in &switched.new_ids {
+            containers.push(self.container_name(id).await);
+            if let Some(p) = self.host_port(id).await {
+                host_ports.push(p);
+            }
+        }
         Ok((
             ServiceResult {
                 service: svc.name.clone(),
-                container: name,
+                container: containers.first().cloned().unwrap_or_default(),
+                containers,
                 image: svc.image.clone(),
                 release: self.spec.release.clone(),
                 hash,
-                host_port,
-                previous_release: serving.map(|s| s.release),
+                host_port: host_ports.first().copied(),
+                host_ports,
+                previous_release: serving_release,
                 changed: true,
             },
             switched,
         ))
     }
 
-    /// Puts `candidate` in place of `serving` by the service's strategy.
-    async fn replace(
-        &self,
-        svc: &ServiceDeploy,
-        candidate: Candidate<'_>,
-        serving: Option<Existing>,
-    ) -> Result<Switched, TaskFailure> {
-        match (svc.strategy, svc.http_port(), candidate) {
-            (Strategy::BlueGreen, Some(_), c) => self.blue_green(svc, c, serving).await,
-            (Strategy::Recreate, _, Candidate::New { name, hash }) => {
-                self.recreate(svc, name, hash, serving).await
-            }
-            // A worker, or a recreate service whose new container already
-            // runs: gate it, then stop the old one.
-            (_, _, c) => self.start_then_stop(svc, c, serving).await,
+    /// An accessory's containers on this host (`ferry.accessory`).
+    async fn accessory_containers(&self, name: &str) -> Result<Vec<Existing>, TaskFailure> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_APP}={}", self.spec.app),
+                format!("{LABEL_ENV}={}", self.spec.env),
+                format!("{LABEL_ACCESSORY}={name}"),
+            ],
+        )]);
+        self.list(filters).await
+    }
+
+    /// Starts an accessory when none with its settings (`ferry.hash`) runs
+    /// here: a stopped one with them is started again (same container);
+    /// otherwise the old container is stopped, the new one started on the
+    /// same volumes and gated on health, and the old one removed (its
+    /// volumes never are). A failed gate removes the new one and starts
+    /// the old one again. The release plays no part.
+    async fn deploy_accessory(&self, acc: &ServiceDeploy) -> Result<AccessoryResult, TaskFailure> {
+        self.cancelled()?;
+        let image_id = self.ensure_image(acc).await?;
+        let (hash, _) =
+            settings_hash(acc, &image_id, &self.ctx.secrets).map_err(TaskFailure::Failed)?;
+        let existing = self.accessory_containers(&acc.name).await?;
+        let result = |container: &str, changed: bool| AccessoryResult {
+            accessory: acc.name.clone(),
+            container: container.to_string(),
+            image: acc.image.clone(),
+            hash: hash.clone(),
+            changed,
+        };
+        if let Some(c) = existing.iter().find(|c| c.running && c.hash == hash) {
+            let step = format!("{} already running", acc.name);
+            let started = Instant::now();
+            self.ctx.step_started(&step, &c.name);
+            self.ctx.step_finished(
+                &step,
+                true,
+                &format!(
+                    "accessory with these settings (hash {}) runs here",
+                    &hash[..naming::NAME_HASH_LEN]
+                ),
+                started,
+            );
+            return Ok(result(&c.name, false));
         }
+        self.ensure_volumes(acc).await?;
+        let old: Vec<&Existing> = existing.iter().filter(|c| c.running).collect();
+        for o in &old {
+            self.stop(&o.id, &format!("stop {} (settings changed)", acc.name))
+                .await;
+        }
+        let name = naming::accessory_container(
+            &self.spec.app,
+            &self.spec.env,
+            &acc.name,
+            &hash,
+            &self.ctx.host.name,
+        );
+        let same = existing.iter().find(|c| c.hash == hash && !c.running);
+        let id = match same {
+            Some(c) => {
+                let step = format!("start {}", acc.name);
+                let started = Instant::now();
+                self.ctx.step_started(&step, &c.name);
+                match self
+                    .docker
+                    .start_container(&c.id, None::<StartContainerOptions>)
+                    .await
+                {
+                    Ok(()) => {
+                        self.ctx
+                            .step_finished(&step, true, "started again", started);
+                        c.id.clone()
+                    }
+                    Err(e) => {
+                        self.ctx
+                            .step_finished(&step, false, &e.to_string(), started);
+                        for o in &old {
+                            self.restart_old(acc, o).await;
+                        }
+                        return Err(docker_err(&format!("start {}", c.name), e));
+                    }
+                }
+            }
+            None => match self.start_new(acc, &name, &hash, 1).await {
+                Ok(id) => id,
+                Err(e) => {
+                    for o in &old {
+                        self.restart_old(acc, o).await;
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(why) = self.health_gate(acc, &id).await {
+            let failure = self.fail_new(acc, &id, why, 1).await;
+            for o in &old {
+                self.restart_old(acc, o).await;
+            }
+            return Err(failure);
+        }
+        for o in existing.iter().filter(|c| c.id != id) {
+            self.remove(&o.id).await;
+        }
+        let container = self.container_name(&id).await;
+        Ok(result(&container, true))
+    }
+
+    /// A container's name, from the engine.
+    async fn container_name(&self, id: &str) -> String {
+        self.docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.name)
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_else(|| id.to_string())
     }
 
     /// Starts the new container, or takes the running one over.
     async fn obtain(
         &self,
         svc: &ServiceDeploy,
-        candidate: Candidate<'_>,
+        candidate: &Candidate<'_>,
     ) -> Result<String, TaskFailure> {
         match candidate {
-            Candidate::New { name, hash } => self.start_new(svc, name, hash).await,
+            Candidate::New {
+                name,
+                hash,
+                replica,
+            } => self.start_new(svc, name, hash, *replica).await,
             Candidate::Adopt(c) => {
-                let step = format!("start {}", svc.name);
+                let step = self.step_name("start", svc, c.replica);
                 let started = Instant::now();
                 self.ctx.step_started(&step, &c.name);
                 self.ctx.step_finished(
@@ -651,6 +952,15 @@ impl Deployer<'_> {
                 );
                 Ok(c.id.clone())
             }
+        }
+    }
+
+    /// `start web`, or `start web r2` for a replica of a service with more.
+    fn step_name(&self, verb: &str, svc: &ServiceDeploy, replica: u32) -> String {
+        if svc.replicas > 1 {
+            format!("{verb} {} r{replica}", svc.name)
+        } else {
+            format!("{verb} {}", svc.name)
         }
     }
 
@@ -788,8 +1098,9 @@ impl Deployer<'_> {
         svc: &ServiceDeploy,
         name: &str,
         hash: &str,
+        replica: u32,
     ) -> Result<String, TaskFailure> {
-        let step = format!("start {}", svc.name);
+        let step = self.step_name("start", svc, replica);
         let started = Instant::now();
         self.ctx.step_started(&step, name);
         let mut env: Vec<String> = svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -844,7 +1155,7 @@ impl Deployer<'_> {
             image: Some(svc.image.clone()),
             cmd: (!svc.command.is_empty()).then(|| svc.command.clone()),
             env: Some(env),
-            labels: Some(self.labels(&svc.name, hash)),
+            labels: Some(self.labels(&svc.name, hash, replica)),
             user: svc.user.clone(),
             exposed_ports: Some(
                 svc.ports
@@ -863,6 +1174,17 @@ impl Deployer<'_> {
                 }),
                 network_mode: Some(naming::network(&self.spec.app, &self.spec.env)),
                 ..Default::default()
+            }),
+            // An accessory is reached by its name (`db`) on the network,
+            // whatever its container is called.
+            networking_config: self.is_accessory(&svc.name).then(|| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    naming::network(&self.spec.app, &self.spec.env),
+                    EndpointSettings {
+                        aliases: Some(vec![svc.name.clone()]),
+                        ..Default::default()
+                    },
+                )])),
             }),
             ..Default::default()
         };
@@ -951,10 +1273,24 @@ impl Deployer<'_> {
         lines
     }
 
-    async fn fail_new(&self, svc: &ServiceDeploy, id: &str, why: String) -> TaskFailure {
+    async fn fail_new(
+        &self,
+        svc: &ServiceDeploy,
+        id: &str,
+        why: String,
+        replica: u32,
+    ) -> TaskFailure {
         let logs = self.last_logs(svc, id).await;
         self.remove(id).await;
-        let mut message = format!("service {}: new container not healthy: {why}", svc.name);
+        let which = if svc.replicas > 1 {
+            format!(" (replica {replica} of {})", svc.replicas)
+        } else {
+            String::new()
+        };
+        let mut message = format!(
+            "service {}: new container{which} not healthy: {why}",
+            svc.name
+        );
         if !logs.is_empty() {
             message.push_str(&format!(
                 "\nlast {} log lines of the new container:\n{}",
@@ -965,42 +1301,78 @@ impl Deployer<'_> {
         TaskFailure::Failed(message)
     }
 
+    /// Removes the new containers of a failed attempt (never one that
+    /// served before).
+    async fn remove_new(&self, ids: &[String], old: &[Existing]) {
+        for id in ids.iter().filter(|id| !old.iter().any(|o| &o.id == *id)) {
+            self.remove(id).await;
+        }
+    }
+
+    /// Blue-green for N replicas: every new container started (or taken
+    /// over) and healthy, then the upstream file lists all N at once, one
+    /// reload. Any failure removes every new one; the old ones keep serving.
     async fn blue_green(
         &self,
         svc: &ServiceDeploy,
-        candidate: Candidate<'_>,
-        old: Option<Existing>,
+        candidates: Vec<Candidate<'_>>,
+        old: Vec<Existing>,
     ) -> Result<Switched, TaskFailure> {
-        let id = self.obtain(svc, candidate).await?;
-        if let Err(why) = self.health_gate(svc, &id).await {
-            return Err(self.fail_new(svc, &id, why).await);
+        let mut ids: Vec<String> = Vec::new();
+        for candidate in &candidates {
+            match self.obtain(svc, candidate).await {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.remove_new(&ids, &old).await;
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.cancelled() {
+                self.remove_new(&ids, &old).await;
+                return Err(e);
+            }
         }
-        let Some(port) = self.host_port(&id).await else {
-            return Err(self
-                .fail_new(svc, &id, "the container has no published HTTP port".into())
-                .await);
-        };
+        let mut ports = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let why = match self.health_gate(svc, id).await {
+                Ok(()) => match self.host_port(id).await {
+                    Some(port) => {
+                        ports.push(port);
+                        continue;
+                    }
+                    None => "the container has no published HTTP port".to_string(),
+                },
+                Err(why) => why,
+            };
+            let failure = self.fail_new(svc, id, why, i as u32 + 1).await;
+            self.remove_new(&ids, &old).await;
+            return Err(failure);
+        }
         let step = format!("switch {}", svc.name);
         let started = Instant::now();
+        let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         self.ctx
-            .step_started(&step, &format!("nginx upstream to 127.0.0.1:{port}"));
+            .step_started(&step, &format!("nginx upstream to {}", targets.join(", ")));
         let path = self.upstream_path(&svc.name);
         let before = std::fs::read_to_string(&path).unwrap_or_default();
-        let body = format!(
-            "# Written by ferry: {} {} {} release {}\nserver 127.0.0.1:{port};\n",
-            self.spec.app, self.spec.env, svc.name, self.spec.release
+        let body = upstream_body(
+            &format!(
+                "{} {} {} release {}",
+                self.spec.app, self.spec.env, svc.name, self.spec.release
+            ),
+            &ports,
         );
         // With nothing serving before there is nothing to protect: an
         // unconfirmed switch is reported, not undone (a first deploy comes
         // before its nginx site, which cannot include a missing file).
-        let strict = old.is_some();
-        match self.switch(svc, &body, Some(port), &before, strict).await {
+        let strict = !old.is_empty();
+        match self.switch(svc, &body, &ports, &before, strict).await {
             Ok(confirmed) => {
                 self.ctx.step_finished(&step, true, &confirmed, started);
             }
             Err(why) => {
                 self.ctx.step_finished(&step, false, &why, started);
-                self.remove(&id).await;
+                self.remove_new(&ids, &old).await;
                 return Err(TaskFailure::Failed(format!(
                     "service {}: switch failed, the previous container keeps serving: {why}",
                     svc.name
@@ -1009,71 +1381,78 @@ impl Deployer<'_> {
         }
         Ok(Switched {
             service: svc.clone(),
-            new_id: id,
+            new_ids: ids,
             changed: true,
             old,
             upstream_before: Some(before),
         })
     }
 
-    async fn start_then_stop(
-        &self,
-        svc: &ServiceDeploy,
-        candidate: Candidate<'_>,
-        old: Option<Existing>,
-    ) -> Result<Switched, TaskFailure> {
-        let id = self.obtain(svc, candidate).await?;
-        if let Err(why) = self.health_gate(svc, &id).await {
-            return Err(self.fail_new(svc, &id, why).await);
-        }
-        Ok(Switched {
-            service: svc.clone(),
-            new_id: id,
-            changed: true,
-            old,
-            upstream_before: None,
-        })
-    }
-
+    /// Recreate (and workers), replica by replica: stop old replica i,
+    /// start new replica i, wait for its health; the other replicas keep
+    /// running meanwhile. A failure removes the new ones started so far and
+    /// starts their old ones again.
     async fn recreate(
         &self,
         svc: &ServiceDeploy,
-        name: &str,
-        hash: &str,
-        old: Option<Existing>,
+        candidates: Vec<Candidate<'_>>,
+        old: Vec<Existing>,
     ) -> Result<Switched, TaskFailure> {
-        if let Some(o) = &old {
-            self.stop(&o.id, &format!("stop {} {}", svc.name, o.release))
-                .await;
-        }
-        if let Err(e) = self.cancelled() {
-            self.restart_old(svc, old.as_ref()).await;
-            return Err(e);
-        }
-        let id = match self.start_new(svc, name, hash).await {
-            Ok(id) => id,
-            Err(e) => {
-                self.restart_old(svc, old.as_ref()).await;
-                return Err(e);
+        let mut ids: Vec<String> = Vec::new();
+        // The old containers stopped so far, to start again on a failure.
+        let mut stopped: Vec<Existing> = Vec::new();
+        for candidate in &candidates {
+            let replica = match candidate {
+                Candidate::New { replica, .. } => *replica,
+                Candidate::Adopt(c) => c.replica,
+            };
+            let result: Result<String, TaskFailure> = async {
+                if let Candidate::New { .. } = candidate {
+                    // The old container of this replica goes first: a fixed
+                    // host port is held by one container only.
+                    for o in old.iter().filter(|o| o.replica == replica && o.running) {
+                        self.stop(
+                            &o.id,
+                            &format!("{} {}", self.step_name("stop", svc, replica), o.release),
+                        )
+                        .await;
+                        stopped.push(o.clone());
+                    }
+                    self.cancelled()?;
+                }
+                let id = self.obtain(svc, candidate).await?;
+                if let Err(why) = self.health_gate(svc, &id).await {
+                    return Err(self.fail_new(svc, &id, why, replica).await);
+                }
+                Ok(id)
             }
-        };
-        if let Err(why) = self.health_gate(svc, &id).await {
-            let failure = self.fail_new(svc, &id, why).await;
-            self.restart_old(svc, old.as_ref()).await;
-            return Err(failure);
+            .await;
+            match result {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    self.remove_new(&ids, &old).await;
+                    for o in &stopped {
+                        self.restart_old(svc, o).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(Switched {
             service: svc.clone(),
-            new_id: id,
+            new_ids: ids,
             changed: true,
             old,
             upstream_before: None,
         })
     }
 
-    async fn restart_old(&self, svc: &ServiceDeploy, old: Option<&Existing>) {
-        let Some(o) = old else { return };
-        let step = format!("restart {} {}", svc.name, o.release);
+    async fn restart_old(&self, svc: &ServiceDeploy, o: &Existing) {
+        let step = format!(
+            "{} {}",
+            self.step_name("restart", svc, o.replica),
+            o.release
+        );
         let started = Instant::now();
         self.ctx.step_started(&step, &o.name);
         match self
@@ -1107,7 +1486,7 @@ impl Deployer<'_> {
         &self,
         svc: &ServiceDeploy,
         body: &str,
-        port: Option<u16>,
+        ports: &[u16],
         restore: &str,
         strict: bool,
     ) -> Result<String, String> {
@@ -1140,11 +1519,11 @@ impl Deployer<'_> {
             return Err(why);
         }
         notes.push("reloaded".into());
-        match (&svc.nginx_url, port) {
+        match (&svc.nginx_url, ports) {
             // No request can reach the new container through a file nginx
             // does not read.
-            (Some(_), Some(_)) if !included => {}
-            (Some(url), Some(port)) => match self.through_nginx(svc, url, port).await {
+            (Some(_), [_, ..]) if !included => {}
+            (Some(url), [_, ..]) => match self.through_nginx(svc, url, ports).await {
                 Ok(note) => notes.push(note),
                 Err(why) if !strict => notes.push(format!("not confirmed: {why}")),
                 Err(why) => {
@@ -1153,7 +1532,7 @@ impl Deployer<'_> {
                     return Err(why);
                 }
             },
-            (Some(_), None) => {}
+            (Some(_), []) => {}
             (None, _) => notes.push(
                 "no nginx_url for this service, so no request through nginx confirmed it".into(),
             ),
@@ -1162,19 +1541,20 @@ impl Deployer<'_> {
     }
 
     /// GETs the service through nginx (`nginx_url` and the health check's
-    /// path) until nginx says `127.0.0.1:port` answered.
+    /// path) until nginx says one of `127.0.0.1:PORT` (`ports`) answered.
     async fn through_nginx(
         &self,
         svc: &ServiceDeploy,
         base: &str,
-        port: u16,
+        ports: &[u16],
     ) -> Result<String, String> {
         let path = match &svc.health.check {
             HealthCheck::Http { path } => path.as_str(),
             _ => "/",
         };
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let want = format!("127.0.0.1:{port}");
+        let wanted: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let want = wanted.join(", ");
         let deadline = Instant::now() + NGINX_CONFIRM_WITHIN;
         let mut last;
         loop {
@@ -1182,9 +1562,14 @@ impl Deployer<'_> {
                 Ok(a) => match a.headers.get(UPSTREAM_HEADER).and_then(|v| v.to_str().ok()) {
                     // `$upstream_addr` lists every backend tried, last one last.
                     Some(addrs)
-                        if addrs.rsplit(',').next().map(str::trim) == Some(want.as_str()) =>
+                        if addrs
+                            .rsplit(',')
+                            .next()
+                            .map(str::trim)
+                            .is_some_and(|a| wanted.iter().any(|w| w == a)) =>
                     {
-                        return Ok(format!("GET {url} answered by {want} through nginx"));
+                        let by = addrs.rsplit(',').next().unwrap_or_default().trim();
+                        return Ok(format!("GET {url} answered by {by} through nginx"));
                     }
                     Some(addrs) => format!("answered {} by {addrs}", a.status),
                     None => format!(
@@ -1205,8 +1590,8 @@ impl Deployer<'_> {
         ))
     }
 
-    /// Switches a service back to its previous container (a later service
-    /// of this release failed, or the task was cancelled).
+    /// Switches a service back to its previous containers (a later
+    /// service of this release failed, or the task was cancelled).
     async fn undo(&self, s: Switched) {
         if !s.changed {
             return;
@@ -1217,12 +1602,15 @@ impl Deployer<'_> {
             .step_started(&step, "back to the release that served before");
         let mut problems = Vec::new();
         let blue_green = s.upstream_before.is_some();
+        let fresh: Vec<String> = s.fresh().cloned().collect();
         if !blue_green {
-            // Recreate or worker: the new container goes first, as a fixed
+            // Recreate or worker: the new containers go first, as a fixed
             // host port is held by one container only.
-            self.remove(&s.new_id).await;
+            for id in &fresh {
+                self.remove(id).await;
+            }
         }
-        if let Some(old) = &s.old {
+        for old in &s.old {
             let running = matches!(self.container_state(&old.id).await, Ok((true, _, _)));
             if !running
                 && let Err(e) = self
@@ -1238,7 +1626,7 @@ impl Deployer<'_> {
             let current =
                 std::fs::read_to_string(self.upstream_path(&s.service.name)).unwrap_or_default();
             match self
-                .switch(&s.service, before, upstream_port(before), &current, true)
+                .switch(&s.service, before, &upstream_ports(before), &current, true)
                 .await
             {
                 Ok(note) => confirmed = note,
@@ -1246,14 +1634,16 @@ impl Deployer<'_> {
             }
         }
         if problems.is_empty() {
-            self.remove(&s.new_id).await;
-            let message = match &s.old {
+            for id in &fresh {
+                self.remove(id).await;
+            }
+            let message = match s.old.first() {
                 Some(o) => format!("release {} serving again; {confirmed}", o.release),
-                None => "the new container is removed; nothing served before".into(),
+                None => "the new containers are removed; nothing served before".into(),
             };
             self.ctx.step_finished(&step, true, &message, started);
         } else {
-            // A blue-green service keeps its new container serving rather
+            // A blue-green service keeps its new containers serving rather
             // than nothing.
             let why = problems.join("; ");
             self.ctx.step_finished(&step, false, &why, started);
@@ -1264,31 +1654,41 @@ impl Deployer<'_> {
         }
     }
 
-    /// After the whole release succeeded: drain and stop the container
+    /// After the whole release succeeded: drain and stop the containers
     /// that served before, stop every other running container of the
-    /// service (orphans of attempts cut short), keep the newest
-    /// `keep_releases` stopped releases and remove the rest.
+    /// service (orphans of attempts cut short, replicas beyond the count),
+    /// keep the newest `keep_releases` stopped releases and remove the rest.
     async fn retire_old(&self, s: &Switched) -> Result<(), TaskFailure> {
         let name = &s.service.name;
         let containers = self.existing(name).await?;
-        let others: Vec<&Existing> = containers.iter().filter(|c| c.id != s.new_id).collect();
+        let others: Vec<&Existing> = containers
+            .iter()
+            .filter(|c| !s.new_ids.contains(&c.id))
+            .collect();
         if s.changed
             && s.upstream_before.is_some()
             && s.old
-                .as_ref()
-                .is_some_and(|o| others.iter().any(|c| c.id == o.id && c.running))
+                .iter()
+                .any(|o| others.iter().any(|c| c.id == o.id && c.running))
             && !self.ctx.host.nginx.drain.is_zero()
         {
             tokio::time::sleep(self.ctx.host.nginx.drain).await;
         }
         for c in others.iter().filter(|c| c.running) {
-            let what = if s.old.as_ref().is_some_and(|o| o.id == c.id) {
+            let what = if s.old.iter().any(|o| o.id == c.id) {
                 "previous"
             } else {
                 "orphan"
             };
-            self.stop(&c.id, &format!("stop {name} {} ({what})", c.release))
-                .await;
+            self.stop(
+                &c.id,
+                &format!(
+                    "{} {} ({what})",
+                    self.step_name("stop", &s.service, c.replica),
+                    c.release
+                ),
+            )
+            .await;
         }
         let stopped: Vec<&Existing> = others.to_vec();
         let prune = to_prune(&stopped, &self.spec.release, self.spec.keep_releases);
@@ -1461,6 +1861,7 @@ mod tests {
                 }
             }),
             ("health retries", |s| s.health.retries = 4),
+            ("replicas", |s| s.replicas = 2),
             ("secret added", |s| s.secrets.clear()),
         ];
         for (what, change) in changes {
@@ -1479,6 +1880,8 @@ mod tests {
 
         let (_, text) = settings_hash(&base, "sha256:aaa", &secrets(SECRET)).unwrap();
         assert!(!text.contains(SECRET), "{text}");
+        // One replica hashes as before replicas existed: no redeploy on upgrade.
+        assert!(!text.contains("replicas"), "{text}");
         assert!(
             text.contains("API_TOKEN") && text.contains("GREETING"),
             "{text}"
@@ -1496,25 +1899,44 @@ mod tests {
             name: format!("shop-prod-web-{release}-{id}"),
             release: release.into(),
             hash: "h".into(),
+            replica: 1,
+            accessory: false,
             running,
             host_port: port,
             created,
         }
     }
 
+    fn ids(v: &[Existing]) -> Vec<&str> {
+        v.iter().map(|c| c.id.as_str()).collect()
+    }
+
     #[test]
-    fn the_current_container_is_the_one_nginx_names_or_the_newest_running() {
+    fn the_current_containers_are_those_nginx_names_or_the_newest_running() {
         let all = [
             c("a", "1", true, Some(1001), 1),
             c("b", "2", true, Some(1002), 3),
             c("x", "3", false, Some(1003), 4),
             c("c", "2", true, Some(1004), 2),
         ];
-        assert_eq!(current(&all, true, Some(1001)).unwrap().id, "a");
-        assert!(current(&all, true, Some(1003)).is_none(), "not running");
-        assert!(current(&all, true, None).is_none(), "no upstream file");
-        assert_eq!(current(&all, false, None).unwrap().id, "b");
-        assert!(current(&all[2..3], false, None).is_none());
+        assert_eq!(ids(&current(&all, true, &[1001])), ["a"]);
+        assert_eq!(
+            ids(&current(&all, true, &[1003])),
+            Vec::<&str>::new(),
+            "not running"
+        );
+        assert!(current(&all, true, &[]).is_empty(), "no upstream file");
+        assert_eq!(ids(&current(&all, false, &[])), ["b"]);
+        assert!(current(&all[2..3], false, &[]).is_empty());
+        // Replicas: every one nginx names; otherwise the newest per replica.
+        let mut r = all.clone();
+        r[1].replica = 2;
+        r[3].replica = 3;
+        assert_eq!(
+            ids(&current(&r, true, &[1004, 1001, 1002])),
+            ["a", "b", "c"]
+        );
+        assert_eq!(ids(&current(&r, false, &[])), ["a", "b", "c"]);
     }
 
     #[test]
@@ -1539,15 +1961,31 @@ mod tests {
         assert_eq!(ids(2), ["now", "r1", "r2", "r2b"]);
         assert_eq!(ids(3), ["now", "r1", "r2"]);
         assert_eq!(ids(50), ["now", "r2"]);
+        // Every replica of a kept release is kept.
+        let mut all = all.clone();
+        all[1].replica = 2;
+        let stopped: Vec<&Existing> = all.iter().collect();
+        let mut v: Vec<&str> = to_prune(&stopped, "5", 3)
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        v.sort();
+        assert_eq!(v, ["now", "r1"]);
     }
 
     #[test]
     fn upstream_files_and_nginx_dumps_are_read() {
         assert_eq!(
-            upstream_port("# Written by ferry\nserver 127.0.0.1:32768;\n"),
-            Some(32768)
+            upstream_ports("# Written by ferry\nserver 127.0.0.1:32768;\n"),
+            [32768]
         );
-        assert_eq!(upstream_port(""), None);
+        assert!(upstream_ports("").is_empty());
+        let body = upstream_body("shop prod web release 2", &[1, 2, 3]);
+        assert_eq!(
+            body,
+            "# Written by ferry: shop prod web release 2\nserver 127.0.0.1:1;\nserver 127.0.0.1:2;\nserver 127.0.0.1:3;\n"
+        );
+        assert_eq!(upstream_ports(&body), [1, 2, 3]);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shop-prod-web.conf");
         std::fs::write(&file, "server 127.0.0.1:1;\n").unwrap();

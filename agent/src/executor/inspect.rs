@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
-use ferry_common::job::naming::LABEL_HASH;
+use ferry_common::job::naming::{self, LABEL_HASH};
 use ferry_common::job::naming::{LABEL_APP, LABEL_ENV, LABEL_RELEASE, LABEL_SERVICE};
 use ferry_common::job::{ContainerInfo, InspectSpec, Inspected};
 
@@ -20,7 +20,7 @@ impl KindExecutor for Inspect {
     type Spec = InspectSpec;
     async fn run(&self, spec: InspectSpec, ctx: &TaskContext) -> Result<Done, TaskFailure> {
         let docker = ctx.host.docker()?.clone();
-        let found = containers(&docker, &spec).await?;
+        let found = containers(&docker, &spec, &ctx.host.name).await?;
         if ctx.cancel.is_cancelled() {
             return Err(TaskFailure::Cancelled);
         }
@@ -41,7 +41,11 @@ impl KindExecutor for Inspect {
     }
 }
 
-async fn containers(docker: &Docker, spec: &InspectSpec) -> Result<Inspected, TaskFailure> {
+async fn containers(
+    docker: &Docker,
+    spec: &InspectSpec,
+    host: &str,
+) -> Result<Inspected, TaskFailure> {
     let mut labels = vec![format!("{LABEL_APP}={}", spec.app)];
     if let Some(env) = &spec.env {
         labels.push(format!("{LABEL_ENV}={env}"));
@@ -55,7 +59,10 @@ async fn containers(docker: &Docker, spec: &InspectSpec) -> Result<Inspected, Ta
         .await
         .map_err(|e| TaskFailure::Failed(format!("list containers: {e}")))?;
     let mut out = Vec::with_capacity(list.len());
-    for c in list {
+    for c in list
+        .into_iter()
+        .filter(|c| naming::is_mine(c.labels.as_ref(), host))
+    {
         let id = c.id.unwrap_or_default();
         let labels = c.labels.unwrap_or_default();
         let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
@@ -91,6 +98,10 @@ async fn containers(docker: &Docker, spec: &InspectSpec) -> Result<Inspected, Ta
                 .and_then(ferry_common::time::parse_rfc3339_ms)
                 .unwrap_or(0),
             hash: labels.get(LABEL_HASH).cloned(),
+            replica: labels
+                .get(naming::LABEL_REPLICA)
+                .and_then(|r| r.parse().ok()),
+            accessory: labels.get(naming::LABEL_ACCESSORY).cloned(),
         });
     }
     out.sort_by(|a, b| (&a.env, &a.service, &a.name).cmp(&(&b.env, &b.service, &b.name)));

@@ -12,7 +12,7 @@ use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{ListContainersOptions, LogsOptions};
 use ferry_common::job::LogsSpec;
 use ferry_common::job::logs::{FOLLOW_MAX, MAX_LINE_BYTES};
-use ferry_common::job::naming::{LABEL_APP, LABEL_ENV, LABEL_SERVICE};
+use ferry_common::job::naming::{self, LABEL_APP, LABEL_ENV, LABEL_SERVICE};
 use ferry_common::redact::Redactor;
 use futures::StreamExt;
 
@@ -40,7 +40,7 @@ pub async fn run(spec: &LogsSpec, ctx: &TaskContext) -> Result<Done, TaskFailure
     let docker = ctx.host.docker()?.clone();
     let redactor = Redactor::new(ctx.secrets.iter().map(|(k, v)| (k.clone(), v.as_str())))
         .map_err(|e| TaskFailure::Failed(e.to_string()))?;
-    let sources = sources(&docker, spec).await?;
+    let sources = sources(&docker, spec, &ctx.host.name).await?;
     if sources.is_empty() {
         return Err(TaskFailure::Failed(format!(
             "no container of {} {} service {} on this host",
@@ -108,7 +108,7 @@ pub async fn run(spec: &LogsSpec, ctx: &TaskContext) -> Result<Done, TaskFailure
 }
 
 /// The service's running containers, or the newest one if none runs.
-async fn sources(docker: &Docker, spec: &LogsSpec) -> Result<Vec<Source>, TaskFailure> {
+async fn sources(docker: &Docker, spec: &LogsSpec, host: &str) -> Result<Vec<Source>, TaskFailure> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
@@ -127,6 +127,7 @@ async fn sources(docker: &Docker, spec: &LogsSpec) -> Result<Vec<Source>, TaskFa
         .map_err(|e| TaskFailure::Failed(format!("list containers: {e}")))?;
     let mut all: Vec<(bool, i64, Source)> = list
         .into_iter()
+        .filter(|c| naming::is_mine(c.labels.as_ref(), host))
         .map(|c| {
             let name = c
                 .names

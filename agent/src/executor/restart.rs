@@ -55,11 +55,16 @@ pub async fn run(spec: &RestartSpec, ctx: &TaskContext) -> Result<Done, TaskFail
     let docker = ctx.host.docker()?.clone();
     let http = HttpClient::default();
     let mut done = Vec::new();
-    for svc in &spec.services {
+    // A service placed on other hosts has no container here to restart.
+    for svc in spec
+        .services
+        .iter()
+        .filter(|s| s.hosts.is_empty() || s.hosts.contains(&ctx.host.name))
+    {
         if ctx.cancel.is_cancelled() {
             return Err(TaskFailure::Cancelled);
         }
-        done.push(restart_service(&docker, &http, spec, svc, ctx).await?);
+        done.extend(restart_service(&docker, &http, spec, svc, ctx).await?);
     }
     let message = format!(
         "restarted {} of {} {} release {}",
@@ -78,75 +83,100 @@ pub async fn run(spec: &RestartSpec, ctx: &TaskContext) -> Result<Done, TaskFail
     })
 }
 
+/// Restarts the service's running containers of the release (every
+/// replica, one at a time, each gated on health); a blue-green service's
+/// upstream file is pointed at their new ports after each.
 async fn restart_service(
     docker: &Docker,
     http: &HttpClient,
     spec: &RestartSpec,
     svc: &RestartService,
     ctx: &TaskContext,
-) -> Result<Restarted, TaskFailure> {
-    let (id, name) = running_container(docker, spec, svc).await?;
-    let step = format!("restart {}", svc.name);
-    let started = Instant::now();
-    ctx.step_started(&step, &name);
-    if let Err(e) = docker
-        .restart_container(
-            &id,
-            Some(RestartContainerOptions {
-                t: Some(STOP_TIMEOUT_SECS),
-                ..Default::default()
-            }),
-        )
-        .await
-    {
-        let why = format!("restart container {name}: {e}");
-        ctx.step_finished(&step, false, &why, started);
-        return Err(TaskFailure::Failed(format!("service {}: {why}", svc.name)));
-    }
-    ctx.step_finished(&step, true, "restarted", started);
-    let gate = Gate { docker, ctx, http };
-    if let Err(why) = gate.wait(&svc.name, &svc.health, &id).await {
+) -> Result<Vec<Restarted>, TaskFailure> {
+    let containers = running_containers(docker, spec, svc, ctx).await?;
+    let many = containers.len() > 1;
+    let mut done = Vec::new();
+    for (i, (id, name)) in containers.iter().enumerate() {
         if ctx.cancel.is_cancelled() {
             return Err(TaskFailure::Cancelled);
         }
-        return Err(TaskFailure::Failed(format!(
-            "service {}: container {name} not healthy after its restart: {why}",
-            svc.name
-        )));
+        let step = if many {
+            format!("restart {} r{}", svc.name, i + 1)
+        } else {
+            format!("restart {}", svc.name)
+        };
+        let started = Instant::now();
+        ctx.step_started(&step, name);
+        if let Err(e) = docker
+            .restart_container(
+                id,
+                Some(RestartContainerOptions {
+                    t: Some(STOP_TIMEOUT_SECS),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            let why = format!("restart container {name}: {e}");
+            ctx.step_finished(&step, false, &why, started);
+            return Err(TaskFailure::Failed(format!("service {}: {why}", svc.name)));
+        }
+        ctx.step_finished(&step, true, "restarted", started);
+        let gate = Gate { docker, ctx, http };
+        if let Err(why) = gate.wait(&svc.name, &svc.health, id).await {
+            if ctx.cancel.is_cancelled() {
+                return Err(TaskFailure::Cancelled);
+            }
+            return Err(TaskFailure::Failed(format!(
+                "service {}: container {name} not healthy after its restart: {why}",
+                svc.name
+            )));
+        }
+        if svc.upstream {
+            let mut ports = Vec::new();
+            for (id, _) in &containers {
+                ports.extend(health_gate::host_port(docker, id).await);
+            }
+            repoint_upstream(spec, svc, &ports, ctx).await?;
+        }
+        let started_at = docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state?.started_at)
+            .unwrap_or_default();
+        done.push(Restarted {
+            service: svc.name.clone(),
+            container: name.clone(),
+            id: id.clone(),
+            started_at,
+            host_port: health_gate::host_port(docker, id).await,
+        });
     }
-    let host_port = health_gate::host_port(docker, &id).await;
-    if svc.upstream {
-        repoint_upstream(spec, svc, host_port, ctx).await?;
-    }
-    let started_at = docker
-        .inspect_container(&id, None::<InspectContainerOptions>)
-        .await
-        .ok()
-        .and_then(|c| c.state?.started_at)
-        .unwrap_or_default();
-    Ok(Restarted {
-        service: svc.name.clone(),
-        container: name,
-        id,
-        started_at,
-        host_port,
-    })
+    Ok(done)
 }
 
-/// The id and name of the service's running container of the release
-/// (found by its labels, as the deploy wrote them), or a failure naming the
-/// service, the release and what runs instead.
-async fn running_container(
+/// The ids and names of the service's running containers of the release
+/// on this host, replica 1 first (found by their labels, as the deploy
+/// wrote them), or a failure naming the service, the release and what runs
+/// instead.
+async fn running_containers(
     docker: &Docker,
     spec: &RestartSpec,
     svc: &RestartService,
-) -> Result<(String, String), TaskFailure> {
+    ctx: &TaskContext,
+) -> Result<Vec<(String, String)>, TaskFailure> {
+    let by = if svc.accessory {
+        naming::LABEL_ACCESSORY
+    } else {
+        LABEL_SERVICE
+    };
     let filters = HashMap::from([(
         "label".to_string(),
         vec![
             format!("{LABEL_APP}={}", spec.app),
             format!("{LABEL_ENV}={}", spec.env),
-            format!("{LABEL_SERVICE}={}", svc.name),
+            format!("{by}={}", svc.name),
         ],
     )]);
     let list = docker
@@ -158,14 +188,29 @@ async fn running_container(
         .await
         .map_err(|e| TaskFailure::Failed(format!("list containers: {e}")))?;
     let mut others = Vec::new();
-    for c in list {
+    let mut found: Vec<(u32, String, String)> = Vec::new();
+    for c in list
+        .into_iter()
+        .filter(|c| ctx.host.owns(c.labels.as_ref()))
+    {
         let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
         let release = c
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL_RELEASE).cloned())
             .unwrap_or_default();
-        if running && release == spec.release {
+        let accessory = c
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(naming::LABEL_ACCESSORY));
+        // A service's containers of the release; an accessory's whatever
+        // the release (it has none).
+        let wanted = if svc.accessory {
+            accessory
+        } else {
+            !accessory && release == spec.release
+        };
+        if running && wanted {
             let name = c
                 .names
                 .iter()
@@ -173,10 +218,21 @@ async fn running_container(
                 .next()
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_default();
-            return Ok((c.id.unwrap_or_default(), name));
+            let replica = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(naming::LABEL_REPLICA))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1);
+            found.push((replica, c.id.clone().unwrap_or_default(), name));
+            continue;
         }
         let state = c.state.map(|s| s.to_string()).unwrap_or_default();
         others.push(format!("release {release} {state}"));
+    }
+    if !found.is_empty() {
+        found.sort();
+        return Ok(found.into_iter().map(|(_, id, name)| (id, name)).collect());
     }
     let found = if others.is_empty() {
         "no container of the service at all".to_string()
@@ -195,23 +251,27 @@ async fn running_container(
 async fn repoint_upstream(
     spec: &RestartSpec,
     svc: &RestartService,
-    port: Option<u16>,
+    ports: &[u16],
     ctx: &TaskContext,
 ) -> Result<(), TaskFailure> {
     let step = format!("switch {}", svc.name);
     let started = Instant::now();
-    let Some(port) = port else {
+    if ports.is_empty() {
         let why = "the restarted container has no published HTTP port".to_string();
         return Err(TaskFailure::Failed(format!("service {}: {why}", svc.name)));
-    };
-    ctx.step_started(&step, &format!("nginx upstream to 127.0.0.1:{port}"));
+    }
+    let targets: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    ctx.step_started(&step, &format!("nginx upstream to {}", targets.join(", ")));
     let nginx = &ctx.host.nginx;
     let path = nginx
         .upstream_dir
         .join(naming::upstream_file(&spec.app, &spec.env, &svc.name));
-    let body = format!(
-        "# Written by ferry: {} {} {} release {} (restarted)\nserver 127.0.0.1:{port};\n",
-        spec.app, spec.env, svc.name, spec.release
+    let body = super::deploy::upstream_body(
+        &format!(
+            "{} {} {} release {} (restarted)",
+            spec.app, spec.env, svc.name, spec.release
+        ),
+        ports,
     );
     let result = match fsutil::write_atomic(&path, body.as_bytes(), Mode::Public, true) {
         Ok(()) => super::deploy::reload_nginx(&nginx.reload_command).await,

@@ -47,6 +47,7 @@
 //! Pull and restart policies and strategies are the deploy spec's own
 //! types ([`crate::job`]), so the file and the job cannot disagree on them.
 
+mod accessories;
 mod check;
 mod databases;
 mod environment;
@@ -55,6 +56,7 @@ mod errors;
 mod fuzz;
 mod healthcheck;
 mod migrations;
+mod placement;
 mod ports;
 mod raw;
 mod release;
@@ -109,6 +111,9 @@ pub struct AppFile {
     pub environments: BTreeMap<String, Environment>,
     /// In the order of the file, which is the order they are deployed in.
     pub services: Vec<Service>,
+    /// `[accessories.NAME]`, in the order of the file; deployed before the
+    /// services.
+    pub accessories: Vec<Service>,
     /// HTTP checks run from every host after its deploy.
     pub smoke: Vec<HttpCheck>,
     /// `[secrets.NAME]`: rules for secret values, by secret name.
@@ -140,6 +145,11 @@ impl AppFile {
     /// The service called `name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The accessory called `name`.
+    pub fn accessory(&self, name: &str) -> Option<&Service> {
+        self.accessories.iter().find(|s| s.name == name)
     }
 }
 
@@ -179,6 +189,8 @@ struct RawAppFile {
     environments: BTreeMap<String, RawEnvironment>,
     #[serde(default)]
     services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    accessories: BTreeMap<String, RawService>,
     #[serde(default)]
     smoke: Vec<RawSmoke>,
     #[serde(default)]
@@ -297,6 +309,14 @@ impl Check {
             .into_iter()
             .map(|(name, s)| self.service(&services_path.key(&name), name, s))
             .collect();
+        let accessories_path = root.key("accessories");
+        let mut raw_accessories: Vec<(String, service::RawService)> =
+            raw.accessories.into_iter().collect();
+        raw_accessories.sort_by_key(|(name, _)| index.offset_of(&accessories_path.key(name)));
+        let accessories: Vec<Service> = raw_accessories
+            .into_iter()
+            .map(|(name, s)| self.accessory(&accessories_path.key(&name), name, s, &services))
+            .collect();
 
         let smoke = raw
             .smoke
@@ -320,14 +340,19 @@ impl Check {
             })
             .collect();
 
-        self.across(&environments, &services);
-        self.database_services(&databases, &services);
+        // Accessories are containers of the environment like services: one
+        // set of Docker names, volumes and secrets, and a database's
+        // `service` may name one.
+        let all: Vec<Service> = services.iter().chain(&accessories).cloned().collect();
+        self.across(&environments, &all);
+        self.database_services(&databases, &all);
         self.migration_services(&databases, &services);
         AppFile {
             app,
             rollout,
             environments,
             services,
+            accessories,
             smoke,
             secrets,
             keep_releases,

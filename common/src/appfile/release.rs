@@ -16,76 +16,78 @@ impl AppFile {
         use crate::job as j;
         let environment = self.environment(env)?;
         validate_version(version).map_err(AppFileError::BadVersion)?;
-        let services = self
-            .services
-            .iter()
-            .map(|svc| {
-                let image = svc.image_for(&self.app, env, version);
-                let health = match &svc.healthcheck {
-                    Some(h) => j::HealthGate {
-                        check: match &h.check {
-                            HealthCheckKind::Http { path } => {
-                                j::HealthCheck::Http { path: path.clone() }
-                            }
-                            HealthCheckKind::Docker => j::HealthCheck::Docker,
-                            HealthCheckKind::RunningFor(d) => j::HealthCheck::RunningFor(*d),
-                        },
-                        interval: h.interval,
-                        timeout: h.timeout,
-                        retries: h.retries,
+        let resolve = |svc: &super::Service| {
+            let image = svc.image_for(&self.app, env, version);
+            let health = match &svc.healthcheck {
+                Some(h) => j::HealthGate {
+                    check: match &h.check {
+                        HealthCheckKind::Http { path } => {
+                            j::HealthCheck::Http { path: path.clone() }
+                        }
+                        HealthCheckKind::Docker => j::HealthCheck::Docker,
+                        HealthCheckKind::RunningFor(d) => j::HealthCheck::RunningFor(*d),
                     },
-                    // No gate: healthy once started.
-                    None => j::HealthGate {
-                        check: j::HealthCheck::RunningFor(Duration::ZERO),
-                        interval: DEFAULT_HEALTH_INTERVAL,
-                        timeout: DEFAULT_HEALTH_TIMEOUT,
-                        retries: 1,
-                    },
-                };
-                j::ServiceDeploy {
-                    name: svc.name.clone(),
-                    pull: svc.pull_policy(&image),
-                    image,
-                    registry_auth: svc.registry_auth.as_ref().map(|a| j::RegistryAuth {
-                        username_secret: a.username_secret.clone(),
-                        password_secret: a.password_secret.clone(),
-                    }),
-                    command: svc.command.clone().unwrap_or_default(),
-                    env: svc.resolved_env(environment),
-                    secrets: svc.secrets.clone(),
-                    ports: svc
-                        .ports
-                        .iter()
-                        .map(|p| j::PortMapping {
-                            container: p.container,
-                            host: p.host_port,
-                            host_ip: p.host_ip,
-                        })
-                        .collect(),
-                    volumes: svc
-                        .volumes
-                        .iter()
-                        .map(|v| j::VolumeMount {
-                            name: v.name.clone(),
-                            target: v.path.clone(),
-                            read_only: v.read_only,
-                        })
-                        .collect(),
-                    user: svc.user.clone(),
-                    memory_bytes: svc.memory.map(|m| m as i64),
-                    cpus: svc.cpus,
-                    restart: svc.restart,
-                    health,
-                    strategy: svc.strategy(),
-                    nginx_url: svc.nginx_url.clone(),
-                }
-            })
-            .collect();
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    retries: h.retries,
+                },
+                // No gate: healthy once started.
+                None => j::HealthGate {
+                    check: j::HealthCheck::RunningFor(Duration::ZERO),
+                    interval: DEFAULT_HEALTH_INTERVAL,
+                    timeout: DEFAULT_HEALTH_TIMEOUT,
+                    retries: 1,
+                },
+            };
+            j::ServiceDeploy {
+                name: svc.name.clone(),
+                pull: svc.pull_policy(&image),
+                image,
+                registry_auth: svc.registry_auth.as_ref().map(|a| j::RegistryAuth {
+                    username_secret: a.username_secret.clone(),
+                    password_secret: a.password_secret.clone(),
+                }),
+                command: svc.command.clone().unwrap_or_default(),
+                env: svc.resolved_env(environment),
+                secrets: svc.secrets.clone(),
+                ports: svc
+                    .ports
+                    .iter()
+                    .map(|p| j::PortMapping {
+                        container: p.container,
+                        host: p.host_port,
+                        host_ip: p.host_ip,
+                    })
+                    .collect(),
+                volumes: svc
+                    .volumes
+                    .iter()
+                    .map(|v| j::VolumeMount {
+                        name: v.name.clone(),
+                        target: v.path.clone(),
+                        read_only: v.read_only,
+                    })
+                    .collect(),
+                user: svc.user.clone(),
+                memory_bytes: svc.memory.map(|m| m as i64),
+                cpus: svc.cpus,
+                restart: svc.restart,
+                health,
+                strategy: svc.strategy(),
+                nginx_url: svc.nginx_url.clone(),
+                replicas: svc.replicas,
+                // Resolved when a rollout is planned (`AppFile::place`).
+                hosts: Vec::new(),
+            }
+        };
+        let services = self.services.iter().map(resolve).collect();
+        let accessories = self.accessories.iter().map(resolve).collect();
         Ok(DeploySpec {
             app: self.app.clone(),
             env: env.to_string(),
             release: version.to_string(),
             services,
+            accessories,
             force: false,
             keep_releases: self.keep_releases,
         })

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::check::Check;
 use super::environment::Environment;
 use super::healthcheck::{Healthcheck, RawHealthcheck};
+use super::placement::Placement;
 use super::ports::PortSpec;
 use super::raw::{self, FieldPath};
 use super::secrets::{RawRegistryAuth, RegistryAuth};
@@ -53,6 +54,10 @@ pub struct Service {
     /// Blue-green: the service as this host's nginx serves it, used to
     /// confirm that a switch reached the new container.
     pub nginx_url: Option<String>,
+    /// `hosts` / `labels`: which of the environment's hosts it runs on.
+    pub placement: Placement,
+    /// Containers per host (1 to [`crate::job::MAX_REPLICAS`]).
+    pub replicas: u32,
 }
 
 impl Service {
@@ -212,7 +217,20 @@ impl Check {
             strategy,
             healthcheck,
             nginx_url: raw.nginx_url,
+            placement: self.placement(path, raw.hosts, raw.labels),
+            replicas: self.replicas(path, raw.replicas),
         };
+        if service.replicas > 1
+            && let Some(host) = service.ports.iter().find_map(|p| p.host_port)
+        {
+            self.err(
+                &path.key("replicas"),
+                format!(
+                    "{} replicas on one host cannot all publish host port {host}; publish no host port (nginx reaches each replica on its own loopback port) or use replicas = 1",
+                    service.replicas
+                ),
+            );
+        }
         if let Some(url) = &service.nginx_url {
             let p = path.key("nginx_url");
             if self.ok(&p, rules::nginx_url(url)).is_some()
@@ -311,6 +329,9 @@ pub(super) struct RawService {
     pub(super) strategy: Option<String>,
     pub(super) healthcheck: Option<RawHealthcheck>,
     pub(super) nginx_url: Option<String>,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) replicas: Option<i64>,
 }
 
 /// `command`: an array of arguments, or a command line (refused by the
@@ -512,9 +533,66 @@ mod tests {
         );
         let names: Vec<&str> = f.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["zz", "aa"]);
+        let one = naming::Instance {
+            app: "shop",
+            env: "prod",
+            service: "web",
+            replica: 1,
+            replicas: 1,
+            release: "7+b",
+            hash: "0123456789abcdef",
+            host: "web-1",
+        };
+        let name = one.container_name();
+        assert!(name.starts_with("shop-prod-web-7-b-"), "{name}");
         assert_eq!(
-            naming::container("shop", "prod", "web", "7+b", "0123456789abcdef"),
-            "shop-prod-web-7-b-0123456789ab"
+            name.len(),
+            "shop-prod-web-7-b-".len() + naming::NAME_HASH_LEN
+        );
+        // Another host on the same engine, another replica, other
+        // settings: another name.
+        let other_host = naming::Instance {
+            host: "web-2",
+            ..one
+        }
+        .container_name();
+        assert_ne!(other_host, name);
+        let third = naming::Instance {
+            replica: 3,
+            replicas: 4,
+            ..one
+        }
+        .container_name();
+        assert!(third.starts_with("shop-prod-web-r3-7-b-"), "{third}");
+        assert_ne!(
+            naming::Instance { hash: "ff", ..one }.container_name(),
+            name
+        );
+        // Long names are cut to one DNS label, and stay distinct.
+        let long = "a".repeat(40);
+        let a = naming::Instance {
+            app: &long,
+            service: &long,
+            ..one
+        }
+        .container_name();
+        let b = naming::Instance {
+            app: &long,
+            service: &long,
+            replica: 2,
+            replicas: 2,
+            ..one
+        }
+        .container_name();
+        assert!(
+            a.len() <= naming::MAX_NAME_LEN && b.len() <= naming::MAX_NAME_LEN,
+            "{a} {b}"
+        );
+        assert_ne!(a, b);
+        assert!(!a.contains("--"), "{a}");
+        assert_eq!(
+            naming::accessory_container("shop", "prod", "db", "abc", "web-1").len(),
+            "shop-prod-db-".len() + naming::NAME_HASH_LEN
         );
         assert_eq!(naming::network("shop", "prod"), "shop-prod");
         assert_eq!(

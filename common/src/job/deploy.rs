@@ -19,6 +19,10 @@ pub struct DeploySpec {
     /// The release (version) being deployed, e.g. "1.4.2".
     pub release: String,
     pub services: Vec<ServiceDeploy>,
+    /// `[accessories.NAME]`, started before the services: recreated only
+    /// when their own settings (`ferry.hash`) changed, never for a release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accessories: Vec<ServiceDeploy>,
     /// Replace every service's container even when one of this release
     /// with the same settings already runs (`ferry redeploy`: a crashed
     /// container, an image tag pushed again).
@@ -33,6 +37,8 @@ pub struct DeploySpec {
 /// The app file's `keep_releases` when it says nothing (and a spec from
 /// before the field existed).
 pub const DEFAULT_KEEP_RELEASES: u32 = 3;
+/// The most containers of one service a host runs.
+pub const MAX_REPLICAS: u32 = 32;
 /// The most stopped releases a host keeps per service.
 pub const MAX_KEEP_RELEASES: u32 = 50;
 
@@ -75,6 +81,22 @@ pub struct ServiceDeploy {
     /// nginx's `X-Ferry-Upstream` header names the new container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nginx_url: Option<String>,
+    /// Containers of the service on each host it runs on (1 to 32).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replicas: u32,
+    /// The agents it runs on (its placement, resolved by the coordinator);
+    /// empty: every host of the job. On any other host the deploy stops
+    /// its containers instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// When to pull a service's image.
@@ -230,8 +252,18 @@ impl KindSpec for DeploySpec {
                 self.keep_releases
             ));
         }
-        for (i, svc) in self.services.iter().enumerate() {
-            let field = |name: &str| format!("services[{i}].{name}");
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("services", i, s));
+        let accessories = self
+            .accessories
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ("accessories", i, s));
+        for (list, i, svc) in services.chain(accessories) {
+            let field = |name: &str| format!("{list}[{i}].{name}");
             at(field("name"), rules::dns_name(&svc.name))?;
             at(field("image"), rules::image(&svc.image))?;
             if svc.image.contains('{') {
@@ -267,6 +299,16 @@ impl KindSpec for DeploySpec {
             if let Some(url) = &svc.nginx_url {
                 at(field("nginx_url"), rules::nginx_url(url))?;
             }
+            if !(1..=MAX_REPLICAS).contains(&svc.replicas) {
+                return Err(format!(
+                    "deploy spec: {}: must be 1 to {MAX_REPLICAS}, got {}",
+                    field("replicas"),
+                    svc.replicas
+                ));
+            }
+            for h in &svc.hosts {
+                at(field("hosts"), crate::identity::validate_name(h))?;
+            }
         }
         Ok(())
     }
@@ -286,6 +328,7 @@ impl KindSpec for DeploySpec {
             + self
                 .services
                 .iter()
+                .chain(&self.accessories)
                 .map(|s| s.health.longest())
                 .sum::<Duration>()
     }
@@ -314,7 +357,7 @@ impl DeploySpec {
     /// credentials), sorted, without repeats.
     pub fn secret_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
-        for svc in &self.services {
+        for svc in self.services.iter().chain(&self.accessories) {
             names.extend(svc.secrets.iter().cloned());
             if let Some(auth) = &svc.registry_auth {
                 names.push(auth.username_secret.clone());
@@ -328,6 +371,11 @@ impl DeploySpec {
 }
 
 impl ServiceDeploy {
+    /// Whether the service runs on the agent `host` (its placement).
+    pub fn runs_on(&self, host: &str) -> bool {
+        self.hosts.is_empty() || self.hosts.iter().any(|h| h == host)
+    }
+
     /// The port health checks and blue-green switching use.
     pub fn http_port(&self) -> Option<u16> {
         self.ports.first().map(|p| p.container)
@@ -346,17 +394,88 @@ pub mod naming {
     /// policy, health check): the agent's `settings_hash`.
     pub const LABEL_HASH: &str = "ferry.hash";
 
-    /// How much of [`LABEL_HASH`] a container name carries.
-    pub const NAME_HASH_LEN: usize = 12;
+    /// The agent (host) that started the container: two agents sharing
+    /// one Docker engine (as tests do) each see only their own. A container
+    /// without it was started before the label existed and belongs to
+    /// whichever agent finds it ([`is_mine`]).
+    pub const LABEL_HOST: &str = "ferry.host";
+    /// Which of a service's `replicas` the container is (1 to N).
+    pub const LABEL_REPLICA: &str = "ferry.replica";
+    /// Set (to the accessory's name) on an accessory's containers.
+    pub const LABEL_ACCESSORY: &str = "ferry.accessory";
 
-    /// `<app>-<env>-<service>-<release>-<hash12>`: the hash suffix lets the
-    /// same release with new settings start beside the old container.
-    pub fn container(app: &str, env: &str, service: &str, release: &str, hash: &str) -> String {
-        let hash = &hash[..NAME_HASH_LEN.min(hash.len())];
-        format!("{}-{hash}", container_prefix(app, env, service, release))
+    /// How long the digest a container name ends with is.
+    pub const NAME_HASH_LEN: usize = 12;
+    /// Docker accepts longer names, but a name is also the container's DNS
+    /// name on the environment's network: one DNS label at most.
+    pub const MAX_NAME_LEN: usize = 63;
+
+    /// Whether a container with these labels belongs to the agent `host`:
+    /// its `ferry.host` names it, or it has none (started before the label
+    /// existed: adopted, so an upgrade orphans nothing).
+    pub fn is_mine(labels: Option<&std::collections::HashMap<String, String>>, host: &str) -> bool {
+        match labels.and_then(|l| l.get(LABEL_HOST)) {
+            Some(h) => h == host,
+            None => true,
+        }
     }
 
-    /// [`container`] without the hash suffix.
+    /// One container of a service, as named on a host.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Instance<'a> {
+        pub app: &'a str,
+        pub env: &'a str,
+        pub service: &'a str,
+        /// 1 to N; shown in the name only when the service has more than
+        /// one replica (`replicas > 1`).
+        pub replica: u32,
+        pub replicas: u32,
+        pub release: &'a str,
+        /// The settings hash (`ferry.hash`).
+        pub hash: &'a str,
+        /// The agent's name (`ferry.host`).
+        pub host: &'a str,
+    }
+
+    impl Instance<'_> {
+        /// `<app>-<env>-<service>[-r<replica>]-<release>-<digest12>`,
+        /// the readable part cut short to keep the whole within
+        /// [`MAX_NAME_LEN`]. The digest covers every part, the settings
+        /// hash and the host: the same release with new settings starts
+        /// beside the old container, and two agents on one engine never
+        /// collide, whatever was cut.
+        pub fn container_name(&self) -> String {
+            let mut h = sha2::Sha256::new();
+            use sha2::Digest;
+            for part in [
+                self.host,
+                self.app,
+                self.env,
+                self.service,
+                &self.replica.to_string(),
+                self.release,
+                self.hash,
+            ] {
+                h.update(part.as_bytes());
+                h.update(b"\0");
+            }
+            let digest = hex::encode(h.finalize());
+            let mut prefix = container_prefix(self.app, self.env, self.service, self.release);
+            if self.replicas > 1 {
+                let service = format!("{}-r{}", self.service, self.replica);
+                prefix = container_prefix(self.app, self.env, &service, self.release);
+            }
+            let room = MAX_NAME_LEN - NAME_HASH_LEN - 1;
+            if prefix.len() > room {
+                prefix.truncate(room);
+            }
+            let prefix = prefix.trim_end_matches(['-', '.', '_']);
+            format!("{prefix}-{}", &digest[..NAME_HASH_LEN])
+        }
+    }
+
+    /// [`Instance::container_name`] without the digest suffix (and not
+    /// cut short).
     pub fn container_prefix(app: &str, env: &str, service: &str, release: &str) -> String {
         // Docker names allow [a-zA-Z0-9_.-]; versions may carry '+'.
         let release: String = release
@@ -370,6 +489,22 @@ pub mod naming {
             })
             .collect();
         format!("{app}-{env}-{service}-{release}")
+    }
+
+    /// The name of an accessory's container: `<app>-<env>-<name>-<digest12>`
+    /// (no release: an accessory outlives them).
+    pub fn accessory_container(app: &str, env: &str, name: &str, hash: &str, host: &str) -> String {
+        Instance {
+            app,
+            env,
+            service: name,
+            replica: 1,
+            replicas: 1,
+            release: "",
+            hash,
+            host,
+        }
+        .container_name()
     }
 
     /// The host lock of every task that changes an (app, env)'s containers
@@ -477,6 +612,18 @@ mod tests {
             "sometimes".parse::<PullPolicy>().unwrap_err(),
             "\"sometimes\" is not a pull policy; expected always, if-missing or never"
         );
+    }
+
+    #[test]
+    fn a_container_is_its_hosts_or_from_before_the_host_label() {
+        use std::collections::HashMap;
+        let with = |host: &str| HashMap::from([(naming::LABEL_HOST.to_string(), host.to_string())]);
+        assert!(naming::is_mine(Some(&with("web-1")), "web-1"));
+        assert!(!naming::is_mine(Some(&with("web-2")), "web-1"));
+        // Started by an agent before the label existed: adopted.
+        let legacy = HashMap::from([(naming::LABEL_APP.to_string(), "shop".to_string())]);
+        assert!(naming::is_mine(Some(&legacy), "web-1"));
+        assert!(naming::is_mine(None, "web-1"));
     }
 
     #[test]

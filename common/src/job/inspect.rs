@@ -41,6 +41,12 @@ pub struct ContainerInfo {
     /// The `ferry.hash` label, when the container carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// The `ferry.replica` label (which of the service's replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    /// The `ferry.accessory` label: the accessory it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accessory: Option<String>,
 }
 
 /// `inspect`'s result: the app's containers on the host, by env, service,

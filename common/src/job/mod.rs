@@ -48,8 +48,9 @@ pub mod verify;
 
 pub use backup::{BackupManifest, BackupSpec};
 pub use deploy::{
-    DEFAULT_KEEP_RELEASES, DeploySpec, HealthCheck, HealthGate, MAX_KEEP_RELEASES, PortMapping,
-    PullPolicy, RegistryAuth, RestartPolicy, ServiceDeploy, Strategy, VolumeMount, naming,
+    DEFAULT_KEEP_RELEASES, DeploySpec, HealthCheck, HealthGate, MAX_KEEP_RELEASES, MAX_REPLICAS,
+    PortMapping, PullPolicy, RegistryAuth, RestartPolicy, ServiceDeploy, Strategy, VolumeMount,
+    naming,
 };
 pub use inspect::{ContainerInfo, InspectSpec, Inspected};
 pub use logs::LogsSpec;

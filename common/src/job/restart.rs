@@ -32,6 +32,14 @@ pub struct RestartService {
     /// loopback port, so the file is pointed at it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upstream: bool,
+    /// The agents the service runs on (its placement); empty: every host.
+    /// Other hosts skip it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// An accessory (`ferry.accessory`): its running container is
+    /// restarted whatever the release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accessory: bool,
 }
 
 /// What a restart may take besides its health gates: stops (each up to
@@ -105,6 +113,45 @@ impl RestartSpec {
                     name: s.name.clone(),
                     health: s.health.clone(),
                     upstream: s.strategy == super::Strategy::BlueGreen && s.http_port().is_some(),
+                    hosts: s.hosts.clone(),
+                    accessory: false,
+                })
+                .collect(),
+        })
+    }
+
+    /// The restart of the release's accessories named (every one if
+    /// empty); an unknown name is refused, naming the accessories there are.
+    pub fn of_accessories(spec: &super::DeploySpec, names: &[String]) -> Result<Self, String> {
+        let known: Vec<&str> = spec.accessories.iter().map(|s| s.name.as_str()).collect();
+        if known.is_empty() {
+            return Err(format!(
+                "{} {} release {} has no accessories",
+                spec.app, spec.env, spec.release
+            ));
+        }
+        if let Some(unknown) = names.iter().find(|s| !known.contains(&s.as_str())) {
+            return Err(format!(
+                "{} {} has no accessory {unknown:?}; it has {}",
+                spec.app,
+                spec.env,
+                known.join(", ")
+            ));
+        }
+        Ok(RestartSpec {
+            app: spec.app.clone(),
+            env: spec.env.clone(),
+            release: spec.release.clone(),
+            services: spec
+                .accessories
+                .iter()
+                .filter(|s| names.is_empty() || names.contains(&s.name))
+                .map(|s| RestartService {
+                    name: s.name.clone(),
+                    health: s.health.clone(),
+                    upstream: false,
+                    hosts: s.hosts.clone(),
+                    accessory: true,
                 })
                 .collect(),
         })

@@ -76,6 +76,10 @@ pub struct Plan {
     /// A redeploy or restart of only these services (empty: every one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// A restart of accessories: `services` names accessories (empty:
+    /// every one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accessories: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +87,9 @@ pub struct Host {
     pub agent: String,
     pub online: bool,
     pub last_seen_ms: i64,
+    /// The agent's labels when planned: what services' placement selects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One job a rollout ran, as stored in `steps_json`.
@@ -123,8 +130,22 @@ impl Core {
         let app = appfile::parse(file_name, &req.app_file)
             .map_err(|e| CoordinatorError::invalid("app file", e.to_string()))?;
         let env = req.env.trim();
-        let version = req.version.trim();
-        let spec = app
+        let current = self.current_release(&app.app, env).await?;
+        let version = match (&current, req.accessories_only) {
+            (Some(c), true) => c.version.clone(),
+            (None, true) => {
+                return Err(CoordinatorError::invalid(
+                    "accessory upgrade",
+                    format!(
+                        "{} {env} has no successful release to upgrade the accessories of; deploy one with `ferry deploy`",
+                        app.app
+                    ),
+                ));
+            }
+            (_, false) => req.version.trim().to_string(),
+        };
+        let version = version.as_str();
+        let mut spec = app
             .deploy_spec(env, version)
             .map_err(|e| CoordinatorError::invalid("deploy", e.to_string()))?;
         let environment = app
@@ -139,8 +160,23 @@ impl Core {
                 app.smoke_checks(env),
             )
             .await?;
+        // Which of the environment's hosts each service runs on.
+        let hosts: Vec<(String, BTreeMap<String, String>)> = plan
+            .batches
+            .iter()
+            .flatten()
+            .map(|h| (h.agent.clone(), h.labels.clone()))
+            .collect();
+        app.place(&mut spec, &hosts)
+            .map_err(|e| CoordinatorError::invalid("placement", e))?;
+        if req.accessories_only
+            && let Some(c) = &current
+        {
+            spec = upgraded_accessories(release_spec(c)?, spec, &req.accessories)
+                .map_err(|e| CoordinatorError::invalid("accessories", e))?;
+        }
         plan.secret_rules = app.secrets.clone();
-        let previous = self.current_release(&spec.app, env).await?;
+        let previous = current;
         let resolved = Resolved {
             spec,
             plan,
@@ -255,14 +291,32 @@ impl Core {
         .into_iter()
         .map(str::to_string)
         .collect();
-        // Unknown service names are refused here, before anything is stored.
-        RestartSpec::of_release(&spec, &services)
-            .map_err(|e| CoordinatorError::invalid("services", e))?;
+        // A restart of every accessory names them, so the plan says which.
+        let services = if req.accessories && services.is_empty() {
+            spec.accessories.iter().map(|a| a.name.clone()).collect()
+        } else {
+            services
+        };
+        // Unknown names are refused here, before anything is stored.
+        if req.accessories {
+            if kind != RolloutKind::Restart {
+                return Err(CoordinatorError::invalid(
+                    "accessories",
+                    "only a restart takes accessories; a deploy recreates an accessory whose settings changed",
+                ));
+            }
+            RestartSpec::of_accessories(&spec, &services)
+                .map_err(|e| CoordinatorError::invalid("accessories", e))?;
+        } else {
+            RestartSpec::of_release(&spec, &services)
+                .map_err(|e| CoordinatorError::invalid("services", e))?;
+        }
         let old = parse_plan(&current)?;
         let mut plan = self
             .plan_hosts(app, env, old.selector, old.max_parallel, old.smoke)
             .await?;
         plan.services = services;
+        plan.accessories = req.accessories;
         plan.secret_rules = old.secret_rules;
         let resolved = Resolved {
             spec,
@@ -364,6 +418,7 @@ impl Core {
                 agent: a.name.clone(),
                 online: self.agent_online(a, now),
                 last_seen_ms: a.last_seen_ms,
+                labels: a.labels.clone(),
             })
             .collect();
         let max_parallel = max_parallel.max(1);
@@ -377,6 +432,7 @@ impl Core {
             smoke,
             secret_rules: BTreeMap::new(),
             services: Vec::new(),
+            accessories: false,
         })
     }
 
@@ -553,6 +609,40 @@ fn release_spec(r: &RolloutRecord) -> Result<DeploySpec, CoordinatorError> {
     Ok(spec)
 }
 
+/// `ferry accessory upgrade`: the current release's stored spec with the
+/// accessories `names` (every one if empty) of the app file's spec `new`
+/// in place of its own; the services stay as the release has them.
+fn upgraded_accessories(
+    mut stored: DeploySpec,
+    new: DeploySpec,
+    names: &[String],
+) -> Result<DeploySpec, String> {
+    let known: Vec<&str> = new.accessories.iter().map(|a| a.name.as_str()).collect();
+    if known.is_empty() {
+        return Err(format!(
+            "the app file has no accessories for {} {}",
+            new.app, new.env
+        ));
+    }
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(format!(
+            "the app file has no accessory {unknown:?}; it has {}",
+            known.join(", ")
+        ));
+    }
+    for acc in new
+        .accessories
+        .into_iter()
+        .filter(|a| names.is_empty() || names.contains(&a.name))
+    {
+        match stored.accessories.iter_mut().find(|a| a.name == acc.name) {
+            Some(old) => *old = acc,
+            None => stored.accessories.push(acc),
+        }
+    }
+    Ok(stored)
+}
+
 /// Each item once, in first-seen order (`dedup` only drops adjacent ones).
 fn each_once<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut seen = Vec::new();
@@ -581,6 +671,9 @@ fn batch_job(kind: RolloutKind, spec: &DeploySpec, plan: &Plan) -> Result<JobSpe
                 .collect(),
             ..spec.clone()
         }),
+        RolloutKind::Restart if plan.accessories => {
+            JobSpec::Restart(RestartSpec::of_accessories(spec, &plan.services)?)
+        }
         RolloutKind::Restart => JobSpec::Restart(RestartSpec::of_release(spec, &plan.services)?),
     })
 }
@@ -598,6 +691,17 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
         status: r.status.as_str().into(),
         protected: r.protected,
         previous_version: r.previous_version.clone().unwrap_or_default(),
+        accessories: spec
+            .accessories
+            .iter()
+            .map(|s| pb::RolloutService {
+                name: s.name.clone(),
+                image: s.image.clone(),
+                strategy: "accessory".into(),
+                replicas: 1,
+                hosts: s.hosts.clone(),
+            })
+            .collect(),
         services: spec
             .services
             .iter()
@@ -608,6 +712,8 @@ pub fn to_wire(r: &RolloutRecord) -> Result<pb::Rollout, CoordinatorError> {
                     ferry_common::job::Strategy::BlueGreen => "blue-green".into(),
                     ferry_common::job::Strategy::Recreate => "recreate".into(),
                 },
+                replicas: s.replicas,
+                hosts: s.hosts.clone(),
             })
             .collect(),
         batches: plan
@@ -1278,6 +1384,9 @@ fn changed_anything(result_json: Option<&str>) -> bool {
     v["services"]
         .as_array()
         .is_some_and(|s| s.iter().any(|svc| svc["changed"].as_bool() == Some(true)))
+        || v["stopped_not_placed"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
 }
 
 /// "deploy failed on web-2: health check ...", from a job's tasks.
@@ -1442,6 +1551,7 @@ mod tests {
             smoke: Vec::new(),
             secret_rules: BTreeMap::new(),
             services: Vec::new(),
+            accessories: false,
         };
         assert_eq!(
             batch_job(RolloutKind::Deploy, &spec, &plan).unwrap(),

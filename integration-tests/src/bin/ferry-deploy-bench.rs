@@ -339,6 +339,8 @@ impl Bench<'_> {
         let started_ms = ferry_common::time::now_ms();
         let rollout = client
             .start_rollout(pb::StartRolloutRequest {
+                accessories_only: false,
+                accessories: Vec::new(),
                 app_file: app_file(&self.args.image, self.args.interval_ms),
                 file_name: "ferry.toml".into(),
                 env: ENV.into(),

@@ -53,7 +53,15 @@ pub(super) async fn run(
             c.name
         ),
     );
-    let on = match dbexec::locate(&docker, &spec.app, &spec.env, &spec.location).await {
+    let on = match dbexec::locate(
+        &docker,
+        &ctx.host.name,
+        &spec.app,
+        &spec.env,
+        &spec.location,
+    )
+    .await
+    {
         Ok(on) => on,
         Err(why) => {
             ctx.step_finished("connect", false, &why, step);

@@ -47,9 +47,15 @@ pub(super) async fn run(spec: &RestoreSpec, ctx: &TaskContext) -> Result<Done, T
     if spec.mode == RestoreMode::Clean {
         checksum_first(spec, ctx).await?;
     }
-    let on = dbexec::locate(&docker, &spec.app, &spec.env, &spec.location)
-        .await
-        .map_err(failed)?;
+    let on = dbexec::locate(
+        &docker,
+        &ctx.host.name,
+        &spec.app,
+        &spec.env,
+        &spec.location,
+    )
+    .await
+    .map_err(failed)?;
 
     let r = Restorer {
         docker: &docker,

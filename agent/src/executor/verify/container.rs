@@ -96,9 +96,15 @@ pub(super) async fn run(spec: &VerifySpec, ctx: &TaskContext) -> Result<Done, Ta
     let docker = ctx.host.docker()?.clone();
     let login = Login::of(spec.engine, c, ctx, &spec.app, &spec.env).map_err(failed)?;
 
-    let on = dbexec::locate(&docker, &spec.app, &spec.env, &spec.location)
-        .await
-        .map_err(failed)?;
+    let on = dbexec::locate(
+        &docker,
+        &ctx.host.name,
+        &spec.app,
+        &spec.env,
+        &spec.location,
+    )
+    .await
+    .map_err(failed)?;
     let tools = match spec.engine {
         DbEngine::Mariadb => Some(std::sync::Arc::new(
             MariaTools::find(&docker, &on).await.map_err(failed)?,
