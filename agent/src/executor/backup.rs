@@ -28,6 +28,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
+use super::backup_file::CHUNK;
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
 mod container;
@@ -48,8 +49,6 @@ const PARTIAL: &str = ".partial";
 /// zstd's level: 1 is several times faster than gzip at a smaller size;
 /// higher levels cost CPU the host's app needs.
 const ZSTD_LEVEL: i32 = 1;
-/// How much of `pg_dump`'s output is handed to the compressor at once.
-pub(super) const CHUNK: usize = 256 * 1024;
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// What the dump or the count says when the other one's failure stopped it.

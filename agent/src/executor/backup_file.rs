@@ -11,8 +11,9 @@ use std::io::{BufReader, Read};
 
 use sha2::{Digest, Sha256};
 
-/// How much is decompressed and handed out at a time; also how much is
-/// held back until the checksum is known.
+/// How much of a backup's bytes is handled at once: read from a dump
+/// tool, decompressed and handed out here (also how much is held back
+/// until the checksum is known), streamed into a container.
 pub const CHUNK: usize = 256 * 1024;
 
 /// The message of a file whose checksum is not the catalogue's.

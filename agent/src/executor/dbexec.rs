@@ -26,10 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::TaskContext;
-use super::backup_file::CheckedChunks;
-
-/// How much is read or written at once (as a host `pg_dump`'s output).
-const CHUNK: usize = 256 * 1024;
+use super::backup_file::{CHUNK, CheckedChunks};
 
 /// The container a database runs in.
 #[derive(Debug, Clone)]
@@ -465,14 +462,17 @@ pub async fn stream_file_into(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(4);
     let reader = tokio::task::spawn_blocking(move || {
         loop {
-            let next = chunks.next_chunk();
-            let last = !matches!(next, Ok(Some(_)));
-            let sent = match next {
+            match chunks.next_chunk() {
                 Ok(None) => return,
-                other => other.map(|c| c.unwrap_or_default()),
-            };
-            if tx.blocking_send(sent).is_err() || last {
-                return;
+                Ok(Some(chunk)) => {
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
             }
         }
     });

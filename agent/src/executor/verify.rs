@@ -19,8 +19,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio_util::sync::CancellationToken;
 
-use super::backup::{CHUNK, CONNECT_TIMEOUT, PgTarget, describe_sqlx, failed, quote_ident};
-use super::backup_file::{CheckedChunks, mismatch};
+use super::backup::{CONNECT_TIMEOUT, PgTarget, describe_sqlx, failed, quote_ident};
+use super::backup_file::{CHUNK, CheckedChunks, mismatch};
 use super::{Done, KindExecutor, TaskContext, TaskFailure};
 
 mod container;
